@@ -1,0 +1,21 @@
+"""The exceptions jaxplain raises; every one is a JaxplainError."""
+
+
+class JaxplainError(Exception):
+    """Base class of every error jaxplain raises on purpose."""
+
+
+class InputError(JaxplainError, ValueError):
+    """An argument is wrong: shape, range, name, or a missing setting."""
+
+
+class ImageError(JaxplainError):
+    """An image file cannot be read or decoded."""
+
+
+class WeightsError(JaxplainError):
+    """A weight file is missing, corrupt, of an unknown format or of another architecture."""
+
+
+class DownloadError(WeightsError):
+    """A weight file could not be fetched or did not match its published hash."""

@@ -1,0 +1,72 @@
+"""The Model contract every explained network satisfies, and array aliases.
+
+A model is a pure function of one image plus a few facts about it::
+
+    logits, acts = model.apply(params, x, taps=None, relu=None)
+
+- ``x``: one preprocessed image ``[H, W, C]`` float32.
+- ``acts``: layer name -> that layer's activation for this image.
+- ``taps``: layer name -> array added to that layer's output; the gradient with respect to
+  a tap is the gradient with respect to that activation.
+- ``relu``: the rectifier to use for every ReLU (``None``: ``jax.nn.relu``); methods that
+  change the backward pass (guided backprop, deconvnet) pass their own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Mapping, Protocol
+
+import jax
+import numpy as np
+
+Array = jax.Array
+PyTree = Any
+Relu = Callable[[Array], Array]
+
+
+class ApplyFn(Protocol):
+    def __call__(
+        self,
+        params: PyTree,
+        x: Array,
+        taps: Mapping[str, Array] | None = None,
+        relu: Relu | None = None,
+    ) -> tuple[Array, dict[str, Array]]: ...
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Model:
+    """A network ready to explain.
+
+    Attributes:
+      apply: pure ``(params, x [H, W, C], taps=None, relu=None) -> (logits [K], acts)``.
+      params: the weights, a pytree passed to ``apply``.
+      layers: layer names in forward order (the keys ``acts`` and ``taps`` use).
+      preprocess: ``uint8 [B, H, W, 3] RGB -> float32 [B, H, W, C]`` for these weights.
+      input_size: ``(H, W)`` the weights expect; ``None`` when any size works.
+      name: a short name such as ``"vgg16"``.
+      source: where the weights came from (``"keras"``, ``"torchvision"``, ``"random"``).
+      min_size: the smallest spatial size ``apply`` accepts.
+    """
+
+    apply: ApplyFn
+    params: PyTree
+    layers: tuple[str, ...]
+    preprocess: Callable[[np.ndarray], np.ndarray]
+    input_size: tuple[int, int] | None
+    name: str = "model"
+    source: str = "random"
+    min_size: int = 1
+
+    @functools.cached_property
+    def _batched(self) -> Callable[[PyTree, Array], Array]:
+        return jax.jit(jax.vmap(lambda p, x: self.apply(p, x)[0], in_axes=(None, 0)))
+
+    def __call__(self, batch: Array) -> Array:
+        """Logits ``[B, K]`` of a preprocessed batch ``[B, H, W, C]`` (jitted)."""
+        return self._batched(self.params, batch)
+
+    def replace(self, **changes: Any) -> "Model":
+        return dataclasses.replace(self, **changes)

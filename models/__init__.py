@@ -1,0 +1,110 @@
+"""The model zoo: Flax NNX VGGs that load the ImageNet weights people have.
+
+``vgg16(weights=None | "imagenet" | path, source=None)`` returns a ``jaxplain.Model``:
+
+- ``weights=None``: seeded random weights (torchvision's initialisation).
+- ``weights="imagenet"``: the published file of ``source`` (``"keras"``, the default, as
+  Keras' ``VGG16(weights="imagenet")``; or ``"torchvision"``), downloaded, verified and cached.
+- ``weights=path``: a Keras ``.h5``, torch ``.pth`` or safetensors file, format read from its bytes.
+
+``source`` picks the head semantics and the preprocessing: Keras' (Caffe BGR, flatten, 224x224
+only) or torchvision's (RGB mean/std, adaptive pool, any size from 32 up).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+
+from jaxplain.errors import InputError
+from jaxplain.types import Model
+
+from . import imagenet, weights as _weights
+from .vgg import BLOCKS, VGG, VGGConfig, make_apply, random_params
+
+SOURCES = ("keras", "torchvision")
+
+__all__ = ["BLOCKS", "VGG", "VGGConfig", "build", "imagenet", "vgg", "vgg11", "vgg13", "vgg16", "vgg19"]
+
+
+@functools.cache
+def _apply(config: VGGConfig):
+    return make_apply(config)
+
+
+def build(config: VGGConfig, params: dict, *, source: str) -> Model:
+    """A ``Model`` from a configuration and its parameters (nested dict ``layer -> param``)."""
+    return Model(
+        apply=_apply(config),
+        params=jax.device_put(params),
+        layers=config.layers,
+        preprocess=imagenet.PREPROCESS[source],
+        input_size=config.input_size,
+        name=config.name,
+        source=source,
+        min_size=config.min_size,
+    )
+
+
+def vgg(
+    arch: str,
+    weights: str | os.PathLike | None = None,
+    source: str | None = None,
+    *,
+    include_top: bool | None = None,
+    seed: int = 0,
+    cache: bool = True,
+) -> Model:
+    """A VGG of ``arch`` (``vgg11``/``vgg13``/``vgg16``/``vgg19``) with the weights asked for."""
+    if arch not in BLOCKS:
+        raise InputError(f"unknown architecture {arch!r}; expected one of {sorted(BLOCKS)}")
+    if source is not None and source not in SOURCES:
+        raise InputError(f"unknown weight source {source!r}; expected one of {SOURCES}")
+    local = weights is not None and weights != "imagenet"
+    if local:
+        file_source, has_top = _weights.file_info(weights)
+        source = source or file_source
+        include_top = has_top if include_top is None else include_top
+    source = source or "keras"
+    include_top = True if include_top is None else include_top
+    config = VGGConfig(blocks=BLOCKS[arch], include_top=include_top, head=source, name=arch)
+
+    if weights is None:
+        return build(config, random_params(config, seed), source=source)
+    if local:
+        loader = functools.partial(_weights.load_file, weights, config)
+        tag = _weights.file_tag(weights)
+    else:
+        pub = _weights.published(arch, source, include_top)
+        loader = lambda: _weights.load_file(_weights.fetch(pub), config)  # noqa: E731
+        tag = "imagenet"
+    cached = _weights.cache_path(config, source, tag)
+    if cache and cached.exists():
+        params = _weights.load_cached(cached, config)
+    else:
+        params = loader()
+        if cache:
+            _weights.save_params(params, cached, source)
+    return build(config, params, source=source)
+
+
+def vgg11(weights=None, source=None, **kwargs) -> Model:
+    """VGG11 (torchvision publishes ImageNet weights; Keras does not)."""
+    return vgg("vgg11", weights, source, **kwargs)
+
+
+def vgg13(weights=None, source=None, **kwargs) -> Model:
+    """VGG13 (torchvision publishes ImageNet weights; Keras does not)."""
+    return vgg("vgg13", weights, source, **kwargs)
+
+
+def vgg16(weights=None, source=None, **kwargs) -> Model:
+    """VGG16; see the module docstring for ``weights`` and ``source``."""
+    return vgg("vgg16", weights, source, **kwargs)
+
+
+def vgg19(weights=None, source=None, **kwargs) -> Model:
+    """VGG19; see the module docstring for ``weights`` and ``source``."""
+    return vgg("vgg19", weights, source, **kwargs)

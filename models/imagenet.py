@@ -1,0 +1,65 @@
+"""ImageNet facts: class labels, and the preprocessing each weight source was trained with."""
+
+from __future__ import annotations
+
+import functools
+from importlib import resources
+from typing import Callable
+
+import numpy as np
+
+from jaxplain.errors import InputError
+
+CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], np.float32)
+TORCH_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+TORCH_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+def _check_images(images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images)
+    if images.ndim not in (3, 4) or images.shape[-1] != 3:
+        raise InputError(f"expected RGB images [B, H, W, 3] or [H, W, 3], got shape {images.shape}")
+    return images.astype(np.float32)
+
+
+def preprocess_caffe(images: np.ndarray) -> np.ndarray:
+    """Keras 'caffe' mode: RGB -> BGR, subtract the BGR ImageNet mean, keep 0-255 scale.
+
+    ``uint8 [..., H, W, 3] RGB -> float32 [..., H, W, 3] BGR``.
+    """
+    return _check_images(images)[..., ::-1] - CAFFE_MEAN_BGR
+
+
+def preprocess_torch(images: np.ndarray) -> np.ndarray:
+    """torchvision: scale to [0, 1], subtract mean, divide by std (RGB order kept)."""
+    return (_check_images(images) / 255.0 - TORCH_MEAN) / TORCH_STD
+
+
+PREPROCESS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "keras": preprocess_caffe,
+    "torchvision": preprocess_torch,
+}
+
+
+@functools.cache
+def classes() -> tuple[tuple[str, str], ...]:
+    """The 1000 ImageNet-1k classes as ``(wnid, name)``, in the standard index order."""
+    text = resources.files(__package__).joinpath("imagenet_classes.txt").read_text()
+    return tuple(tuple(line.split("\t")) for line in text.splitlines())  # type: ignore[misc]
+
+
+def decode(logits: np.ndarray, top: int = 5) -> list[list[tuple[str, str, float]]]:
+    """Top classes of each row of ``logits [B, 1000]`` (or ``[1000]``).
+
+    Returns per image a list of ``(wnid, name, probability)``, softmax of the logits, best first.
+    """
+    logits = np.asarray(logits, np.float64)
+    if logits.ndim == 1:
+        logits = logits[None]
+    if logits.ndim != 2 or logits.shape[1] != 1000:
+        raise InputError(f"decode expects ImageNet logits [B, 1000], got shape {logits.shape}")
+    z = logits - logits.max(axis=1, keepdims=True)
+    probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    names = classes()
+    order = np.argsort(-logits, axis=1, kind="stable")[:, :top]
+    return [[(*names[i], float(p[i])) for i in row] for row, p in zip(order, probs)]

@@ -1,0 +1,452 @@
+"""VGG weights: read Keras .h5, torch .pth and safetensors files; fetch, verify and cache them.
+
+Every converter lists the keys it maps and fails on any it does not: a missing or unexpected key,
+or a shape that differs, raises a ``WeightsError`` naming the layer and both shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from jaxplain.errors import DownloadError, WeightsError
+
+from .vgg import BLOCKS, VGGConfig
+
+Params = dict[str, dict[str, np.ndarray]]
+URL_ENV = "JAXPLAIN_WEIGHTS_URL"
+HOME_ENV = "JAXPLAIN_HOME"
+
+
+def home() -> Path:
+    """Where downloads and converted weights live: ``$JAXPLAIN_HOME`` or ``~/.cache/jaxplain``."""
+    return Path(os.environ.get(HOME_ENV) or "~/.cache/jaxplain").expanduser()
+
+
+# ---------------------------------------------------------------- reading files
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """``"keras_h5"``, ``"torch"`` or ``"safetensors"``, from the file's first bytes."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as e:
+        raise WeightsError(f"cannot read weight file {path}: {e.strerror or e}") from None
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return "keras_h5"
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return "torch"
+    if len(head) >= 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < size:
+        return "safetensors"
+    raise WeightsError(
+        f"{path} is not a Keras HDF5, PyTorch or safetensors weight file (it starts with {head[:8]!r})"
+    )
+
+
+def _read_keras_h5(path: Path) -> dict[str, np.ndarray]:
+    import h5py
+
+    def text(v: object) -> str:
+        return v.decode("utf8") if isinstance(v, bytes) else str(v)
+
+    raw: dict[str, np.ndarray] = {}
+    with h5py.File(path, "r") as f:
+        root = f["model_weights"] if "layer_names" not in f.attrs and "model_weights" in f else f
+        if "layer_names" not in root.attrs:
+            raise WeightsError(f"{path} is an HDF5 file without Keras 'layer_names': not Keras weights")
+        for layer in map(text, root.attrs["layer_names"]):
+            group = root[layer]
+            arrays = [np.asarray(group[text(n)]) for n in group.attrs.get("weight_names", [])]
+            if not arrays:
+                continue
+            kernels = [a for a in arrays if a.ndim > 1]
+            biases = [a for a in arrays if a.ndim == 1]
+            if len(kernels) != 1 or len(biases) != 1:
+                raise WeightsError(f"{path}: layer {layer!r} holds {len(arrays)} arrays, expected a kernel and a bias")
+            raw[f"{layer}/kernel"], raw[f"{layer}/bias"] = kernels[0], biases[0]
+    return raw
+
+
+def _read_torch(path: Path) -> dict[str, np.ndarray]:
+    try:
+        import torch
+    except ImportError:
+        raise WeightsError(
+            f"reading {path} (a PyTorch file) needs PyTorch: pip install 'jaxplain[torch]'"
+        ) from None
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    for wrapper in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+    if not isinstance(obj, dict):
+        raise WeightsError(f"{path} holds a {type(obj).__name__}, not a state dict")
+    return {k: v.detach().float().numpy() for k, v in obj.items() if hasattr(v, "detach")}
+
+
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(path)
+
+
+READERS: dict[str, Callable[[Path], dict[str, np.ndarray]]] = {
+    "keras_h5": _read_keras_h5,
+    "torch": _read_torch,
+    "safetensors": _read_safetensors,
+}
+
+
+def read_raw(path: str | os.PathLike) -> tuple[str, dict[str, np.ndarray]]:
+    """``(format, {file key: array})`` of a weight file; corrupt files raise ``WeightsError``."""
+    path = Path(path)
+    fmt = detect_format(path)
+    try:
+        raw = READERS[fmt](path)
+    except WeightsError:
+        raise
+    except Exception as e:  # h5py, torch and safetensors each raise their own kinds
+        raise WeightsError(f"{path} is a corrupt or truncated {fmt} file: {type(e).__name__}: {e}") from None
+    prefix = "module."  # DataParallel checkpoints
+    if raw and all(k.startswith(prefix) for k in raw):
+        raw = {k[len(prefix):]: v for k, v in raw.items()}
+    return fmt, raw
+
+
+# ---------------------------------------------------------------- key tables
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    layer: str
+    param: str
+    key: str
+    shape: tuple[int, ...]
+    convert: Callable[[np.ndarray], np.ndarray]
+
+
+def _same(a: np.ndarray) -> np.ndarray:
+    return a
+
+
+def _oihw(a: np.ndarray) -> np.ndarray:
+    return a.transpose(2, 3, 1, 0)
+
+
+def _linear(a: np.ndarray) -> np.ndarray:
+    return a.reshape(a.shape[0], -1).T
+
+
+def _fc1_from_chw(channels: int, grid: int) -> Callable[[np.ndarray], np.ndarray]:
+    """torch's fc1 reads a C,H,W flatten; ours reads H,W,C. Works for (out, C*g*g) and (out, C, g, g)."""
+
+    def convert(a: np.ndarray) -> np.ndarray:
+        out = a.shape[0]
+        return a.reshape(out, channels, grid, grid).transpose(2, 3, 1, 0).reshape(-1, out)
+
+    return convert
+
+
+def layout_of(raw: dict[str, np.ndarray], fmt: str) -> str:
+    """Key layout: ``keras``, ``torchvision``, ``timm`` or ``jaxplain`` (our own cache format)."""
+    if fmt == "keras_h5":
+        return "keras"
+    if any(k.startswith(("pre_logits.", "head.fc.")) for k in raw):
+        return "timm"
+    if any(k.startswith("features.") for k in raw):
+        return "torchvision"
+    if any(k.startswith("block1_conv1/") for k in raw):
+        return "jaxplain"
+    raise WeightsError(f"unrecognised key layout (first keys: {sorted(raw)[:4]}): not VGG weights")
+
+
+def table(config: VGGConfig, layout: str) -> list[Entry]:
+    """Every (our layer, param) <- (file key, file shape, conversion) for ``layout``."""
+    entries: list[Entry] = []
+    cin, idx = 3, 0
+    for (b, n), width in zip(enumerate(config.blocks, 1), config.widths):
+        for i in range(1, n + 1):
+            name = f"block{b}_conv{i}"
+            if layout in ("keras", "jaxplain"):
+                entries += [
+                    Entry(name, "kernel", f"{name}/kernel", (3, 3, cin, width), _same),
+                    Entry(name, "bias", f"{name}/bias", (width,), _same),
+                ]
+            else:
+                entries += [
+                    Entry(name, "kernel", f"features.{idx}.weight", (width, cin, 3, 3), _oihw),
+                    Entry(name, "bias", f"features.{idx}.bias", (width,), _same),
+                ]
+            cin, idx = width, idx + 2
+        idx += 1
+    if not config.include_top:
+        return entries
+    g, fc, k = config.grid, config.fc, config.classes
+    if layout in ("keras", "jaxplain"):
+        shapes = {"fc1": (g * g * cin, fc), "fc2": (fc, fc), "predictions": (fc, k)}
+        for name, shape in shapes.items():
+            entries += [
+                Entry(name, "kernel", f"{name}/kernel", shape, _same),
+                Entry(name, "bias", f"{name}/bias", shape[1:], _same),
+            ]
+        return entries
+    if layout == "torchvision":
+        heads = [
+            ("fc1", "classifier.0", (fc, cin * g * g), _fc1_from_chw(cin, g)),
+            ("fc2", "classifier.3", (fc, fc), _linear),
+            ("predictions", "classifier.6", (k, fc), _linear),
+        ]
+    else:  # timm: fc1/fc2 stored as conv kernels
+        heads = [
+            ("fc1", "pre_logits.fc1", (fc, cin, g, g), _fc1_from_chw(cin, g)),
+            ("fc2", "pre_logits.fc2", (fc, fc, 1, 1), _linear),
+            ("predictions", "head.fc", (k, fc), _linear),
+        ]
+    for name, key, shape, convert in heads:
+        entries += [
+            Entry(name, "kernel", f"{key}.weight", shape, convert),
+            Entry(name, "bias", f"{key}.bias", shape[:1], _same),
+        ]
+    return entries
+
+
+def _guess_arch(raw: dict[str, np.ndarray], layout: str) -> str | None:
+    if layout in ("keras", "jaxplain"):
+        convs = sum(1 for k in raw if "_conv" in k and k.endswith("/kernel"))
+    else:
+        convs = sum(1 for k in raw if k.startswith("features.") and k.endswith(".weight"))
+    return next((a for a, blocks in BLOCKS.items() if sum(blocks) == convs), None)
+
+
+def _has_top(raw: dict[str, np.ndarray], layout: str) -> bool:
+    return any(k.startswith(("fc1/", "classifier.", "pre_logits.", "head.")) for k in raw)
+
+
+def convert(raw: dict[str, np.ndarray], config: VGGConfig, layout: str, origin: str = "file") -> Params:
+    """Map a file's arrays onto ``config``'s parameters, refusing anything partial or extra."""
+    guess = _guess_arch(raw, layout)
+    hint = f" (the {origin} looks like a {guess})" if guess and guess != config.name else ""
+    params: Params = {}
+    used = set()
+    for e in table(config, layout):
+        if e.key not in raw:
+            raise WeightsError(
+                f"{config.name} layer {e.layer}: {origin} has no {e.param} '{e.key}'{hint}"
+            )
+        a = np.asarray(raw[e.key])
+        if a.shape != e.shape:
+            raise WeightsError(
+                f"{config.name} layer {e.layer}: {e.param} '{e.key}' has shape {a.shape} in the "
+                f"{origin}, the model expects {e.shape}{hint}"
+            )
+        params.setdefault(e.layer, {})[e.param] = np.ascontiguousarray(e.convert(a), np.float32)
+        used.add(e.key)
+    extra = set(raw) - used
+    if not config.include_top:  # a file with a top may feed a model without one
+        extra = {k for k in extra if not k.startswith(("fc1/", "fc2/", "predictions/", "classifier.", "pre_logits.", "head."))}
+    if extra:
+        raise WeightsError(
+            f"{config.name}: unexpected keys in the {origin}: {', '.join(sorted(extra)[:6])}"
+            f"{' ...' if len(extra) > 6 else ''}{hint}"
+        )
+    return params
+
+
+def load_file(path: str | os.PathLike, config: VGGConfig) -> Params:
+    """Read and convert one weight file for ``config``."""
+    fmt, raw = read_raw(path)
+    return convert(raw, config, layout_of(raw, fmt), origin=f"file {Path(path).name}")
+
+
+def _list_keys(path: Path, fmt: str) -> list[str]:
+    """The file's keys, reading as little as the format allows."""
+    if fmt == "safetensors":
+        from safetensors import safe_open
+
+        with safe_open(path, "np") as f:
+            source = (f.metadata() or {}).get("source")
+            return list(f.keys()) + ([f"__source__/{source}"] if source else [])
+    if fmt == "keras_h5":
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            root = f["model_weights"] if "layer_names" not in f.attrs and "model_weights" in f else f
+            names = [n.decode() if isinstance(n, bytes) else str(n) for n in root.attrs.get("layer_names", [])]
+            return [f"{n}/kernel" for n in names if len(root[n].attrs.get("weight_names", []))]
+    return list(read_raw(path)[1])
+
+
+def file_info(path: str | os.PathLike) -> tuple[str, bool]:
+    """``(source, has_top)`` of a weight file: the head and preprocessing its weights imply."""
+    path = Path(path)
+    fmt = detect_format(path)
+    try:
+        keys = _list_keys(path, fmt)
+    except WeightsError:
+        raise
+    except Exception as e:
+        raise WeightsError(f"{path} is a corrupt or truncated {fmt} file: {type(e).__name__}: {e}") from None
+    keys = [k[len("module."):] if k.startswith("module.") else k for k in keys]
+    tagged = [k.split("/", 1)[1] for k in keys if k.startswith("__source__/")]
+    raw = dict.fromkeys(k for k in keys if not k.startswith("__source__/"))
+    layout = layout_of(raw, fmt)  # type: ignore[arg-type]
+    source = "keras" if layout == "keras" else "torchvision"
+    return (tagged[0] if tagged else source), _has_top(raw, layout)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- our cache format
+
+
+def save_params(params: Params, path: Path, source: str) -> None:
+    """Write ``params`` as safetensors keyed ``layer/param`` (``source`` in metadata), atomically."""
+    from safetensors.numpy import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file({f"{l}/{p}": np.asarray(a) for l, ps in params.items() for p, a in ps.items()}, tmp, metadata={"source": source})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def cache_path(config: VGGConfig, source: str, tag: str) -> Path:
+    top = "top" if config.include_top else "notop"
+    return home() / "converted" / f"{config.name}-{source}-{top}-{tag}.safetensors"
+
+
+def file_tag(path: str | os.PathLike) -> str:
+    """A cache tag for a local file: changes when the file is replaced or edited."""
+    st = Path(path).stat()
+    ident = f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    return hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+
+def load_cached(path: Path, config: VGGConfig) -> Params:
+    fmt, raw = read_raw(path)
+    return convert(raw, config, "jaxplain", origin=f"cached file {path}")
+
+
+# ---------------------------------------------------------------- fetching
+
+
+@dataclasses.dataclass(frozen=True)
+class Published:
+    """A canonical weight file and its published digest (``sha256`` may be a prefix, as torch.hub's)."""
+
+    filename: str
+    url: str
+    algo: str
+    digest: str
+
+
+_KERAS = "https://storage.googleapis.com/tensorflow/keras-applications/{arch}/{name}"
+_TORCH = "https://download.pytorch.org/models/{name}"
+
+
+def _keras(arch: str, name: str, md5: str) -> Published:
+    return Published(name, _KERAS.format(arch=arch, name=name), "md5", md5)
+
+
+def _torch(name: str, sha256: str) -> Published:
+    return Published(name, _TORCH.format(name=name), "sha256", sha256)
+
+
+PUBLISHED: dict[tuple[str, str, bool], Published] = {
+    ("vgg16", "keras", True): _keras("vgg16", "vgg16_weights_tf_dim_ordering_tf_kernels.h5", "64373286793e3c8b2b4e3219cbf3544b"),
+    ("vgg16", "keras", False): _keras("vgg16", "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5", "6d6bbae143d832006294945121d1f1fc"),
+    ("vgg19", "keras", True): _keras("vgg19", "vgg19_weights_tf_dim_ordering_tf_kernels.h5", "cbe5617147190e668d6c5d5026f83318"),
+    ("vgg19", "keras", False): _keras("vgg19", "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5", "253f8cb515780f3b799900260a226db6"),
+    ("vgg11", "torchvision", True): _torch("vgg11-8a719046.pth", "8a719046"),
+    ("vgg13", "torchvision", True): _torch("vgg13-19584684.pth", "19584684"),
+    ("vgg16", "torchvision", True): _torch("vgg16-397923af.pth", "397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0"),
+    ("vgg19", "torchvision", True): _torch("vgg19-dcbb9e9d.pth", "dcbb9e9dad569fff7a846263a77324fc34978fea2bfb039c012d710e1776ae44"),
+}
+
+
+def published(arch: str, source: str, include_top: bool) -> Published:
+    """The canonical file for ``(arch, source, include_top)``; torchvision has one file for both."""
+    key = (arch, source, include_top if source == "keras" else True)
+    if key not in PUBLISHED:
+        have = sorted({f"{a} ({s})" for a, s, _ in PUBLISHED})
+        raise WeightsError(f"no published ImageNet weights for {arch} from {source}; available: {', '.join(have)}")
+    return PUBLISHED[key]
+
+
+def _digest(path: Path, algo: str) -> str:
+    h = hashlib.new(algo)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _matches(pub: Published, path: Path) -> tuple[bool, str]:
+    got = _digest(path, pub.algo)
+    return got.startswith(pub.digest), got
+
+
+def _progress(name: str, done: int, total: int | None) -> None:
+    if not sys.stderr.isatty():
+        return
+    size = f"{done / 1e6:.0f}/{total / 1e6:.0f} MB {100 * done // total:3d}%" if total else f"{done / 1e6:.0f} MB"
+    print(f"\rdownloading {name}: {size}", end="", file=sys.stderr, flush=True)
+
+
+def fetch(pub: Published, *, timeout: float = 60.0) -> Path:
+    """The verified local copy of ``pub``, downloading it if needed.
+
+    The URL's base can be replaced with ``$JAXPLAIN_WEIGHTS_URL`` (the file name is appended).
+    A failed or mismatching download leaves nothing behind.
+    """
+    dest = home() / "downloads" / pub.filename
+    if dest.exists():
+        ok, got = _matches(pub, dest)
+        if not ok:
+            raise DownloadError(
+                f"{dest} has {pub.algo} {got}, not the published {pub.digest}: delete it and try again"
+            )
+        return dest
+    base = os.environ.get(URL_ENV)
+    url = f"{base.rstrip('/')}/{pub.filename}" if base else pub.url
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{pub.filename}.{os.getpid()}.part")
+    try:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as r, open(tmp, "wb") as out:
+                total = int(r.headers.get("Content-Length") or 0) or None
+                done = 0
+                for block in iter(lambda: r.read(1 << 20), b""):
+                    out.write(block)
+                    done += len(block)
+                    _progress(pub.filename, done, total)
+            if total is not None and done != total:
+                raise OSError(f"connection closed after {done} of {total} bytes")
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            reason = getattr(e, "reason", None) or e
+            raise DownloadError(
+                f"could not download {pub.filename} from {url} ({reason}). Download it by hand and "
+                f"save it as {dest}, or pass the file's path as weights="
+            ) from None
+        ok, got = _matches(pub, tmp)
+        if not ok:
+            raise DownloadError(
+                f"{pub.filename} from {url} has {pub.algo} {got}, expected {pub.digest}: "
+                f"corrupt or not the published file; nothing was saved"
+            )
+        os.replace(tmp, dest)
+    finally:
+        if sys.stderr.isatty():
+            print(file=sys.stderr)
+        tmp.unlink(missing_ok=True)
+    return dest

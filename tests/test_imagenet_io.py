@@ -1,0 +1,129 @@
+"""Labels, preprocessing and image loading against Keras and hand-computed geometry."""
+
+import keras
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from jaxplain import ImageError, InputError, models
+from jaxplain.io import load_image, read_image
+from jaxplain.models import imagenet
+
+
+def test_classes():
+    c = imagenet.classes()
+    assert len(c) == 1000 and len({w for w, _ in c}) == 1000
+    assert c[0] == ("n01440764", "tench")
+    assert c[281] == ("n02123045", "tabby")
+    assert c[999] == ("n15075141", "toilet tissue")
+
+
+def test_decode():
+    logits = np.zeros((2, 1000), np.float32)
+    logits[0, [3, 7, 281]] = [5.0, 4.0, 9.0]
+    logits[1, 999] = 1.0
+    top = imagenet.decode(logits, top=3)
+    assert [t[1] for t in top[0]] == ["tabby", "tiger shark", imagenet.classes()[7][1]]
+    p = np.exp(9.0) / (np.exp(9.0) + np.exp(5.0) + np.exp(4.0) + 997)
+    assert top[0][0][2] == pytest.approx(p, rel=1e-6)
+    assert top[1][0][1] == "toilet tissue"
+    with pytest.raises(InputError):
+        imagenet.decode(np.zeros((1, 10)))
+
+
+def test_torch_preprocessing_is_normalize():
+    img = np.random.default_rng(0).integers(0, 256, (2, 5, 5, 3)).astype(np.uint8)
+    t = torch.tensor(img, dtype=torch.float32).permute(0, 3, 1, 2) / 255.0
+    mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+    std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    want = ((t - mean) / std).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(imagenet.preprocess_torch(img), want, rtol=1e-5, atol=1e-5)
+
+
+def _keras_model():
+    cfg = models.VGGConfig(include_top=True, head="keras")
+    return models.Model(apply=None, params=None, layers=(), preprocess=imagenet.preprocess_caffe,
+                        input_size=cfg.input_size, source="keras")
+
+
+def _tv_model():
+    return models.Model(apply=None, params=None, layers=(), preprocess=imagenet.preprocess_torch,
+                        input_size=None, source="torchvision")
+
+
+def test_keras_loading_matches_keras_load_img(tmp_path):
+    rng = np.random.default_rng(1)
+    path = tmp_path / "a.png"
+    Image.fromarray(rng.integers(0, 256, (300, 410, 3)).astype(np.uint8)).save(path)
+    want = np.asarray(keras.utils.load_img(path, target_size=(224, 224)), np.uint8)
+    np.testing.assert_array_equal(load_image(path, _keras_model()), want)
+
+
+def test_torchvision_resize_and_centre_crop(tmp_path):
+    # 300x400 (h x w): shorter side 300 -> 256, longer int(256*400/300) = 341;
+    # crop top round((256-224)/2) = 16, left round((341-224)/2) = round(58.5) = 58.
+    img = np.zeros((300, 400, 3), np.uint8)
+    img[:, :, 0] = np.arange(400)[None, :] * 255 // 399  # red ramps left to right
+    img[:, :, 1] = np.arange(300)[:, None] * 255 // 299  # green ramps top to bottom
+    path = tmp_path / "r.png"
+    Image.fromarray(img).save(path)
+    got = load_image(path, _tv_model())
+    assert got.shape == (224, 224, 3)
+    resized = np.asarray(Image.fromarray(img).resize((341, 256), Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(got, resized[16:240, 58:282])
+
+
+def test_exif_orientation(tmp_path):
+    img = np.zeros((20, 40, 3), np.uint8)
+    img[:5, :5] = 255  # a white marker top-left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    path = tmp_path / "e.jpg"
+    Image.fromarray(img).save(path, exif=exif, quality=100)
+    up = np.asarray(read_image(path))
+    assert up.shape == (40, 20, 3)
+    assert up[:5, -5:].mean() > 200 and up[:5, :5].mean() < 50  # marker now top-right
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "RGBA", "LA", "CMYK", "1"])
+def test_modes(tmp_path, mode):
+    rgb = Image.fromarray(np.random.default_rng(2).integers(0, 256, (16, 16, 3)).astype(np.uint8))
+    img = rgb.convert(mode)
+    path = tmp_path / ("m.jpg" if mode == "CMYK" else "m.png")
+    img.save(path)
+    a = np.asarray(read_image(path))
+    assert a.shape == (16, 16, 3) and a.dtype == np.uint8
+    if mode == "RGBA":
+        np.testing.assert_array_equal(a, np.asarray(rgb))
+
+
+def test_palette_with_transparency(tmp_path):
+    img = Image.new("P", (8, 8), 1)
+    img.putpalette([0, 0, 0, 200, 10, 20] + [0] * 762)
+    path = tmp_path / "t.png"
+    img.save(path, transparency=0)
+    assert tuple(np.asarray(read_image(path))[0, 0]) == (200, 10, 20)
+
+
+def test_16_bit(tmp_path):
+    a = np.array([[0, 257, 32896, 65535]], np.uint16)
+    path = tmp_path / "g16.png"
+    Image.fromarray(a).save(path)
+    got = np.asarray(read_image(path))
+    np.testing.assert_array_equal(got[0, :, 0], [0, 1, 128, 255])
+    np.testing.assert_array_equal(got[..., 0], got[..., 2])
+
+
+@pytest.mark.parametrize("content", [b"", b"definitely not an image", None])
+def test_bad_images(tmp_path, content):
+    path = tmp_path / "bad.jpg"
+    if content is None:  # a truncated real JPEG
+        Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(path)
+        path.write_bytes(path.read_bytes()[:200])
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ImageError, match="bad.jpg"):
+        read_image(path)
+    with pytest.raises(ImageError, match="no such file"):
+        read_image(tmp_path / "missing.png")

@@ -1,0 +1,94 @@
+"""The VGG port's pieces against torch: pooling (with ties), adaptive pooling, the contract."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from jaxplain import InputError, models
+from jaxplain.models.layers import adaptive_avg_pool, max_pool_2x2
+
+
+@pytest.mark.parametrize("shape", [(6, 8, 3), (7, 9, 2)])  # odd sizes drop the last row/column
+@pytest.mark.parametrize("ties", [False, True])
+def test_max_pool_value_and_gradient_match_torch(shape, ties):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 2, shape) if ties else rng.normal(size=shape)  # 0/1 values: many ties
+    x = x.astype(np.float32)
+    g = rng.normal(size=(shape[0] // 2, shape[1] // 2, shape[2])).astype(np.float32)
+
+    xt = torch.tensor(x.transpose(2, 0, 1)[None], requires_grad=True)
+    yt = torch.nn.functional.max_pool2d(xt, 2, 2)
+    yt.backward(torch.tensor(g.transpose(2, 0, 1)[None]))
+    y, vjp = jax.vjp(max_pool_2x2, jnp.asarray(x))
+    np.testing.assert_array_equal(np.asarray(y), yt.detach().numpy()[0].transpose(1, 2, 0))
+    np.testing.assert_array_equal(np.asarray(vjp(jnp.asarray(g))[0]), xt.grad.numpy()[0].transpose(1, 2, 0))
+
+
+def test_max_pool_batches_under_vmap():
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(3, 4, 4, 2)).astype(np.float32))
+    f = lambda v: max_pool_2x2(v).sum()  # noqa: E731
+    np.testing.assert_array_equal(jax.vmap(jax.grad(f))(x), jnp.stack([jax.grad(f)(v) for v in x]))
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 7, 8, 10, 14])
+def test_adaptive_pool_matches_torch(n):
+    x = np.random.default_rng(n).normal(size=(n, n + 1, 4)).astype(np.float32)
+    want = torch.nn.AdaptiveAvgPool2d((7, 7))(torch.tensor(x.transpose(2, 0, 1)[None]))[0].numpy()
+    from jaxplain.models.layers import adaptive_pool_matrix
+
+    ph, pw = adaptive_pool_matrix(n, 7), adaptive_pool_matrix(n + 1, 7)
+    got = np.einsum("ih,jw,hwc->ijc", ph, pw, x)
+    np.testing.assert_allclose(got, want.transpose(1, 2, 0), rtol=1e-5, atol=1e-6)
+    sq = x[:, :n]  # the layer itself, on a square map
+    want_sq = torch.nn.AdaptiveAvgPool2d((7, 7))(torch.tensor(sq.transpose(2, 0, 1)[None]))[0].numpy()
+    np.testing.assert_allclose(np.asarray(adaptive_avg_pool(jnp.asarray(sq), 7)), want_sq.transpose(1, 2, 0), rtol=1e-5, atol=1e-6)
+
+
+def test_contract(tiny_model):
+    m = tiny_model
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32))
+    logits, acts = m.apply(m.params, x[0])
+    assert logits.shape == (10,)
+    assert tuple(acts) == m.layers
+    assert acts["block3_pool"].shape == (4, 4, 8)
+    # vmap over images equals a loop; __call__ is the jitted batch.
+    np.testing.assert_allclose(m(x), jnp.stack([m.apply(m.params, v)[0] for v in x]), rtol=1e-5, atol=1e-6)
+
+
+def test_tap_gradient_is_the_activation_gradient(tiny_model):
+    """d logit / d tap equals the derivative through the layer's output, checked by finite differences."""
+    m = tiny_model
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(32, 32, 3)).astype(np.float32))
+    _, acts = m.apply(m.params, x)
+    zero = jnp.zeros_like(acts["block2_conv1"])
+    f = lambda t: m.apply(m.params, x, taps={"block2_conv1": t})[0][3]  # noqa: E731
+    g = jax.grad(f)(zero)
+    i = tuple(int(v) for v in np.unravel_index(int(jnp.argmax(jnp.abs(g))), g.shape))
+    eps = 1e-2
+    fd = (f(zero.at[i].set(eps)) - f(zero.at[i].set(-eps))) / (2 * eps)
+    np.testing.assert_allclose(float(g[i]), float(fd), rtol=1e-3)
+
+
+def test_swappable_relu(tiny_model):
+    m = tiny_model
+    x = jnp.ones((32, 32, 3), jnp.float32)
+    a = m.apply(m.params, x)[0]
+    b = m.apply(m.params, x, relu=lambda v: v)[0]  # a linear network: differs
+    assert not np.allclose(a, b)
+
+
+def test_keras_head_needs_224():
+    cfg = models.VGGConfig(blocks=(1, 1), widths=(4, 4), fc=8, classes=3, grid=2, head="keras", name="t")
+    model = models.build(cfg, models.random_params(cfg), source="keras")
+    assert model.input_size == (8, 8)
+    with pytest.raises(InputError, match="needs a 8x8 input"):
+        model.apply(model.params, jnp.zeros((12, 12, 3), jnp.float32))
+
+
+def test_unknown_arch_and_source():
+    with pytest.raises(InputError, match="unknown architecture"):
+        models.vgg("vgg17")
+    with pytest.raises(InputError, match="unknown weight source"):
+        models.vgg16(source="caffe")
