@@ -66,6 +66,60 @@ def _predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _explain(args: argparse.Namespace) -> int:
+    import jax
+
+    from jaxplain import registry, viz
+    from jaxplain.explain import explain, predict
+    from jaxplain.io import save_png
+    from jaxplain.models.imagenet import decode
+    from jaxplain.reduce import reduce
+
+    fn, settings = registry.parse(args.method)
+    registry.check_settings(fn, settings)
+    if "key" in registry.settings_of(fn) and "key" not in settings:
+        settings["key"] = jax.random.key(args.seed)
+    target = args.target if args.target == "predicted" else _int(args.target, "--target")
+    model = _load_model(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.weights == "random":
+        print("(random weights: the classes below are meaningless)")
+    used: set[str] = set()
+    failed = 0
+    for lo in range(0, len(args.images), args.batch_size):  # finished images are written as they come
+        paths, arrays, bad = _images(args.images[lo : lo + args.batch_size], model)
+        failed += len(bad)
+        if not paths:
+            continue
+        x = model.preprocess(np.stack(arrays))
+        logits = np.asarray(predict(model, x))
+        targets = logits.argmax(-1) if target == "predicted" else np.full(len(paths), target)
+        attr = explain(model, x, targets, fn, **settings)
+        if isinstance(attr, tuple):
+            attr = attr[0]
+        maps = np.asarray(reduce(attr, args.reduce))
+        for path, img, a, m, lg, t in zip(paths, arrays, np.asarray(attr), maps, logits, targets):
+            stem = Path(path).stem
+            name = stem if stem not in used else f"{stem}-{lo}"
+            used.add(name)
+            np.save(out / f"{name}.npy", a)
+            save_png(out / f"{name}.png", viz.overlay(img, m))
+            label = ""
+            if lg.shape[-1] == 1000:
+                wnid, cls, p = decode(lg, top=1)[0][0]
+                label = f"top class {cls} ({wnid}, p={p:.3f}); "
+            print(f"{path}: {label}explained class {int(t)} -> {out / name}.png, {out / name}.npy")
+    return 1 if failed else 0
+
+
+def _int(text: str, flag: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise JaxplainError(f"{flag} takes 'predicted' or a class index, not {text!r}") from None
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jaxplain", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -73,6 +127,16 @@ def parser() -> argparse.ArgumentParser:
     _model_args(pr)
     pr.add_argument("--top", type=int, default=5)
     pr.set_defaults(run=_predict)
+    ex = sub.add_parser("explain", help="write a heat map (.png) and the raw attribution (.npy) per image")
+    _model_args(ex)
+    ex.add_argument("--method", default="gradient",
+                    help="a method name, with settings if you like: \"integrated_gradients(steps=32)\"")
+    ex.add_argument("--target", default="predicted", help="'predicted' (the top class) or a class index")
+    ex.add_argument("--out", required=True, help="folder for the results")
+    ex.add_argument("--batch-size", type=int, default=8, help="images per compiled call")
+    ex.add_argument("--seed", type=int, default=0, help="seed of the key for random methods")
+    ex.add_argument("--reduce", default="abs_max", help="how channels collapse for the picture")
+    ex.set_defaults(run=_explain)
     return p
 
 

@@ -68,6 +68,6 @@ def adaptive_avg_pool(x: Array, size: int) -> Array:
     h, w = x.shape[-3], x.shape[-2]
     if (h, w) == (size, size):
         return x
-    ph = jnp.asarray(adaptive_pool_matrix(h, size))
-    pw = jnp.asarray(adaptive_pool_matrix(w, size))
+    ph = jnp.asarray(adaptive_pool_matrix(h, size), x.dtype)
+    pw = jnp.asarray(adaptive_pool_matrix(w, size), x.dtype)
     return jnp.einsum("ih,jw,...hwc->...ijc", ph, pw, x)

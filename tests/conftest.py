@@ -10,7 +10,7 @@ import pytest
 
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 
-from jaxplain.models import VGGConfig, build, random_params  # noqa: E402
+from jaxplain.models import VGGConfig, build  # noqa: E402
 
 TINY = VGGConfig(blocks=(1, 1, 2), widths=(4, 8, 8), fc=16, classes=10, grid=2,
                  head="torchvision", name="tiny")
@@ -23,10 +23,20 @@ def _private_home(tmp_path, monkeypatch):
     monkeypatch.delenv("JAXPLAIN_WEIGHTS_URL", raising=False)
 
 
+def tiny_pair(seed: int = 0):
+    """The tiny VGG in torch and the same weights in jaxplain (through the torchvision importer)."""
+    from jaxplain.models import weights
+    from tests.torch_reference import tiny_torch
+
+    net = tiny_torch(seed)
+    raw = {k: v.detach().numpy() for k, v in net.state_dict().items()}
+    return net, build(TINY, weights.convert(raw, TINY, "torchvision"), source="torchvision")
+
+
 @pytest.fixture(scope="session")
 def tiny_model():
-    """A VGG-shaped model for 32x32 inputs (3 blocks, 10 classes), seeded random weights."""
-    return build(TINY, random_params(TINY, seed=1), source="torchvision")
+    """A VGG-shaped model for 32x32 inputs (3 blocks, 10 classes), random weights with O(1) logits."""
+    return tiny_pair(seed=1)[1]
 
 
 @pytest.fixture(scope="session")

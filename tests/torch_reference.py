@@ -18,28 +18,28 @@ CFGS = {
 
 
 class TorchVGG(nn.Module):
-    def __init__(self, arch: str = "vgg16", num_classes: int = 1000):
+    def __init__(self, arch: str | list = "vgg16", num_classes: int = 1000, fc: int = 4096, grid: int = 7):
         super().__init__()
         layers, cin = [], 3
-        for v in CFGS[arch]:
+        for v in CFGS[arch] if isinstance(arch, str) else arch:
             if v == "M":
                 layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
             else:
                 layers += [nn.Conv2d(cin, v, kernel_size=3, padding=1), nn.ReLU(inplace=False)]
                 cin = v
         self.features = nn.Sequential(*layers)
-        self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+        self.avgpool = nn.AdaptiveAvgPool2d((grid, grid))
         self.classifier = nn.Sequential(
-            nn.Linear(512 * 7 * 7, 4096), nn.ReLU(False), nn.Dropout(),
-            nn.Linear(4096, 4096), nn.ReLU(False), nn.Dropout(),
-            nn.Linear(4096, num_classes),
+            nn.Linear(cin * grid * grid, fc), nn.ReLU(False), nn.Dropout(),
+            nn.Linear(fc, fc), nn.ReLU(False), nn.Dropout(),
+            nn.Linear(fc, num_classes),
         )
         for m in self.modules():  # small random weights that keep activations O(1)
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.normal_(m.bias, 0, 0.1)
             elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.normal_(m.weight, 0, 0.01 if fc == 4096 else (2 / m.in_features) ** 0.5)
                 nn.init.normal_(m.bias, 0, 0.1)
 
     def forward(self, x):
@@ -59,3 +59,12 @@ def timm_state_dict(sd: dict) -> dict:
     out["head.fc.weight"] = sd["classifier.6.weight"]
     out["head.fc.bias"] = sd["classifier.6.bias"]
     return out
+
+
+TINY_CFG = [4, "M", 8, "M", 8, 8, "M"]  # tests.conftest.TINY in torchvision's layout
+
+
+def tiny_torch(seed: int = 0) -> TorchVGG:
+    """The tiny VGG of the tests (32x32 in, 10 classes) in torch, random weights, eval mode."""
+    torch.manual_seed(seed)
+    return TorchVGG(TINY_CFG, num_classes=10, fc=16, grid=2).eval()

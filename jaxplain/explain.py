@@ -1,0 +1,220 @@
+"""explain(): the one front door. Validates, batches (vmap), compiles (jit, cached), slices
+large inputs into fixed-size calls, and shards each call's batch across all local devices."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxplain import registry
+from jaxplain.errors import InputError
+from jaxplain.types import Array, Model, PyTree
+
+Targets = int | Sequence[int] | np.ndarray | Array | str
+
+
+def _is_array(v: Any) -> bool:
+    return isinstance(v, (np.ndarray, jax.Array))
+
+
+def _freeze(v: Any) -> Any:
+    """A hashable stand-in for a static setting (dicts and lists become sorted tuples)."""
+    if isinstance(v, dict):
+        return tuple(sorted((k, _freeze(x)) for k, x in v.items()))
+    if isinstance(v, (list, tuple)):
+        return tuple(_freeze(x) for x in v)
+    return v
+
+
+@functools.lru_cache(maxsize=64)
+def _batched(fn: Callable, apply: Callable, static: tuple, array_names: tuple[str, ...], keyed: bool) -> Callable:
+    """jit(vmap(method)) for one (method, model, static settings); jit caches per shape and dtype."""
+    static_kw = {k: (dict(v) if k == "base_settings" and v is not None else v) for k, v in static}
+
+    def batched(params: PyTree, images: Array, targets: Array, keys: Array | None, arrays: tuple) -> PyTree:
+        shared = dict(zip(array_names, arrays))
+
+        def one(x: Array, t: Array, k: Array | None) -> PyTree:
+            extra = {"key": k} if keyed else {}
+            return fn(apply, params, x, t, **static_kw, **shared, **extra)
+
+        return jax.vmap(one, in_axes=(0, 0, 0 if keyed else None))(images, targets, keys)
+
+    return jax.jit(batched)
+
+
+@functools.lru_cache(maxsize=64)
+def _output_shape(apply: Callable, params_struct: Any, shape: tuple[int, ...]) -> tuple[int, ...]:
+    params = jax.tree.unflatten(params_struct[0], params_struct[1])
+    out = jax.eval_shape(lambda p, x: apply(p, x)[0], params, jax.ShapeDtypeStruct(shape, jnp.float32))
+    return out.shape
+
+
+def num_classes(model: Model, image_shape: tuple[int, ...]) -> int:
+    """Number of logits ``model.apply`` gives for one image of ``image_shape`` (traced, not compiled)."""
+    leaves, treedef = jax.tree.flatten(model.params)
+    struct = (treedef, tuple(jax.ShapeDtypeStruct(l.shape, l.dtype) for l in leaves))
+    shape = _output_shape(model.apply, struct, tuple(image_shape))
+    if len(shape) != 1:
+        raise InputError(f"{model.name} outputs {shape} per image, not a vector of logits: it has no classifier")
+    return shape[0]
+
+
+def check_images(model: Model, images: Any) -> Array:
+    """Preprocessed float images ``[B, H, W, C]`` that fit ``model``, or an ``InputError``."""
+    a = images if isinstance(images, jax.Array) else np.asarray(images)
+    if a.ndim != 4:
+        hint = " (add a batch axis: images[None])" if a.ndim == 3 else ""
+        raise InputError(f"images must be a batch [B, H, W, C], got shape {a.shape}{hint}")
+    if not jnp.issubdtype(a.dtype, jnp.floating):
+        raise InputError(f"images must be preprocessed floats (model.preprocess), got dtype {a.dtype}")
+    if a.shape[0] == 0:
+        raise InputError("images is an empty batch")
+    channels = getattr(model, "channels", 3)
+    if a.shape[-1] != channels:
+        raise InputError(f"{model.name} takes {channels} channels, got images of shape {a.shape}")
+    hw = tuple(a.shape[1:3])
+    if model.input_size is not None and hw != tuple(model.input_size):
+        raise InputError(f"{model.name} takes {model.input_size[0]}x{model.input_size[1]} images, got {hw[0]}x{hw[1]}")
+    if min(hw) < model.min_size:
+        raise InputError(f"{model.name} needs images of at least {model.min_size}x{model.min_size}, got {hw[0]}x{hw[1]}")
+    a = jnp.asarray(a, jnp.float32)
+    if not bool(jnp.isfinite(a).all()):
+        bad = np.unique(np.nonzero(~np.isfinite(np.asarray(a)))[0])
+        raise InputError(f"images {bad.tolist()[:8]} contain NaN or infinite pixels")
+    return a
+
+
+def _slices(n: int, size: int) -> list[tuple[int, int]]:
+    return [(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _pad(a: Array | None, size: int) -> Array | None:
+    """Pad the leading axis to ``size`` by repeating the last row (keeps shapes static)."""
+    if a is None or a.shape[0] == size:
+        return a
+    return jnp.concatenate([a, jnp.repeat(a[-1:], size - a.shape[0], axis=0)])
+
+
+@functools.lru_cache(maxsize=1)
+def _mesh(devices: tuple) -> Mesh:
+    return Mesh(np.array(devices), ("b",))
+
+
+_replicated: dict[tuple[int, int], tuple[PyTree, PyTree]] = {}
+
+
+def _replicate(params: PyTree, mesh: Mesh) -> PyTree:
+    key = (id(params), id(mesh))
+    if key not in _replicated:
+        _replicated.clear()
+        _replicated[key] = (params, jax.device_put(params, NamedSharding(mesh, PartitionSpec())))
+    return _replicated[key][1]
+
+
+def _run(call: Callable[..., PyTree], params: PyTree, batch: tuple, n: int, size: int) -> PyTree:
+    """Call ``call`` on fixed-size slices of ``batch`` (leading axis ``n``) and join the results."""
+    devices = tuple(jax.devices())
+    size = -(-size // len(devices)) * len(devices)
+    mesh = _mesh(devices) if len(devices) > 1 else None
+    if mesh is not None:
+        params = _replicate(params, mesh)
+        shard = NamedSharding(mesh, PartitionSpec("b"))
+    outs = []
+    for lo, hi in _slices(n, size):
+        part = tuple(_pad(None if a is None else a[lo:hi], size) for a in batch)
+        if mesh is not None:
+            part = tuple(None if a is None else jax.device_put(a, shard) for a in part)
+        out = call(params, *part)
+        outs.append(jax.tree.map(lambda o, k=hi - lo: o[:k], out))
+    if len(outs) == 1:
+        return outs[0]
+    return jax.tree.map(lambda *o: jnp.concatenate(o), *outs)
+
+
+def predict(model: Model, images: Array, *, batch_size: int | None = None) -> Array:
+    """Logits ``[B, K]`` of preprocessed ``images``, in slices of ``batch_size``."""
+    images = check_images(model, images)
+    n = images.shape[0]
+    fwd = _forward(model.apply)
+    return _run(lambda p, x: fwd(p, x), model.params, (images,), n, batch_size or n)
+
+
+@functools.lru_cache(maxsize=16)
+def _forward(apply: Callable) -> Callable:
+    return jax.jit(jax.vmap(lambda p, x: apply(p, x)[0], in_axes=(None, 0)))
+
+
+def _targets(model: Model, images: Array, targets: Targets, batch_size: int | None) -> Array:
+    n = images.shape[0]
+    k = num_classes(model, images.shape[1:])
+    if isinstance(targets, str):
+        if targets != "predicted":
+            raise InputError(f"targets must be ints or 'predicted', got {targets!r}")
+        return jnp.argmax(predict(model, images, batch_size=batch_size), axis=-1).astype(jnp.int32)
+    t = np.asarray(targets)
+    if not np.issubdtype(t.dtype, np.integer):
+        raise InputError(f"targets must be integer class indices, got dtype {t.dtype}")
+    if t.ndim == 0:
+        t = np.full(n, t)
+    if t.shape != (n,):
+        raise InputError(f"targets must be one int or [B]={n} ints, got shape {t.shape}")
+    bad = t[(t < 0) | (t >= k)]
+    if bad.size:
+        raise InputError(f"target {int(bad[0])} is outside [0, {k}) for {model.name}")
+    return jnp.asarray(t, jnp.int32)
+
+
+def _resolve_model_settings(model: Model, images: Array, settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings that need the model: ``baseline="black"`` is the preprocessed black image."""
+    if isinstance(settings.get("baseline"), str) and settings["baseline"] == "black":
+        black = np.zeros((1, *images.shape[1:3], 3), np.uint8)
+        settings["baseline"] = jnp.asarray(model.preprocess(black)[0], jnp.float32)
+    return settings
+
+
+def explain(
+    model: Model,
+    images: Any,
+    targets: Targets = "predicted",
+    method: str | Callable = "gradient",
+    *,
+    batch_size: int | None = None,
+    **settings: Any,
+) -> PyTree:
+    """Explain ``model``'s ``targets`` on a batch of preprocessed ``images [B, H, W, C]``.
+
+    ``method``: a registered name (``jaxplain.METHODS``), a string with settings such as
+    ``"integrated_gradients(steps=64)"``, or a method function. ``settings`` go to the method;
+    ``key`` (a ``jax.random`` key) is split per image by its index, so results do not depend on
+    ``batch_size`` or device count. ``batch_size`` images go through each compiled call (the
+    last call padded). Returns ``[B, ...]`` (for the gradient family ``[B, H, W, C]`` float32),
+    or the method's tuple (``return_delta=True``) with a leading ``B`` on each part.
+    """
+    fn, parsed = registry.parse(method)
+    settings = {**parsed, **settings}
+    registry.check_settings(fn, settings)
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
+    images = check_images(model, images)
+    n = images.shape[0]
+    target_ids = _targets(model, images, targets, batch_size)
+    settings = _resolve_model_settings(model, images, settings)
+
+    key = settings.pop("key", None)
+    keyed = key is not None
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n)) if keyed else None
+    arrays = {k: v for k, v in settings.items() if _is_array(v)}
+    static = tuple(sorted((k, _freeze(v)) for k, v in settings.items() if k not in arrays))
+    names = tuple(sorted(arrays))
+    try:
+        call = _batched(fn, model.apply, static, names, keyed)
+    except TypeError:
+        raise InputError(f"settings must be literals, functions or arrays; got {static}") from None
+    shared = tuple(jnp.asarray(arrays[k]) for k in names)
+    return _run(lambda p, x, t, k: call(p, x, t, k, shared), model.params, (images, target_ids, keys), n, batch_size or n)

@@ -1,0 +1,74 @@
+"""METHODS: every explanation method by name, and the parser for ``"name(setting=value, ...)"``."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from typing import Any, Callable
+
+from jaxplain.errors import InputError
+from jaxplain.methods import gradients, integrated, smooth
+
+METHODS: dict[str, Callable] = {
+    "gradient": gradients.gradient,
+    "gradient_x_input": gradients.gradient_x_input,
+    "guided_backprop": gradients.guided_backprop,
+    "deconvnet": gradients.deconvnet,
+    "integrated_gradients": integrated.integrated_gradients,
+    "expected_gradients": integrated.expected_gradients,
+    "blur_ig": integrated.blur_ig,
+    "guided_ig": integrated.guided_ig,
+    "smoothgrad": smooth.smoothgrad,
+    "squaregrad": smooth.squaregrad,
+    "vargrad": smooth.vargrad,
+}
+
+
+def lookup(method: str | Callable) -> Callable:
+    """The method function for a registered name (or the function itself)."""
+    if callable(method):
+        return method
+    if method not in METHODS:
+        raise InputError(f"unknown method {method!r}; registered: {', '.join(sorted(METHODS))}")
+    return METHODS[method]
+
+
+def parse(spec: str | Callable) -> tuple[Callable, dict[str, Any]]:
+    """``"integrated_gradients(steps=64, rule='riemann_left')"`` -> (function, settings).
+
+    Settings are Python literals; a bare name such as ``"gradient"`` has none.
+    """
+    if callable(spec):
+        return spec, {}
+    if not isinstance(spec, str):
+        raise InputError(f"method must be a name or a function, got {type(spec).__name__}")
+    try:
+        node = ast.parse(spec.strip(), mode="eval").body
+    except SyntaxError:
+        raise InputError(f"cannot parse method {spec!r}; write e.g. \"integrated_gradients(steps=64)\"") from None
+    if isinstance(node, ast.Name):
+        return lookup(node.id), {}
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.args):
+        raise InputError(f"cannot parse method {spec!r}; write e.g. \"integrated_gradients(steps=64)\"")
+    try:
+        settings = {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords if kw.arg}
+    except ValueError:
+        raise InputError(f"settings in {spec!r} must be literals (numbers, strings, True/False/None)") from None
+    return lookup(node.func.id), settings
+
+
+def settings_of(fn: Callable) -> dict[str, Any]:
+    """The keyword-only settings a method takes, with their defaults."""
+    return {
+        name: p.default
+        for name, p in inspect.signature(fn).parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+
+
+def check_settings(fn: Callable, settings: dict[str, Any]) -> None:
+    known = settings_of(fn)
+    unknown = sorted(set(settings) - set(known))
+    if unknown:
+        name = getattr(fn, "__name__", "method")
+        raise InputError(f"{name} has no setting {', '.join(map(repr, unknown))}; its settings: {', '.join(known) or 'none'}")

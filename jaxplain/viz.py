@@ -1,0 +1,76 @@
+"""Colour maps and overlays for 2-D attribution maps; never called from inside a method."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from jaxplain.errors import InputError
+
+# Anchor colours (position, RGB) of two maps, linearly interpolated into 256-entry tables.
+_ANCHORS = {
+    "heat": [(0.0, (0, 0, 0)), (0.35, (120, 20, 130)), (0.65, (230, 70, 30)), (0.85, (250, 180, 30)), (1.0, (255, 255, 220))],
+    "diverging": [(0.0, (40, 60, 200)), (0.5, (255, 255, 255)), (1.0, (200, 30, 30))],
+}
+
+
+def colormap(name: str = "heat") -> np.ndarray:
+    """``uint8 [256, 3]`` lookup table."""
+    if name not in _ANCHORS:
+        raise InputError(f"unknown colour map {name!r}; expected one of {sorted(_ANCHORS)}")
+    pos, rgb = zip(*_ANCHORS[name])
+    t = np.linspace(0, 1, 256)
+    return np.stack([np.interp(t, pos, [c[i] for c in rgb]) for i in range(3)], -1).round().astype(np.uint8)
+
+
+def normalize(m: np.ndarray, percentile: float = 99.0, signed: bool = False) -> np.ndarray:
+    """Scale a map to [0, 1] (``signed``: [-1, 1]) by the ``percentile`` of its magnitude, clipping outliers."""
+    m = np.asarray(m, np.float64)
+    scale = np.percentile(np.abs(m), percentile)
+    if not np.isfinite(scale) or scale <= 0:
+        scale = np.abs(m).max() or 1.0
+    return np.clip(m / scale, -1.0 if signed else 0.0, 1.0)
+
+
+def heatmap(m: np.ndarray, cmap: str = "heat", signed: bool = False, percentile: float = 99.0) -> np.ndarray:
+    """``[H, W]`` map -> ``uint8 [H, W, 3]`` colours (unsigned maps use ``|m|``)."""
+    m = np.asarray(m)
+    if m.ndim != 2:
+        raise InputError(f"heatmap takes a 2-D map [H, W], got shape {m.shape} (use jaxplain.reduce)")
+    if signed:
+        v = (normalize(m, percentile, signed=True) + 1) / 2
+        cmap = "diverging" if cmap == "heat" else cmap
+    else:
+        v = normalize(np.abs(m), percentile)
+    return colormap(cmap)[np.round(v * 255).astype(np.int64)]
+
+
+def resize_map(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of ``[h, w]`` to ``size`` (Pillow, float)."""
+    from PIL import Image
+
+    m = np.asarray(m, np.float32)
+    if m.shape == tuple(size):
+        return m
+    return np.asarray(Image.fromarray(m, mode="F").resize((size[1], size[0]), Image.Resampling.BILINEAR))
+
+
+def overlay(image: np.ndarray, m: np.ndarray, alpha: float = 0.55, **kw) -> np.ndarray:
+    """Blend the colour map of ``m [h, w]`` over ``image uint8 [H, W, 3]``, weighting by intensity."""
+    image = np.asarray(image, np.float64)
+    m = resize_map(m, image.shape[:2])
+    colours = heatmap(m, **kw).astype(np.float64)
+    weight = alpha * normalize(np.abs(m), kw.get("percentile", 99.0))[..., None] ** 0.5
+    return np.clip(image * (1 - weight) + colours * weight, 0, 255).round().astype(np.uint8)
+
+
+def grid(tiles: list[np.ndarray], cols: int = 8, pad: int = 2) -> np.ndarray:
+    """Tile equally-sized ``uint8 [h, w, 3]`` images into one picture."""
+    if not tiles:
+        raise InputError("grid needs at least one tile")
+    h, w = tiles[0].shape[:2]
+    rows = -(-len(tiles) // cols)
+    out = np.full((rows * (h + pad) + pad, min(cols, len(tiles)) * (w + pad) + pad, 3), 255, np.uint8)
+    for i, t in enumerate(tiles):
+        r, c = divmod(i, cols)
+        out[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = t
+    return out

@@ -1,0 +1,32 @@
+"""Small settings per registered method for the shared property tests; a method missing here is
+tested with its defaults (plus a key when it takes one), so a new method is covered for free."""
+
+import jax
+import numpy as np
+
+from jaxplain.registry import METHODS, settings_of
+
+SMALL = {
+    "integrated_gradients": dict(steps=7, chunk=3),
+    "expected_gradients": dict(samples=7, chunk=3),
+    "blur_ig": dict(steps=7, chunk=3, max_sigma=4.0),
+    "guided_ig": dict(steps=6),
+    "smoothgrad": dict(samples=7, chunk=3),
+    "squaregrad": dict(samples=7, chunk=3),
+    "vargrad": dict(samples=7, chunk=3, base="gradient_x_input"),
+}
+
+
+def settings_for(name: str, images: np.ndarray) -> dict:
+    fn = METHODS[name]
+    s = dict(SMALL.get(name, {}))
+    known = settings_of(fn)
+    if "key" in known:
+        s["key"] = jax.random.key(7)
+    if "references" in known:
+        s["references"] = np.asarray(images[::-1] * 0.5)
+    return s
+
+
+def images(n: int = 3, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, 32, 32, 3)).astype(np.float32)

@@ -1,0 +1,147 @@
+"""The front door: bad input is refused with a named problem, parsing, reduce, the full VGG16
+end to end, and ``jaxplain explain`` as a user runs it."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import jaxplain
+from jaxplain import InputError, registry
+
+X = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+
+
+@pytest.mark.parametrize("images,match", [
+    (X[0], r"batch \[B, H, W, C\].*add a batch axis"),
+    (X[..., :2], "takes 3 channels"),
+    (X[:, :4, :4], "at least 8x8"),
+    (np.where(np.arange(2)[:, None, None, None] == 1, np.nan, X), r"images \[1\] contain NaN"),
+    (X.astype(np.uint8), "preprocessed floats"),
+])
+def test_bad_images(tiny_model, images, match):
+    with pytest.raises(InputError, match=match):
+        jaxplain.explain(tiny_model, images, 0, "gradient")
+
+
+def test_wrong_size_for_fixed_input_model():
+    from jaxplain import models
+
+    cfg = models.VGGConfig(blocks=(1, 1), widths=(4, 4), fc=8, classes=3, grid=2, head="keras", name="k")
+    m = models.build(cfg, models.random_params(cfg), source="keras")
+    with pytest.raises(InputError, match="takes 8x8 images, got 32x32"):
+        jaxplain.explain(m, X, 0, "gradient")
+
+
+@pytest.mark.parametrize("targets,match", [
+    (10, r"target 10 is outside \[0, 10\)"),
+    ([1, -1], r"target -1 is outside"),
+    ([1, 2, 3], r"one int or \[B\]=2 ints"),
+    ("top", "ints or 'predicted'"),
+    (np.array([0.5, 1.0]), "integer class indices"),
+])
+def test_bad_targets(tiny_model, targets, match):
+    with pytest.raises(InputError, match=match):
+        jaxplain.explain(tiny_model, X, targets, "gradient")
+
+
+@pytest.mark.parametrize("method,settings,match", [
+    ("saliency_maps", {}, "unknown method 'saliency_maps'; registered: .*gradient"),
+    ("integrated_gradients(stepz=3)", {}, "has no setting 'stepz'; its settings: steps"),
+    ("gradient", {"steps": 3}, "gradient has no setting 'steps'"),
+    ("smoothgrad", {}, "random: pass key="),
+    ("integrated_gradients", {"baseline": "uniform"}, "random: pass key="),
+    ("integrated_gradients", {"rule": "simpson"}, "unknown integration rule 'simpson'"),
+    ("integrated_gradients", {"baseline": "grey"}, "unknown baseline 'grey'"),
+    ("expected_gradients", {"key": jax.random.key(0)}, "needs references"),
+    ("integrated_gradients(steps=)", {}, "cannot parse method"),
+])
+def test_bad_methods_and_settings(tiny_model, method, settings, match):
+    with pytest.raises(InputError, match=match):
+        jaxplain.explain(tiny_model, X, 0, method, **settings)
+
+
+def test_bad_input_is_refused_before_compiling(tiny_model, monkeypatch):
+    ex = sys.modules["jaxplain.explain"]  # the module; jaxplain.explain is the function
+
+    def no_compile(*a, **k):
+        raise AssertionError("reached the compiled call")
+
+    monkeypatch.setattr(ex, "_batched", no_compile)
+    for images, targets in [(X[0], 0), (X, 99), (X[..., :1], 0)]:
+        with pytest.raises(InputError):
+            jaxplain.explain(tiny_model, images, targets, "gradient")
+
+
+def test_parse_and_targets(tiny_model):
+    fn, s = registry.parse("integrated_gradients(steps=64, rule='riemann_left', return_delta=False)")
+    assert fn is jaxplain.integrated_gradients and s == {"steps": 64, "rule": "riemann_left", "return_delta": False}
+    predicted = np.asarray(jnp.argmax(tiny_model(X), -1))
+    a = jaxplain.explain(tiny_model, X, "predicted", "gradient")
+    b = jaxplain.explain(tiny_model, X, predicted, jaxplain.gradient)
+    np.testing.assert_array_equal(a, b)
+    c = jaxplain.explain(tiny_model, X, int(predicted[0]), "gradient")
+    np.testing.assert_array_equal(a[0], c[0])
+
+
+def test_black_baseline_is_the_preprocessed_black_image(tiny_model):
+    black = tiny_model.preprocess(np.zeros((1, 32, 32, 3), np.uint8))
+    a = jaxplain.explain(tiny_model, X, 1, "integrated_gradients", baseline="black", steps=8)
+    b = jaxplain.explain(tiny_model, X, 1, "integrated_gradients", baseline=black[0], steps=8)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_reduce():
+    a = np.array([[[[1.0, -3.0, 2.0]]]], np.float32)
+    assert float(jaxplain.reduce(a, "abs_max")[0, 0, 0]) == 3.0
+    assert float(jaxplain.reduce(a, "sum")[0, 0, 0]) == 0.0
+    assert float(jaxplain.reduce(a, "abs_sum")[0, 0, 0]) == 6.0
+    assert float(jaxplain.reduce(a, "l2")[0, 0, 0]) == pytest.approx(np.sqrt(14))
+    with pytest.raises(InputError, match="unknown reduction"):
+        jaxplain.reduce(a, "median")
+
+
+def test_full_vgg16_end_to_end():
+    """The real architecture (random weights, Keras head, 224x224) through explain at batch 2."""
+    from jaxplain import models
+
+    m = models.vgg16()
+    x = np.random.default_rng(1).normal(0, 50, size=(2, 224, 224, 3)).astype(np.float32)
+    g = jaxplain.explain(m, x, "predicted", "gradient")
+    assert g.shape == x.shape and np.isfinite(np.asarray(g)).all() and np.abs(np.asarray(g)).max() > 0
+    attr, delta = jaxplain.explain(m, x, "predicted", "integrated_gradients(steps=8, chunk=4)", return_delta=True)
+    t = np.asarray(jnp.argmax(m(x), -1))
+    gap = np.asarray(m(x))[[0, 1], t] - np.asarray(m(np.zeros_like(x)))[[0, 1], t]
+    assert attr.shape == x.shape and np.isfinite(np.asarray(attr)).all()
+    np.testing.assert_allclose(np.asarray(attr).sum((1, 2, 3)) - gap, delta, atol=1e-4 * np.abs(gap).max())
+
+
+def test_cli_explain(tmp_path):
+    from safetensors.torch import save_file
+
+    from tests.torch_reference import TorchVGG
+
+    torch.manual_seed(5)
+    weights = tmp_path / "vgg16.safetensors"
+    save_file({k: v.contiguous() for k, v in TorchVGG("vgg16").state_dict().items()}, weights)
+    img = tmp_path / "cat.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (150, 200, 3)).astype(np.uint8)).save(img)
+    bad = tmp_path / "dog.jpg"
+    bad.write_bytes(b"\xff\xd8 broken")
+    out = tmp_path / "out"
+    env = dict(os.environ, JAXPLAIN_HOME=str(tmp_path / "home"))
+    r = subprocess.run([sys.executable, "-m", "jaxplain.cli", "explain", str(img), str(bad), "--weights", str(weights),
+                        "--method", "smoothgrad(samples=4)", "--out", str(out)], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 1, r.stderr
+    assert "top class" in r.stdout and "cat.png" in r.stdout
+    assert r.stderr.count("\n") == 1 and "dog.jpg" in r.stderr and "Traceback" not in r.stderr
+    a = np.load(out / "cat.npy")
+    assert a.shape == (224, 224, 3) and a.dtype == np.float32 and np.isfinite(a).all()
+    png = np.asarray(Image.open(out / "cat.png"))
+    assert png.shape == (224, 224, 3)
