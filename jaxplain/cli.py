@@ -113,6 +113,45 @@ def _explain(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    import json
+
+    import jax
+
+    from jaxplain import bench, models, registry
+
+    model = models.vgg(args.model, None, "torchvision" if args.size else "keras")
+    size = (args.size, args.size) if args.size else model.input_size
+    if args.size:
+        model = model.replace(input_size=size)
+    peak = bench.matmul_peak()
+    info = bench.device_info()
+    print(f"{info['device_kind']} x{info['device_count']} ({info['platform']}), jax {info['jax']}, "
+          f"{args.model} {size[0]}x{size[1]} float32, matmul peak {peak / 1e9:.0f} GFLOP/s")
+    net = None
+    if args.captum:
+        import torch
+
+        device = "cuda" if info["platform"] == "gpu" and torch.cuda.is_available() else "cpu"
+        params = jax.tree.map(np.asarray, model.params)
+        net = models.torch_vgg.torch_vgg(args.model, params, device=device)
+    rows = []
+    for spec in args.methods:
+        fn, settings = registry.parse(spec)
+        for batch in args.batch:
+            case = bench.compile_case(model, spec, batch)
+            row = {**bench.measure(case, peak, rounds=args.rounds, min_time=args.min_time), "model": args.model, **info}
+            if net is not None and fn.__name__ in bench.CAPTUM_METHODS:
+                row.update(bench.measure_captum(net, fn.__name__, batch, settings, size, rounds=args.rounds, min_time=args.min_time))
+                row["vs_captum"] = row["images_per_s"] / row["captum_images_per_s"]
+            rows.append(row)
+            print(bench.table([row]).splitlines()[-1] if len(rows) > 1 else bench.table([row]), flush=True)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"device": info, "peak_flops_per_s": peak, "rows": rows}, indent=1, default=str))
+    return 0
+
+
 def _int(text: str, flag: str) -> int:
     try:
         return int(text)
@@ -137,6 +176,16 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--seed", type=int, default=0, help="seed of the key for random methods")
     ex.add_argument("--reduce", default="abs_max", help="how channels collapse for the picture")
     ex.set_defaults(run=_explain)
+    be = sub.add_parser("bench", help="measure images/s, %% of the matmul peak and memory, optionally against Captum")
+    be.add_argument("--methods", nargs="+", default=["gradient", "integrated_gradients", "smoothgrad", "guided_backprop"])
+    be.add_argument("--batch", nargs="+", type=int, default=[1, 8])
+    be.add_argument("--model", default="vgg16", choices=MODELS)
+    be.add_argument("--size", type=int, default=None, help="input side (torchvision head); default 224 (Keras head)")
+    be.add_argument("--rounds", type=int, default=3)
+    be.add_argument("--min-time", type=float, default=1.0, help="seconds each case is timed for at least")
+    be.add_argument("--captum", action="store_true", help="time Captum on the same weights and device, alternating")
+    be.add_argument("--json", help="write every measured field here")
+    be.set_defaults(run=_bench)
     return p
 
 

@@ -21,7 +21,7 @@ import jax
 from jaxplain.errors import InputError
 from jaxplain.types import Model
 
-from . import imagenet, weights as _weights
+from . import imagenet, torch_vgg, weights as _weights
 from .vgg import BLOCKS, VGG, VGGConfig, make_apply, random_params
 
 SOURCES = ("keras", "torchvision")

@@ -9,7 +9,7 @@ from jaxplain.registry import METHODS, settings_of
 SMALL = {
     "integrated_gradients": dict(steps=7, chunk=3),
     "expected_gradients": dict(samples=7, chunk=3),
-    "blur_ig": dict(steps=7, chunk=3, max_sigma=4.0),
+    "blur_ig": dict(steps=4, chunk=3, max_sigma=4.0),
     "guided_ig": dict(steps=6),
     "smoothgrad": dict(samples=7, chunk=3),
     "squaregrad": dict(samples=7, chunk=3),

@@ -58,17 +58,23 @@ def test_contract(tiny_model):
 
 
 def test_tap_gradient_is_the_activation_gradient(tiny_model):
-    """d logit / d tap equals the derivative through the layer's output, checked by finite differences."""
+    """d logit / d tap equals the derivative through the layer's output: central differences in
+    float64 (eps 1e-6, so no ReLU kink is crossed) on the largest entries with a positive
+    activation (a zero one ties with its max-pool neighbours, where one-sided slopes differ)."""
     m = tiny_model
-    x = jnp.asarray(np.random.default_rng(2).normal(size=(32, 32, 3)).astype(np.float32))
-    _, acts = m.apply(m.params, x)
-    zero = jnp.zeros_like(acts["block2_conv1"])
-    f = lambda t: m.apply(m.params, x, taps={"block2_conv1": t})[0][3]  # noqa: E731
-    g = jax.grad(f)(zero)
-    i = tuple(int(v) for v in np.unravel_index(int(jnp.argmax(jnp.abs(g))), g.shape))
-    eps = 1e-2
-    fd = (f(zero.at[i].set(eps)) - f(zero.at[i].set(-eps))) / (2 * eps)
-    np.testing.assert_allclose(float(g[i]), float(fd), rtol=1e-3)
+    with jax.enable_x64(True):
+        p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), m.params)
+        x = jnp.asarray(np.random.default_rng(2).normal(size=(32, 32, 3)))
+        _, acts = m.apply(p64, x)
+        zero = jnp.zeros_like(acts["block2_conv1"])
+        f = lambda t: m.apply(p64, x, taps={"block2_conv1": t})[0][3]  # noqa: E731
+        g = jax.grad(f)(zero)
+        eps = 1e-6
+        score = np.abs(np.asarray(g)) * (np.asarray(acts["block2_conv1"]) > 1e-3)
+        for flat in np.argsort(-score.ravel())[:3]:
+            i = np.unravel_index(flat, g.shape)
+            fd = (f(zero.at[i].set(eps)) - f(zero.at[i].set(-eps))) / (2 * eps)
+            np.testing.assert_allclose(float(g[i]), float(fd), rtol=1e-6)
 
 
 def test_swappable_relu(tiny_model):

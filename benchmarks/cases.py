@@ -1,0 +1,35 @@
+"""The benchmark matrix: (model, method spec, batch), and which of them --quick keeps."""
+
+import pytest
+
+from jaxplain.registry import METHODS
+
+GRADIENT_ANCHORS = ["gradient", "gradient_x_input", "guided_backprop", "deconvnet"]
+USUAL_SPECS = {
+    "integrated_gradients": "integrated_gradients(steps=50)",
+    "smoothgrad": "smoothgrad(samples=50)",
+    "squaregrad": "squaregrad(samples=50)",
+    "vargrad": "vargrad(samples=50)",
+    "expected_gradients": "expected_gradients(samples=32)",
+    "blur_ig": "blur_ig(steps=100)",
+    "guided_ig": "guided_ig(steps=200)",
+}
+QUICK_VGG16 = [
+    ("gradient", 1), ("gradient", 8), ("guided_backprop", 8),
+    ("integrated_gradients(steps=8)", 1), ("smoothgrad(samples=8)", 1),
+]
+
+
+def cases():
+    out = []
+    for name in sorted(METHODS):
+        spec = USUAL_SPECS.get(name, name)
+        for batch in (1, 8):
+            out.append(pytest.param("tiny", spec, batch, marks=pytest.mark.quick, id=f"tiny-{name}-{batch}"))
+        for batch in (1, 8, 32, 128):
+            if batch == 128 and name not in GRADIENT_ANCHORS:
+                continue  # 128 images x 16 path points does not fit one device's memory
+            out.append(pytest.param("vgg16", spec, batch, id=f"vgg16-{name}-{batch}"))
+    for spec, batch in QUICK_VGG16:
+        out.append(pytest.param("vgg16", spec, batch, marks=pytest.mark.quick, id=f"vgg16-quick-{spec}-{batch}"))
+    return out
