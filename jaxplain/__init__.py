@@ -1,5 +1,8 @@
 """jaxplain: compiled, vectorized explanations for JAX image models."""
 
+from jaxplain.activations import activations as activations
+from jaxplain.activations import channel_means as channel_means
+from jaxplain.activations import top_channels as top_channels
 from jaxplain.errors import DownloadError as DownloadError
 from jaxplain.errors import ImageError as ImageError
 from jaxplain.errors import InputError as InputError
@@ -7,6 +10,15 @@ from jaxplain.errors import JaxplainError as JaxplainError
 from jaxplain.errors import WeightsError as WeightsError
 from jaxplain.explain import explain as explain
 from jaxplain.explain import predict as predict
+from jaxplain.features import visualize_features as visualize_features
+from jaxplain.methods.cam import eigen_cam as eigen_cam
+from jaxplain.methods.cam import grad_cam as grad_cam
+from jaxplain.methods.cam import grad_cam_pp as grad_cam_pp
+from jaxplain.methods.cam import guided_grad_cam as guided_grad_cam
+from jaxplain.methods.cam import hires_cam as hires_cam
+from jaxplain.methods.cam import layer_cam as layer_cam
+from jaxplain.methods.cam import score_cam as score_cam
+from jaxplain.methods.cam import xgrad_cam as xgrad_cam
 from jaxplain.methods.gradients import deconvnet as deconvnet
 from jaxplain.methods.gradients import gradient as gradient
 from jaxplain.methods.gradients import gradient_x_input as gradient_x_input
@@ -15,6 +27,10 @@ from jaxplain.methods.integrated import blur_ig as blur_ig
 from jaxplain.methods.integrated import expected_gradients as expected_gradients
 from jaxplain.methods.integrated import guided_ig as guided_ig
 from jaxplain.methods.integrated import integrated_gradients as integrated_gradients
+from jaxplain.methods.layer import layer_gradient_x_activation as layer_gradient_x_activation
+from jaxplain.methods.layer import layer_integrated_gradients as layer_integrated_gradients
+from jaxplain.methods.layer import neuron_gradient as neuron_gradient
+from jaxplain.methods.layer import neuron_integrated_gradients as neuron_integrated_gradients
 from jaxplain.methods.smooth import smoothgrad as smoothgrad
 from jaxplain.methods.smooth import squaregrad as squaregrad
 from jaxplain.methods.smooth import vargrad as vargrad
@@ -24,6 +40,22 @@ from jaxplain.types import Model as Model
 
 __all__ = [
     "METHODS",
+    "activations",
+    "channel_means",
+    "eigen_cam",
+    "grad_cam",
+    "grad_cam_pp",
+    "guided_grad_cam",
+    "hires_cam",
+    "layer_cam",
+    "layer_gradient_x_activation",
+    "layer_integrated_gradients",
+    "neuron_gradient",
+    "neuron_integrated_gradients",
+    "score_cam",
+    "top_channels",
+    "visualize_features",
+    "xgrad_cam",
     "DownloadError",
     "ImageError",
     "InputError",

@@ -15,7 +15,7 @@ from jaxplain import registry
 from jaxplain.errors import InputError
 from jaxplain.types import Array, Model, PyTree
 
-Targets = int | Sequence[int] | np.ndarray | Array | str
+Targets = int | Sequence[int] | np.ndarray | Array | str | None
 
 
 def _is_array(v: Any) -> bool:
@@ -55,11 +55,46 @@ def _output_shape(apply: Callable, params_struct: Any, shape: tuple[int, ...]) -
     return out.shape
 
 
+@functools.lru_cache(maxsize=64)
+def _act_shapes(apply: Callable, params_struct: Any, shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    params = jax.tree.unflatten(params_struct[0], params_struct[1])
+    acts = jax.eval_shape(lambda p, x: apply(p, x)[1], params, jax.ShapeDtypeStruct(shape, jnp.float32))
+    return {k: v.shape for k, v in acts.items()}
+
+
+def _struct(model: Model) -> tuple:
+    leaves, treedef = jax.tree.flatten(model.params)
+    return (treedef, tuple(jax.ShapeDtypeStruct(l.shape, l.dtype) for l in leaves))
+
+
+def layer_shapes(model: Model, image_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """Every layer's activation shape for one image of ``image_shape`` (traced, not compiled)."""
+    return _act_shapes(model.apply, _struct(model), tuple(image_shape))
+
+
+def default_layer(model: Model, image_shape: tuple[int, ...]) -> str:
+    """The last convolutional layer the model names (the last spatial one if none says conv)."""
+    shapes = layer_shapes(model, image_shape)
+    spatial = [name for name in model.layers if len(shapes.get(name, ())) == 3]
+    convs = [name for name in spatial if "conv" in name]
+    if not (convs or spatial):
+        raise InputError(f"{model.name} has no spatial layer [h, w, K]")
+    return (convs or spatial)[-1]
+
+
+def check_layer(model: Model, image_shape: tuple[int, ...], layer: str, *, spatial: bool = False) -> tuple[int, ...]:
+    """The layer's activation shape, or an ``InputError`` naming the valid layers."""
+    shapes = layer_shapes(model, image_shape)
+    if layer not in shapes:
+        raise InputError(f"unknown layer {layer!r}; {model.name}'s layers: {', '.join(model.layers)}")
+    if spatial and len(shapes[layer]) != 3:
+        raise InputError(f"layer {layer!r} has shape {shapes[layer]}: CAM methods need a spatial layer [h, w, K]")
+    return shapes[layer]
+
+
 def num_classes(model: Model, image_shape: tuple[int, ...]) -> int:
     """Number of logits ``model.apply`` gives for one image of ``image_shape`` (traced, not compiled)."""
-    leaves, treedef = jax.tree.flatten(model.params)
-    struct = (treedef, tuple(jax.ShapeDtypeStruct(l.shape, l.dtype) for l in leaves))
-    shape = _output_shape(model.apply, struct, tuple(image_shape))
+    shape = _output_shape(model.apply, _struct(model), tuple(image_shape))
     if len(shape) != 1:
         raise InputError(f"{model.name} outputs {shape} per image, not a vector of logits: it has no classifier")
     return shape[0]
@@ -152,6 +187,8 @@ def _forward(apply: Callable) -> Callable:
 
 def _targets(model: Model, images: Array, targets: Targets, batch_size: int | None) -> Array:
     n = images.shape[0]
+    if targets is None:  # for methods that ignore the target (neurons, Eigen-CAM)
+        return jnp.zeros((n,), jnp.int32)
     k = num_classes(model, images.shape[1:])
     if isinstance(targets, str):
         if targets != "predicted":
@@ -170,8 +207,17 @@ def _targets(model: Model, images: Array, targets: Targets, batch_size: int | No
     return jnp.asarray(t, jnp.int32)
 
 
-def _resolve_model_settings(model: Model, images: Array, settings: dict[str, Any]) -> dict[str, Any]:
-    """Settings that need the model: ``baseline="black"`` is the preprocessed black image."""
+def _resolve_model_settings(fn: Callable, model: Model, images: Array, settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings that need the model: ``baseline="black"`` is the preprocessed black image; a
+    missing ``layer`` is the last conv layer; layers and neurons are checked against the model."""
+    from jaxplain.methods.layer import check_neuron
+
+    if "layer" in registry.settings_of(fn):
+        if settings.get("layer") is None:
+            settings["layer"] = default_layer(model, images.shape[1:])
+        shape = check_layer(model, images.shape[1:], settings["layer"], spatial=getattr(fn, "spatial_layer", False))
+        if "neuron" in registry.settings_of(fn):
+            check_neuron(shape, settings.get("neuron"))
     if isinstance(settings.get("baseline"), str) and settings["baseline"] == "black":
         black = np.zeros((1, *images.shape[1:3], 3), np.uint8)
         settings["baseline"] = jnp.asarray(model.preprocess(black)[0], jnp.float32)
@@ -189,7 +235,8 @@ def explain(
 ) -> PyTree:
     """Explain ``model``'s ``targets`` on a batch of preprocessed ``images [B, H, W, C]``.
 
-    ``method``: a registered name (``jaxplain.METHODS``), a string with settings such as
+    ``targets``: class indices, ``"predicted"`` (the top class), or ``None`` for methods that
+    ignore it. ``method``: a registered name (``jaxplain.METHODS``), a string with settings such as
     ``"integrated_gradients(steps=64)"``, or a method function. ``settings`` go to the method;
     ``key`` (a ``jax.random`` key) is split per image by its index, so results do not depend on
     ``batch_size`` or device count. ``batch_size`` images go through each compiled call (the
@@ -204,7 +251,7 @@ def explain(
     images = check_images(model, images)
     n = images.shape[0]
     target_ids = _targets(model, images, targets, batch_size)
-    settings = _resolve_model_settings(model, images, settings)
+    settings = _resolve_model_settings(fn, model, images, settings)
 
     key = settings.pop("key", None)
     keyed = key is not None

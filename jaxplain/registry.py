@@ -7,7 +7,7 @@ import inspect
 from typing import Any, Callable
 
 from jaxplain.errors import InputError
-from jaxplain.methods import gradients, integrated, smooth
+from jaxplain.methods import cam, gradients, integrated, layer, smooth
 
 METHODS: dict[str, Callable] = {
     "gradient": gradients.gradient,
@@ -21,6 +21,18 @@ METHODS: dict[str, Callable] = {
     "smoothgrad": smooth.smoothgrad,
     "squaregrad": smooth.squaregrad,
     "vargrad": smooth.vargrad,
+    "grad_cam": cam.grad_cam,
+    "grad_cam_pp": cam.grad_cam_pp,
+    "hires_cam": cam.hires_cam,
+    "xgrad_cam": cam.xgrad_cam,
+    "layer_cam": cam.layer_cam,
+    "eigen_cam": cam.eigen_cam,
+    "score_cam": cam.score_cam,
+    "guided_grad_cam": cam.guided_grad_cam,
+    "layer_gradient_x_activation": layer.layer_gradient_x_activation,
+    "layer_integrated_gradients": layer.layer_integrated_gradients,
+    "neuron_gradient": layer.neuron_gradient,
+    "neuron_integrated_gradients": layer.neuron_integrated_gradients,
 }
 
 

@@ -74,3 +74,37 @@ def grid(tiles: list[np.ndarray], cols: int = 8, pad: int = 2) -> np.ndarray:
         r, c = divmod(i, cols)
         out[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = t
     return out
+
+
+def _upscale(tile: np.ndarray, factor: int) -> np.ndarray:
+    return np.repeat(np.repeat(tile, factor, axis=0), factor, axis=1)
+
+
+def feature_maps(acts: np.ndarray, channels: list[int] | None = None, cols: int = 8, scale: int = 4) -> np.ndarray:
+    """A grid picture of one image's feature maps ``[h, w, K]`` (each channel normalised on its own)."""
+    acts = np.asarray(acts)
+    if acts.ndim != 3:
+        raise InputError(f"feature_maps takes one image's activations [h, w, K], got shape {acts.shape}")
+    channels = list(range(acts.shape[-1])) if channels is None else channels
+    tiles = [_upscale(heatmap(acts[..., c], percentile=100.0), scale) for c in channels]
+    return grid(tiles, cols=cols)
+
+
+def filters(model, layer: str | None = None, cols: int = 16, scale: int = 8) -> np.ndarray:
+    """The first conv layer's filters (``[kh, kw, 3, K]`` kernels) as a grid of small RGB pictures,
+    each filter min-max normalised; ``layer`` defaults to the model's first layer."""
+    layer = layer or model.layers[0]
+    try:
+        kernel = np.asarray(model.params[layer]["kernel"])
+    except (KeyError, TypeError):
+        raise InputError(f"{model.name} has no kernel for layer {layer!r}") from None
+    if kernel.ndim != 4 or kernel.shape[2] != 3:
+        raise InputError(f"layer {layer!r} has a kernel of shape {kernel.shape}: filters shows 3-channel (first-layer) kernels")
+    if getattr(model, "source", None) == "keras":  # Caffe weights read BGR
+        kernel = kernel[:, :, ::-1]
+    tiles = []
+    for k in range(kernel.shape[-1]):
+        f = kernel[..., k]
+        f = (f - f.min()) / (f.max() - f.min() or 1.0)
+        tiles.append(_upscale((f * 255).round().astype(np.uint8), scale))
+    return grid(tiles, cols=cols)

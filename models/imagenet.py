@@ -16,7 +16,9 @@ TORCH_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
 def _check_images(images: np.ndarray) -> np.ndarray:
-    images = np.asarray(images)
+    """Float32 images; NumPy in, NumPy out; JAX arrays stay JAX (so preprocessing is differentiable)."""
+    if not hasattr(images, "shape"):
+        images = np.asarray(images)
     if images.ndim not in (3, 4) or images.shape[-1] != 3:
         raise InputError(f"expected RGB images [B, H, W, 3] or [H, W, 3], got shape {images.shape}")
     return images.astype(np.float32)

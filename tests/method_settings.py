@@ -14,7 +14,24 @@ SMALL = {
     "smoothgrad": dict(samples=7, chunk=3),
     "squaregrad": dict(samples=7, chunk=3),
     "vargrad": dict(samples=7, chunk=3, base="gradient_x_input"),
+    "grad_cam_pp": dict(chunk=100),
+    "score_cam": dict(chunk=3),
+    "layer_integrated_gradients": dict(steps=7, chunk=3),
+    "neuron_gradient": dict(neuron=6),
+    "neuron_integrated_gradients": dict(neuron=5, steps=7, chunk=3),
 }
+
+
+def expected_shape(name: str, x_shape: tuple) -> tuple:
+    """Gradient family: the input's shape; CAMs: [B, H, W]; layer methods: the layer's shape
+    (the tiny model's last conv layer is [8, 8, 8])."""
+    fn = METHODS[name]
+    b, h, w, c = x_shape
+    if name == "guided_grad_cam" or "layer" not in settings_of(fn) or name.startswith("neuron"):
+        return x_shape
+    if getattr(fn, "spatial_layer", False):
+        return (b, h, w)
+    return (b, 8, 8, 8)
 
 
 def settings_for(name: str, images: np.ndarray) -> dict:
@@ -23,6 +40,8 @@ def settings_for(name: str, images: np.ndarray) -> dict:
     known = settings_of(fn)
     if "key" in known:
         s["key"] = jax.random.key(7)
+    if "layer" in known:
+        s["layer"] = "block3_conv2"  # the tiny model's last conv layer (explain's default)
     if "references" in known:
         s["references"] = np.asarray(images[::-1] * 0.5)
     return s

@@ -1,0 +1,193 @@
+"""The CAM family: one ``cam()`` core and a small channel-weight function per variant.
+
+Every variant forms ``relu(sum_k W_k * A_k)`` from the layer's activation ``A [h, w, K]`` (and,
+for most, the gradient ``G = dS/dA``); they differ only in ``W`` ``[h, w, K]`` (a per-channel weight
+broadcast over positions, or a per-position one). Output ``[H, W]`` at the input's resolution
+(bilinear), or the layer's ``[h, w]`` with ``upsample=False``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxplain.errors import InputError
+from jaxplain.types import ApplyFn, Array, PyTree
+
+from .chunks import sum_chunks
+from .gradients import guided_backprop
+from .layer import activation, layer_gradient
+
+Weights = Callable[[Array, Array], Array]
+
+
+def resize(m: Array, size: tuple[int, int]) -> Array:
+    """Bilinear resize of ``[h, w]`` to ``size`` (half-pixel centres, as torch's ``align_corners=False``)."""
+    return jax.image.resize(m, size, "bilinear", antialias=False)
+
+
+def _spatial(a: Array, layer: str) -> None:
+    if a.ndim != 3:
+        raise InputError(f"layer {layer!r} has shape {a.shape}: CAM methods need a spatial layer [h, w, K]")
+
+
+def cam(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, layer: str | None, weights: Weights,
+        upsample_to_input: bool = True) -> Array:
+    """``relu(sum_k weights(A, G) * A)`` at ``layer``; the core of every gradient-based CAM."""
+    act, grad = layer_gradient(apply, params, x, target, layer)
+    _spatial(act, layer)
+    m = jax.nn.relu(jnp.sum(weights(act, grad) * act, axis=-1))
+    return resize(m, x.shape[:2]) if upsample_to_input else m
+
+
+def grad_cam_weights(act: Array, grad: Array) -> Array:
+    """Grad-CAM (Selvaraju et al. 2017): the spatial mean of the gradient per channel."""
+    return jnp.mean(grad, axis=(0, 1), keepdims=True)
+
+
+def hires_cam_weights(act: Array, grad: Array) -> Array:
+    """HiResCAM (Draelos & Carin 2020): the gradient itself, position by position."""
+    return grad
+
+
+def xgrad_cam_weights(act: Array, grad: Array) -> Array:
+    """XGrad-CAM (Fu et al. 2020): ``sum_ij A_ij / (sum_ij A_ij + eps) * G_ij`` per channel."""
+    norm = jnp.sum(act, axis=(0, 1), keepdims=True) + 1e-7
+    return jnp.sum(act / norm * grad, axis=(0, 1), keepdims=True)
+
+
+def layer_cam_weights(act: Array, grad: Array) -> Array:
+    """LayerCAM (Jiang et al. 2021): the positive part of the gradient, position by position."""
+    return jax.nn.relu(grad)
+
+
+def grad_cam_pp_paper_weights(act: Array, grad: Array) -> Array:
+    """Grad-CAM++ closed form (Chattopadhay et al. 2018, eq. 19, for ``Y = exp(S)``):
+    ``alpha = G^2 / (2 G^2 + sum_ab A_ab G^3)``, ``w_k = sum_ij alpha relu(G)``."""
+    g2, g3 = grad**2, grad**3
+    denom = 2 * g2 + jnp.sum(act, axis=(0, 1), keepdims=True) * g3
+    alpha = g2 / jnp.where(denom != 0, denom, 1.0)
+    return jnp.sum(alpha * jax.nn.relu(grad), axis=(0, 1), keepdims=True)
+
+
+def _variant(weights: Weights, doc: str) -> Callable:
+    def method(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, layer: str | None = None,
+               upsample: bool = True) -> Array:
+        return cam(apply, params, x, target, layer=layer, weights=weights, upsample_to_input=upsample)
+
+    method.__doc__ = doc + " ``[H, W]`` (``upsample=False``: ``[h, w]``)."
+    return method
+
+
+grad_cam = _variant(grad_cam_weights, "Grad-CAM: ``relu(sum_k mean_ij(G_k) A_k)``, Captum ``LayerGradCam``.")
+hires_cam = _variant(hires_cam_weights, "HiResCAM: ``relu(sum_k G_k * A_k)``.")
+xgrad_cam = _variant(xgrad_cam_weights, "XGrad-CAM: activation-weighted gradient sums per channel.")
+layer_cam = _variant(layer_cam_weights, "LayerCAM: ``relu(sum_k relu(G_k) * A_k)``.")
+for _f, _n in ((grad_cam, "grad_cam"), (hires_cam, "hires_cam"), (xgrad_cam, "xgrad_cam"), (layer_cam, "layer_cam")):
+    _f.__name__ = _f.__qualname__ = _n
+
+
+def diagonal_derivatives(apply: ApplyFn, params: PyTree, x: Array, target: Array, layer: str,
+                         chunk: int | None = 256) -> tuple[Array, Array, Array, Array]:
+    """``(A, dY/dA, d2Y/dA2, d3Y/dA3)`` for ``Y = exp(logits[target])``, the pure (diagonal)
+    partials of every activation element, exact by nested forward-mode through the network
+    after the layer (one pass per element, vectorized in chunks of ``chunk`` elements)."""
+    act = activation(apply, params, x, layer)
+
+    def y(tap: Array) -> Array:
+        return jnp.exp(apply(params, x, taps={layer: tap})[0][target])
+
+    zero = jnp.zeros_like(act)
+    d1 = jax.grad(y)(zero)
+
+    def along(index: Array) -> tuple[Array, Array]:
+        e = jax.nn.one_hot(index, act.size, dtype=act.dtype).reshape(act.shape)
+        f = lambda t: y(zero + t * e)  # noqa: E731
+        f1 = lambda t: jax.jvp(f, (t,), (jnp.ones_like(t),))[1]  # noqa: E731
+        f2 = lambda t: jax.jvp(f1, (t,), (jnp.ones_like(t),))[1]  # noqa: E731
+        d2, d3 = jax.jvp(f2, (jnp.zeros((), act.dtype),), (jnp.ones((), act.dtype),))
+        return d2, d3
+
+    def part(idx: Array) -> tuple[Array, Array]:
+        d2, d3 = jax.vmap(along)(idx)
+        hot = jax.nn.one_hot(idx, act.size, dtype=act.dtype)  # scatter this chunk's values
+        return d2 @ hot, d3 @ hot
+
+    d2, d3 = sum_chunks(part, jnp.arange(act.size), chunk)
+    return act, d1, d2.reshape(act.shape), d3.reshape(act.shape)
+
+
+def grad_cam_pp(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, layer: str | None = None,
+                upsample: bool = True, derivatives: str = "exact", chunk: int | None = 256) -> Array:
+    """Grad-CAM++ (Chattopadhay et al. 2018), ``[H, W]``: ``w_k = sum_ij alpha_ij relu(dY/dA_ij)``,
+    ``alpha = Y'' / (2 Y'' + sum_ab A_ab Y''')`` for ``Y = exp(S)``.
+
+    ``derivatives="exact"`` takes ``Y'``, ``Y''`` and ``Y'''`` from JAX (exact for any head; one
+    third-order forward pass per activation element, so it costs most on large layers);
+    ``"paper"`` uses the paper's closed form, exact only when the network after the layer is
+    piecewise linear (ReLU heads), where both agree.
+    """
+    if derivatives == "paper":
+        return cam(apply, params, x, target, layer=layer, weights=grad_cam_pp_paper_weights, upsample_to_input=upsample)
+    if derivatives != "exact":
+        raise InputError(f"derivatives must be 'exact' or 'paper', not {derivatives!r}")
+    act, d1, d2, d3 = diagonal_derivatives(apply, params, x, target, layer, chunk)
+    _spatial(act, layer)
+    denom = 2 * d2 + jnp.sum(act, axis=(0, 1), keepdims=True) * d3
+    alpha = d2 / jnp.where(denom != 0, denom, 1.0)
+    w = jnp.sum(alpha * jax.nn.relu(d1), axis=(0, 1), keepdims=True)
+    m = jax.nn.relu(jnp.sum(w * act, axis=-1))
+    return resize(m, x.shape[:2]) if upsample else m
+
+
+def eigen_cam(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, layer: str | None = None,
+              upsample: bool = True) -> Array:
+    """Eigen-CAM (Muhammad & Yeasin 2020), ``[H, W]``: the activations (centred per channel)
+    projected on their first principal direction, signed so the map correlates positively with
+    the mean activation, then rectified. Class-agnostic: ``target`` is not used."""
+    act = activation(apply, params, x, layer)
+    _spatial(act, layer)
+    flat = act.reshape(-1, act.shape[-1])
+    centred = flat - jnp.mean(flat, axis=0)
+    _, _, vt = jnp.linalg.svd(centred, full_matrices=False)
+    proj = centred @ vt[0]
+    proj = proj * jnp.where(jnp.sum(proj * jnp.mean(flat, axis=1)) < 0, -1.0, 1.0)
+    m = jax.nn.relu(proj.reshape(act.shape[:2]))
+    return resize(m, x.shape[:2]) if upsample else m
+
+
+def score_cam(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, layer: str | None = None,
+              upsample: bool = True, chunk: int | None = 32) -> Array:
+    """Score-CAM (Wang et al. 2020), ``[H, W]``: each channel, upsampled and min-max normalised,
+    masks the input; the softmax over channels of the masked inputs' target logits weights the
+    channels. The ``K`` masked forward passes are vectorized in chunks of ``chunk``."""
+    act = activation(apply, params, x, layer)
+    _spatial(act, layer)
+    k = act.shape[-1]
+    maps = jnp.moveaxis(act, -1, 0)  # [K, h, w]
+
+    def part(idx: Array) -> Array:
+        m = jax.vmap(lambda c: resize(maps[c], x.shape[:2]))(idx)
+        lo = jnp.min(m, axis=(1, 2), keepdims=True)
+        hi = jnp.max(m, axis=(1, 2), keepdims=True)
+        m = jnp.where(hi > lo, (m - lo) / jnp.where(hi > lo, hi - lo, 1.0), 0.0)
+        scores = jax.vmap(lambda mask: apply(params, x * mask[..., None])[0][target])(m)
+        return jax.nn.one_hot(idx, k, dtype=scores.dtype).T @ scores  # scatter into [K]
+
+    scores = sum_chunks(part, jnp.arange(k), chunk)
+    w = jax.nn.softmax(scores)
+    m = jax.nn.relu(jnp.sum(w * act, axis=-1))
+    return resize(m, x.shape[:2]) if upsample else m
+
+
+def guided_grad_cam(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, layer: str | None = None) -> Array:
+    """Guided Grad-CAM (Selvaraju et al. 2017), ``[H, W, C]``: guided backprop times the
+    upsampled Grad-CAM map (Captum ``GuidedGradCam``)."""
+    g = grad_cam(apply, params, x, target, layer=layer, upsample=True)
+    return guided_backprop(apply, params, x, target) * g[..., None]
+
+
+for _f in (grad_cam, grad_cam_pp, hires_cam, xgrad_cam, layer_cam, eigen_cam, score_cam, guided_grad_cam):
+    _f.spatial_layer = True  # explain() refuses layers without [h, w, K] activations for these

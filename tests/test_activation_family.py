@@ -1,0 +1,266 @@
+"""The activation family: Captum on the same weights (Grad-CAM, layer activations, layer
+gradient x activation, layer IG, neuron gradient, guided Grad-CAM); the variants Captum lacks
+against their papers' formulas evaluated by hand; Grad-CAM++'s exact derivatives against finite
+differences; Score-CAM against a plain loop; feature visualisation; bad input."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from captum import attr as ca
+
+import jaxplain
+from jaxplain import InputError, viz
+from jaxplain.methods.cam import diagonal_derivatives
+from tests.conftest import tiny_pair
+
+TOL = 1e-5  # max |ours - reference| <= 1e-5 * max |reference|, float32
+LAYER, TORCH_LAYER = "block3_conv2", 9  # features[9] is the ReLU after block3_conv2 (post-ReLU output)
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return tiny_pair(seed=4)
+
+
+@pytest.fixture(scope="module")
+def xs():
+    return np.random.default_rng(21).normal(size=(2, 32, 32, 3)).astype(np.float32)
+
+
+def _t(x):
+    return torch.tensor(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+
+def _nhwc(t):
+    return t.detach().numpy().transpose(0, 2, 3, 1)
+
+
+def _close(ours, ref, tol=TOL):
+    ours, ref = np.asarray(ours), np.asarray(ref)
+    assert ours.shape == ref.shape, (ours.shape, ref.shape)
+    err, scale = np.abs(ours - ref).max(), np.abs(ref).max()
+    assert scale > 0 and err <= tol * scale, (err, scale)
+
+
+# ---------------------------------------------------------------- Captum
+
+
+def test_grad_cam_matches_captum(pair, xs):
+    net, m = pair
+    layer = net.features[TORCH_LAYER]
+    want = ca.LayerGradCam(net, layer).attribute(_t(xs), target=[2, 5], relu_attributions=True)[:, 0]
+    _close(jaxplain.explain(m, xs, [2, 5], "grad_cam", layer=LAYER, upsample=False), want.detach().numpy())
+
+
+def test_activations_match_captum(pair, xs):
+    net, m = pair
+    want = ca.LayerActivation(net, net.features[TORCH_LAYER]).attribute(_t(xs))
+    got = jaxplain.activations(m, xs, [LAYER, "fc1"])
+    _close(got[LAYER], _nhwc(want))
+    assert got["fc1"].shape == (2, 16)
+
+
+def test_layer_gradient_x_activation_matches_captum(pair, xs):
+    net, m = pair
+    want = ca.LayerGradientXActivation(net, net.features[TORCH_LAYER]).attribute(_t(xs), target=[2, 5])
+    _close(jaxplain.explain(m, xs, [2, 5], "layer_gradient_x_activation", layer=LAYER), _nhwc(want))
+
+
+def test_layer_integrated_gradients_matches_captum(pair, xs):
+    net, m = pair
+    want = ca.LayerIntegratedGradients(net, net.features[TORCH_LAYER]).attribute(
+        _t(xs), baselines=0.0, target=[2, 5], n_steps=16, method="gausslegendre")
+    _close(jaxplain.explain(m, xs, [2, 5], "layer_integrated_gradients", layer=LAYER, steps=16), _nhwc(want))
+
+
+def test_neuron_gradient_matches_captum(pair, xs):
+    net, m = pair
+    with torch.no_grad():  # an active unit, chosen from torch's own activations
+        act = net.features[: TORCH_LAYER + 1](_t(xs)).numpy()
+    c, h, w = np.unravel_index(int(np.argmax(act.min(axis=0))), act.shape[1:])
+    want = ca.NeuronGradient(net, net.features[TORCH_LAYER]).attribute(_t(xs), neuron_selector=(int(c), int(h), int(w)))
+    _close(jaxplain.explain(m, xs, None, "neuron_gradient", layer=LAYER, neuron=(int(h), int(w), int(c))), _nhwc(want))
+
+
+def test_guided_grad_cam_matches_captum(pair, xs):
+    net, m = pair
+    want = ca.GuidedGradCam(net, net.features[TORCH_LAYER]).attribute(_t(xs), target=[2, 5], interpolate_mode="bilinear")
+    _close(jaxplain.explain(m, xs, [2, 5], "guided_grad_cam", layer=LAYER), _nhwc(want))
+
+
+# ---------------------------------------------------------------- the papers' formulas by hand
+
+RNG = np.random.default_rng(3)
+WC = RNG.normal(size=(3, 4)).astype(np.float32)            # a 1x1 conv: 3 -> 4 channels
+HEAD = RNG.normal(size=(2, 4, 4, 4)).astype(np.float32)    # 2 logits, linear in the 4x4x4 layer
+X1 = RNG.normal(size=(1, 4, 4, 3)).astype(np.float32)
+
+
+def _fixed_model(smooth=False):
+    """``feat = relu(x @ WC)``; logits linear in ``feat`` (so dS/dA = HEAD[target] exactly), or
+    with ``smooth`` through tanh (a head with curvature)."""
+
+    def apply(params, x, taps=None, relu=None):
+        feat = (relu or jax.nn.relu)(x @ params["wc"])
+        if taps and "feat" in taps:
+            feat = feat + taps["feat"]
+        h = jnp.tanh(feat) if smooth else feat
+        return jnp.einsum("tijk,ijk->t", params["head"], h), {"feat": feat}
+
+    return jaxplain.Model(apply=apply, params={"wc": jnp.asarray(WC), "head": jnp.asarray(HEAD)},
+                          layers=("feat",), preprocess=None, input_size=None, name="fixed")
+
+
+A = np.maximum(X1[0] @ WC, 0.0)  # the layer, [4, 4, 4]
+G = HEAD[1]                      # dS/dA for target 1
+
+
+def _relu(v):
+    return np.maximum(v, 0.0)
+
+
+FORMULAS = {
+    "grad_cam": _relu(np.einsum("k,ijk->ij", G.mean(axis=(0, 1)), A)),
+    "hires_cam": _relu(np.sum(G * A, axis=-1)),
+    "xgrad_cam": _relu(np.einsum("k,ijk->ij", np.sum(A / (A.sum(axis=(0, 1)) + 1e-7) * G, axis=(0, 1)), A)),
+    "layer_cam": _relu(np.sum(_relu(G) * A, axis=-1)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FORMULAS))
+def test_cam_variants_against_formulas(name):
+    got = jaxplain.explain(_fixed_model(), X1, 1, name, layer="feat", upsample=False)[0]
+    np.testing.assert_allclose(got, FORMULAS[name], rtol=1e-5, atol=1e-6)
+
+
+def test_grad_cam_pp_formula_and_exact_relation():
+    """Paper: alpha = G^2 / (2 G^2 + sum_ab A_ab G^3), w_k = sum_ij alpha relu(G). With a linear
+    head, the exact derivatives of Y = exp(S) give exp(S) times the paper's map."""
+    alpha = G**2 / np.where(2 * G**2 + A.sum(axis=(0, 1)) * G**3 != 0, 2 * G**2 + A.sum(axis=(0, 1)) * G**3, 1)
+    w = np.sum(alpha * _relu(G), axis=(0, 1))
+    want = _relu(np.einsum("k,ijk->ij", w, A))
+    m = _fixed_model()
+    paper = jaxplain.explain(m, X1, 1, "grad_cam_pp", layer="feat", upsample=False, derivatives="paper")[0]
+    np.testing.assert_allclose(paper, want, rtol=1e-5, atol=1e-6)
+    s = float(np.einsum("ijk,ijk->", HEAD[1], A))
+    exact = jaxplain.explain(m, X1, 1, "grad_cam_pp", layer="feat", upsample=False)[0]
+    np.testing.assert_allclose(exact, np.exp(s) * want, rtol=1e-4, atol=1e-6)
+
+
+def test_grad_cam_pp_exact_derivatives_against_finite_differences():
+    """Y'' and Y''' of every element, against central differences of JAX's gradient (float64)."""
+    m = _fixed_model(smooth=True)
+    with jax.enable_x64(True):
+        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), m.params)
+        x = jnp.asarray(X1[0], jnp.float64)
+        act, d1, d2, d3 = diagonal_derivatives(m.apply, params, x, 1, "feat", chunk=16)
+        y = lambda t: jnp.exp(m.apply(params, x, taps={"feat": t})[0][1])  # noqa: E731
+        grad = jax.grad(y)
+        zero = jnp.zeros_like(act)
+        eps = 1e-4
+        for flat in [0, 7, 21, 40, 63]:
+            e = jax.nn.one_hot(flat, act.size, dtype=jnp.float64).reshape(act.shape)
+            i = np.unravel_index(flat, act.shape)
+            gp, g0, gm = grad(zero + eps * e)[i], grad(zero)[i], grad(zero - eps * e)[i]
+            np.testing.assert_allclose(float(d1[i]), float(g0), rtol=1e-10)
+            np.testing.assert_allclose(float(d2[i]), float((gp - gm) / (2 * eps)), rtol=1e-6, atol=1e-9)
+            np.testing.assert_allclose(float(d3[i]), float((gp - 2 * g0 + gm) / eps**2), rtol=1e-4, atol=1e-7)
+    # With curvature in the head, exact and paper differ (the paper assumes a piecewise-linear head).
+    a = jaxplain.explain(m, X1, 1, "grad_cam_pp", layer="feat", upsample=False)
+    b = jaxplain.explain(m, X1, 1, "grad_cam_pp", layer="feat", upsample=False, derivatives="paper")
+    assert not np.allclose(np.asarray(a) / np.abs(a).max(), np.asarray(b) / np.abs(b).max(), atol=1e-3)
+
+
+def test_eigen_cam_against_svd_by_hand():
+    flat = A.reshape(-1, 4).astype(np.float64)
+    centred = flat - flat.mean(axis=0)
+    v = np.linalg.svd(centred, full_matrices=False)[2][0]
+    proj = centred @ v
+    if np.sum(proj * flat.mean(axis=1)) < 0:
+        proj = -proj
+    got = jaxplain.explain(_fixed_model(), X1, None, "eigen_cam", layer="feat", upsample=False)[0]
+    np.testing.assert_allclose(got, _relu(proj).reshape(4, 4), rtol=1e-4, atol=1e-5)
+
+
+def test_score_cam_against_a_plain_loop(pair, xs):
+    _, m = pair
+    x = jnp.asarray(xs[0])
+    act = np.asarray(m.apply(m.params, x)[1][LAYER])
+    scores = []
+    for k in range(act.shape[-1]):  # one masked forward pass at a time
+        up = np.asarray(jax.image.resize(act[..., k], (32, 32), "bilinear", antialias=False))
+        lo, hi = up.min(), up.max()
+        mask = (up - lo) / (hi - lo) if hi > lo else np.zeros_like(up)
+        scores.append(float(m.apply(m.params, x * mask[..., None])[0][2]))
+    w = np.exp(np.array(scores) - max(scores))
+    w /= w.sum()
+    want = _relu(np.einsum("k,ijk->ij", w, act))
+    got = jaxplain.explain(m, xs[:1], 2, "score_cam", layer=LAYER, upsample=False, chunk=3)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
+
+
+# ---------------------------------------------------------------- summaries, pictures, features
+
+
+def test_channel_summaries(pair, xs):
+    _, m = pair
+    acts = jaxplain.activations(m, xs, LAYER)[LAYER]
+    means = np.asarray(acts).mean(axis=(1, 2))
+    np.testing.assert_allclose(jaxplain.channel_means(acts), means, rtol=1e-6)
+    idx, vals = jaxplain.top_channels(acts, k=3)
+    np.testing.assert_array_equal(idx, np.argsort(-means, axis=1)[:, :3])
+    assert viz.feature_maps(np.asarray(acts[0])).shape[2] == 3
+
+
+def test_filters_picture():
+    from jaxplain import models
+
+    m = models.vgg11()
+    pic = viz.filters(m)
+    assert pic.dtype == np.uint8 and pic.shape == (4 * 26 + 2, 16 * 26 + 2, 3)  # 64 filters, 16 a row
+    with pytest.raises(InputError, match="3-channel"):
+        viz.filters(m, "block2_conv1")
+
+
+def test_feature_visualisation(pair):
+    """Each synthesised image drives its own channel far above random noise and above what the
+    other channels' images give it; the same key gives the same images."""
+    _, m = pair
+    m = m.replace(input_size=(32, 32))
+    noise = m.preprocess(np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype(np.float32))
+    noise_mean = np.asarray(jaxplain.channel_means(jaxplain.activations(m, noise, LAYER)[LAYER])).mean(axis=0)
+    alive = [c for c in range(8) if noise_mean[c] > 1e-3][:4]  # channels some input can reach
+    kw = dict(steps=192, key=jax.random.key(0), param="pixel", jitter=0, lr=0.1, tv=0.0)
+    imgs = jaxplain.visualize_features(m, LAYER, alive, **kw)
+    assert imgs.shape == (len(alive), 32, 32, 3) and imgs.min() >= 0 and imgs.max() <= 1
+    acts = np.asarray(jaxplain.channel_means(jaxplain.activations(m, m.preprocess(imgs * 255), LAYER)[LAYER]))[:, alive]
+    for i, c in enumerate(alive):
+        assert acts[i, i] > 2 * noise_mean[c], (c, acts[i, i], noise_mean[c])
+        assert acts[i, i] == acts[:, i].max(), (c, acts[:, i])
+    np.testing.assert_array_equal(jaxplain.visualize_features(m, LAYER, alive, **kw), imgs)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_bad_layers_and_channels(pair, xs):
+    _, m = pair
+    with pytest.raises(InputError, match="unknown layer 'block9_conv1'.*block1_conv1, block1_pool"):
+        jaxplain.explain(m, xs, 0, "grad_cam", layer="block9_conv1")
+    with pytest.raises(InputError, match="'fc1' has shape \\(16,\\): CAM methods need a spatial layer"):
+        jaxplain.explain(m, xs, 0, "score_cam", layer="fc1")
+    with pytest.raises(InputError, match="channel 8 is out of range: the layer has 8 channels"):
+        jaxplain.explain(m, xs, None, "neuron_gradient", layer=LAYER, neuron=8)
+    with pytest.raises(InputError, match=r"neuron \(9, 0, 0\) is out of range"):
+        jaxplain.explain(m, xs, None, "neuron_integrated_gradients", layer=LAYER, neuron=(9, 0, 0))
+    with pytest.raises(InputError, match="channel 12 is out of range"):
+        jaxplain.visualize_features(m.replace(input_size=(32, 32)), LAYER, [1, 12], key=jax.random.key(0))
+    with pytest.raises(InputError, match="unknown layer"):
+        jaxplain.activations(m, xs, ["nope"])
+
+
+def test_default_layer_is_the_last_conv(pair, xs):
+    _, m = pair
+    np.testing.assert_array_equal(jaxplain.explain(m, xs, 1, "grad_cam"), jaxplain.explain(m, xs, 1, "grad_cam", layer=LAYER))
