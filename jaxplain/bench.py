@@ -171,7 +171,8 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 # ---------------------------------------------------------------- Captum, same weights, same device
 
-CAPTUM_METHODS = ("gradient", "gradient_x_input", "integrated_gradients", "smoothgrad", "guided_backprop", "deconvnet")
+CAPTUM_METHODS = ("gradient", "gradient_x_input", "integrated_gradients", "smoothgrad", "guided_backprop",
+                  "deconvnet", "grad_cam")
 
 
 def captum_call(net: Any, name: str, batch: int, settings: dict[str, Any], size: tuple[int, int]) -> Callable[[], Any]:
@@ -201,6 +202,10 @@ def captum_call(net: Any, name: str, batch: int, settings: dict[str, Any], size:
         run = lambda: ca.GuidedBackprop(net).attribute(x, target=t)  # noqa: E731
     elif name == "deconvnet":
         run = lambda: ca.Deconvolution(net).attribute(x, target=t)  # noqa: E731
+    elif name == "grad_cam":  # at the last conv layer's (post-ReLU) output, upsampled like ours
+        layer = net.features[-2]
+        run = lambda: ca.LayerAttribution.interpolate(  # noqa: E731
+            ca.LayerGradCam(net, layer).attribute(x, target=t, relu_attributions=True), size, "bilinear")
     else:
         raise KeyError(f"no Captum counterpart for {name}")
 

@@ -27,9 +27,25 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="whose ImageNet weights and preprocessing (default: keras, or the file's own)")
 
 
+def _compile_cache() -> None:
+    """Keep compiled programs under ``$JAXPLAIN_HOME/xla-cache``, so a repeated run does not
+    recompile (``JAXPLAIN_COMPILE_CACHE=0`` turns this off)."""
+    import os
+
+    import jax
+
+    from jaxplain.models.weights import home
+
+    if os.environ.get("JAXPLAIN_COMPILE_CACHE", "1") == "0":
+        return
+    jax.config.update("jax_compilation_cache_dir", str(home() / "xla-cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def _load_model(args: argparse.Namespace):
     from jaxplain import models
 
+    _compile_cache()
     weights = None if args.weights == "random" else args.weights
     return models.vgg(args.model, weights, args.source)
 
@@ -75,6 +91,11 @@ def _explain(args: argparse.Namespace) -> int:
     from jaxplain.models.imagenet import decode
     from jaxplain.reduce import reduce
 
+    from jaxplain import distributed
+
+    if args.coordinator:
+        distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+        args.images = distributed.my_share(args.images)
     fn, settings = registry.parse(args.method)
     registry.check_settings(fn, settings)
     if "key" in registry.settings_of(fn) and "key" not in settings:
@@ -175,6 +196,9 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--batch-size", type=int, default=8, help="images per compiled call")
     ex.add_argument("--seed", type=int, default=0, help="seed of the key for random methods")
     ex.add_argument("--reduce", default="abs_max", help="how channels collapse for the picture")
+    ex.add_argument("--coordinator", help="HOST:PORT of process 0, to split the images over several processes")
+    ex.add_argument("--num-processes", type=int, help="with --coordinator: how many processes")
+    ex.add_argument("--process-id", type=int, help="with --coordinator: this process's index")
     ex.set_defaults(run=_explain)
     be = sub.add_parser("bench", help="measure images/s, %% of the matmul peak and memory, optionally against Captum")
     be.add_argument("--methods", nargs="+", default=["gradient", "integrated_gradients", "smoothgrad", "guided_backprop"])

@@ -154,7 +154,7 @@ def _replicate(params: PyTree, mesh: Mesh) -> PyTree:
 
 def _run(call: Callable[..., PyTree], params: PyTree, batch: tuple, n: int, size: int) -> PyTree:
     """Call ``call`` on fixed-size slices of ``batch`` (leading axis ``n``) and join the results."""
-    devices = tuple(jax.devices())
+    devices = tuple(jax.local_devices())  # in a multi-process run, each process uses its own
     size = -(-size // len(devices)) * len(devices)
     mesh = _mesh(devices) if len(devices) > 1 else None
     if mesh is not None:

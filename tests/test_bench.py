@@ -1,0 +1,38 @@
+"""The measuring code the benchmark suite and ``jaxplain bench`` share: every reported field is
+present and consistent (speed itself is measured in benchmarks/, never asserted here)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from jaxplain import bench
+
+FIELDS = {"method", "batch", "settings", "compile_s", "s_per_call", "images_per_s", "ms_per_image", "passes_per_s",
+          "flops_per_call", "flops_per_s", "peak_flops_per_s", "fraction_of_peak", "peak_memory_bytes",
+          "peak_memory_kind", "dtype"}
+
+
+def test_measure_fields(tiny_model):
+    m = tiny_model.replace(input_size=(32, 32))
+    case = bench.compile_case(m, "integrated_gradients(steps=6)", 2)
+    row = bench.measure(case, peak_flops=1e9, rounds=2, min_time=0)
+    assert FIELDS <= set(row)
+    assert row["passes_per_s"] == pytest.approx(6 * row["images_per_s"])
+    assert row["flops_per_call"] > 0 and row["fraction_of_peak"] == pytest.approx(row["flops_per_s"] / 1e9)
+    assert bench.passes("smoothgrad", {"samples": 5, "base": "integrated_gradients", "base_settings": {"steps": 4}}) == 20
+    assert "images/s" in bench.table([row])
+
+
+def test_bench_command_writes_json(tmp_path):
+    out = tmp_path / "b.json"
+    r = subprocess.run([sys.executable, "-m", "jaxplain.cli", "bench", "--model", "vgg11", "--size", "32", "--methods",
+                        "gradient", "--batch", "2", "--rounds", "1", "--min-time", "0", "--json", str(out)],
+                       capture_output=True, text=True, timeout=600, env=dict(os.environ, JAXPLAIN_HOME=str(tmp_path)))
+    assert r.returncode == 0, r.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert data["device"]["platform"] == "cpu" and data["peak_flops_per_s"] > 0
+    assert FIELDS <= set(data["rows"][0]) and data["rows"][0]["batch"] == 2
+    assert "gradient" in r.stdout and "% peak" in r.stdout
