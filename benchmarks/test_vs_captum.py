@@ -13,9 +13,9 @@ from jaxplain.registry import parse
 torch = pytest.importorskip("torch")
 pytest.importorskip("captum")
 
-QUICK = [("gradient", 1), ("gradient", 8), ("guided_backprop", 8),
+QUICK = [("gradient", 1), ("gradient", 8), ("guided_backprop", 8), ("grad_cam", 8),
          ("integrated_gradients(steps=8)", 1), ("smoothgrad(samples=8)", 1)]
-FULL = [(spec, b) for spec in ["gradient", "gradient_x_input", "guided_backprop", "deconvnet",
+FULL = [(spec, b) for spec in ["gradient", "gradient_x_input", "guided_backprop", "deconvnet", "grad_cam",
                                "integrated_gradients(steps=50)", "smoothgrad(samples=50)"]
         for b in (1, 8, 32)]
 

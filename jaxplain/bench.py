@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxplain import registry
-from jaxplain.explain import _batched, _freeze, _is_array
+from jaxplain.explain import _batched, _freeze, _is_array, _resolve_model_settings
 from jaxplain.types import Model
 
 # Settings a user would run each method with (the anchors' usual values).
@@ -115,6 +115,7 @@ def compile_case(model: Model, method: str, batch: int, **settings: Any) -> Case
     if "references" in known:
         settings.setdefault("references", images[:1] * 0.5)
     targets = jnp.zeros((batch,), jnp.int32)
+    settings = _resolve_model_settings(fn, model, images, settings)
     key = settings.pop("key", None)
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(batch)) if key is not None else None
     arrays = {k: v for k, v in settings.items() if _is_array(v)}

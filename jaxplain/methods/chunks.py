@@ -1,9 +1,10 @@
 """Sums over many model evaluations (IG steps, noise samples) in chunks of bounded size.
 
-Memory depends on the chunk, never on the number of steps. How the chunks are looped is a
-measured choice per backend: on CPU, unrolled chunks inside the program keep every convolution
-on XLA's fast kernels (a ``scan`` loop body does not, and runs 2-2.6x slower there); elsewhere a
-``scan`` keeps the program small. ``$JAXPLAIN_CHUNK_LOOP`` (``unroll`` or ``scan``) overrides.
+Memory depends on the chunk, never on the number of steps: the chunks run in a ``scan``.
+Measured on CPU (VGG16, IG, batch 2, chunk 16): ``scan`` peaks at 3.4 GB for 16 and for 64 steps;
+unrolled chunks keep all convolutions on XLA:CPU's fast kernels and run about 2x faster, but XLA
+keeps every chunk's buffers alive (3.4 GB at 16 steps, 9.2 GB at 64, 16.9 GB at 128).
+``$JAXPLAIN_CHUNK_LOOP=unroll`` chooses the fast, memory-hungry form.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from jaxplain.types import PyTree
 
 
 def loop_mode() -> str:
-    mode = os.environ.get("JAXPLAIN_CHUNK_LOOP") or ("unroll" if jax.default_backend() == "cpu" else "scan")
+    mode = os.environ.get("JAXPLAIN_CHUNK_LOOP") or "scan"
     if mode not in ("unroll", "scan"):
         raise InputError(f"JAXPLAIN_CHUNK_LOOP must be 'unroll' or 'scan', not {mode!r}")
     return mode
