@@ -13,6 +13,9 @@ from captum import attr as ca
 import jaxplain
 from jaxplain import InputError, viz
 from jaxplain.methods.cam import diagonal_derivatives
+from tests.compare import assert_close as _close
+from tests.compare import to_nhwc as _nhwc
+from tests.compare import to_torch as _t
 from tests.conftest import tiny_pair
 
 TOL = 1e-5  # max |ours - reference| <= 1e-5 * max |reference|, float32
@@ -27,21 +30,6 @@ def pair():
 @pytest.fixture(scope="module")
 def xs():
     return np.random.default_rng(21).normal(size=(2, 32, 32, 3)).astype(np.float32)
-
-
-def _t(x):
-    return torch.tensor(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-
-
-def _nhwc(t):
-    return t.detach().numpy().transpose(0, 2, 3, 1)
-
-
-def _close(ours, ref, tol=TOL):
-    ours, ref = np.asarray(ours), np.asarray(ref)
-    assert ours.shape == ref.shape, (ours.shape, ref.shape)
-    err, scale = np.abs(ours - ref).max(), np.abs(ref).max()
-    assert scale > 0 and err <= tol * scale, (err, scale)
 
 
 # ---------------------------------------------------------------- Captum

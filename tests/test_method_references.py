@@ -10,6 +10,9 @@ from captum import attr as ca
 
 import jaxplain
 from jaxplain.methods.integrated import RULES, rule_nodes
+from tests.compare import assert_close as _close
+from tests.compare import to_nhwc as _from_torch
+from tests.compare import to_torch as _torch
 from tests.conftest import tiny_pair
 
 CAPTUM_TOL = 1e-5  # max |ours - Captum| <= 1e-5 * max |Captum| in float32
@@ -34,20 +37,6 @@ def pair():
 @pytest.fixture(scope="module")
 def xs():
     return np.random.default_rng(11).normal(size=(2, 32, 32, 3)).astype(np.float32)
-
-
-def _torch(x):
-    return torch.tensor(np.ascontiguousarray(x.transpose(0, 3, 1, 2)), requires_grad=True)
-
-
-def _from_torch(t):
-    return t.detach().numpy().transpose(0, 2, 3, 1)
-
-
-def _close(ours, ref, tol=CAPTUM_TOL):
-    ours, ref = np.asarray(ours), np.asarray(ref)
-    err, scale = np.abs(ours - ref).max(), np.abs(ref).max()
-    assert scale > 0 and err <= tol * scale, (err, scale)
 
 
 # ---------------------------------------------------------------- analytic references
