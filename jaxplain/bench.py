@@ -12,10 +12,9 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxplain import registry
-from jaxplain.explain import _batched, _freeze, _is_array, _resolve_model_settings
+from jaxplain.explain import prepare
 from jaxplain.types import Model
 
 # Settings a user would run each method with (the anchors' usual values).
@@ -56,12 +55,14 @@ def device_info() -> dict[str, Any]:
 
 
 def _time(fn: Callable[[], Any], rounds: int, min_time: float = 0.0) -> list[float]:
-    jax.block_until_ready(fn())  # warm
+    """Seconds per call after one warm call: at least ``rounds`` calls and ``min_time`` seconds
+    (at most 100 calls). ``fn`` must finish its work before returning (block or synchronise)."""
+    fn()  # warm
     times: list[float] = []
     start = time.perf_counter()
     while len(times) < rounds or (time.perf_counter() - start < min_time and len(times) < 100):
         t = time.perf_counter()
-        jax.block_until_ready(fn())
+        fn()
         times.append(time.perf_counter() - t)
     return times
 
@@ -71,7 +72,7 @@ def matmul_peak(dtype: Any = jnp.float32, n: int | None = None, rounds: int = 5)
     n = n or (2048 if jax.default_backend() == "cpu" else 8192)
     a = jax.random.normal(jax.random.key(0), (n, n), dtype)
     f = jax.jit(lambda x: x @ x)
-    return 2 * n**3 / min(_time(lambda: f(a), rounds))
+    return 2 * n**3 / min(_time(lambda: jax.block_until_ready(f(a)), rounds))
 
 
 def peak_memory() -> tuple[int, str]:
@@ -115,24 +116,16 @@ def compile_case(model: Model, method: str, batch: int, **settings: Any) -> Case
     if "references" in known:
         settings.setdefault("references", images[:1] * 0.5)
     targets = jnp.zeros((batch,), jnp.int32)
-    settings = _resolve_model_settings(fn, model, images, settings)
-    key = settings.pop("key", None)
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(batch)) if key is not None else None
-    arrays = {k: v for k, v in settings.items() if _is_array(v)}
-    static = tuple(sorted((k, _freeze(v)) for k, v in settings.items() if k not in arrays))
-    names = tuple(sorted(arrays))
-    shared = tuple(jnp.asarray(arrays[k]) for k in names)
-    jitted = _batched(fn, model.apply, static, names, key is not None)
+    jitted, keys, shared, static = prepare(fn, model, images, settings)
     t = time.perf_counter()
     compiled = jitted.lower(model.params, images, targets, keys, shared).compile()
     compile_s = time.perf_counter() - t
-    shown = {k: v for k, v in settings.items() if k not in arrays}
-    return Case(name, batch, shown, lambda: compiled(model.params, images, targets, keys, shared), compile_s, _flops(compiled))
+    return Case(name, batch, static, lambda: compiled(model.params, images, targets, keys, shared), compile_s, _flops(compiled))
 
 
 def measure(case: Case, peak_flops: float, rounds: int = 3, min_time: float = 1.0) -> dict[str, Any]:
     """Steady-state timing of a compiled case, with the derived figures."""
-    times = _time(case.call, rounds, min_time)
+    times = _time(lambda: jax.block_until_ready(case.call()), rounds, min_time)
     sec = statistics.median(times)
     mem, mem_kind = peak_memory()
     return {
@@ -223,14 +216,7 @@ def measure_captum(net: Any, name: str, batch: int, settings: dict[str, Any], si
                    rounds: int = 3, min_time: float = 1.0) -> dict[str, Any]:
     import torch
 
-    call = captum_call(net, name, batch, settings, size)
-    call()  # warm
-    times = []
-    start = time.perf_counter()
-    while len(times) < rounds or (time.perf_counter() - start < min_time and len(times) < 100):
-        t = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t)
+    times = _time(captum_call(net, name, batch, settings, size), rounds, min_time)  # call() synchronises
     sec = statistics.median(times)
     cuda = next(net.parameters()).device.type == "cuda"
     mem = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

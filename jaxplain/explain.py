@@ -49,17 +49,11 @@ def _batched(fn: Callable, apply: Callable, static: tuple, array_names: tuple[st
 
 
 @functools.lru_cache(maxsize=64)
-def _output_shape(apply: Callable, params_struct: Any, shape: tuple[int, ...]) -> tuple[int, ...]:
+def _shapes(apply: Callable, params_struct: Any, shape: tuple[int, ...]) -> tuple[tuple[int, ...], dict[str, tuple[int, ...]]]:
+    """``(logits shape, {layer: activation shape})`` for one image, from one trace (no compile)."""
     params = jax.tree.unflatten(params_struct[0], params_struct[1])
-    out = jax.eval_shape(lambda p, x: apply(p, x)[0], params, jax.ShapeDtypeStruct(shape, jnp.float32))
-    return out.shape
-
-
-@functools.lru_cache(maxsize=64)
-def _act_shapes(apply: Callable, params_struct: Any, shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
-    params = jax.tree.unflatten(params_struct[0], params_struct[1])
-    acts = jax.eval_shape(lambda p, x: apply(p, x)[1], params, jax.ShapeDtypeStruct(shape, jnp.float32))
-    return {k: v.shape for k, v in acts.items()}
+    logits, acts = jax.eval_shape(lambda p, x: apply(p, x), params, jax.ShapeDtypeStruct(shape, jnp.float32))
+    return logits.shape, {k: v.shape for k, v in acts.items()}
 
 
 def _struct(model: Model) -> tuple:
@@ -69,7 +63,7 @@ def _struct(model: Model) -> tuple:
 
 def layer_shapes(model: Model, image_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
     """Every layer's activation shape for one image of ``image_shape`` (traced, not compiled)."""
-    return _act_shapes(model.apply, _struct(model), tuple(image_shape))
+    return _shapes(model.apply, _struct(model), tuple(image_shape))[1]
 
 
 def default_layer(model: Model, image_shape: tuple[int, ...]) -> str:
@@ -94,7 +88,7 @@ def check_layer(model: Model, image_shape: tuple[int, ...], layer: str, *, spati
 
 def num_classes(model: Model, image_shape: tuple[int, ...]) -> int:
     """Number of logits ``model.apply`` gives for one image of ``image_shape`` (traced, not compiled)."""
-    shape = _output_shape(model.apply, _struct(model), tuple(image_shape))
+    shape = _shapes(model.apply, _struct(model), tuple(image_shape))[0]
     if len(shape) != 1:
         raise InputError(f"{model.name} outputs {shape} per image, not a vector of logits: it has no classifier")
     return shape[0]
@@ -224,6 +218,24 @@ def _resolve_model_settings(fn: Callable, model: Model, images: Array, settings:
     return settings
 
 
+def prepare(fn: Callable, model: Model, images: Array, settings: dict[str, Any]) -> tuple[Callable, Array | None, tuple, dict[str, Any]]:
+    """``(call, keys, shared, static)`` for ``fn`` on ``images``: model-dependent settings resolved,
+    per-image keys ``fold_in(key, index)``, array settings passed as arguments (``shared``), the
+    rest (``static``) closed over; ``call(params, images, targets, keys, shared)`` is jitted."""
+    settings = _resolve_model_settings(fn, model, images, dict(settings))
+    key = settings.pop("key", None)
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(images.shape[0])) if key is not None else None
+    arrays = {k: v for k, v in settings.items() if _is_array(v)}
+    static = {k: v for k, v in settings.items() if k not in arrays}
+    frozen = tuple(sorted((k, _freeze(v)) for k, v in static.items()))
+    names = tuple(sorted(arrays))
+    try:
+        call = _batched(fn, model.apply, frozen, names, key is not None)
+    except TypeError:
+        raise InputError(f"settings must be literals, functions or arrays; got {frozen}") from None
+    return call, keys, tuple(jnp.asarray(arrays[k]) for k in names), static
+
+
 def explain(
     model: Model,
     images: Any,
@@ -251,17 +263,5 @@ def explain(
     images = check_images(model, images)
     n = images.shape[0]
     target_ids = _targets(model, images, targets, batch_size)
-    settings = _resolve_model_settings(fn, model, images, settings)
-
-    key = settings.pop("key", None)
-    keyed = key is not None
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n)) if keyed else None
-    arrays = {k: v for k, v in settings.items() if _is_array(v)}
-    static = tuple(sorted((k, _freeze(v)) for k, v in settings.items() if k not in arrays))
-    names = tuple(sorted(arrays))
-    try:
-        call = _batched(fn, model.apply, static, names, keyed)
-    except TypeError:
-        raise InputError(f"settings must be literals, functions or arrays; got {static}") from None
-    shared = tuple(jnp.asarray(arrays[k]) for k in names)
+    call, keys, shared, _ = prepare(fn, model, images, settings)
     return _run(lambda p, x, t, k: call(p, x, t, k, shared), model.params, (images, target_ids, keys), n, batch_size or n)
