@@ -32,7 +32,7 @@ def test_throughput(benchmark, peak, device, model_name, spec, batch):
     benchmark.extra_info.update(
         device, model=model_name, method=case.name, settings={k: repr(v) for k, v in case.settings.items()},
         batch=batch, dtype="float32", compile_s=case.compile_s, images_per_s=batch / sec,
-        passes_per_s=batch * bench.passes(case.name, case.settings) / sec,
+        passes_per_s=batch * bench.passes(case.name, case.settings, case.shape) / sec,
         flops_per_call=case.flops, flops_per_s=case.flops / sec, peak_flops_per_s=peak,
         fraction_of_peak=case.flops / sec / peak, peak_memory_bytes=mem, peak_memory_kind=mem_kind,
     )

@@ -14,9 +14,10 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("captum")
 
 QUICK = [("gradient", 1), ("gradient", 8), ("guided_backprop", 8), ("grad_cam", 8),
-         ("integrated_gradients(steps=8)", 1), ("smoothgrad(samples=8)", 1)]
+         ("integrated_gradients(steps=8)", 1), ("smoothgrad(samples=8)", 1),
+         ("occlusion(window=(112, 112), strides=(56, 56))", 1)]
 FULL = [(spec, b) for spec in ["gradient", "gradient_x_input", "guided_backprop", "deconvnet", "grad_cam",
-                               "integrated_gradients(steps=50)", "smoothgrad(samples=50)"]
+                               "integrated_gradients(steps=50)", "smoothgrad(samples=50)", "occlusion"]
         for b in (1, 8, 32)]
 
 

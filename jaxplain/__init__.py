@@ -31,9 +31,13 @@ from jaxplain.methods.layer import layer_gradient_x_activation as layer_gradient
 from jaxplain.methods.layer import layer_integrated_gradients as layer_integrated_gradients
 from jaxplain.methods.layer import neuron_gradient as neuron_gradient
 from jaxplain.methods.layer import neuron_integrated_gradients as neuron_integrated_gradients
+from jaxplain.methods.perturb import occlusion as occlusion
+from jaxplain.methods.perturb import rise as rise
+from jaxplain.methods.perturb import rise_masks as rise_masks
 from jaxplain.methods.smooth import smoothgrad as smoothgrad
 from jaxplain.methods.smooth import squaregrad as squaregrad
 from jaxplain.methods.smooth import vargrad as vargrad
+from jaxplain.precision import with_precision as with_precision
 from jaxplain.reduce import reduce as reduce
 from jaxplain.registry import METHODS as METHODS
 from jaxplain.types import Model as Model
@@ -52,6 +56,9 @@ __all__ = [
     "layer_integrated_gradients",
     "neuron_gradient",
     "neuron_integrated_gradients",
+    "occlusion",
+    "rise",
+    "rise_masks",
     "score_cam",
     "top_channels",
     "visualize_features",
@@ -76,4 +83,5 @@ __all__ = [
     "smoothgrad",
     "squaregrad",
     "vargrad",
+    "with_precision",
 ]

@@ -15,6 +15,9 @@ import jax.numpy as jnp
 
 from jaxplain import registry
 from jaxplain.explain import prepare
+from jaxplain.methods.chunks import loop_mode
+from jaxplain.methods.perturb import per_axis, occlusion_windows
+from jaxplain.precision import with_precision
 from jaxplain.types import Model
 
 # Settings a user would run each method with (the anchors' usual values).
@@ -29,14 +32,17 @@ USUAL: dict[str, dict[str, Any]] = {
 }
 
 
-def passes(name: str, settings: dict[str, Any]) -> int:
-    """Forward+backward passes per image a method makes (for passes/s)."""
+def passes(name: str, settings: dict[str, Any], shape: tuple[int, int, int] = (224, 224, 3)) -> int:
+    """Model passes per image a method makes for images of ``shape`` (forward+backward for the
+    gradient family, forward only for the perturbation family; for passes/s)."""
     defaults = registry.settings_of(registry.lookup(name))
     s = {**defaults, **settings}
     if name in ("smoothgrad", "squaregrad", "vargrad"):
         base = s["base"] if isinstance(s["base"], str) else "gradient"
-        return s["samples"] * passes(base, dict(s.get("base_settings") or {}))
-    for k in ("steps", "samples"):
+        return s["samples"] * passes(base, dict(s.get("base_settings") or {}), shape)
+    if name == "occlusion":
+        return 1 + occlusion_windows(shape, s["window"], s["strides"])
+    for k in ("steps", "samples", "masks"):
         if k in s and isinstance(s[k], int):
             return s[k]
     return 1
@@ -94,17 +100,14 @@ class Case:
     call: Callable[[], Any]
     compile_s: float
     flops: float
+    precision: str | None = None
+    shape: tuple[int, int, int] = (224, 224, 3)
 
 
-def _flops(compiled: Any) -> float:
-    cost = compiled.cost_analysis()
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0] if cost else {}
-    return float((cost or {}).get("flops", 0.0))
-
-
-def compile_case(model: Model, method: str, batch: int, **settings: Any) -> Case:
-    """Compile ``method`` for ``batch`` random images at the model's input size (compile timed)."""
+def compile_case(model: Model, method: str, batch: int, *, precision: str | None = None, **settings: Any) -> Case:
+    """Compile ``method`` for ``batch`` random images at the model's input size (compile timed),
+    the model computing in ``precision`` (``jaxplain.precision``)."""
+    model = with_precision(model, precision)
     fn, parsed = registry.parse(method)
     name = fn.__name__
     settings = {**USUAL.get(name, {}), **parsed, **settings}
@@ -116,11 +119,11 @@ def compile_case(model: Model, method: str, batch: int, **settings: Any) -> Case
     if "references" in known:
         settings.setdefault("references", images[:1] * 0.5)
     targets = jnp.zeros((batch,), jnp.int32)
-    jitted, keys, shared, static = prepare(fn, model, images, settings)
+    call, keys, shared, static = prepare(fn, model, images, settings)
     t = time.perf_counter()
-    compiled = jitted.lower(model.params, images, targets, keys, shared).compile()
+    run, flops = call.compile(model.params, images, targets, keys, shared)
     compile_s = time.perf_counter() - t
-    return Case(name, batch, static, lambda: compiled(model.params, images, targets, keys, shared), compile_s, _flops(compiled))
+    return Case(name, batch, static, run, compile_s, flops, precision, (h, w, 3))
 
 
 def measure(case: Case, peak_flops: float, rounds: int = 3, min_time: float = 1.0) -> dict[str, Any]:
@@ -136,7 +139,7 @@ def measure(case: Case, peak_flops: float, rounds: int = 3, min_time: float = 1.
         "s_per_call": sec,
         "images_per_s": case.batch / sec,
         "ms_per_image": 1e3 * sec / case.batch,
-        "passes_per_s": case.batch * passes(case.name, case.settings) / sec,
+        "passes_per_s": case.batch * passes(case.name, case.settings, case.shape) / sec,
         "flops_per_call": case.flops,
         "flops_per_s": case.flops / sec,
         "peak_flops_per_s": peak_flops,
@@ -145,6 +148,8 @@ def measure(case: Case, peak_flops: float, rounds: int = 3, min_time: float = 1.
         "peak_memory_kind": mem_kind,
         "rounds": len(times),
         "dtype": "float32",
+        "precision": case.precision or "default",
+        "chunk_loop": loop_mode(),
     }
 
 
@@ -166,7 +171,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 # ---------------------------------------------------------------- Captum, same weights, same device
 
 CAPTUM_METHODS = ("gradient", "gradient_x_input", "integrated_gradients", "smoothgrad", "guided_backprop",
-                  "deconvnet", "grad_cam")
+                  "deconvnet", "grad_cam", "occlusion")
 
 
 def captum_call(net: Any, name: str, batch: int, settings: dict[str, Any], size: tuple[int, int]) -> Callable[[], Any]:
@@ -200,6 +205,10 @@ def captum_call(net: Any, name: str, batch: int, settings: dict[str, Any], size:
         layer = net.features[-2]
         run = lambda: ca.LayerAttribution.interpolate(  # noqa: E731
             ca.LayerGradCam(net, layer).attribute(x, target=t, relu_attributions=True), size, "bilinear")
+    elif name == "occlusion":  # Captum's default: one perturbation per forward call
+        (wh, ww, wc), (sh, sw, sc) = (per_axis(s[k], k, 3) for k in ("window", "strides"))
+        run = lambda: ca.Occlusion(net).attribute(  # noqa: E731
+            x, sliding_window_shapes=(wc, wh, ww), strides=(sc, sh, sw), baselines=float(s["baseline"]), target=t)
     else:
         raise KeyError(f"no Captum counterpart for {name}")
 

@@ -10,6 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from jaxplain.errors import JaxplainError
+from jaxplain.precision import PRECISIONS
 
 MODELS = ("vgg11", "vgg13", "vgg16", "vgg19")
 
@@ -116,7 +117,7 @@ def _explain(args: argparse.Namespace) -> int:
         x = model.preprocess(np.stack(arrays))
         logits = np.asarray(predict(model, x))
         targets = logits.argmax(-1) if target == "predicted" else np.full(len(paths), target)
-        attr = explain(model, x, targets, fn, **settings)
+        attr = explain(model, x, targets, fn, precision=args.precision, **settings)
         if isinstance(attr, tuple):
             attr = attr[0]
         maps = np.asarray(reduce(attr, args.reduce))
@@ -148,7 +149,7 @@ def _bench(args: argparse.Namespace) -> int:
     peak = bench.matmul_peak()
     info = bench.device_info()
     print(f"{info['device_kind']} x{info['device_count']} ({info['platform']}), jax {info['jax']}, "
-          f"{args.model} {size[0]}x{size[1]} float32, matmul peak {peak / 1e9:.0f} GFLOP/s")
+          f"{args.model} {size[0]}x{size[1]} float32 (precision {args.precision or 'default'}), matmul peak {peak / 1e9:.0f} GFLOP/s")
     net = None
     if args.captum:
         import torch
@@ -160,7 +161,7 @@ def _bench(args: argparse.Namespace) -> int:
     for spec in args.methods:
         fn, settings = registry.parse(spec)
         for batch in args.batch:
-            case = bench.compile_case(model, spec, batch)
+            case = bench.compile_case(model, spec, batch, precision=args.precision)
             row = {**bench.measure(case, peak, rounds=args.rounds, min_time=args.min_time), "model": args.model, **info}
             if net is not None and fn.__name__ in bench.CAPTUM_METHODS:
                 row.update(bench.measure_captum(net, fn.__name__, batch, settings, size, rounds=args.rounds, min_time=args.min_time))
@@ -195,6 +196,7 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True, help="folder for the results")
     ex.add_argument("--batch-size", type=int, default=8, help="images per compiled call")
     ex.add_argument("--seed", type=int, default=0, help="seed of the key for random methods")
+    ex.add_argument("--precision", choices=PRECISIONS, help="the model's arithmetic (default: JAX's)")
     ex.add_argument("--reduce", default="abs_max", help="how channels collapse for the picture")
     ex.add_argument("--coordinator", help="HOST:PORT of process 0, to split the images over several processes")
     ex.add_argument("--num-processes", type=int, help="with --coordinator: how many processes")
@@ -207,6 +209,7 @@ def parser() -> argparse.ArgumentParser:
     be.add_argument("--size", type=int, default=None, help="input side (torchvision head); default 224 (Keras head)")
     be.add_argument("--rounds", type=int, default=3)
     be.add_argument("--min-time", type=float, default=1.0, help="seconds each case is timed for at least")
+    be.add_argument("--precision", choices=PRECISIONS, help="the model's arithmetic (default: JAX's)")
     be.add_argument("--captum", action="store_true", help="time Captum on the same weights and device, alternating")
     be.add_argument("--json", help="write every measured field here")
     be.set_defaults(run=_bench)

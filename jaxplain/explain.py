@@ -3,6 +3,7 @@ large inputs into fixed-size calls, and shards each call's batch across all loca
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable, Sequence
 
@@ -13,6 +14,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxplain import registry
 from jaxplain.errors import InputError
+from jaxplain.methods import chunks
+from jaxplain.precision import with_precision
 from jaxplain.types import Array, Model, PyTree
 
 Targets = int | Sequence[int] | np.ndarray | Array | str | None
@@ -31,21 +34,101 @@ def _freeze(v: Any) -> Any:
     return v
 
 
+Stage = tuple[int, bool, bool] | None  # host-loop step: (chunk size, adds to a total, returns the output)
+
+
 @functools.lru_cache(maxsize=64)
-def _batched(fn: Callable, apply: Callable, static: tuple, array_names: tuple[str, ...], keyed: bool) -> Callable:
-    """jit(vmap(method)) for one (method, model, static settings); jit caches per shape and dtype."""
+def _batched(fn: Callable, apply: Callable, static: tuple, array_names: tuple[str, ...], keyed: bool,
+             loop: str, stage: Stage = None) -> Callable:
+    """jit(vmap(method)) for one (method, model, static settings); jit caches per shape and dtype.
+
+    ``stage=None`` is the whole method, its chunks looped by ``loop`` (``scan`` or ``unroll``).
+    Otherwise one step of the host loop (``chunks.Window``): ``(params, images, targets, keys,
+    arrays[, acc, start])`` -> the running total, or the method's output for the last step;
+    ``acc`` is donated to the next total."""
     static_kw = {k: (dict(v) if k == "base_settings" and v is not None else v) for k, v in static}
 
-    def batched(params: PyTree, images: Array, targets: Array, keys: Array | None, arrays: tuple) -> PyTree:
+    def batched(params: PyTree, images: Array, targets: Array, keys: Array | None, arrays: tuple,
+                acc: PyTree = None, start: Array | int = 0) -> PyTree:
         shared = dict(zip(array_names, arrays))
 
-        def one(x: Array, t: Array, k: Array | None) -> PyTree:
+        def one(x: Array, t: Array, k: Array | None, a: PyTree) -> PyTree:
             extra = {"key": k} if keyed else {}
-            return fn(apply, params, x, t, **static_kw, **shared, **extra)
+            if stage is None:
+                return fn(apply, params, x, t, **static_kw, **shared, **extra)
+            with chunks.window(chunks.Window(start=start, size=stage[0], acc=a)) as w:
+                out = fn(apply, params, x, t, **static_kw, **shared, **extra)
+            return out if stage[2] else w.total
 
-        return jax.vmap(one, in_axes=(0, 0, 0 if keyed else None))(images, targets, keys)
+        axes = (0, 0, 0 if keyed else None, 0 if acc is not None else None)
+        return jax.vmap(one, in_axes=axes)(images, targets, keys, acc)
 
-    return jax.jit(batched)
+    mid = stage is not None and stage[1] and not stage[2]  # total in, total out: the buffer is reused
+    return jax.jit(batched, donate_argnums=(5,) if mid else ())
+
+
+@dataclasses.dataclass(frozen=True)
+class Calls:
+    """The jitted calls that explain one batch: ``first`` alone, or a host loop over chunks:
+    ``first`` sums chunk 0, ``mid`` adds each chunk at ``starts[:-1]``, ``last`` adds the chunk
+    at ``starts[-1]`` and finishes the method. Call as ``(params, images, targets, keys, shared)``."""
+
+    first: Callable
+    mid: Callable | None = None
+    last: Callable | None = None
+    starts: tuple[int, ...] = ()
+
+    def steps(self) -> list[tuple[Callable, int | None]]:
+        """``(jitted, start)`` in call order (``start=None``: the first call, without a total)."""
+        mids = [(self.mid, s) for s in self.starts[:-1]]
+        return [(self.first, None), *mids, *([(self.last, self.starts[-1])] if self.starts else [])]
+
+    def __call__(self, params: PyTree, images: Array, targets: Array, keys: Array | None, shared: tuple) -> PyTree:
+        out = None
+        for jitted, start in self.steps():
+            args = (params, images, targets, keys, shared)
+            out = jitted(*args) if start is None else jitted(*args, out, jnp.int32(start))
+        return out
+
+    def compile(self, params: PyTree, images: Array, targets: Array, keys: Array | None,
+                shared: tuple) -> tuple[Callable[[], PyTree], float]:
+        """Ahead of time: ``(run, flops)``, ``run()`` one compiled call, ``flops`` XLA's count for it."""
+        args = (params, images, targets, keys, shared)
+        acc = jax.eval_shape(self.first, *args) if self.starts else None
+        compiled, flops = {}, 0.0
+        for jitted, start in self.steps():
+            if id(jitted) not in compiled:
+                more = () if start is None else (acc, jax.ShapeDtypeStruct((), jnp.int32))
+                compiled[id(jitted)] = jitted.lower(*args, *more).compile()
+            cost = compiled[id(jitted)].cost_analysis()
+            cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+            flops += float((cost or {}).get("flops", 0.0))
+
+        def run() -> PyTree:
+            out = None
+            for jitted, start in self.steps():
+                c = compiled[id(jitted)]
+                out = c(*args) if start is None else c(*args, out, jnp.int32(start))
+            return out
+
+        return run, flops
+
+
+@functools.lru_cache(maxsize=64)
+def _chunking(fn: Callable, apply: Callable, static: tuple, array_names: tuple[str, ...], keyed: bool,
+              params_struct: Any, image_shape: tuple[int, ...], arrays: tuple) -> tuple[int, int] | None:
+    """``(n, chunk)`` of the method's one outermost ``sum_chunks`` (traced once, not compiled),
+    or ``None`` when it has none or several."""
+    static_kw = {k: (dict(v) if k == "base_settings" and v is not None else v) for k, v in static}
+    params = jax.tree.unflatten(params_struct[0], params_struct[1])
+
+    def one(p: PyTree, x: Array, arrs: tuple) -> PyTree:
+        extra = {"key": jax.random.key(0)} if keyed else {}
+        return fn(apply, p, x, jnp.int32(0), **static_kw, **dict(zip(array_names, arrs)), **extra)
+
+    with chunks.window(chunks.Window()) as w:
+        jax.eval_shape(one, params, jax.ShapeDtypeStruct(image_shape, jnp.float32), arrays)
+    return (w.n, w.chunk) if w.calls == 1 else None
 
 
 @functools.lru_cache(maxsize=64)
@@ -218,10 +301,12 @@ def _resolve_model_settings(fn: Callable, model: Model, images: Array, settings:
     return settings
 
 
-def prepare(fn: Callable, model: Model, images: Array, settings: dict[str, Any]) -> tuple[Callable, Array | None, tuple, dict[str, Any]]:
+def prepare(fn: Callable, model: Model, images: Array, settings: dict[str, Any]) -> tuple[Calls, Array | None, tuple, dict[str, Any]]:
     """``(call, keys, shared, static)`` for ``fn`` on ``images``: model-dependent settings resolved,
     per-image keys ``fold_in(key, index)``, array settings passed as arguments (``shared``), the
-    rest (``static``) closed over; ``call(params, images, targets, keys, shared)`` is jitted."""
+    rest (``static``) closed over; ``call(params, images, targets, keys, shared)`` runs the jitted
+    method; one with a ``chunk`` setting runs chunk by chunk in a host loop where
+    ``chunks.loop_mode()`` says ``host``."""
     settings = _resolve_model_settings(fn, model, images, dict(settings))
     key = settings.pop("key", None)
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(images.shape[0])) if key is not None else None
@@ -229,11 +314,25 @@ def prepare(fn: Callable, model: Model, images: Array, settings: dict[str, Any])
     static = {k: v for k, v in settings.items() if k not in arrays}
     frozen = tuple(sorted((k, _freeze(v)) for k, v in static.items()))
     names = tuple(sorted(arrays))
+    shared = tuple(jnp.asarray(arrays[k]) for k in names)
+    loop = chunks.loop_mode()
     try:
-        call = _batched(fn, model.apply, frozen, names, key is not None)
+        hash(frozen)
     except TypeError:
         raise InputError(f"settings must be literals, functions or arrays; got {frozen}") from None
-    return call, keys, tuple(jnp.asarray(arrays[k]) for k in names), static
+    keyed = key is not None
+    split = None
+    if loop == "host" and "chunk" in registry.settings_of(fn):
+        structs = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in shared)
+        split = _chunking(fn, model.apply, frozen, names, keyed, _struct(model), tuple(images.shape[1:]), structs)
+    if split is None or split[0] <= split[1]:
+        return Calls(_batched(fn, model.apply, frozen, names, keyed, "unroll" if loop == "unroll" else "scan")), keys, shared, static
+    n, chunk = split
+    steps = chunks.plan(n, chunk)
+    stage = functools.partial(_batched, fn, model.apply, frozen, names, keyed, loop)
+    call = Calls(first=stage((chunk, False, False)), mid=stage((chunk, True, False)) if len(steps) > 2 else None,
+                 last=stage((steps[-1][1], True, True)), starts=tuple(s for s, _ in steps[1:]))
+    return call, keys, shared, static
 
 
 def explain(
@@ -243,6 +342,7 @@ def explain(
     method: str | Callable = "gradient",
     *,
     batch_size: int | None = None,
+    precision: str | None = None,
     **settings: Any,
 ) -> PyTree:
     """Explain ``model``'s ``targets`` on a batch of preprocessed ``images [B, H, W, C]``.
@@ -252,8 +352,10 @@ def explain(
     ``"integrated_gradients(steps=64)"``, or a method function. ``settings`` go to the method;
     ``key`` (a ``jax.random`` key) is split per image by its index, so results do not depend on
     ``batch_size`` or device count. ``batch_size`` images go through each compiled call (the
-    last call padded). Returns ``[B, ...]`` (for the gradient family ``[B, H, W, C]`` float32),
-    or the method's tuple (``return_delta=True``) with a leading ``B`` on each part.
+    last call padded). ``precision``: ``"float32"``, ``"tensorfloat32"`` or ``"bfloat16"`` for
+    the model's arithmetic (``jaxplain.precision``); ``None`` is JAX's default. Returns
+    ``[B, ...]`` float32 (for the gradient family ``[B, H, W, C]``), or the method's tuple
+    (``return_delta=True``) with a leading ``B`` on each part.
     """
     fn, parsed = registry.parse(method)
     settings = {**parsed, **settings}
@@ -261,6 +363,7 @@ def explain(
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
     images = check_images(model, images)
+    model = with_precision(model, precision)
     n = images.shape[0]
     target_ids = _targets(model, images, targets, batch_size)
     call, keys, shared, _ = prepare(fn, model, images, settings)

@@ -7,7 +7,7 @@ import inspect
 from typing import Any, Callable
 
 from jaxplain.errors import InputError
-from jaxplain.methods import cam, gradients, integrated, layer, smooth
+from jaxplain.methods import cam, gradients, integrated, layer, perturb, smooth
 
 METHODS: dict[str, Callable] = {
     "gradient": gradients.gradient,
@@ -33,6 +33,8 @@ METHODS: dict[str, Callable] = {
     "layer_integrated_gradients": layer.layer_integrated_gradients,
     "neuron_gradient": layer.neuron_gradient,
     "neuron_integrated_gradients": layer.neuron_integrated_gradients,
+    "occlusion": perturb.occlusion,
+    "rise": perturb.rise,
 }
 
 

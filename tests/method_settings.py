@@ -19,14 +19,19 @@ SMALL = {
     "layer_integrated_gradients": dict(steps=7, chunk=3),
     "neuron_gradient": dict(neuron=6),
     "neuron_integrated_gradients": dict(neuron=5, steps=7, chunk=3),
+    "occlusion": dict(window=(8, 8), strides=(6, 6), chunk=5),
+    "rise": dict(masks=20, cells=4, chunk=8),
 }
+MAPS = {"rise"}  # one value per pixel: [B, H, W]
 
 
 def expected_shape(name: str, x_shape: tuple) -> tuple:
-    """Gradient family: the input's shape; CAMs: [B, H, W]; layer methods: the layer's shape
+    """Gradient family and occlusion: the input's shape; CAMs and RISE: [B, H, W]; layer methods: the layer's shape
     (the tiny model's last conv layer is [8, 8, 8])."""
     fn = METHODS[name]
     b, h, w, c = x_shape
+    if name in MAPS:
+        return (b, h, w)
     if name == "guided_grad_cam" or "layer" not in settings_of(fn) or name.startswith("neuron"):
         return x_shape
     if getattr(fn, "spatial_layer", False):

@@ -1,7 +1,6 @@
 """Shared property tests over every registered method: jit = eager, batch = loop, chunked =
 unchunked, batch_size slices = one call, shape/dtype/finite, keys, 8-device sharding = 1 device."""
 
-import functools
 import os
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 
 import jaxplain
+from jaxplain.explain import prepare
 from jaxplain.registry import METHODS, settings_of
 from tests.method_settings import expected_shape, images, settings_for
 
@@ -69,18 +69,44 @@ def test_batch_equals_loop_and_jit_equals_eager(data, reference, name):
     close(jitted, _direct(m, x[:2], t[:2], name, False, s))
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if "chunk" in settings_of(METHODS[n])])
-@pytest.mark.parametrize("loop", ["unroll", "scan"])
-def test_chunked_equals_unchunked(data, reference, name, loop, monkeypatch):
+CHUNKED = [n for n in NAMES if "chunk" in settings_of(METHODS[n])]
+
+
+@pytest.fixture(scope="module")
+def unchunked(data):
+    """explain() with chunk=None (one chunk: no loop of any kind), per method, computed on demand."""
     m, x, t = data
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = jaxplain.explain(m, x, t, name, **dict(settings_for(name, x), chunk=None))
+        return cache[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", CHUNKED)
+@pytest.mark.parametrize("loop", ["host", "unroll", "scan"])
+def test_chunked_equals_unchunked(data, unchunked, name, loop, monkeypatch):
+    m, x, t = data
+    s = settings_for(name, x)
+    whole = unchunked(name)
     monkeypatch.setenv("JAXPLAIN_CHUNK_LOOP", loop)
-    s = dict(settings_for(name, x), chunk=None)
+    call = prepare(METHODS[name], m, jnp.asarray(x), s)[0]
+    assert bool(call.starts) == (loop == "host")  # the host loop really loops over chunks
+    close(jaxplain.explain(m, x, t, name, **s), whole)
 
-    @functools.wraps(METHODS[name])
-    def fn(*a, **k):  # a new function, so it is traced afresh under this loop mode
-        return METHODS[name](*a, **k)
 
-    close(jaxplain.explain(m, x, t, fn, **s), reference[name])
+def test_host_loop_donates_the_running_total(data, monkeypatch):
+    m, x, t = data
+    monkeypatch.setenv("JAXPLAIN_CHUNK_LOOP", "host")
+    call, keys, shared, _ = prepare(METHODS["smoothgrad"], m, jnp.asarray(x), settings_for("smoothgrad", x))
+    args = (m.params, jnp.asarray(x), jnp.asarray(t, jnp.int32), keys, shared)
+    acc = call.first(*args)
+    out = call.mid(*args, acc, jnp.int32(3))
+    assert all(a.is_deleted() for a in jax.tree.leaves(acc))  # its buffers now hold the new total
+    assert not any(a.is_deleted() for a in jax.tree.leaves(out))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -105,6 +131,7 @@ SHARDED = r"""
 import os, sys, numpy as np, jax
 sys.path.insert(0, os.getcwd())
 import jaxplain
+from jaxplain.explain import prepare
 from tests.conftest import tiny_pair
 from tests.method_settings import expected_shape, images, settings_for
 assert len(jax.devices()) == 8, jax.devices()

@@ -1,29 +1,86 @@
-"""Sums over many model evaluations (IG steps, noise samples) in chunks of bounded size.
+"""Sums over many model evaluations (IG steps, noise samples, masks) in chunks of bounded size.
 
-Memory depends on the chunk, never on the number of steps: the chunks run in a ``scan``.
-Measured on CPU (VGG16, IG, batch 2, chunk 16): ``scan`` peaks at 3.4 GB for 16 and for 64 steps;
-unrolled chunks keep all convolutions on XLA:CPU's fast kernels and run about 2x faster, but XLA
-keeps every chunk's buffers alive (3.4 GB at 16 steps, 9.2 GB at 64, 16.9 GB at 128).
-``$JAXPLAIN_CHUNK_LOOP=unroll`` chooses the fast, memory-hungry form.
+Memory depends on the chunk, never on the number of items. Three ways to loop over the chunks:
+
+- ``"scan"``: a ``lax.scan`` inside the program. Flat memory; the only choice when a method is
+  called directly under the user's own ``jit``. On XLA:CPU about 2x slower: inside a loop body
+  part of the convolutions leave the fast YNNPACK kernels.
+- ``"host"``: ``explain()`` compiles the method once per chunk position and loops in Python,
+  carrying the running total on the device (donated from call to call). Flat memory and full
+  speed on CPU. A method is traced with a ``Window`` that tells its outermost ``sum_chunks``
+  which chunk to add; everything before the sum is recomputed per call (cheap), everything after
+  it runs only in the last call.
+- ``"unroll"``: chunks written out in one program. Fast on CPU, but XLA keeps every chunk's
+  buffers alive (VGG16 IG, batch 2: 3.4 GB at 16 steps, 9.2 GB at 64, 16.9 GB at 128).
+
+``$JAXPLAIN_CHUNK_LOOP`` picks one; by default ``host`` on CPU and ``scan`` elsewhere.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import dataclasses
 import os
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
 
 from jaxplain.errors import InputError
-from jaxplain.types import PyTree
+from jaxplain.types import Array, PyTree
+
+LOOPS = ("host", "scan", "unroll")
 
 
 def loop_mode() -> str:
-    mode = os.environ.get("JAXPLAIN_CHUNK_LOOP") or "scan"
-    if mode not in ("unroll", "scan"):
-        raise InputError(f"JAXPLAIN_CHUNK_LOOP must be 'unroll' or 'scan', not {mode!r}")
+    """The chunk loop ``explain()`` uses: ``$JAXPLAIN_CHUNK_LOOP``, else ``host`` on CPU, ``scan`` elsewhere."""
+    mode = os.environ.get("JAXPLAIN_CHUNK_LOOP") or ("host" if jax.default_backend() == "cpu" else "scan")
+    if mode not in LOOPS:
+        raise InputError(f"JAXPLAIN_CHUNK_LOOP must be one of {', '.join(LOOPS)}, not {mode!r}")
     return mode
+
+
+@dataclasses.dataclass
+class Window:
+    """One host-loop step: the outermost ``sum_chunks`` of the traced method adds items
+    ``[start, start + size)`` of its ``n`` to ``acc`` and leaves the result in ``total``.
+    ``size=None`` only records ``n`` and ``chunk`` (the plan) and sums as usual."""
+
+    start: Array | int = 0
+    size: int | None = None
+    acc: PyTree | None = None
+    total: PyTree | None = None
+    n: int | None = None
+    chunk: int | None = None
+    calls: int = 0
+
+
+_window: contextvars.ContextVar[Window | None] = contextvars.ContextVar("jaxplain_window", default=None)
+
+
+@contextlib.contextmanager
+def window(w: Window) -> Iterator[Window]:
+    """Trace a method under ``w`` (see ``Window``)."""
+    token = _window.set(w)
+    try:
+        yield w
+    finally:
+        _window.reset(token)
+
+
+@contextlib.contextmanager
+def _outside_window() -> Iterator[None]:
+    token = _window.set(None)  # sums nested inside the summed function run whole
+    try:
+        yield
+    finally:
+        _window.reset(token)
+
+
+def _check_chunk(chunk: Any) -> None:
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+        raise InputError(f"chunk must be a positive int or None, got {chunk!r}")
 
 
 def sum_chunks(fn: Callable[[PyTree], PyTree], xs: PyTree, chunk: int | None) -> PyTree:
@@ -32,26 +89,42 @@ def sum_chunks(fn: Callable[[PyTree], PyTree], xs: PyTree, chunk: int | None) ->
     ``fn`` maps a chunk ``[c, ...]`` to a pytree already summed over its ``c`` items; the last
     chunk may be shorter. ``chunk=None`` evaluates all ``n`` at once.
     """
+    _check_chunk(chunk)
     n = jax.tree.leaves(xs)[0].shape[0]
-    if chunk is not None and (not isinstance(chunk, int) or chunk < 1):
-        raise InputError(f"chunk must be a positive int or None, got {chunk!r}")
     chunk = n if chunk is None else min(chunk, n)
+    w = _window.get()
+    if w is not None:
+        w.calls += 1
+        w.n, w.chunk = n, chunk
+        if w.size is not None:
+            if w.calls > 1:
+                raise InputError("a host-looped method may have only one outermost sum_chunks")
+            part = jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, w.start, w.size), xs)
+            with _outside_window():
+                here = fn(part)
+            w.total = here if w.acc is None else jax.tree.map(jnp.add, w.acc, here)
+            return w.total
+    with _outside_window():
+        return _sum_all(fn, xs, n, chunk, "unroll" if loop_mode() == "unroll" else "scan")
+
+
+def _sum_all(fn: Callable[[PyTree], PyTree], xs: PyTree, n: int, chunk: int, mode: str) -> PyTree:
     full, rest = divmod(n, chunk)
     head = jax.tree.map(lambda a: a[: full * chunk].reshape(full, chunk, *a.shape[1:]), xs)
-    if full == 1:
-        total = fn(jax.tree.map(lambda a: a[0], head))
-    elif loop_mode() == "scan":
+    total = fn(jax.tree.map(lambda a: a[0], head))
+    if full > 1 and mode == "scan":
         def body(acc: PyTree, part: PyTree) -> tuple[PyTree, None]:
             return jax.tree.map(jnp.add, acc, fn(part)), None
 
-        first = jax.tree.map(lambda a: a[0], head)
-        rest_head = jax.tree.map(lambda a: a[1:], head)
-        total, _ = jax.lax.scan(body, fn(first), rest_head)
+        total, _ = jax.lax.scan(body, total, jax.tree.map(lambda a: a[1:], head))
     else:
-        total = fn(jax.tree.map(lambda a: a[0], head))
         for i in range(1, full):
             total = jax.tree.map(jnp.add, total, fn(jax.tree.map(lambda a, i=i: a[i], head)))
     if rest:
-        tail = fn(jax.tree.map(lambda a: a[full * chunk :], xs))
-        total = jax.tree.map(jnp.add, total, tail)
+        total = jax.tree.map(jnp.add, total, fn(jax.tree.map(lambda a: a[full * chunk :], xs)))
     return total
+
+
+def plan(n: int, chunk: int) -> list[tuple[int, int]]:
+    """``(start, size)`` of each chunk of ``n`` items."""
+    return [(s, min(chunk, n - s)) for s in range(0, n, chunk)]
