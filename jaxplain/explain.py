@@ -34,6 +34,11 @@ def _freeze(v: Any) -> Any:
     return v
 
 
+def _thaw(static: tuple) -> dict[str, Any]:
+    """The method's keyword settings from their frozen form (``base_settings`` back to a dict)."""
+    return {k: (dict(v) if k == "base_settings" and v is not None else v) for k, v in static}
+
+
 Stage = tuple[int, bool, bool] | None  # host-loop step: (chunk size, adds to a total, returns the output)
 
 
@@ -46,7 +51,7 @@ def _batched(fn: Callable, apply: Callable, static: tuple, array_names: tuple[st
     Otherwise one step of the host loop (``chunks.Window``): ``(params, images, targets, keys,
     arrays[, acc, start])`` -> the running total, or the method's output for the last step;
     ``acc`` is donated to the next total."""
-    static_kw = {k: (dict(v) if k == "base_settings" and v is not None else v) for k, v in static}
+    static_kw = _thaw(static)
 
     def batched(params: PyTree, images: Array, targets: Array, keys: Array | None, arrays: tuple,
                 acc: PyTree = None, start: Array | int = 0) -> PyTree:
@@ -119,7 +124,7 @@ def _chunking(fn: Callable, apply: Callable, static: tuple, array_names: tuple[s
               params_struct: Any, image_shape: tuple[int, ...], arrays: tuple) -> tuple[int, int] | None:
     """``(n, chunk)`` of the method's one outermost ``sum_chunks`` (traced once, not compiled),
     or ``None`` when it has none or several."""
-    static_kw = {k: (dict(v) if k == "base_settings" and v is not None else v) for k, v in static}
+    static_kw = _thaw(static)
     params = jax.tree.unflatten(params_struct[0], params_struct[1])
 
     def one(p: PyTree, x: Array, arrs: tuple) -> PyTree:

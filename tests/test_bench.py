@@ -12,7 +12,7 @@ from jaxplain import bench
 
 FIELDS = {"method", "batch", "settings", "compile_s", "s_per_call", "images_per_s", "ms_per_image", "passes_per_s",
           "flops_per_call", "flops_per_s", "peak_flops_per_s", "fraction_of_peak", "peak_memory_bytes",
-          "peak_memory_kind", "dtype"}
+          "peak_memory_kind", "dtype", "precision", "chunk_loop"}
 
 
 def test_measure_fields(tiny_model):
@@ -24,6 +24,15 @@ def test_measure_fields(tiny_model):
     assert row["flops_per_call"] > 0 and row["fraction_of_peak"] == pytest.approx(row["flops_per_s"] / 1e9)
     assert bench.passes("smoothgrad", {"samples": 5, "base": "integrated_gradients", "base_settings": {"steps": 4}}) == 20
     assert "images/s" in bench.table([row])
+    assert bench.passes("occlusion", {"window": (8, 8), "strides": (6, 6)}, (32, 32, 3)) == 1 + 5 * 5
+
+
+def test_host_loop_counts_the_flops_of_every_chunk(tiny_model, monkeypatch):
+    monkeypatch.setenv("JAXPLAIN_CHUNK_LOOP", "host")
+    m = tiny_model.replace(input_size=(32, 32))
+    looped = bench.compile_case(m, "integrated_gradients(steps=6, chunk=2)", 2)  # three calls of two steps
+    whole = bench.compile_case(m, "integrated_gradients(steps=6, chunk=6)", 2)
+    assert looped.flops == pytest.approx(whole.flops, rel=0.05)
 
 
 def test_bench_command_writes_json(tmp_path):

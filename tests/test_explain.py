@@ -137,7 +137,7 @@ def test_cli_explain(tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, JAXPLAIN_HOME=str(tmp_path / "home"))
     r = subprocess.run([sys.executable, "-m", "jaxplain.cli", "explain", str(img), str(bad), "--weights", str(weights),
-                        "--method", "smoothgrad(samples=4)", "--out", str(out)], capture_output=True, text=True, env=env, timeout=600)
+                        "--method", "smoothgrad(samples=4)", "--precision", "float32", "--out", str(out)], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 1, r.stderr
     assert "top class" in r.stdout and "cat.png" in r.stdout
     assert r.stderr.count("\n") == 1 and "dog.jpg" in r.stderr and "Traceback" not in r.stderr
