@@ -9,6 +9,7 @@ import pytest
 
 from benchmarks.cases import cases
 from jaxplain import bench, models
+from jaxplain.methods.chunks import loop_mode
 
 
 @functools.lru_cache(maxsize=2)
@@ -35,6 +36,7 @@ def test_throughput(benchmark, peak, device, model_name, spec, batch):
         passes_per_s=batch * bench.passes(case.name, case.settings, case.shape) / sec,
         flops_per_call=case.flops, flops_per_s=case.flops / sec, peak_flops_per_s=peak,
         fraction_of_peak=case.flops / sec / peak, peak_memory_bytes=mem, peak_memory_kind=mem_kind,
+        precision=case.precision or "default", chunk_loop=loop_mode(),
     )
 
 

@@ -29,6 +29,8 @@ USUAL: dict[str, dict[str, Any]] = {
     "expected_gradients": dict(samples=32),
     "blur_ig": dict(steps=100),
     "guided_ig": dict(steps=200),
+    "neuron_gradient": dict(neuron=0),  # channel 0 of the last conv layer
+    "neuron_integrated_gradients": dict(neuron=0),
 }
 
 
