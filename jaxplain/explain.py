@@ -88,35 +88,32 @@ class Calls:
         mids = [(self.mid, s) for s in self.starts[:-1]]
         return [(self.first, None), *mids, *([(self.last, self.starts[-1])] if self.starts else [])]
 
-    def __call__(self, params: PyTree, images: Array, targets: Array, keys: Array | None, shared: tuple) -> PyTree:
+    def _drive(self, pick: Callable[[Callable], Callable], args: tuple) -> PyTree:
+        """Run the steps in order, each through ``pick(jitted)``, threading the running total."""
         out = None
         for jitted, start in self.steps():
-            args = (params, images, targets, keys, shared)
-            out = jitted(*args) if start is None else jitted(*args, out, jnp.int32(start))
+            f = pick(jitted)
+            out = f(*args) if start is None else f(*args, out, jnp.int32(start))
         return out
+
+    def __call__(self, params: PyTree, images: Array, targets: Array, keys: Array | None, shared: tuple) -> PyTree:
+        return self._drive(lambda jitted: jitted, (params, images, targets, keys, shared))
 
     def compile(self, params: PyTree, images: Array, targets: Array, keys: Array | None,
                 shared: tuple) -> tuple[Callable[[], PyTree], float]:
         """Ahead of time: ``(run, flops)``, ``run()`` one compiled call, ``flops`` XLA's count for it."""
         args = (params, images, targets, keys, shared)
         acc = jax.eval_shape(self.first, *args) if self.starts else None
-        compiled, flops = {}, 0.0
+        compiled, cost = {}, {}
         for jitted, start in self.steps():
             if id(jitted) not in compiled:
                 more = () if start is None else (acc, jax.ShapeDtypeStruct((), jnp.int32))
                 compiled[id(jitted)] = jitted.lower(*args, *more).compile()
-            cost = compiled[id(jitted)].cost_analysis()
-            cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-            flops += float((cost or {}).get("flops", 0.0))
-
-        def run() -> PyTree:
-            out = None
-            for jitted, start in self.steps():
-                c = compiled[id(jitted)]
-                out = c(*args) if start is None else c(*args, out, jnp.int32(start))
-            return out
-
-        return run, flops
+                c = compiled[id(jitted)].cost_analysis()
+                c = c[0] if isinstance(c, (list, tuple)) else c
+                cost[id(jitted)] = float((c or {}).get("flops", 0.0))
+        flops = sum(cost[id(jitted)] for jitted, _ in self.steps())
+        return lambda: self._drive(lambda jitted: compiled[id(jitted)], args), flops
 
 
 @functools.lru_cache(maxsize=64)
