@@ -6,7 +6,6 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-import jax
 import pytest
 
 from jaxplain import bench

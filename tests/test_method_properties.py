@@ -1,5 +1,6 @@
 """Shared property tests over every registered method: jit = eager, batch = loop, chunked =
-unchunked, batch_size slices = one call, shape/dtype/finite, keys, 8-device sharding = 1 device."""
+unchunked, batch_size slices = one call, shape/dtype/finite, keys; 8-device sharding = 1 device
+for one method of each kind."""
 
 import os
 import subprocess
@@ -16,6 +17,7 @@ from jaxplain.registry import METHODS, settings_of
 from tests.method_settings import expected_shape, images, settings_for
 
 NAMES = sorted(METHODS)
+CHUNKED = [n for n in NAMES if "chunk" in settings_of(METHODS[n])]
 RTOL = 1e-5  # float32; reordered sums (chunks, batches) differ in the last bits
 
 
@@ -40,16 +42,18 @@ def reference(data):
 
 
 def _direct(m, x, t, name, jit, s):
-    """The per-image method called by hand, in a Python loop, with explain's per-image keys."""
+    """The per-image method called by hand, in a Python loop, with explain's per-image keys
+    (jitted: compiled once, the key an argument)."""
     fn = METHODS[name]
     s = dict(s)
     key = s.pop("key", None)
-    out = []
-    for i in range(len(x)):
-        kw = dict(s, key=jax.random.fold_in(key, i)) if key is not None else s
-        call = lambda p, v, tt, kw=kw: fn(m.apply, p, v, tt, **kw)  # noqa: E731
-        out.append((jax.jit(call) if jit else call)(m.params, jnp.asarray(x[i]), jnp.int32(t[i])))
-    return np.stack(out)
+
+    def call(p, v, tt, k):
+        return fn(m.apply, p, v, tt, **(dict(s, key=k) if k is not None else s))
+
+    call = jax.jit(call) if jit else call
+    keys = [jax.random.fold_in(key, i) if key is not None else None for i in range(len(x))]
+    return np.stack([call(m.params, jnp.asarray(v), jnp.int32(tt), k) for v, tt, k in zip(x, t, keys)])
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -66,10 +70,9 @@ def test_batch_equals_loop_and_jit_equals_eager(data, reference, name):
     s = settings_for(name, x)
     jitted = _direct(m, x[:2], t[:2], name, True, s)
     close(reference[name][:2], jitted)
-    close(jitted, _direct(m, x[:2], t[:2], name, False, s))
-
-
-CHUNKED = [n for n in NAMES if "chunk" in settings_of(METHODS[n])]
+    # Eager runs op by op: one image, and one chunk (chunked = unchunked is tested below).
+    eager = _direct(m, x[:1], t[:1], name, False, dict(s, chunk=None) if name in CHUNKED else s)
+    close(jitted[:1], eager)
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +89,14 @@ def unchunked(data):
     return get
 
 
-@pytest.mark.parametrize("name", CHUNKED)
-@pytest.mark.parametrize("loop", ["host", "unroll", "scan"])
+# The host loop (the CPU default) runs for every chunked method; scan and unroll, which share
+# sum_chunks' code path, for one method of each kind of sum: a path (IG), two keyed statistics
+# (VarGrad), windows (occlusion), activation masks (Score-CAM).
+LOOPS = [("host", n) for n in CHUNKED] + [(loop, n) for loop in ("unroll", "scan")
+                                          for n in ("integrated_gradients", "vargrad", "occlusion", "score_cam")]
+
+
+@pytest.mark.parametrize("loop, name", LOOPS)
 def test_chunked_equals_unchunked(data, unchunked, name, loop, monkeypatch):
     m, x, t = data
     s = settings_for(name, x)
@@ -138,10 +147,17 @@ from tests.method_settings import expected_shape, images, settings_for
 assert len(jax.devices()) == 8, jax.devices()
 m = tiny_pair(seed=1)[1]
 x = images()
-out = {n: np.asarray(jaxplain.explain(m, x, np.array([1, 4, 7]), n, **settings_for(n, x))) for n in jaxplain.METHODS}
+out = {n: np.asarray(jaxplain.explain(m, x, np.array([1, 4, 7]), n, **settings_for(n, x))) for n in sys.argv[2:]}
 np.savez(sys.argv[1], **out)
 """
 
+
+# Sharding lives in explain, not in the methods: one method for each way a method meets it. A plain
+# gradient; a modified backward pass; chunked sums in the host loop; per-image keys with two running
+# statistics; an array setting shared by all images; a layer-shaped result; a [B, H, W] map; windows;
+# keyed masks; a path chosen from gradients.
+SHARDED_METHODS = ["gradient", "guided_backprop", "integrated_gradients", "vargrad", "expected_gradients",
+                   "layer_integrated_gradients", "grad_cam", "occlusion", "rise", "guided_ig"]
 
 # Guided IG picks its path by ranking gradients at every step. One device per image changes the
 # convolution's blocking and so the last bits of a gradient, which can reorder two nearly equal
@@ -153,13 +169,13 @@ PATH_CHOSEN = {"guided_ig"}
 def test_sharded_over_8_devices_equals_one(reference, tmp_path):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     out = tmp_path / "sharded.npz"
-    r = subprocess.run([sys.executable, "-c", SHARDED, str(out)], env=env, capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-c", SHARDED, str(out), *SHARDED_METHODS], env=env, capture_output=True, text=True,
                        cwd=os.path.dirname(os.path.dirname(__file__)), timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     got = np.load(out)
-    assert sorted(got.files) == NAMES
+    assert sorted(got.files) == sorted(SHARDED_METHODS)
     bad = []
-    for n in NAMES:
+    for n in SHARDED_METHODS:
         try:
             if n in PATH_CHOSEN:
                 a, b = got[n], np.asarray(reference[n])

@@ -56,8 +56,9 @@ def test_occlusion_of_linear_model():
 def test_rise_equals_a_loop_over_its_masks(pair, xs):
     _, m = pair
     key, n, p = jax.random.key(4), 40, 0.4
-    got = jaxplain.rise(m.apply, m.params, jnp.asarray(xs[0]), jnp.int32(5), masks=n, cells=4, p=p, key=key, chunk=16)
-    masks = np.asarray(jaxplain.rise_masks(key, n, (32, 32), cells=4, p=p))
+    rise = jax.jit(lambda w, v, t, k: jaxplain.rise(m.apply, w, v, t, masks=n, cells=4, p=p, key=k, chunk=16))
+    got = rise(m.params, jnp.asarray(xs[0]), jnp.int32(5), key)
+    masks = np.asarray(jax.jit(jaxplain.rise_masks, static_argnums=(1, 2, 3, 4))(key, n, (32, 32), 4, p))
     want = np.zeros((32, 32))
     for mask in masks:  # one model call per mask, softmax in float64
         logits = np.asarray(m(jnp.asarray(xs[:1] * mask[None, :, :, None])), np.float64)[0]
@@ -66,7 +67,7 @@ def test_rise_equals_a_loop_over_its_masks(pair, xs):
 
 
 def test_rise_masks_and_the_all_ones_case(pair, xs):
-    masks = np.asarray(jaxplain.rise_masks(jax.random.key(0), 2000, (32, 24), cells=5, p=0.3))
+    masks = np.asarray(jax.jit(jaxplain.rise_masks, static_argnums=(1, 2, 3, 4))(jax.random.key(0), 2000, (32, 24), 5, 0.3))
     assert masks.shape == (2000, 32, 24) and masks.min() >= 0 and masks.max() <= 1
     assert abs(masks.mean() - 0.3) < 0.01  # bilinear upsampling keeps the mean of the grid
     assert len(np.unique(masks[:, 0, 0])) > 3  # random shifts: not every mask starts on a cell edge

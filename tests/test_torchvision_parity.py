@@ -41,10 +41,14 @@ def test_vgg16_logits_match_torch_at_224(torch_vgg16, fname):
     _compare(net, model, 224, seed=1)
 
 
+@pytest.fixture(scope="module")
+def from_pth(torch_vgg16):
+    return models.vgg16(torch_vgg16[1] / "vgg16-random.pth")
+
+
 @pytest.mark.parametrize("size", [64, 100, 256])  # 2x2 (repeats), 3x3 (overlaps), 8x8 maps
-def test_adaptive_pool_sizes_match_torch(torch_vgg16, size):
-    net, d = torch_vgg16
-    _compare(net, models.vgg16(d / "vgg16-random.pth"), size, seed=size)
+def test_adaptive_pool_sizes_match_torch(torch_vgg16, from_pth, size):
+    _compare(torch_vgg16[0], from_pth, size, seed=size)
 
 
 def test_features_only_from_full_file(torch_vgg16):
