@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One prepared benchmark run for an accelerator host: the pytest-benchmark suite (--quick), then
-# VGG16 at 224x224 side by side with Captum at the usual settings, batch 1/8/32; the other methods;
+# VGG16 at 224x224 side by side with Captum (Score-CAM: pytorch-grad-cam's
+# algorithm in torch) at the usual settings, batch 1/8/32; the other methods;
 # IG with each chunk loop; bfloat16.
 # Usage: bash benchmarks/run_all.sh OUTDIR   (needs jaxplain installed; captum/torch for the Captum column)
 set -uo pipefail
@@ -19,10 +20,10 @@ PY
 timeout "${QUICK_LIMIT:-240}" python3 -m pytest benchmarks/ --quick -q -p no:cacheprovider \
   --benchmark-json "$out/quick.json" --benchmark-columns=median,rounds 2>&1 | tail -n 40 | tee "$out/quick.txt"
 timeout "${CAPTUM_LIMIT:-240}" python3 -m jaxplain.cli bench --captum --batch 1 8 32 --min-time 0.5 \
-  --methods gradient gradient_x_input guided_backprop deconvnet grad_cam "integrated_gradients(steps=50)" "smoothgrad(samples=50)" occlusion \
+  --methods gradient gradient_x_input guided_backprop deconvnet grad_cam "integrated_gradients(steps=50)" "smoothgrad(samples=50)" occlusion score_cam \
   --json "$out/vs_captum.json" 2>&1 | grep -v Warning | tee "$out/vs_captum.txt"
 timeout "${REST_LIMIT:-150}" python3 -m jaxplain.cli bench --batch 8 32 --min-time 0.5 \
-  --methods "expected_gradients(samples=32)" "blur_ig(steps=100)" "vargrad(samples=50)" "guided_ig(steps=200)" score_cam rise \
+  --methods "expected_gradients(samples=32)" "blur_ig(steps=100)" "vargrad(samples=50)" "guided_ig(steps=200)" rise \
   --json "$out/rest.json" 2>&1 | tee "$out/rest.txt"
 for loop in host unroll; do  # the default on GPU is scan (in the runs above)
   JAXPLAIN_CHUNK_LOOP=$loop timeout 60 python3 -m jaxplain.cli bench --batch 8 32 --min-time 0.5 \

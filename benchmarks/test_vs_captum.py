@@ -1,5 +1,6 @@
 """Side by side with Captum: same method, settings, batch, VGG16 weights (copied across) and
-device, in one session, alternating the two; extra_info records the ratio jaxplain / Captum."""
+device, in one session, alternating the two; extra_info records the ratio jaxplain / Captum.
+Score-CAM's peer is pytorch-grad-cam's ScoreCAM algorithm in torch (``bench.torch_score_cam``)."""
 
 import functools
 
@@ -17,7 +18,7 @@ QUICK = [("gradient", 1), ("gradient", 8), ("guided_backprop", 8), ("grad_cam", 
          ("integrated_gradients(steps=8)", 1), ("smoothgrad(samples=8)", 1),
          ("occlusion(window=(112, 112), strides=(56, 56))", 1)]
 FULL = [(spec, b) for spec in ["gradient", "gradient_x_input", "guided_backprop", "deconvnet", "grad_cam",
-                               "integrated_gradients(steps=50)", "smoothgrad(samples=50)", "occlusion"]
+                               "integrated_gradients(steps=50)", "smoothgrad(samples=50)", "occlusion", "score_cam"]
         for b in (1, 8, 32)]
 
 
@@ -44,6 +45,6 @@ def test_vs_captum(benchmark, peak, device, spec, batch):
     call()
     benchmark.pedantic(call, rounds=3, iterations=1)
     ours = batch / benchmark.stats.stats.median
-    theirs = bench.measure_captum(net, fn.__name__, batch, settings, (224, 224), rounds=3, min_time=0)
-    benchmark.extra_info.update(device, method=case.name, settings=repr(settings), batch=batch,
+    theirs = bench.measure_captum(net, fn.__name__, batch, case.settings, (224, 224), rounds=3, min_time=0)
+    benchmark.extra_info.update(device, method=case.name, settings=repr(case.settings), batch=batch,
                                 images_per_s=ours, vs_captum=ours / theirs["captum_images_per_s"], **theirs)

@@ -173,12 +173,36 @@ def table(rows: list[dict[str, Any]]) -> str:
 # ---------------------------------------------------------------- Captum, same weights, same device
 
 CAPTUM_METHODS = ("gradient", "gradient_x_input", "integrated_gradients", "smoothgrad", "guided_backprop",
-                  "deconvnet", "grad_cam", "occlusion")
+                  "deconvnet", "grad_cam", "occlusion", "score_cam")  # score_cam: pytorch-grad-cam's, see below
+GRAD_CAM_BATCH = 16  # pytorch-grad-cam ScoreCAM's default masked images per forward call
+
+
+def torch_score_cam(net: Any, x: Any, t: Any, batch: int = GRAD_CAM_BATCH) -> Any:
+    """pytorch-grad-cam's ``ScoreCAM`` algorithm in plain torch, ``[B, H, W]``, as the peer for
+    ``score_cam`` (the grad-cam package imports torchvision): the last conv layer's ReLU output,
+    each channel upsampled (bilinear, half-pixel, as ours) and min-max normalised, masks the image;
+    ``batch`` masked images per forward call; softmax over the channels' target logits."""
+    import torch
+    import torch.nn.functional as F
+
+    size = tuple(x.shape[-2:])
+    with torch.no_grad():
+        acts = net.features[:-1](x)  # [B, K, h, w]
+        up = F.interpolate(acts, size=size, mode="bilinear", align_corners=False)
+        lo = up.flatten(2).min(-1)[0][..., None, None]
+        hi = up.flatten(2).max(-1)[0][..., None, None]
+        up = torch.where(hi > lo, (up - lo) / torch.where(hi > lo, hi - lo, 1.0), 0.0)
+        scores = torch.stack([
+            torch.cat([net(x[b] * up[b, i:i + batch, None])[:, t[b]] for i in range(0, up.shape[1], batch)])
+            for b in range(x.shape[0])])
+        cam = torch.relu((torch.softmax(scores, -1)[..., None, None] * acts).sum(1))
+        return F.interpolate(cam[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
 def captum_call(net: Any, name: str, batch: int, settings: dict[str, Any], size: tuple[int, int]) -> Callable[[], Any]:
     """A no-argument call running Captum's equivalent of ``name`` on ``net`` (a torch module),
-    with the same batch, input size and settings (``chunk`` -> Captum's internal batch size)."""
+    with the same batch, input size and settings (``chunk`` -> Captum's internal batch size): pass
+    the case's resolved settings (``Case.settings``), where explain may have sized the chunk."""
     import torch
     from captum import attr as ca
 
@@ -186,14 +210,14 @@ def captum_call(net: Any, name: str, batch: int, settings: dict[str, Any], size:
     x = torch.randn(batch, 3, *size, device=device)
     t = torch.zeros(batch, dtype=torch.long, device=device)
     s = {**registry.settings_of(registry.lookup(name)), **USUAL.get(name, {}), **settings}
-    chunk = s.get("chunk") or 16
+    chunk = s.get("chunk")  # None: everything in one pass, as ours
     if name == "gradient":
         run = lambda: ca.Saliency(net).attribute(x, target=t, abs=False)  # noqa: E731
     elif name == "gradient_x_input":
         run = lambda: ca.InputXGradient(net).attribute(x, target=t)  # noqa: E731
     elif name == "integrated_gradients":
         run = lambda: ca.IntegratedGradients(net).attribute(  # noqa: E731
-            x, baselines=0.0, target=t, n_steps=s["steps"], method=s["rule"], internal_batch_size=batch * chunk)
+            x, baselines=0.0, target=t, n_steps=s["steps"], method=s["rule"], internal_batch_size=batch * chunk if chunk else None)
     elif name == "smoothgrad":
         std = float(s["sigma"]) * float(x.max() - x.min())
         run = lambda: ca.NoiseTunnel(ca.Saliency(net)).attribute(  # noqa: E731
@@ -211,6 +235,8 @@ def captum_call(net: Any, name: str, batch: int, settings: dict[str, Any], size:
         (wh, ww, wc), (sh, sw, sc) = (per_axis(s[k], k, 3) for k in ("window", "strides"))
         run = lambda: ca.Occlusion(net).attribute(  # noqa: E731
             x, sliding_window_shapes=(wc, wh, ww), strides=(sc, sh, sw), baselines=float(s["baseline"]), target=t)
+    elif name == "score_cam":  # pytorch-grad-cam's ScoreCAM, 16 masked images per call
+        run = lambda: torch_score_cam(net, x, t)  # noqa: E731
     else:
         raise KeyError(f"no Captum counterpart for {name}")
 

@@ -159,12 +159,12 @@ def _bench(args: argparse.Namespace) -> int:
         net = models.torch_vgg.torch_vgg(args.model, params, device=device)
     rows = []
     for spec in args.methods:
-        fn, settings = registry.parse(spec)
+        fn = registry.parse(spec)[0]
         for batch in args.batch:
             case = bench.compile_case(model, spec, batch, precision=args.precision)
             row = {**bench.measure(case, peak, rounds=args.rounds, min_time=args.min_time), "model": args.model, **info}
             if net is not None and fn.__name__ in bench.CAPTUM_METHODS:
-                row.update(bench.measure_captum(net, fn.__name__, batch, settings, size, rounds=args.rounds, min_time=args.min_time))
+                row.update(bench.measure_captum(net, fn.__name__, batch, case.settings, size, rounds=args.rounds, min_time=args.min_time))
                 row["vs_captum"] = row["images_per_s"] / row["captum_images_per_s"]
             rows.append(row)
             print(bench.table([row]).splitlines()[-1] if len(rows) > 1 else bench.table([row]), flush=True)
@@ -210,7 +210,8 @@ def parser() -> argparse.ArgumentParser:
     be.add_argument("--rounds", type=int, default=3)
     be.add_argument("--min-time", type=float, default=1.0, help="seconds each case is timed for at least")
     be.add_argument("--precision", choices=PRECISIONS, help="the model's arithmetic (default: JAX's)")
-    be.add_argument("--captum", action="store_true", help="time Captum on the same weights and device, alternating")
+    be.add_argument("--captum", action="store_true", help="time Captum on the same weights and device, alternating "
+                    "(for score_cam: pytorch-grad-cam's ScoreCAM algorithm in torch)")
     be.add_argument("--json", help="write every measured field here")
     be.set_defaults(run=_bench)
     return p

@@ -303,13 +303,19 @@ def _resolve_model_settings(fn: Callable, model: Model, images: Array, settings:
     return settings
 
 
-def prepare(fn: Callable, model: Model, images: Array, settings: dict[str, Any]) -> tuple[Calls, Array | None, tuple, dict[str, Any]]:
+def prepare(fn: Callable, model: Model, images: Array, settings: dict[str, Any],
+            per_call: int | None = None) -> tuple[Calls, Array | None, tuple, dict[str, Any]]:
     """``(call, keys, shared, static)`` for ``fn`` on ``images``: model-dependent settings resolved,
     per-image keys ``fold_in(key, index)``, array settings passed as arguments (``shared``), the
     rest (``static``) closed over; ``call(params, images, targets, keys, shared)`` runs the jitted
     method; one with a ``chunk`` setting runs chunk by chunk in a host loop where
-    ``chunks.loop_mode()`` says ``host``."""
+    ``chunks.loop_mode()`` says ``host``. There a method whose chunk counts images
+    (``chunks.counts_images``) and whose chunk is not set gets ``chunks.host_chunk`` for
+    ``per_call`` images per call and device (default: all of ``images``)."""
     settings = _resolve_model_settings(fn, model, images, dict(settings))
+    loop = chunks.loop_mode()
+    if loop == "host" and getattr(fn, "chunk_counts_images", False) and "chunk" not in settings:
+        settings["chunk"] = chunks.host_chunk(per_call or images.shape[0], images.shape[1] * images.shape[2])
     key = settings.pop("key", None)
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(images.shape[0])) if key is not None else None
     arrays = {k: v for k, v in settings.items() if _is_array(v)}
@@ -317,7 +323,6 @@ def prepare(fn: Callable, model: Model, images: Array, settings: dict[str, Any])
     frozen = tuple(sorted((k, _freeze(v)) for k, v in static.items()))
     names = tuple(sorted(arrays))
     shared = tuple(jnp.asarray(arrays[k]) for k in names)
-    loop = chunks.loop_mode()
     try:
         hash(frozen)
     except TypeError:
@@ -354,7 +359,9 @@ def explain(
     ``"integrated_gradients(steps=64)"``, or a method function. ``settings`` go to the method;
     ``key`` (a ``jax.random`` key) is split per image by its index, so results do not depend on
     ``batch_size`` or device count. ``batch_size`` images go through each compiled call (the
-    last call padded). ``precision``: ``"float32"``, ``"tensorfloat32"`` or ``"bfloat16"`` for
+    last call padded). On the CPU's host loop an unset ``chunk`` of a method that sums over images
+    (IG points, noise samples, windows, masks) is sized to put about sixteen 224x224 images through
+    each call (``chunks.host_chunk``); results do not depend on it. ``precision``: ``"float32"``, ``"tensorfloat32"`` or ``"bfloat16"`` for
     the model's arithmetic (``jaxplain.precision``); ``None`` is JAX's default. Returns
     ``[B, ...]`` float32 (for the gradient family ``[B, H, W, C]``), or the method's tuple
     (``return_delta=True``) with a leading ``B`` on each part.
@@ -368,5 +375,6 @@ def explain(
     model = with_precision(model, precision)
     n = images.shape[0]
     target_ids = _targets(model, images, targets, batch_size)
-    call, keys, shared, _ = prepare(fn, model, images, settings)
+    per_call = -(-(batch_size or n) // len(jax.local_devices()))  # images per call and device (see _run)
+    call, keys, shared, _ = prepare(fn, model, images, settings, per_call)
     return _run(lambda p, x, t, k: call(p, x, t, k, shared), model.params, (images, target_ids, keys), n, batch_size or n)

@@ -189,6 +189,18 @@ def test_score_cam_against_a_plain_loop(pair, xs):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
 
 
+def test_score_cam_matches_the_torch_peer(pair, xs):
+    """The benchmark's peer (pytorch-grad-cam's ScoreCAM in torch, 16 masked images per call)
+    computes what our score_cam computes, so timing the two compares equal work."""
+    from jaxplain.bench import torch_score_cam
+
+    net, m = pair
+    assert len(net.features) == TORCH_LAYER + 2  # features[:-1] ends at the last conv layer's ReLU
+    t = [2, 7]
+    want = torch_score_cam(net, _t(xs), torch.tensor(t), batch=3).numpy()
+    _close(jaxplain.explain(m, xs, t, "score_cam", layer=LAYER), want)
+
+
 # ---------------------------------------------------------------- summaries, pictures, features
 
 

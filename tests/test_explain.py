@@ -145,3 +145,27 @@ def test_cli_explain(tmp_path):
     assert a.shape == (224, 224, 3) and a.dtype == np.float32 and np.isfinite(a).all()
     png = np.asarray(Image.open(out / "cat.png"))
     assert png.shape == (224, 224, 3)
+
+
+def test_host_loop_sizes_an_unset_chunk_to_the_call(tiny_model, monkeypatch):
+    """On the host loop a chunk that counts images is sized to the images per call and device;
+    a chunk the user sets, and a chunk that counts something else (Grad-CAM++'s activation
+    elements), are left alone; scan keeps the method's default."""
+    from jaxplain.explain import prepare
+    from jaxplain.methods import chunks
+
+    assert [chunks.host_chunk(b, 224 * 224) for b in (1, 2, 8, 16, 64)] == [16, 8, 2, 1, 1]
+    monkeypatch.setenv("JAXPLAIN_CHUNK_LOOP", "host")
+    ig, x = registry.METHODS["integrated_gradients"], jnp.asarray(X)
+    assert prepare(ig, tiny_model, x, {})[3]["chunk"] == chunks.CALL_PIXELS // (2 * 32 * 32)
+    assert prepare(ig, tiny_model, x, {}, per_call=1)[3]["chunk"] == chunks.CALL_PIXELS // (32 * 32)
+    assert prepare(ig, tiny_model, x, {"chunk": 3})[3]["chunk"] == 3
+    assert "chunk" not in prepare(registry.METHODS["grad_cam_pp"], tiny_model, x, {})[3]
+    seen = []
+    monkeypatch.setattr(chunks, "host_chunk", lambda per_call, pixels: seen.append((per_call, pixels)) or 2)
+    a = jaxplain.explain(tiny_model, X, 0, "integrated_gradients(steps=5)", batch_size=1)
+    assert seen == [(1, 32 * 32)]  # explain counts the images of one call, not the whole batch
+    np.testing.assert_allclose(a, jaxplain.explain(tiny_model, X, 0, "integrated_gradients(steps=5, chunk=None)"),
+                               rtol=1e-5, atol=1e-6 * np.abs(np.asarray(a)).max())
+    monkeypatch.setenv("JAXPLAIN_CHUNK_LOOP", "scan")
+    assert "chunk" not in prepare(ig, tiny_model, x, {})[3]

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from jaxplain.errors import InputError
 from jaxplain.types import ApplyFn, Array, PyTree
 
-from .chunks import sum_chunks
+from .chunks import counts_images, sum_chunks
 from .gradients import guided_backprop
 from .layer import activation, layer_gradient
 
@@ -158,6 +158,7 @@ def eigen_cam(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, layer:
     return resize(m, x.shape[:2]) if upsample else m
 
 
+@counts_images
 def score_cam(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, layer: str | None = None,
               upsample: bool = True, chunk: int | None = 32) -> Array:
     """Score-CAM (Wang et al. 2020), ``[H, W]``: each channel, upsampled and min-max normalised,

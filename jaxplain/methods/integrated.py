@@ -10,7 +10,7 @@ from jaxplain.errors import InputError
 from jaxplain.types import ApplyFn, Array, PyTree
 
 from .blur import blur_difference, gaussian_blur
-from .chunks import sum_chunks
+from .chunks import counts_images, sum_chunks
 from .gradients import score
 
 RULES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
@@ -82,6 +82,7 @@ def _path_integral(apply: ApplyFn, params: PyTree, x: Array, target: Array, base
     return sum_chunks(part, (alphas, weights), chunk)
 
 
+@counts_images
 def integrated_gradients(
     apply: ApplyFn,
     params: PyTree,
@@ -109,6 +110,7 @@ def integrated_gradients(
     return attr, jnp.sum(attr) - (f(x) - f(base))
 
 
+@counts_images
 def expected_gradients(
     apply: ApplyFn,
     params: PyTree,
@@ -145,6 +147,7 @@ def expected_gradients(
     return sum_chunks(part, (idx, alphas), chunk) / samples
 
 
+@counts_images
 def blur_ig(
     apply: ApplyFn,
     params: PyTree,

@@ -15,7 +15,7 @@ from jaxplain.errors import InputError
 from jaxplain.types import ApplyFn, Array, PyTree, Relu
 
 from .integrated import resolve_baseline, rule_nodes
-from .chunks import sum_chunks
+from .chunks import counts_images, sum_chunks
 
 Neuron = int | tuple[int, ...]
 
@@ -69,6 +69,7 @@ def layer_gradient_x_activation(apply: ApplyFn, params: PyTree, x: Array, target
     return act * grad
 
 
+@counts_images
 def layer_integrated_gradients(apply: ApplyFn, params: PyTree, x: Array, target: Array, *,
                                layer: str | None = None, steps: int = 50, rule: str = "gausslegendre",
                                baseline: str | Array = "zeros", key: Array | None = None,
@@ -104,6 +105,7 @@ def neuron_gradient(apply: ApplyFn, params: PyTree, x: Array, target: Array, *,
     return jax.grad(_neuron_score(apply, params, layer, neuron))(x)
 
 
+@counts_images
 def neuron_integrated_gradients(apply: ApplyFn, params: PyTree, x: Array, target: Array, *,
                                 layer: str | None = None, neuron: Neuron | None = None, steps: int = 50,
                                 rule: str = "gausslegendre", baseline: str | Array = "zeros",

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from jaxplain.errors import InputError
 from jaxplain.types import ApplyFn, Array, PyTree
 
-from .chunks import sum_chunks
+from .chunks import counts_images, sum_chunks
 
 
 def _moments(
@@ -45,6 +45,7 @@ def _moments(
     return s1 / samples, s2 / samples
 
 
+@counts_images
 def smoothgrad(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, base: str | Callable = "gradient",
                samples: int = 50, sigma: float = 0.15, key: Array | None = None, chunk: int | None = 16,
                base_settings: Mapping[str, Any] | None = None) -> Array:
@@ -53,6 +54,7 @@ def smoothgrad(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, base:
                     chunk=chunk, base_settings=base_settings)[0]
 
 
+@counts_images
 def squaregrad(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, base: str | Callable = "gradient",
                samples: int = 50, sigma: float = 0.15, key: Array | None = None, chunk: int | None = 16,
                base_settings: Mapping[str, Any] | None = None) -> Array:
@@ -61,6 +63,7 @@ def squaregrad(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, base:
                     chunk=chunk, base_settings=base_settings)[1]
 
 
+@counts_images
 def vargrad(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, base: str | Callable = "gradient",
             samples: int = 50, sigma: float = 0.15, key: Array | None = None, chunk: int | None = 16,
             base_settings: Mapping[str, Any] | None = None) -> Array:
