@@ -231,10 +231,15 @@ def _replicate(params: PyTree, mesh: Mesh) -> PyTree:
     return _replicated[key][1]
 
 
+def _per_device(size: int) -> int:
+    """Images per device in a call of ``size`` images (``_run`` rounds ``size`` up to fill every device)."""
+    return -(-size // len(jax.local_devices()))
+
+
 def _run(call: Callable[..., PyTree], params: PyTree, batch: tuple, n: int, size: int) -> PyTree:
     """Call ``call`` on fixed-size slices of ``batch`` (leading axis ``n``) and join the results."""
     devices = tuple(jax.local_devices())  # in a multi-process run, each process uses its own
-    size = -(-size // len(devices)) * len(devices)
+    size = _per_device(size) * len(devices)
     mesh = _mesh(devices) if len(devices) > 1 else None
     if mesh is not None:
         params = _replicate(params, mesh)
@@ -361,8 +366,8 @@ def explain(
     ``batch_size`` or device count. ``batch_size`` images go through each compiled call (the
     last call padded). On the CPU's host loop an unset ``chunk`` of a method that sums over images
     (IG points, noise samples, windows, masks) is sized to put about sixteen 224x224 images through
-    each call (``chunks.host_chunk``); results do not depend on it. ``precision``: ``"float32"``, ``"tensorfloat32"`` or ``"bfloat16"`` for
-    the model's arithmetic (``jaxplain.precision``); ``None`` is JAX's default. Returns
+    each call (``chunks.host_chunk``); results do not depend on it. ``precision``: ``"float32"``,
+    ``"tensorfloat32"`` or ``"bfloat16"`` for the model's arithmetic (``jaxplain.precision``); ``None`` is JAX's default. Returns
     ``[B, ...]`` float32 (for the gradient family ``[B, H, W, C]``), or the method's tuple
     (``return_delta=True``) with a leading ``B`` on each part.
     """
@@ -375,6 +380,5 @@ def explain(
     model = with_precision(model, precision)
     n = images.shape[0]
     target_ids = _targets(model, images, targets, batch_size)
-    per_call = -(-(batch_size or n) // len(jax.local_devices()))  # images per call and device (see _run)
-    call, keys, shared, _ = prepare(fn, model, images, settings, per_call)
+    call, keys, shared, _ = prepare(fn, model, images, settings, _per_device(batch_size or n))
     return _run(lambda p, x, t, k: call(p, x, t, k, shared), model.params, (images, target_ids, keys), n, batch_size or n)
