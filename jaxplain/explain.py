@@ -49,8 +49,8 @@ def _batched(fn: Callable, apply: Callable, static: tuple, array_names: tuple[st
 
     ``stage=None`` is the whole method, its chunks looped by ``loop`` (``scan`` or ``unroll``).
     Otherwise one step of the host loop (``chunks.Window``): ``(params, images, targets, keys,
-    arrays[, acc, start])`` -> the running total, or the method's output for the last step;
-    ``acc`` is donated to the next total."""
+    arrays[, acc, start])`` -> ``acc``, the running total and the values the method ``keep``s,
+    or the method's output for the last step; ``acc`` is donated to the next step."""
     static_kw = _thaw(static)
 
     def batched(params: PyTree, images: Array, targets: Array, keys: Array | None, arrays: tuple,
@@ -61,9 +61,10 @@ def _batched(fn: Callable, apply: Callable, static: tuple, array_names: tuple[st
             extra = {"key": k} if keyed else {}
             if stage is None:
                 return fn(apply, params, x, t, **static_kw, **shared, **extra)
-            with chunks.window(chunks.Window(start=start, size=stage[0], acc=a)) as w:
+            total, kept = a if a is not None else (None, None)
+            with chunks.window(chunks.Window(start=start, size=stage[0], acc=total, kept=kept)) as w:
                 out = fn(apply, params, x, t, **static_kw, **shared, **extra)
-            return out if stage[2] else w.total
+            return out if stage[2] else (w.total, tuple(w.kept_out))
 
         axes = (0, 0, 0 if keyed else None, 0 if acc is not None else None)
         return jax.vmap(one, in_axes=axes)(images, targets, keys, acc)
@@ -319,8 +320,9 @@ def prepare(fn: Callable, model: Model, images: Array, settings: dict[str, Any],
     ``per_call`` images per call and device (default: all of ``images``)."""
     settings = _resolve_model_settings(fn, model, images, dict(settings))
     loop = chunks.loop_mode()
-    if loop == "host" and getattr(fn, "chunk_counts_images", False) and "chunk" not in settings:
-        settings["chunk"] = chunks.host_chunk(per_call or images.shape[0], images.shape[1] * images.shape[2])
+    if loop == "host" and hasattr(fn, "chunk_call_pixels") and "chunk" not in settings:
+        settings["chunk"] = chunks.host_chunk(per_call or images.shape[0], images.shape[1] * images.shape[2],
+                                              fn.chunk_call_pixels)
     key = settings.pop("key", None)
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(images.shape[0])) if key is not None else None
     arrays = {k: v for k, v in settings.items() if _is_array(v)}
@@ -366,7 +368,7 @@ def explain(
     ``batch_size`` or device count. ``batch_size`` images go through each compiled call (the
     last call padded). On the CPU's host loop an unset ``chunk`` of a method that sums over images
     (IG points, noise samples, windows, masks) is sized to put about sixteen 224x224 images through
-    each call (``chunks.host_chunk``); results do not depend on it. ``precision``: ``"float32"``,
+    each call, eight for forward passes only (``chunks.host_chunk``); results do not depend on it. ``precision``: ``"float32"``,
     ``"tensorfloat32"`` or ``"bfloat16"`` for the model's arithmetic (``jaxplain.precision``); ``None`` is JAX's default. Returns
     ``[B, ...]`` float32 (for the gradient family ``[B, H, W, C]``), or the method's tuple
     (``return_delta=True``) with a leading ``B`` on each part.

@@ -148,7 +148,8 @@ def test_cli_explain(tmp_path):
 
 
 def test_host_loop_sizes_an_unset_chunk_to_the_call(tiny_model, monkeypatch):
-    """On the host loop a chunk that counts images is sized to the images per call and device;
+    """On the host loop a chunk that counts images is sized to the images per call and device
+    (half as many for methods of forward passes only);
     a chunk the user sets, and a chunk that counts something else (Grad-CAM++'s activation
     elements), are left alone; scan keeps the method's default."""
     from jaxplain.explain import prepare
@@ -160,12 +161,49 @@ def test_host_loop_sizes_an_unset_chunk_to_the_call(tiny_model, monkeypatch):
     assert prepare(ig, tiny_model, x, {})[3]["chunk"] == chunks.CALL_PIXELS // (2 * 32 * 32)
     assert prepare(ig, tiny_model, x, {}, per_call=1)[3]["chunk"] == chunks.CALL_PIXELS // (32 * 32)
     assert prepare(ig, tiny_model, x, {"chunk": 3})[3]["chunk"] == 3
+    occlusion = registry.METHODS["occlusion"]  # forward passes only: smaller calls
+    assert prepare(occlusion, tiny_model, x, {})[3]["chunk"] == chunks.FORWARD_CALL_PIXELS // (2 * 32 * 32)
     assert "chunk" not in prepare(registry.METHODS["grad_cam_pp"], tiny_model, x, {})[3]
     seen = []
-    monkeypatch.setattr(chunks, "host_chunk", lambda per_call, pixels: seen.append((per_call, pixels)) or 2)
+    monkeypatch.setattr(chunks, "host_chunk", lambda per_call, pixels, _: seen.append((per_call, pixels)) or 2)
     a = jaxplain.explain(tiny_model, X, 0, "integrated_gradients(steps=5)", batch_size=1)
     assert seen == [(1, 32 * 32)]  # explain counts the images of one call, not the whole batch
     np.testing.assert_allclose(a, jaxplain.explain(tiny_model, X, 0, "integrated_gradients(steps=5, chunk=None)"),
                                rtol=1e-5, atol=1e-6 * np.abs(np.asarray(a)).max())
     monkeypatch.setenv("JAXPLAIN_CHUNK_LOOP", "scan")
     assert "chunk" not in prepare(ig, tiny_model, x, {})[3]
+
+
+@pytest.mark.parametrize("method,module,passes", [
+    ("occlusion(window=(8, 8), strides=(8, 8), chunk=2)", "perturb", 1),  # f(x)
+    ("score_cam(chunk=2)", "cam", 1),  # the layer's activation
+    # the layer at the baseline (at x it is the same as the head of every chunk's pass, which XLA shares)
+    ("layer_integrated_gradients(steps=8, chunk=2)", "layer", 1),
+])
+def test_host_loop_computes_kept_values_once(tiny_model, monkeypatch, method, module, passes):
+    """The forward passes a method makes before its sum run in the host loop's first call only:
+    XLA's count for the whole loop is (calls - 1) * passes forward passes below the count with
+    ``keep`` turned off. Results agree."""
+    import importlib
+
+    from jaxplain.explain import _batched, prepare
+
+    monkeypatch.setenv("JAXPLAIN_CHUNK_LOOP", "host")
+    fn, settings = registry.parse(method)
+    x, t = jnp.asarray(X[:1]), jnp.zeros(1, jnp.int32)
+    forward = jax.jit(lambda p, v: tiny_model.apply(p, v)[0]).lower(tiny_model.params, x[0]).compile().cost_analysis()
+    forward = (forward[0] if isinstance(forward, (list, tuple)) else forward)["flops"]
+
+    def run() -> tuple[float, np.ndarray, int]:
+        call, keys, shared, _ = prepare(fn, tiny_model, x, settings)
+        go, flops = call.compile(tiny_model.params, x, t, keys, shared)
+        return flops, np.asarray(go()), len(call.steps())
+
+    kept, a, calls = run()
+    monkeypatch.setattr(importlib.import_module(f"jaxplain.methods.{module}"), "keep", lambda compute: compute())
+    _batched.cache_clear()  # trace the steps again, without keep
+    again, b, _ = run()
+    assert calls >= 4
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * np.abs(b).max())
+    _batched.cache_clear()
+    np.testing.assert_allclose(again - kept, (calls - 1) * passes * forward, rtol=0.1)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from jaxplain.errors import InputError
 from jaxplain.types import ApplyFn, Array, PyTree
 
-from .chunks import counts_images, sum_chunks
+from .chunks import counts_images, keep, sum_chunks
 from .gradients import guided_backprop
 from .layer import activation, layer_gradient
 
@@ -94,13 +94,13 @@ def diagonal_derivatives(apply: ApplyFn, params: PyTree, x: Array, target: Array
     """``(A, dY/dA, d2Y/dA2, d3Y/dA3)`` for ``Y = exp(logits[target])``, the pure (diagonal)
     partials of every activation element, exact by nested forward-mode through the network
     after the layer (one pass per element, vectorized in chunks of ``chunk`` elements)."""
-    act = activation(apply, params, x, layer)
+    act = keep(lambda: activation(apply, params, x, layer))
 
     def y(tap: Array) -> Array:
         return jnp.exp(apply(params, x, taps={layer: tap})[0][target])
 
     zero = jnp.zeros_like(act)
-    d1 = jax.grad(y)(zero)
+    d1 = keep(lambda: jax.grad(y)(zero))
 
     def along(index: Array) -> tuple[Array, Array]:
         e = jax.nn.one_hot(index, act.size, dtype=act.dtype).reshape(act.shape)
@@ -158,13 +158,13 @@ def eigen_cam(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, layer:
     return resize(m, x.shape[:2]) if upsample else m
 
 
-@counts_images
+@counts_images(forward_only=True)
 def score_cam(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, layer: str | None = None,
               upsample: bool = True, chunk: int | None = 32) -> Array:
     """Score-CAM (Wang et al. 2020), ``[H, W]``: each channel, upsampled and min-max normalised,
     masks the input; the softmax over channels of the masked inputs' target logits weights the
     channels. The ``K`` masked forward passes are vectorized in chunks of ``chunk``."""
-    act = activation(apply, params, x, layer)
+    act = keep(lambda: activation(apply, params, x, layer))
     _spatial(act, layer)
     k = act.shape[-1]
     maps = jnp.moveaxis(act, -1, 0)  # [K, h, w]

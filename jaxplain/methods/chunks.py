@@ -8,8 +8,9 @@ Memory depends on the chunk, never on the number of items. Three ways to loop ov
 - ``"host"``: ``explain()`` compiles the method once per chunk position and loops in Python,
   carrying the running total on the device (donated from call to call). Flat memory and full
   speed on CPU. A method is traced with a ``Window`` that tells its outermost ``sum_chunks``
-  which chunk to add; everything before the sum is recomputed per call (cheap), everything after
-  it runs only in the last call.
+  which chunk to add; everything after the sum runs only in the last call. Code before the sum is
+  traced in every call: a method wraps a costly value there (a forward pass) in ``keep``, which the
+  first call computes and hands on to the next calls.
 - ``"unroll"``: chunks written out in one program. Fast on CPU, but XLA keeps every chunk's
   buffers alive (VGG16 IG, batch 2: 3.4 GB at 16 steps, 9.2 GB at 64, 16.9 GB at 128).
 
@@ -45,7 +46,9 @@ def loop_mode() -> str:
 class Window:
     """One host-loop step: the outermost ``sum_chunks`` of the traced method adds items
     ``[start, start + size)`` of its ``n`` to ``acc`` and leaves the result in ``total``.
-    ``size=None`` only records ``n`` and ``chunk`` (the plan) and sums as usual."""
+    ``size=None`` only records ``n`` and ``chunk`` (the plan) and sums as usual. ``kept``: the
+    values of the method's ``keep`` calls, computed by the first call (``None`` there);
+    ``kept_out`` collects them for the next call."""
 
     start: Array | int = 0
     size: int | None = None
@@ -54,6 +57,8 @@ class Window:
     n: int | None = None
     chunk: int | None = None
     calls: int = 0
+    kept: tuple | None = None
+    kept_out: list = dataclasses.field(default_factory=list)
 
 
 _window: contextvars.ContextVar[Window | None] = contextvars.ContextVar("jaxplain_window", default=None)
@@ -76,6 +81,18 @@ def _outside_window() -> Iterator[None]:
         yield
     finally:
         _window.reset(token)
+
+
+def keep(compute: Callable[[], PyTree]) -> PyTree:
+    """``compute()``, a value a method needs before its sum (a forward pass, an activation),
+    computed once per host loop: the first call computes it, the later calls receive it instead of
+    recomputing it (``Window.kept``). Elsewhere simply ``compute()``."""
+    w = _window.get()
+    if w is None or w.size is None:
+        return compute()
+    value = compute() if w.kept is None else w.kept[len(w.kept_out)]
+    w.kept_out.append(value)
+    return value
 
 
 def _check_chunk(chunk: Any) -> None:
@@ -125,22 +142,30 @@ def _sum_all(fn: Callable[[PyTree], PyTree], xs: PyTree, n: int, chunk: int, mod
     return total
 
 
-# Images x pixels per host-loop call (per device) at which VGG16 on XLA:CPU ran fastest: per path
-# point, IG at batch 8 took 0.45 s per image with 16 or 32 images per call, 0.52 s with 64, about
-# 0.50 s with 128 (2-core AVX2 CPU). Larger calls leave the caches.
+# Images x pixels per host-loop call (per device) at which VGG16 on XLA:CPU ran fastest (2-core
+# AVX2 CPU; larger calls leave the caches). Backward passes: per path point, IG at batch 8 took
+# 0.45 s per image with 16 or 32 images per call, 0.52 s with 64, about 0.50 s with 128. Forward
+# passes only: occlusion at batch 1 ran at 0.095 images/s with 4 or 8 windows per call, 0.078
+# with 16; a plain forward pass at 5.0 images/s at batch 4 and 8, 4.45 at batch 16.
 CALL_PIXELS = 16 * 224 * 224
+FORWARD_CALL_PIXELS = 8 * 224 * 224
 
 
-def counts_images(fn: Callable) -> Callable:
+def counts_images(fn: Callable | None = None, *, forward_only: bool = False) -> Callable:
     """Mark ``fn``'s ``chunk`` as a count of full-size model passes (IG path points, noise samples,
-    windows, masks): on the host loop, ``explain`` sizes a chunk the user did not set to the call."""
-    fn.chunk_counts_images = True
-    return fn
+    windows, masks): on the host loop, ``explain`` sizes a chunk the user did not set to the call,
+    ``FORWARD_CALL_PIXELS`` for a method of ``forward_only`` passes, else ``CALL_PIXELS``.
+    Use as ``@counts_images`` or ``@counts_images(forward_only=True)``."""
+    def mark(f: Callable) -> Callable:
+        f.chunk_call_pixels = FORWARD_CALL_PIXELS if forward_only else CALL_PIXELS
+        return f
+
+    return mark if fn is None else mark(fn)
 
 
-def host_chunk(per_call: int, image_pixels: int) -> int:
-    """The chunk that puts about ``CALL_PIXELS`` through one host-loop call of ``per_call`` images."""
-    return max(1, CALL_PIXELS // (per_call * image_pixels))
+def host_chunk(per_call: int, image_pixels: int, call_pixels: int = CALL_PIXELS) -> int:
+    """The chunk that puts about ``call_pixels`` through one host-loop call of ``per_call`` images."""
+    return max(1, call_pixels // (per_call * image_pixels))
 
 
 def plan(n: int, chunk: int) -> list[tuple[int, int]]:

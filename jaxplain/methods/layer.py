@@ -15,7 +15,7 @@ from jaxplain.errors import InputError
 from jaxplain.types import ApplyFn, Array, PyTree, Relu
 
 from .integrated import resolve_baseline, rule_nodes
-from .chunks import counts_images, sum_chunks
+from .chunks import counts_images, keep, sum_chunks
 
 Neuron = int | tuple[int, ...]
 
@@ -77,8 +77,8 @@ def layer_integrated_gradients(apply: ApplyFn, params: PyTree, x: Array, target:
     """Integrated gradients in ``layer``'s activation space (Captum ``LayerIntegratedGradients``):
     the layer's output runs from its value at the baseline input to its value at ``x`` while the
     rest of the network follows; the result has the layer's shape."""
-    act = activation(apply, params, x, layer)
-    base = activation(apply, params, resolve_baseline(baseline, x, key), layer)
+    act, base = keep(lambda: (activation(apply, params, x, layer),
+                              activation(apply, params, resolve_baseline(baseline, x, key), layer)))
     a, w = rule_nodes(rule, steps)
 
     def part(aw: tuple[Array, Array]) -> Array:

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from jaxplain.errors import InputError
 from jaxplain.types import ApplyFn, Array, PyTree
 
-from .chunks import counts_images, sum_chunks
+from .chunks import counts_images, keep, sum_chunks
 
 
 def per_axis(value: int | tuple[int, ...], name: str, c: int) -> tuple[int, int, int]:
@@ -39,7 +39,7 @@ def occlusion_windows(shape: tuple[int, int, int], window: int | tuple[int, ...]
     return math.prod(math.ceil(max(size - a, 0) / b) + 1 for size, a, b in zip(shape, win, st))
 
 
-@counts_images
+@counts_images(forward_only=True)
 def occlusion(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, window: int | tuple[int, ...] = (15, 15),
               strides: int | tuple[int, ...] = (8, 8), baseline: float | Array = 0.0, chunk: int | None = 16) -> Array:
     """Occlusion (Zeiler & Fergus 2014; Captum ``Occlusion``), ``[H, W, C]``.
@@ -60,7 +60,7 @@ def occlusion(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, window
     mh, mw, mc = (_windows_1d(size, a, s) for size, a, s in zip(x.shape, win, st))
     base = jnp.broadcast_to(jnp.asarray(baseline, x.dtype), x.shape)
     f = lambda v: apply(params, v)[0][target]  # noqa: E731
-    full = f(x)
+    full = keep(lambda: f(x))  # once per host loop, not once per chunk
 
     def part(ids: Array) -> Array:
         kh, rest = jnp.divmod(ids, mw.shape[0] * mc.shape[0])
@@ -92,7 +92,7 @@ def rise_masks(key: Array, n: int, shape: tuple[int, int], cells: int = 7, p: fl
     return jax.vmap(lambda k: _mask(k, shape, cells, p))(jax.random.split(key, n))
 
 
-@counts_images
+@counts_images(forward_only=True)
 def rise(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, masks: int = 4000, cells: int = 7,
          p: float = 0.5, baseline: float | Array = 0.0, score: str = "softmax", key: Array | None = None,
          chunk: int | None = 32) -> Array:
