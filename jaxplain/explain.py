@@ -368,10 +368,11 @@ def explain(
     ``batch_size`` or device count. ``batch_size`` images go through each compiled call (the
     last call padded). On the CPU's host loop an unset ``chunk`` of a method that sums over images
     (IG points, noise samples, windows, masks) is sized to put about sixteen 224x224 images through
-    each call, eight for forward passes only (``chunks.host_chunk``); results do not depend on it. ``precision``: ``"float32"``,
-    ``"tensorfloat32"`` or ``"bfloat16"`` for the model's arithmetic (``jaxplain.precision``); ``None`` is JAX's default. Returns
-    ``[B, ...]`` float32 (for the gradient family ``[B, H, W, C]``), or the method's tuple
-    (``return_delta=True``) with a leading ``B`` on each part.
+    each call, eight for forward passes only (``chunks.host_chunk``); results do not depend on it.
+    ``precision``: ``"float32"``, ``"tensorfloat32"`` or ``"bfloat16"`` for the model's arithmetic
+    (``jaxplain.precision``); ``None`` is JAX's default. Returns ``[B, ...]`` float32 (for the
+    gradient family ``[B, H, W, C]``), or the method's tuple (``return_delta=True``) with a leading
+    ``B`` on each part.
     """
     fn, parsed = registry.parse(method)
     settings = {**parsed, **settings}
