@@ -5,15 +5,6 @@ import pytest
 from jaxplain.registry import METHODS
 
 GRADIENT_ANCHORS = ["gradient", "gradient_x_input", "guided_backprop", "deconvnet"]
-USUAL_SPECS = {
-    "integrated_gradients": "integrated_gradients(steps=50)",
-    "smoothgrad": "smoothgrad(samples=50)",
-    "squaregrad": "squaregrad(samples=50)",
-    "vargrad": "vargrad(samples=50)",
-    "expected_gradients": "expected_gradients(samples=32)",
-    "blur_ig": "blur_ig(steps=100)",
-    "guided_ig": "guided_ig(steps=200)",
-}
 QUICK_VGG16 = [
     ("gradient", 1), ("gradient", 8), ("guided_backprop", 8),
     ("integrated_gradients(steps=8)", 1), ("smoothgrad(samples=8)", 1),
@@ -23,7 +14,7 @@ QUICK_VGG16 = [
 def cases():
     out = []
     for name in sorted(METHODS):
-        spec = USUAL_SPECS.get(name, name)
+        spec = name  # compile_case adds bench.USUAL's settings
         for batch in (1, 8):
             out.append(pytest.param("tiny", spec, batch, marks=pytest.mark.quick, id=f"tiny-{name}-{batch}"))
         for batch in (1, 8, 32, 128):

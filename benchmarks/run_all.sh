@@ -19,7 +19,7 @@ except ImportError as e:
 PY
 timeout "${QUICK_LIMIT:-240}" python3 -m pytest benchmarks/ --quick -q -p no:cacheprovider \
   --benchmark-json "$out/quick.json" --benchmark-columns=median,rounds 2>&1 | tail -n 40 | tee "$out/quick.txt"
-timeout "${CAPTUM_LIMIT:-240}" python3 -m jaxplain.cli bench --captum --batch 1 8 32 --min-time 0.5 \
+timeout "${CAPTUM_LIMIT:-240}" python3 -m benchmarks.compare --batch 1 8 32 --min-time 0.5 \
   --methods gradient gradient_x_input guided_backprop deconvnet grad_cam "integrated_gradients(steps=50)" "smoothgrad(samples=50)" occlusion score_cam \
   --json "$out/vs_captum.json" 2>&1 | grep -v Warning | tee "$out/vs_captum.txt"
 timeout "${REST_LIMIT:-150}" python3 -m jaxplain.cli bench --batch 8 32 --min-time 0.5 \

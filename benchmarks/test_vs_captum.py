@@ -1,6 +1,6 @@
 """Side by side with Captum: same method, settings, batch, VGG16 weights (copied across) and
 device, in one session, alternating the two; extra_info records the ratio jaxplain / Captum.
-Score-CAM's peer is pytorch-grad-cam's ScoreCAM algorithm in torch (``bench.torch_score_cam``)."""
+Score-CAM's peer is pytorch-grad-cam's ScoreCAM algorithm in torch (``tests/grad_cam_reference.py``)."""
 
 import functools
 
@@ -13,6 +13,8 @@ from jaxplain.registry import parse
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("captum")
+from benchmarks.peers import measure_captum  # noqa: E402
+from benchmarks.torch_vgg import torch_vgg  # noqa: E402
 
 QUICK = [("gradient", 1), ("gradient", 8), ("guided_backprop", 8), ("grad_cam", 8),
          ("integrated_gradients(steps=8)", 1), ("smoothgrad(samples=8)", 1),
@@ -31,7 +33,7 @@ def _params():
 def pair():
     m = models.vgg16()
     device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
-    net = models.torch_vgg.torch_vgg("vgg16", jax.tree.map(np.asarray, m.params), device=device)
+    net = torch_vgg("vgg16", jax.tree.map(np.asarray, m.params), device=device)
     return m, net
 
 
@@ -45,6 +47,6 @@ def test_vs_captum(benchmark, peak, device, spec, batch):
     call()
     benchmark.pedantic(call, rounds=3, iterations=1)
     ours = batch / benchmark.stats.stats.median
-    theirs = bench.measure_captum(net, fn.__name__, batch, case.settings, (224, 224), rounds=3, min_time=0)
+    theirs = measure_captum(net, fn.__name__, batch, case.settings, (224, 224), rounds=3, min_time=0)
     benchmark.extra_info.update(device, method=case.name, settings=repr(case.settings), batch=batch,
                                 images_per_s=ours, vs_captum=ours / theirs["captum_images_per_s"], **theirs)

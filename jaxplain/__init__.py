@@ -1,15 +1,15 @@
 """jaxplain: compiled, vectorized explanations for JAX image models."""
 
-from jaxplain.activations import activations as activations
-from jaxplain.activations import channel_means as channel_means
-from jaxplain.activations import top_channels as top_channels
+from jaxplain.layer_outputs import activations as activations
+from jaxplain.layer_outputs import channel_means as channel_means
+from jaxplain.layer_outputs import top_channels as top_channels
 from jaxplain.errors import DownloadError as DownloadError
 from jaxplain.errors import ImageError as ImageError
 from jaxplain.errors import InputError as InputError
 from jaxplain.errors import JaxplainError as JaxplainError
 from jaxplain.errors import WeightsError as WeightsError
-from jaxplain.explain import explain as explain
-from jaxplain.explain import predict as predict
+from jaxplain.runner import explain as explain
+from jaxplain.runner import predict as predict
 from jaxplain.features import visualize_features as visualize_features
 from jaxplain.methods.cam import eigen_cam as eigen_cam
 from jaxplain.methods.cam import grad_cam as grad_cam
@@ -38,7 +38,7 @@ from jaxplain.methods.smooth import smoothgrad as smoothgrad
 from jaxplain.methods.smooth import squaregrad as squaregrad
 from jaxplain.methods.smooth import vargrad as vargrad
 from jaxplain.precision import with_precision as with_precision
-from jaxplain.reduce import reduce as reduce
+from jaxplain.reductions import reduce as reduce
 from jaxplain.registry import METHODS as METHODS
 from jaxplain.types import Model as Model
 

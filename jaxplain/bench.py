@@ -1,5 +1,6 @@
 """Measure explanation throughput: compile time, images/s, achieved FLOP/s against a matmul
-probe of the same device, and peak memory. Used by ``jaxplain bench`` and ``benchmarks/``."""
+probe of the same device, and peak memory. The timing core of ``jaxplain bench`` and of
+``benchmarks/`` (where the peers' code lives: Captum, pytorch-grad-cam's algorithms)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,15 @@ import platform
 import resource
 import statistics
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 
 from jaxplain import registry
-from jaxplain.explain import prepare
+from jaxplain.runner import prepare
 from jaxplain.methods.chunks import loop_mode
-from jaxplain.methods.perturb import per_axis, occlusion_windows
+from jaxplain.methods.perturb import occlusion_windows
 from jaxplain.precision import with_precision
 from jaxplain.types import Model
 
@@ -170,92 +171,26 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------- Captum, same weights, same device
+def run(model: Model, specs: Sequence[str], batches: Sequence[int], *, precision: str | None = None,
+        rounds: int = 3, min_time: float = 1.0, peer: Callable[[Case], dict[str, Any] | None] | None = None,
+        label: str | None = None) -> list[dict[str, Any]]:
+    """Measure every ``(method spec, batch)`` on ``model`` and print a table row as each finishes.
 
-CAPTUM_METHODS = ("gradient", "gradient_x_input", "integrated_gradients", "smoothgrad", "guided_backprop",
-                  "deconvnet", "grad_cam", "occlusion", "score_cam")  # score_cam: pytorch-grad-cam's, see below
-GRAD_CAM_BATCH = 16  # pytorch-grad-cam ScoreCAM's default masked images per forward call
-
-
-def torch_score_cam(net: Any, x: Any, t: Any, batch: int = GRAD_CAM_BATCH) -> Any:
-    """pytorch-grad-cam's ``ScoreCAM`` algorithm in plain torch, ``[B, H, W]``, as the peer for
-    ``score_cam`` (the grad-cam package imports torchvision): the last conv layer's ReLU output,
-    each channel upsampled (bilinear, half-pixel, as ours) and min-max normalised, masks the image;
-    ``batch`` masked images per forward call; softmax over the channels' target logits."""
-    import torch
-    import torch.nn.functional as F
-
-    size = tuple(x.shape[-2:])
-    with torch.no_grad():
-        acts = net.features[:-1](x)  # [B, K, h, w]
-        up = F.interpolate(acts, size=size, mode="bilinear", align_corners=False)
-        lo = up.flatten(2).min(-1)[0][..., None, None]
-        hi = up.flatten(2).max(-1)[0][..., None, None]
-        up = torch.where(hi > lo, (up - lo) / torch.where(hi > lo, hi - lo, 1.0), 0.0)
-        scores = torch.stack([
-            torch.cat([net(x[b] * up[b, i:i + batch, None])[:, t[b]] for i in range(0, up.shape[1], batch)])
-            for b in range(x.shape[0])])
-        cam = torch.relu((torch.softmax(scores, -1)[..., None, None] * acts).sum(1))
-        return F.interpolate(cam[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-
-
-def captum_call(net: Any, name: str, batch: int, settings: dict[str, Any], size: tuple[int, int]) -> Callable[[], Any]:
-    """A no-argument call running Captum's equivalent of ``name`` on ``net`` (a torch module),
-    with the same batch, input size and settings (``chunk`` -> Captum's internal batch size): pass
-    the case's resolved settings (``Case.settings``), where explain may have sized the chunk."""
-    import torch
-    from captum import attr as ca
-
-    device = next(net.parameters()).device
-    x = torch.randn(batch, 3, *size, device=device)
-    t = torch.zeros(batch, dtype=torch.long, device=device)
-    s = {**registry.settings_of(registry.lookup(name)), **USUAL.get(name, {}), **settings}
-    chunk = s.get("chunk")  # None: everything in one pass, as ours
-    if name == "gradient":
-        run = lambda: ca.Saliency(net).attribute(x, target=t, abs=False)  # noqa: E731
-    elif name == "gradient_x_input":
-        run = lambda: ca.InputXGradient(net).attribute(x, target=t)  # noqa: E731
-    elif name == "integrated_gradients":
-        run = lambda: ca.IntegratedGradients(net).attribute(  # noqa: E731
-            x, baselines=0.0, target=t, n_steps=s["steps"], method=s["rule"], internal_batch_size=batch * chunk if chunk else None)
-    elif name == "smoothgrad":
-        std = float(s["sigma"]) * float(x.max() - x.min())
-        run = lambda: ca.NoiseTunnel(ca.Saliency(net)).attribute(  # noqa: E731
-            x, target=t, nt_type="smoothgrad", nt_samples=s["samples"], stdevs=std,
-            nt_samples_batch_size=chunk, abs=False)
-    elif name == "guided_backprop":
-        run = lambda: ca.GuidedBackprop(net).attribute(x, target=t)  # noqa: E731
-    elif name == "deconvnet":
-        run = lambda: ca.Deconvolution(net).attribute(x, target=t)  # noqa: E731
-    elif name == "grad_cam":  # at the last conv layer's (post-ReLU) output, upsampled like ours
-        layer = net.features[-2]
-        run = lambda: ca.LayerAttribution.interpolate(  # noqa: E731
-            ca.LayerGradCam(net, layer).attribute(x, target=t, relu_attributions=True), size, "bilinear")
-    elif name == "occlusion":  # Captum's default: one perturbation per forward call
-        (wh, ww, wc), (sh, sw, sc) = (per_axis(s[k], k, 3) for k in ("window", "strides"))
-        run = lambda: ca.Occlusion(net).attribute(  # noqa: E731
-            x, sliding_window_shapes=(wc, wh, ww), strides=(sc, sh, sw), baselines=float(s["baseline"]), target=t)
-    elif name == "score_cam":  # pytorch-grad-cam's ScoreCAM, 16 masked images per call
-        run = lambda: torch_score_cam(net, x, t)  # noqa: E731
-    else:
-        raise KeyError(f"no Captum counterpart for {name}")
-
-    def call() -> Any:
-        out = run()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return out
-
-    return call
-
-
-def measure_captum(net: Any, name: str, batch: int, settings: dict[str, Any], size: tuple[int, int],
-                   rounds: int = 3, min_time: float = 1.0) -> dict[str, Any]:
-    import torch
-
-    times = _time(captum_call(net, name, batch, settings, size), rounds, min_time)  # call() synchronises
-    sec = statistics.median(times)
-    cuda = next(net.parameters()).device.type == "cuda"
-    mem = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"captum_images_per_s": batch / sec, "captum_s_per_call": sec, "captum_peak_memory_bytes": int(mem),
-            "captum_rounds": len(times), "torch": torch.__version__}
+    ``peer(case)``, if given, times a peer on the same case and returns its fields
+    (``captum_images_per_s`` and the like; ``None`` where it has no counterpart); the row then
+    gets ``vs_captum``, our images/s over the peer's."""
+    peak, info = matmul_peak(), device_info()
+    h, w = model.input_size or (224, 224)
+    print(f"{info['device_kind']} x{info['device_count']} ({info['platform']}), jax {info['jax']}, "
+          f"{label or model.name} {h}x{w} float32 (precision {precision or 'default'}), matmul peak {peak / 1e9:.0f} GFLOP/s")
+    rows: list[dict[str, Any]] = []
+    for spec in specs:
+        for batch in batches:
+            case = compile_case(model, spec, batch, precision=precision)
+            row = {**measure(case, peak, rounds=rounds, min_time=min_time), "model": model.name, **info}
+            theirs = peer(case) if peer is not None else None
+            if theirs:
+                row.update(theirs, vs_captum=row["images_per_s"] / theirs["captum_images_per_s"])
+            rows.append(row)
+            print(table([row]).splitlines()[-1] if len(rows) > 1 else table([row]), flush=True)
+    return rows

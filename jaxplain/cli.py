@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -87,10 +87,10 @@ def _explain(args: argparse.Namespace) -> int:
     import jax
 
     from jaxplain import registry, viz
-    from jaxplain.explain import explain, predict
+    from jaxplain.runner import explain, predict
     from jaxplain.io import save_png
     from jaxplain.models.imagenet import decode
-    from jaxplain.reduce import reduce
+    from jaxplain.reductions import reduce
 
     from jaxplain import distributed
 
@@ -135,42 +135,22 @@ def _explain(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _bench(args: argparse.Namespace) -> int:
+def bench_command(args: argparse.Namespace, peer: Callable | None = None) -> int:
+    """``jaxplain bench``; ``peer(model)``, if given, returns the peer timing of ``bench.run``
+    (``python -m benchmarks.compare`` passes Captum's)."""
     import json
 
-    import jax
-
-    from jaxplain import bench, models, registry
+    from jaxplain import bench, models
 
     model = models.vgg(args.model, None, "torchvision" if args.size else "keras")
-    size = (args.size, args.size) if args.size else model.input_size
     if args.size:
-        model = model.replace(input_size=size)
-    peak = bench.matmul_peak()
-    info = bench.device_info()
-    print(f"{info['device_kind']} x{info['device_count']} ({info['platform']}), jax {info['jax']}, "
-          f"{args.model} {size[0]}x{size[1]} float32 (precision {args.precision or 'default'}), matmul peak {peak / 1e9:.0f} GFLOP/s")
-    net = None
-    if args.captum:
-        import torch
-
-        device = "cuda" if info["platform"] == "gpu" and torch.cuda.is_available() else "cpu"
-        params = jax.tree.map(np.asarray, model.params)
-        net = models.torch_vgg.torch_vgg(args.model, params, device=device)
-    rows = []
-    for spec in args.methods:
-        fn = registry.parse(spec)[0]
-        for batch in args.batch:
-            case = bench.compile_case(model, spec, batch, precision=args.precision)
-            row = {**bench.measure(case, peak, rounds=args.rounds, min_time=args.min_time), "model": args.model, **info}
-            if net is not None and fn.__name__ in bench.CAPTUM_METHODS:
-                row.update(bench.measure_captum(net, fn.__name__, batch, case.settings, size, rounds=args.rounds, min_time=args.min_time))
-                row["vs_captum"] = row["images_per_s"] / row["captum_images_per_s"]
-            rows.append(row)
-            print(bench.table([row]).splitlines()[-1] if len(rows) > 1 else bench.table([row]), flush=True)
+        model = model.replace(input_size=(args.size, args.size))
+    rows = bench.run(model, args.methods, args.batch, precision=args.precision, rounds=args.rounds,
+                     min_time=args.min_time, peer=peer(model, rounds=args.rounds, min_time=args.min_time) if peer else None)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"device": info, "peak_flops_per_s": peak, "rows": rows}, indent=1, default=str))
+        info = {k: rows[0][k] for k in ("platform", "device_kind", "device_count", "jax", "jaxlib", "host")}
+        Path(args.json).write_text(json.dumps({"device": info, "peak_flops_per_s": rows[0]["peak_flops_per_s"], "rows": rows}, indent=1, default=str))
     return 0
 
 
@@ -210,10 +190,8 @@ def parser() -> argparse.ArgumentParser:
     be.add_argument("--rounds", type=int, default=3)
     be.add_argument("--min-time", type=float, default=1.0, help="seconds each case is timed for at least")
     be.add_argument("--precision", choices=PRECISIONS, help="the model's arithmetic (default: JAX's)")
-    be.add_argument("--captum", action="store_true", help="time Captum on the same weights and device, alternating "
-                    "(for score_cam: pytorch-grad-cam's ScoreCAM algorithm in torch)")
     be.add_argument("--json", help="write every measured field here")
-    be.set_defaults(run=_bench)
+    be.set_defaults(run=bench_command)
     return p
 
 

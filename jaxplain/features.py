@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxplain.errors import InputError
-from jaxplain.explain import check_layer
+from jaxplain.runner import check_layer
 from jaxplain.types import Array, Model
 
 # Square root of ImageNet's RGB colour covariance (the constant Lucid uses), columns normalised.

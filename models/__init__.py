@@ -21,12 +21,12 @@ import jax
 from jaxplain.errors import InputError
 from jaxplain.types import Model
 
-from . import imagenet, torch_vgg, weights as _weights
+from . import imagenet, weights as _weights
 from .vgg import BLOCKS, VGG, VGGConfig, make_apply, random_params
 
 SOURCES = ("keras", "torchvision")
 
-__all__ = ["BLOCKS", "VGG", "VGGConfig", "build", "imagenet", "torch_vgg", "vgg", "vgg11", "vgg13", "vgg16", "vgg19"]
+__all__ = ["BLOCKS", "VGG", "VGGConfig", "build", "imagenet", "vgg", "vgg11", "vgg13", "vgg16", "vgg19"]
 
 
 @functools.cache

@@ -192,7 +192,7 @@ def test_score_cam_against_a_plain_loop(pair, xs):
 def test_score_cam_matches_the_torch_peer(pair, xs):
     """The benchmark's peer (pytorch-grad-cam's ScoreCAM in torch, 16 masked images per call)
     computes what our score_cam computes, so timing the two compares equal work."""
-    from jaxplain.bench import torch_score_cam
+    from tests.grad_cam_reference import score_cam as torch_score_cam
 
     net, m = pair
     assert len(net.features) == TORCH_LAYER + 2  # features[:-1] ends at the last conv layer's ReLU

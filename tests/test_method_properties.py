@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import jaxplain
-from jaxplain.explain import prepare
+from jaxplain.runner import prepare
 from jaxplain.registry import METHODS, settings_of
 from tests.method_settings import expected_shape, images, settings_for
 
@@ -141,7 +141,7 @@ SHARDED = r"""
 import os, sys, numpy as np, jax
 sys.path.insert(0, os.getcwd())
 import jaxplain
-from jaxplain.explain import prepare
+from jaxplain.runner import prepare
 from tests.conftest import tiny_pair
 from tests.method_settings import expected_shape, images, settings_for
 assert len(jax.devices()) == 8, jax.devices()

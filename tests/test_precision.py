@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import jaxplain
-from jaxplain.explain import prepare
+from jaxplain.runner import prepare
 from jaxplain.registry import METHODS
 from tests.method_settings import images
 

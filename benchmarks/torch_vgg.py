@@ -1,16 +1,18 @@
 """A PyTorch twin of a VGG with torchvision's module indices, built from jaxplain's parameters,
-so Captum can run on exactly the same weights (side-by-side benchmarks). Imports torch lazily."""
+so Captum can run on exactly the same weights (the side-by-side benchmarks)."""
 
 from __future__ import annotations
 
 import numpy as np
+import torch
+from torch import nn
 
-from .vgg import BLOCKS, VGGConfig
+from jaxplain.models.vgg import BLOCKS, VGGConfig
 
 
 def state_dict(params: dict, config: VGGConfig) -> dict[str, np.ndarray]:
     """Our parameters in torchvision's keys and layouts (the inverse of the importer)."""
-    from .weights import table
+    from jaxplain.models.weights import table
 
     out: dict[str, np.ndarray] = {}
     cin = config.widths[-1]
@@ -30,9 +32,6 @@ def state_dict(params: dict, config: VGGConfig) -> dict[str, np.ndarray]:
 
 def torch_vgg(arch: str, params: dict, *, include_top: bool = True, device: str = "cpu"):
     """``torch.nn.Module`` VGG (eval mode, out-of-place ReLUs) holding ``params``."""
-    import torch
-    from torch import nn
-
     config = VGGConfig(blocks=BLOCKS[arch], include_top=include_top, head="torchvision", name=arch)
     layers: list[nn.Module] = []
     cin = 3

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxplain.errors import InputError
-from jaxplain.explain import _run, check_images, check_layer
+from jaxplain.runner import _run, check_images, check_layer
 from jaxplain.types import Array, Model
 
 

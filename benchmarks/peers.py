@@ -1,0 +1,97 @@
+"""The peers' code for the side-by-side benchmarks: Captum's equivalent of each method (and
+pytorch-grad-cam's Score-CAM algorithm), run on a torch copy of the same weights and device.
+Used by ``benchmarks/test_vs_captum.py`` and ``python -m benchmarks.compare``."""
+
+from __future__ import annotations
+
+import resource
+import statistics
+from typing import Any, Callable
+
+import torch
+from captum import attr as ca
+
+from jaxplain import registry
+from jaxplain.bench import USUAL, _time
+from jaxplain.methods.perturb import per_axis
+from tests.grad_cam_reference import score_cam as torch_score_cam
+
+CAPTUM_METHODS = ("gradient", "gradient_x_input", "integrated_gradients", "smoothgrad", "guided_backprop",
+                  "deconvnet", "grad_cam", "occlusion", "score_cam")  # score_cam: pytorch-grad-cam's, see below
+
+
+def captum_call(net: Any, name: str, batch: int, settings: dict[str, Any], size: tuple[int, int]) -> Callable[[], Any]:
+    """A no-argument call running Captum's equivalent of ``name`` on ``net`` (a torch module),
+    with the same batch, input size and settings (``chunk`` -> Captum's internal batch size): pass
+    the case's resolved settings (``Case.settings``), where explain may have sized the chunk."""
+    device = next(net.parameters()).device
+    x = torch.randn(batch, 3, *size, device=device)
+    t = torch.zeros(batch, dtype=torch.long, device=device)
+    s = {**registry.settings_of(registry.lookup(name)), **USUAL.get(name, {}), **settings}
+    chunk = s.get("chunk")  # None: everything in one pass, as ours
+    if name == "gradient":
+        run = lambda: ca.Saliency(net).attribute(x, target=t, abs=False)  # noqa: E731
+    elif name == "gradient_x_input":
+        run = lambda: ca.InputXGradient(net).attribute(x, target=t)  # noqa: E731
+    elif name == "integrated_gradients":
+        run = lambda: ca.IntegratedGradients(net).attribute(  # noqa: E731
+            x, baselines=0.0, target=t, n_steps=s["steps"], method=s["rule"], internal_batch_size=batch * chunk if chunk else None)
+    elif name == "smoothgrad":
+        std = float(s["sigma"]) * float(x.max() - x.min())
+        run = lambda: ca.NoiseTunnel(ca.Saliency(net)).attribute(  # noqa: E731
+            x, target=t, nt_type="smoothgrad", nt_samples=s["samples"], stdevs=std,
+            nt_samples_batch_size=chunk, abs=False)
+    elif name == "guided_backprop":
+        run = lambda: ca.GuidedBackprop(net).attribute(x, target=t)  # noqa: E731
+    elif name == "deconvnet":
+        run = lambda: ca.Deconvolution(net).attribute(x, target=t)  # noqa: E731
+    elif name == "grad_cam":  # at the last conv layer's (post-ReLU) output, upsampled like ours
+        layer = net.features[-2]
+        run = lambda: ca.LayerAttribution.interpolate(  # noqa: E731
+            ca.LayerGradCam(net, layer).attribute(x, target=t, relu_attributions=True), size, "bilinear")
+    elif name == "occlusion":  # Captum's default: one perturbation per forward call
+        (wh, ww, wc), (sh, sw, sc) = (per_axis(s[k], k, 3) for k in ("window", "strides"))
+        run = lambda: ca.Occlusion(net).attribute(  # noqa: E731
+            x, sliding_window_shapes=(wc, wh, ww), strides=(sc, sh, sw), baselines=float(s["baseline"]), target=t)
+    elif name == "score_cam":  # pytorch-grad-cam's ScoreCAM, 16 masked images per call
+        run = lambda: torch_score_cam(net, x, t)  # noqa: E731
+    else:
+        raise KeyError(f"no Captum counterpart for {name}")
+
+    def call() -> Any:
+        out = run()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return out
+
+    return call
+
+
+def measure_captum(net: Any, name: str, batch: int, settings: dict[str, Any], size: tuple[int, int],
+                   rounds: int = 3, min_time: float = 1.0) -> dict[str, Any]:
+    times = _time(captum_call(net, name, batch, settings, size), rounds, min_time)  # call() synchronises
+    sec = statistics.median(times)
+    cuda = next(net.parameters()).device.type == "cuda"
+    mem = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"captum_images_per_s": batch / sec, "captum_s_per_call": sec, "captum_peak_memory_bytes": int(mem),
+            "captum_rounds": len(times), "torch": torch.__version__}
+
+
+def captum_peer(model: Any, *, rounds: int = 3, min_time: float = 1.0) -> Callable[[Any], dict[str, Any] | None]:
+    """The peer timing for ``jaxplain.bench.run``: Captum on a torch copy of ``model``'s weights,
+    on the GPU when JAX runs on one; ``None`` for methods without a counterpart."""
+    import jax
+    import numpy as np
+
+    from benchmarks.torch_vgg import torch_vgg
+
+    device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+    net = torch_vgg(model.name, jax.tree.map(np.asarray, model.params), device=device)
+    size = model.input_size or (224, 224)
+
+    def peer(case: Any) -> dict[str, Any] | None:
+        if case.name not in CAPTUM_METHODS:
+            return None
+        return measure_captum(net, case.name, case.batch, case.settings, size, rounds=rounds, min_time=min_time)
+
+    return peer
