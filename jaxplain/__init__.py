@@ -3,6 +3,7 @@
 from jaxplain.layer_outputs import activations as activations
 from jaxplain.layer_outputs import channel_means as channel_means
 from jaxplain.layer_outputs import top_channels as top_channels
+from jaxplain.errors import CostWarning as CostWarning
 from jaxplain.errors import DownloadError as DownloadError
 from jaxplain.errors import ImageError as ImageError
 from jaxplain.errors import InputError as InputError
@@ -63,6 +64,7 @@ __all__ = [
     "top_channels",
     "visualize_features",
     "xgrad_cam",
+    "CostWarning",
     "DownloadError",
     "ImageError",
     "InputError",

@@ -122,11 +122,11 @@ def compile_case(model: Model, method: str, batch: int, *, precision: str | None
     if "references" in known:
         settings.setdefault("references", images[:1] * 0.5)
     targets = jnp.zeros((batch,), jnp.int32)
-    call, keys, shared, static = prepare(fn, model, images, settings)
+    prep = prepare(fn, model, images, settings)
     t = time.perf_counter()
-    run, flops = call.compile(model.params, images, targets, keys, shared)
+    run, flops = prep.call.compile(model.params, images, targets, prep.keys, prep.per_image, prep.shared)
     compile_s = time.perf_counter() - t
-    return Case(name, batch, static, run, compile_s, flops, precision, (h, w, 3))
+    return Case(name, batch, prep.static, run, compile_s, flops, precision, (h, w, 3))
 
 
 def measure(case: Case, peak_flops: float, rounds: int = 3, min_time: float = 1.0) -> dict[str, Any]:

@@ -1,18 +1,43 @@
-"""The ``jaxplain`` command line: ``predict`` and ``explain`` images with a model of the zoo."""
+"""The ``jaxplain`` command line: predict and explain images with a model of the zoo.
+
+Every argument is checked before a model is loaded; an error is one line on stderr (exit 2),
+a bad image one "skipped" line while the others go on (exit 1)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
+import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 import numpy as np
 
-from jaxplain.errors import JaxplainError
+from jaxplain.errors import InputError, JaxplainError
 from jaxplain.precision import PRECISIONS
+from jaxplain.reductions import REDUCTIONS
+from jaxplain.registry import METHODS
 
 MODELS = ("vgg11", "vgg13", "vgg16", "vgg19")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, like every other error of the command."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"jaxplain: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -31,8 +56,6 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 def _compile_cache() -> None:
     """Keep compiled programs under ``$JAXPLAIN_HOME/xla-cache``, so a repeated run does not
     recompile (``JAXPLAIN_COMPILE_CACHE=0`` turns this off)."""
-    import os
-
     import jax
 
     from jaxplain.models.weights import home
@@ -51,19 +74,18 @@ def _load_model(args: argparse.Namespace):
     return models.vgg(args.model, weights, args.source)
 
 
-def _images(paths: Sequence[str], model) -> tuple[list[str], list[np.ndarray], list[str]]:
-    """Load what loads; report the rest, one line each, and go on."""
+def _images(paths: Sequence[str], model) -> tuple[list[int], list[np.ndarray]]:
+    """``(positions, arrays)`` of what loads; the rest is reported, one line each."""
     from jaxplain.io import load_image
 
-    ok, arrays, failed = [], [], []
-    for path in paths:
+    ok, arrays = [], []
+    for i, path in enumerate(paths):
         try:
             arrays.append(load_image(path, model))
-            ok.append(path)
+            ok.append(i)
         except JaxplainError as e:
             print(f"jaxplain: skipped {e}", file=sys.stderr)
-            failed.append(path)
-    return ok, arrays, failed
+    return ok, arrays
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -72,72 +94,148 @@ def _predict(args: argparse.Namespace) -> int:
     model = _load_model(args)
     if model.layers[-1] != "predictions":
         raise JaxplainError("predict needs a model with its classifier (a weight file with the top)")
-    paths, arrays, failed = _images(args.images, model)
     if args.weights == "random":
         print("(random weights: the classes below are meaningless)")
-    for path, img in zip(paths, arrays):
-        logits = np.asarray(model(model.preprocess(img[None])))
-        print(path)
-        for rank, (wnid, name, p) in enumerate(decode(logits, top=args.top)[0], 1):
-            print(f"  {rank}. {name:<32} {wnid}  {p:.4f}")
+    failed = 0
+    for path in args.images:
+        found, arrays = _images([path], model)
+        failed += not found
+        for img in arrays:
+            logits = np.asarray(model(model.preprocess(img[None])))
+            print(path)
+            for rank, (wnid, name, p) in enumerate(decode(logits, top=args.top)[0], 1):
+                print(f"  {rank}. {name:<32} {wnid}  {p:.4f}")
     return 1 if failed else 0
 
 
+def _output_folder(out: str) -> Path:
+    """The results folder, created, or an error saying why it cannot be used."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"--out {out}: is an existing file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".jaxplain-check-"):
+            pass
+    except OSError as e:
+        raise InputError(f"--out {out}: cannot write there ({e.strerror or e})") from None
+    return path
+
+
+def output_names(paths: Sequence[str]) -> list[str]:
+    """A distinct output name per input: the file's stem, then ``stem-2``, ``stem-3``, ... for
+    later inputs with a stem already taken (in input order, so every process agrees)."""
+    names: list[str] = []
+    taken: set[str] = set()
+    for path in paths:
+        stem = Path(path).stem or "image"
+        name, k = stem, 1
+        while name in taken:
+            k += 1
+            name = f"{stem}-{k}"
+        taken.add(name)
+        names.append(name)
+    return names
+
+
+def _check_explain_args(args: argparse.Namespace) -> tuple[Callable, dict[str, Any], Any, Path]:
+    """Everything about ``explain``'s arguments that can be checked without a model."""
+    from jaxplain import registry
+    from jaxplain.methods.marks import output_of
+
+    if args.coordinator and (args.num_processes is None or args.process_id is None):
+        raise InputError("--coordinator needs --num-processes and --process-id")
+    if not args.coordinator and (args.num_processes is not None or args.process_id is not None):
+        raise InputError("--num-processes and --process-id need --coordinator HOST:PORT")
+    if args.coordinator and not 0 <= args.process_id < args.num_processes:
+        raise InputError(f"--process-id must be in [0, {args.num_processes}), got {args.process_id}")
+    fn, settings = registry.parse(args.method)
+    settings = registry.resolve(fn, settings)
+    if output_of(fn, settings) == "layer":
+        raise InputError(f"--method {fn.__name__} returns a layer's activations, which cannot be drawn over the image: "
+                         "use it from Python (jaxplain.explain)")
+    if args.target == "predicted":
+        target = "predicted"
+    else:
+        try:
+            target = int(args.target)
+        except ValueError:
+            raise InputError(f"--target takes 'predicted' or a class index, not {args.target!r}") from None
+        if target < 0:
+            raise InputError(f"--target must be a class index >= 0, got {target}")
+    return fn, settings, target, _output_folder(args.out)
+
+
+def _save(out: Path, name: str, attribution: np.ndarray, picture: np.ndarray) -> None:
+    from jaxplain.io import save_png
+
+    np.save(out / f"{name}.npy", attribution)
+    save_png(out / f"{name}.png", picture)
+
+
 def _explain(args: argparse.Namespace) -> int:
+    fn, settings, target, out = _check_explain_args(args)
+
     import jax
 
-    from jaxplain import registry, viz
-    from jaxplain.runner import explain, predict
-    from jaxplain.io import save_png
+    from jaxplain import distributed, registry, viz
+    from jaxplain.methods.marks import output_of
     from jaxplain.models.imagenet import decode
     from jaxplain.reductions import reduce
+    from jaxplain.runner import explain, predict
+    from jaxplain.settings import resolve_for_model
+    from jaxplain.shapes import num_classes
 
-    from jaxplain import distributed
-
+    names = output_names(args.images)
+    positions = list(range(len(args.images)))
     if args.coordinator:
         distributed.initialize(args.coordinator, args.num_processes, args.process_id)
-        args.images = distributed.my_share(args.images)
-    fn, settings = registry.parse(args.method)
-    registry.check_settings(fn, settings)
-    if "key" in registry.settings_of(fn) and "key" not in settings:
-        settings["key"] = jax.random.key(args.seed)
-    target = args.target if args.target == "predicted" else _int(args.target, "--target")
+        positions = distributed.my_share(positions)
+    seed = settings.pop("key", args.seed)  # keyed by each image's place in the whole run
+    random = "key" in registry.settings_of(fn)
     model = _load_model(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    h, w = model.input_size or (224, 224)
+    resolve_for_model(fn, model, (h, w, 3), settings)  # an unknown layer or neuron fails here, before any image
+    if target != "predicted" and target >= num_classes(model, (h, w, 3)):
+        raise InputError(f"--target {target} is outside [0, {num_classes(model, (h, w, 3))}) for {model.name}")
+    drawn_as = output_of(fn, settings)
     if args.weights == "random":
         print("(random weights: the classes below are meaningless)")
-    used: set[str] = set()
+    base_key = jax.random.key(seed) if random else None
     failed = 0
-    for lo in range(0, len(args.images), args.batch_size):  # finished images are written as they come
-        paths, arrays, bad = _images(args.images[lo : lo + args.batch_size], model)
-        failed += len(bad)
-        if not paths:
+    for lo in range(0, len(positions), args.batch_size):  # finished images are written as they come
+        batch = positions[lo : lo + args.batch_size]
+        found, arrays = _images([args.images[i] for i in batch], model)
+        failed += len(batch) - len(found)
+        if not found:
             continue
+        batch = [batch[i] for i in found]
         x = model.preprocess(np.stack(arrays))
         logits = np.asarray(predict(model, x))
-        targets = logits.argmax(-1) if target == "predicted" else np.full(len(paths), target)
-        attr = explain(model, x, targets, fn, precision=args.precision, **settings)
-        if isinstance(attr, tuple):
-            attr = attr[0]
-        maps = np.asarray(reduce(attr, args.reduce))
-        for path, img, a, m, lg, t in zip(paths, arrays, np.asarray(attr), maps, logits, targets):
-            stem = Path(path).stem
-            name = stem if stem not in used else f"{stem}-{lo}"
-            used.add(name)
-            np.save(out / f"{name}.npy", a)
-            save_png(out / f"{name}.png", viz.overlay(img, m))
+        targets = logits.argmax(-1) if target == "predicted" else np.full(len(batch), target)
+        extra = {"key": jax.vmap(lambda i: jax.random.fold_in(base_key, i))(np.asarray(batch))} if random else {}
+        attr = explain(model, x, targets, fn, precision=args.precision, progress=sys.stderr.isatty(), **settings, **extra)
+        attr = np.asarray(attr[0] if isinstance(attr, tuple) else attr)
+        maps = np.asarray(reduce(attr, args.reduce)) if drawn_as == "pixels" else attr
+        for i, img, a, m, lg, t in zip(batch, arrays, attr, maps, logits, targets):
+            path, name = args.images[i], names[i]
+            try:
+                _save(out, name, a, viz.overlay(img, m))
+            except OSError as e:
+                print(f"jaxplain: could not write the results of {path}: {e.strerror or e} ({e.filename or out})", file=sys.stderr)
+                failed += 1
+                continue
             label = ""
             if lg.shape[-1] == 1000:
                 wnid, cls, p = decode(lg, top=1)[0][0]
                 label = f"top class {cls} ({wnid}, p={p:.3f}); "
-            print(f"{path}: {label}explained class {int(t)} -> {out / name}.png, {out / name}.npy")
+            print(f"{path}: {label}explained class {int(t)} -> {out / name}.png, {out / name}.npy", flush=True)
     return 1 if failed else 0
 
 
 def bench_command(args: argparse.Namespace, peer: Callable | None = None) -> int:
-    """``jaxplain bench``; ``peer(model)``, if given, returns the peer timing of ``bench.run``
-    (``python -m benchmarks.compare`` passes Captum's)."""
+    """``jaxplain bench``; ``peer(model, rounds=, min_time=)``, if given, returns the peer timing
+    of ``bench.run`` (``python -m benchmarks.compare`` passes Captum's)."""
     import json
 
     from jaxplain import bench, models
@@ -154,40 +252,64 @@ def bench_command(args: argparse.Namespace, peer: Callable | None = None) -> int
     return 0
 
 
-def _int(text: str, flag: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise JaxplainError(f"{flag} takes 'predicted' or a class index, not {text!r}") from None
+def _columns(names: Sequence[str], indent: str = "  ", width: int = 88) -> str:
+    lines, line = [], indent
+    for n in names:
+        if len(line) + len(n) + 1 > width and line.strip():
+            lines.append(line.rstrip())
+            line = indent
+        line += n + " "
+    return "\n".join([*lines, line.rstrip()])
+
+
+EXPLAIN_EPILOG = f"""methods (settings in parentheses, e.g. --method "integrated_gradients(steps=64)"):
+{_columns(sorted(METHODS))}
+
+reductions (--reduce, how a [H, W, C] attribution becomes the picture's map; CAMs and RISE
+are maps already):
+{_columns(REDUCTIONS)}
+
+examples:
+  jaxplain explain cat.jpg --method grad_cam --out out/
+  jaxplain explain photos/*.jpg --method "smoothgrad(samples=32)" --batch-size 4 --out out/
+"""
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jaxplain", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
-    pr = sub.add_parser("predict", help="print the top ImageNet classes of each image")
+    p = _Parser(prog="jaxplain", description="Explain image classifiers: predict classes, write heat maps "
+                "(PNG) and raw attributions (NPY), and measure speed.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    pr = sub.add_parser("predict", help="print the top ImageNet classes of each image",
+                        description="Print the top ImageNet classes of each image.")
     _model_args(pr)
-    pr.add_argument("--top", type=int, default=5)
+    pr.add_argument("--top", type=_positive, default=5, help="how many classes (default 5)")
     pr.set_defaults(run=_predict)
-    ex = sub.add_parser("explain", help="write a heat map (.png) and the raw attribution (.npy) per image")
+    ex = sub.add_parser("explain", help="write a heat map (.png) and the raw attribution (.npy) per image",
+                        description="Write a heat map over each image (.png) and the raw attribution (.npy).",
+                        epilog=EXPLAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _model_args(ex)
     ex.add_argument("--method", default="gradient",
-                    help="a method name, with settings if you like: \"integrated_gradients(steps=32)\"")
-    ex.add_argument("--target", default="predicted", help="'predicted' (the top class) or a class index")
-    ex.add_argument("--out", required=True, help="folder for the results")
-    ex.add_argument("--batch-size", type=int, default=8, help="images per compiled call")
-    ex.add_argument("--seed", type=int, default=0, help="seed of the key for random methods")
+                    help="a method name, with settings if you like: \"integrated_gradients(steps=32)\" (list below)")
+    ex.add_argument("--target", default="predicted", help="'predicted' (the top class, the default) or a class index")
+    ex.add_argument("--out", required=True, help="folder for the results (created)")
+    ex.add_argument("--batch-size", type=_positive, default=8, help="images per compiled call (default 8)")
+    ex.add_argument("--seed", type=int, default=0, help="seed of random methods; each image's key also folds in its "
+                    "place in the input list, so results do not depend on --batch-size (default 0)")
     ex.add_argument("--precision", choices=PRECISIONS, help="the model's arithmetic (default: JAX's)")
-    ex.add_argument("--reduce", default="abs_max", help="how channels collapse for the picture")
+    ex.add_argument("--reduce", default="abs_max", choices=REDUCTIONS, metavar="REDUCTION",
+                    help="how channels collapse for the picture (default abs_max; list below)")
     ex.add_argument("--coordinator", help="HOST:PORT of process 0, to split the images over several processes")
-    ex.add_argument("--num-processes", type=int, help="with --coordinator: how many processes")
+    ex.add_argument("--num-processes", type=_positive, help="with --coordinator: how many processes")
     ex.add_argument("--process-id", type=int, help="with --coordinator: this process's index")
     ex.set_defaults(run=_explain)
-    be = sub.add_parser("bench", help="measure images/s, %% of the matmul peak and memory, optionally against Captum")
+    be = sub.add_parser("bench", help="measure images/s, %% of the matmul peak and memory",
+                        description="Measure images/s, the fraction of a matmul probe's FLOP/s and memory per method "
+                        "(python -m benchmarks.compare adds Captum alongside).")
     be.add_argument("--methods", nargs="+", default=["gradient", "integrated_gradients", "smoothgrad", "guided_backprop"])
-    be.add_argument("--batch", nargs="+", type=int, default=[1, 8])
+    be.add_argument("--batch", nargs="+", type=_positive, default=[1, 8])
     be.add_argument("--model", default="vgg16", choices=MODELS)
-    be.add_argument("--size", type=int, default=None, help="input side (torchvision head); default 224 (Keras head)")
-    be.add_argument("--rounds", type=int, default=3)
+    be.add_argument("--size", type=_positive, default=None, help="input side (torchvision head); default 224 (Keras head)")
+    be.add_argument("--rounds", type=_positive, default=3)
     be.add_argument("--min-time", type=float, default=1.0, help="seconds each case is timed for at least")
     be.add_argument("--precision", choices=PRECISIONS, help="the model's arithmetic (default: JAX's)")
     be.add_argument("--json", help="write every measured field here")
@@ -195,8 +317,13 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    print(f"jaxplain: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    warnings.showwarning = _one_line_warning
     try:
         return args.run(args)
     except JaxplainError as e:

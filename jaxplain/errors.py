@@ -19,3 +19,7 @@ class WeightsError(JaxplainError):
 
 class DownloadError(WeightsError):
     """A weight file could not be fetched or did not match its published hash."""
+
+
+class CostWarning(UserWarning):
+    """A setting will make a method far more expensive than usual; the message says how much."""

@@ -8,15 +8,18 @@ colours through the ImageNet colour-correlation square root), squashed to [0, 1]
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import functools
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from jaxplain.errors import InputError
-from jaxplain.runner import check_layer
-from jaxplain.types import Array, Model
+from jaxplain.methods.checks import positive_int
+from jaxplain.shapes import check_layer
+from jaxplain.types import ApplyFn, Array, Model, PyTree
 
 # Square root of ImageNet's RGB colour covariance (the constant Lucid uses), columns normalised.
 _COLOR_SQRT = np.array([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]], np.float32)
@@ -63,9 +66,41 @@ redirected_relu.defvjp(
 )
 
 
-def _preprocess_fn(model: Model):
-    """A differentiable version of the model's preprocessing on [0, 1] RGB."""
-    return lambda rgb01: model.preprocess(rgb01 * 255.0)
+@functools.lru_cache(maxsize=16)
+def _optimiser(apply: ApplyFn, preprocess: Callable, layer: str, size: tuple[int, int], param: str, steps: int,
+               lr: float, jitter: int, tv: float) -> Callable:
+    """The jitted ascent ``(params, z0 [N, ...], channels [N], keys [N, steps]) -> [N, H, W, 3]``:
+    one program per settings (jit caches per shape), the weights an argument."""
+    h, w = size
+    opt = optax.adam(lr)
+
+    def objective(params: PyTree, z: Array, c: Array, k: Array, relu: Any) -> Array:
+        rgb = _to_rgb(z, param, size)
+        pad = jnp.pad(rgb, ((jitter, jitter), (jitter, jitter), (0, 0)), mode="reflect")
+        dy, dx = jax.random.randint(k, (2,), 0, 2 * jitter + 1)
+        shifted = jax.lax.dynamic_slice(pad, (dy, dx, 0), (h, w, 3))
+        act = apply(params, preprocess(shifted * 255.0), relu=relu)[1][layer]
+        tv_loss = jnp.mean(jnp.abs(jnp.diff(rgb, axis=0))) + jnp.mean(jnp.abs(jnp.diff(rgb, axis=1)))
+        return -(jnp.mean(act[..., c]) - tv * tv_loss)
+
+    def one(params: PyTree, z: Array, c: Array, ks: Array) -> Array:
+        def stepper(relu: Any) -> Callable:
+            def step(carry: tuple, k: Array) -> tuple[tuple, None]:
+                z, state = carry
+                g = jax.grad(objective, argnums=1)(params, z, c, k, relu)
+                with jax.numpy_dtype_promotion("standard"):  # optax mixes its int step count with floats
+                    updates, state = opt.update(g, state, z)
+                return (optax.apply_updates(z, updates), state), None
+
+            return step
+
+        # A quarter of the steps with redirected ReLUs wakes silent channels, then plain ReLUs.
+        warm = max(1, steps // 4)
+        carry, _ = jax.lax.scan(stepper(redirected_relu), (z, opt.init(z)), ks[:warm])
+        carry, _ = jax.lax.scan(stepper(jax.nn.relu), carry, ks[warm:])
+        return _to_rgb(carry[0], param, size)
+
+    return jax.jit(jax.vmap(one, in_axes=(None, 0, 0, 0)))
 
 
 def visualize_features(
@@ -89,53 +124,20 @@ def visualize_features(
     """
     if key is None:
         raise InputError("visualize_features is random: pass key=jax.random.key(...)")
+    steps = positive_int(steps, "steps")
     if param not in ("fourier", "pixel"):
         raise InputError(f"param must be 'fourier' or 'pixel', not {param!r}")
     channels = [channels] if isinstance(channels, int) else list(channels)
+    if not channels:
+        raise InputError("visualize_features needs at least one channel")
     size = tuple(size or model.input_size or (224, 224))
     shape = check_layer(model, (*size, 3), layer)
     bad = [c for c in channels if not 0 <= c < shape[-1]]
     if bad:
         raise InputError(f"channel {bad[0]} is out of range: layer {layer!r} has {shape[-1]} channels")
-    prep = _preprocess_fn(model)
-    h, w = size
-
-    def objective(z: Array, c: Array, k: Array, relu: Any) -> Array:
-        rgb = _to_rgb(z, param, size)
-        pad = jnp.pad(rgb, ((jitter, jitter), (jitter, jitter), (0, 0)), mode="reflect")
-        dy, dx = jax.random.randint(k, (2,), 0, 2 * jitter + 1)
-        shifted = jax.lax.dynamic_slice(pad, (dy, dx, 0), (h, w, 3))
-        act = model.apply(model.params, prep(shifted), relu=relu)[1][layer]
-        value = jnp.mean(act[..., c])
-        tv_loss = jnp.mean(jnp.abs(jnp.diff(rgb, axis=0))) + jnp.mean(jnp.abs(jnp.diff(rgb, axis=1)))
-        return -(value - tv * tv_loss)
-
-    b1, b2, eps = 0.9, 0.999, 1e-8
-
-    @jax.jit
-    def run(z0: Array, cs: Array, keys: Array) -> Array:
-        def one(z: Array, c: Array, ks: Array) -> Array:
-            def stepper(relu: Any):
-                def step(carry: tuple, k: Array) -> tuple[tuple, None]:  # one Adam step
-                    z, m, v, t = carry
-                    g = jax.grad(objective)(z, c, k, relu)
-                    m, v, t = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g, t + 1
-                    update = (m / (1 - b1**t)) / (jnp.sqrt(v / (1 - b2**t)) + eps)
-                    return (z - lr * update, m, v, t), None
-
-                return step
-
-            # A quarter of the steps with redirected ReLUs wakes silent channels, then plain ReLUs.
-            warm = max(1, steps // 4)
-            carry = (z, jnp.zeros_like(z), jnp.zeros_like(z), jnp.zeros((), jnp.float32))
-            carry, _ = jax.lax.scan(stepper(redirected_relu), carry, ks[:warm])
-            carry, _ = jax.lax.scan(stepper(jax.nn.relu), carry, ks[warm:])
-            return _to_rgb(carry[0], param, size)
-
-        return jax.vmap(one)(z0, cs, keys)
-
+    run = _optimiser(model.apply, model.preprocess, layer, size, param, steps, lr, jitter, tv)
     n = len(channels)
     k_init, k_steps = jax.random.split(key)
     z0 = jax.vmap(lambda k: _init(k, param, size))(jax.random.split(k_init, n))
     keys = jax.vmap(lambda k: jax.random.split(k, steps))(jax.random.split(k_steps, n))
-    return np.asarray(run(z0, jnp.asarray(channels, jnp.int32), keys))
+    return np.asarray(run(model.params, z0, jnp.asarray(channels, jnp.int32), keys))

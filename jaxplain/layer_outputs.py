@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 
 from jaxplain.errors import InputError
-from jaxplain.runner import _run, check_images, check_layer
-from jaxplain.types import Array, Model
-
-
-@functools.lru_cache(maxsize=32)
-def _collect(apply: Callable, layers: tuple[str, ...]) -> Callable:
-    return jax.jit(jax.vmap(lambda p, x: {k: apply(p, x)[1][k] for k in layers}, in_axes=(None, 0)))
+from jaxplain.runner import check_batch_size, run_batches
+from jaxplain.shapes import check_images, check_layer
+from jaxplain.types import Array, Model, forward
 
 
 def activations(model: Model, images: Any, layers: str | Sequence[str], *, batch_size: int | None = None) -> dict[str, Array]:
@@ -25,11 +20,11 @@ def activations(model: Model, images: Any, layers: str | Sequence[str], *, batch
     if not layers:
         raise InputError("activations needs at least one layer name")
     images = check_images(model, images)
+    check_batch_size(batch_size)
     for layer in layers:
         check_layer(model, images.shape[1:], layer)
-    fn = _collect(model.apply, layers)
     n = images.shape[0]
-    return _run(lambda p, x: fn(p, x), model.params, (images,), n, batch_size or n)
+    return run_batches(forward(model.apply, layers), model.params, (images,), n, batch_size or n)
 
 
 def channel_means(acts: Array) -> Array:

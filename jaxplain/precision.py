@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 
+from jaxplain.derived import derived
 from jaxplain.errors import InputError
 from jaxplain.types import Array, Model, PyTree, Relu
 
@@ -48,9 +49,6 @@ def _apply_in(apply: Callable, precision: str) -> Callable:
     return exact
 
 
-_cast_params: dict[int, tuple[PyTree, PyTree]] = {}
-
-
 def with_precision(model: Model, precision: str | None) -> Model:
     """``model`` computing in ``precision`` (see the module docstring); ``None`` returns it as is."""
     if precision is None:
@@ -58,9 +56,6 @@ def with_precision(model: Model, precision: str | None) -> Model:
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)} or None, got {precision!r}")
     params = model.params
-    if precision == "bfloat16":
-        if id(params) not in _cast_params:  # cast once per weights, not per call
-            _cast_params.clear()
-            _cast_params[id(params)] = (params, _cast(params, jnp.bfloat16))
-        params = _cast_params[id(params)][1]
+    if precision == "bfloat16":  # cast once per weights' values, not per call
+        params = derived("bfloat16", params, lambda p: _cast(p, jnp.bfloat16))
     return model.replace(apply=_apply_in(model.apply, precision), params=params)

@@ -1,4 +1,4 @@
-"""Reduce attributions ``[..., H, W, C]`` to 2-D maps ``[..., H, W]``."""
+"""Reduce pixel attributions ``[H, W, C]`` or ``[B, H, W, C]`` to maps ``[H, W]`` / ``[B, H, W]``."""
 
 from __future__ import annotations
 
@@ -8,12 +8,26 @@ from jaxplain.errors import InputError
 from jaxplain.types import Array
 
 REDUCTIONS = ("abs_max", "abs_sum", "sum", "max", "l2", "mean")
+MAX_CHANNELS = 4  # an image's channels: grey, RGB, RGBA
 
 
-def reduce(attributions: Array, how: str = "abs_max") -> Array:
+def reduce(attributions: Array, how: str = "abs_max", *, channels: int | None = None) -> Array:
     """Collapse the channel axis: ``abs_max`` (max |a|, the saliency-map convention), ``abs_sum``,
-    ``sum`` (signed, Captum's default for heat maps), ``max``, ``l2`` or ``mean``."""
+    ``sum`` (signed, Captum's default for heat maps), ``max``, ``l2`` or ``mean``.
+
+    Takes what the gradient family, occlusion and guided Grad-CAM return, ``[H, W, C]`` or
+    ``[B, H, W, C]`` with ``C`` the image's channels (at most 4, or exactly ``channels``); it
+    refuses other shapes rather than guessing: a CAM's or RISE's ``[B, H, W]`` is already a map,
+    and a layer's activations are not pixels."""
     a = jnp.asarray(attributions)
+    if how not in REDUCTIONS:
+        raise InputError(f"unknown reduction {how!r}; expected one of {REDUCTIONS}")
+    fits = a.ndim in (3, 4) and (a.shape[-1] == channels if channels is not None else 1 <= a.shape[-1] <= MAX_CHANNELS)
+    if not fits:
+        want = f"{channels}" if channels is not None else f"1-{MAX_CHANNELS}"
+        raise InputError(f"reduce takes pixel attributions [H, W, C] or [B, H, W, C] with C = {want} image channels, "
+                         f"got shape {tuple(a.shape)}: a [B, H, W] map (CAMs, RISE) needs no reduction, and a layer's "
+                         f"activations are not pixels")
     ops = {
         "abs_max": lambda: jnp.max(jnp.abs(a), axis=-1),
         "abs_sum": lambda: jnp.sum(jnp.abs(a), axis=-1),
@@ -22,6 +36,4 @@ def reduce(attributions: Array, how: str = "abs_max") -> Array:
         "l2": lambda: jnp.sqrt(jnp.sum(a * a, axis=-1)),
         "mean": lambda: jnp.mean(a, axis=-1),
     }
-    if how not in ops:
-        raise InputError(f"unknown reduction {how!r}; expected one of {REDUCTIONS}")
     return ops[how]()

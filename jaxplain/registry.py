@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ast
 import inspect
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from jaxplain.errors import InputError
 from jaxplain.methods import cam, gradients, integrated, layer, perturb, smooth
@@ -81,8 +81,23 @@ def settings_of(fn: Callable) -> dict[str, Any]:
 
 
 def check_settings(fn: Callable, settings: dict[str, Any]) -> None:
+    """An ``InputError`` for a setting ``fn`` does not take (and inside a wrapper's ``base_settings``)."""
+    resolve(fn, settings)
+
+
+def resolve(fn: Callable, settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` checked against ``fn``'s, with a wrapping method's ``base`` (a name, a
+    ``"name(k=v)"`` string or a function) resolved to its function and its settings checked in
+    turn; the settings in a ``base`` string join ``base_settings``."""
     known = settings_of(fn)
     unknown = sorted(set(settings) - set(known))
     if unknown:
         name = getattr(fn, "__name__", "method")
         raise InputError(f"{name} has no setting {', '.join(map(repr, unknown))}; its settings: {', '.join(known) or 'none'}")
+    if not getattr(fn, "wraps_method", False):
+        return settings
+    inner = settings.get("base_settings") or {}
+    if not isinstance(inner, Mapping):
+        raise InputError(f"base_settings must be a dict of the base method's settings, got {type(inner).__name__}")
+    base, parsed = parse(settings.get("base", known["base"]))
+    return {**settings, "base": base, "base_settings": resolve(base, {**parsed, **inner})}

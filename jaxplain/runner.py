@@ -1,11 +1,14 @@
-"""explain(): the one front door. Validates, batches (vmap), compiles (jit, cached), slices
-large inputs into fixed-size calls, and shards each call's batch across all local devices."""
+"""``explain()``, the one front door, and ``predict()``. Validates, batches (vmap), compiles
+(jit, cached), slices large inputs into fixed-size calls, shards each call's batch across all
+local devices, and on the CPU's host loop runs a method's chunks one compiled call each."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Sequence
+import sys
+import warnings
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -13,71 +16,67 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxplain import registry
-from jaxplain.errors import InputError
+from jaxplain import settings as st
+from jaxplain.derived import derived
+from jaxplain.errors import CostWarning, InputError
 from jaxplain.methods import chunks
+from jaxplain.methods.marks import uses_target
 from jaxplain.precision import with_precision
-from jaxplain.types import Array, Model, PyTree
+from jaxplain.shapes import check_images, num_classes, params_struct
+from jaxplain.types import Array, Model, PyTree, forward
 
 Targets = int | Sequence[int] | np.ndarray | Array | str | None
+Tick = Callable[[], None]
 
 
-def _is_array(v: Any) -> bool:
-    return isinstance(v, (np.ndarray, jax.Array))
+class Stage(NamedTuple):
+    """One host-loop step: ``chunk`` items summed; ``adds`` to a running total it is given;
+    ``finishes`` the method (the last step, which returns the method's output)."""
 
-
-def _freeze(v: Any) -> Any:
-    """A hashable stand-in for a static setting (dicts and lists become sorted tuples)."""
-    if isinstance(v, dict):
-        return tuple(sorted((k, _freeze(x)) for k, x in v.items()))
-    if isinstance(v, (list, tuple)):
-        return tuple(_freeze(x) for x in v)
-    return v
-
-
-def _thaw(static: tuple) -> dict[str, Any]:
-    """The method's keyword settings from their frozen form (``base_settings`` back to a dict)."""
-    return {k: (dict(v) if k == "base_settings" and v is not None else v) for k, v in static}
-
-
-Stage = tuple[int, bool, bool] | None  # host-loop step: (chunk size, adds to a total, returns the output)
+    chunk: int
+    adds: bool
+    finishes: bool
 
 
 @functools.lru_cache(maxsize=64)
-def _batched(fn: Callable, apply: Callable, static: tuple, array_names: tuple[str, ...], keyed: bool,
-             loop: str, stage: Stage = None) -> Callable:
+def _batched(fn: Callable, apply: Callable, static: st.Frozen, keyed: bool, loop: str,
+             stage: Stage | None = None) -> Callable:
     """jit(vmap(method)) for one (method, model, static settings); jit caches per shape and dtype.
 
+    The call is ``(params, images, targets, keys, per_image, shared[, acc, start])``: ``per_image``
+    maps setting paths to arrays with a leading batch axis, ``shared`` to arrays every image uses.
     ``stage=None`` is the whole method, its chunks looped by ``loop`` (``scan`` or ``unroll``).
-    Otherwise one step of the host loop (``chunks.Window``): ``(params, images, targets, keys,
-    arrays[, acc, start])`` -> ``acc``, the running total and the values the method ``keep``s,
-    or the method's output for the last step; ``acc`` is donated to the next step."""
-    static_kw = _thaw(static)
+    Otherwise one step of the host loop (``chunks.Window``), returning ``acc``: the running total
+    and the values the method ``keep``s, or the method's output for the last step; ``acc`` is
+    donated to the next step."""
+    static_kw = st.thaw(static)
 
-    def batched(params: PyTree, images: Array, targets: Array, keys: Array | None, arrays: tuple,
-                acc: PyTree = None, start: Array | int = 0) -> PyTree:
-        shared = dict(zip(array_names, arrays))
-
-        def one(x: Array, t: Array, k: Array | None, a: PyTree) -> PyTree:
-            extra = {"key": k} if keyed else {}
+    def batched(params: PyTree, images: Array, targets: Array, keys: Array | None, per_image: dict,
+                arrays: dict, acc: PyTree = None, start: Array | int = 0) -> PyTree:
+        def one(x: Array, t: Array, k: Array | None, mine: dict, a: PyTree) -> PyTree:
+            kw = st.assemble(static_kw, {**arrays, **mine})
+            if keyed:
+                kw["key"] = k
             if stage is None:
-                return fn(apply, params, x, t, **static_kw, **shared, **extra)
+                return fn(apply, params, x, t, **kw)
             total, kept = a if a is not None else (None, None)
-            with chunks.window(chunks.Window(start=start, size=stage[0], acc=total, kept=kept)) as w:
-                out = fn(apply, params, x, t, **static_kw, **shared, **extra)
-            return out if stage[2] else (w.total, tuple(w.kept_out))
+            with chunks.window(chunks.Window(start=start, size=stage.chunk, acc=total, kept=kept)) as w:
+                out = fn(apply, params, x, t, **kw)
+            return out if stage.finishes else (w.total, tuple(w.kept_out))
 
-        axes = (0, 0, 0 if keyed else None, 0 if acc is not None else None)
-        return jax.vmap(one, in_axes=axes)(images, targets, keys, acc)
+        axes = (0, 0, 0 if keyed else None, 0, 0 if acc is not None else None)
+        return jax.vmap(one, in_axes=axes)(images, targets, keys, per_image, acc)
 
-    mid = stage is not None and stage[1] and not stage[2]  # total in, total out: the buffer is reused
-    return jax.jit(batched, donate_argnums=(5,) if mid else ())
+    mid = stage is not None and stage.adds and not stage.finishes  # total in, total out: reuse the buffer
+    return jax.jit(batched, donate_argnums=(6,) if mid else ())
 
 
 @dataclasses.dataclass(frozen=True)
 class Calls:
     """The jitted calls that explain one batch: ``first`` alone, or a host loop over chunks:
     ``first`` sums chunk 0, ``mid`` adds each chunk at ``starts[:-1]``, ``last`` adds the chunk
-    at ``starts[-1]`` and finishes the method. Call as ``(params, images, targets, keys, shared)``."""
+    at ``starts[-1]`` and finishes the method. Call as ``(params, images, targets, keys,
+    per_image, shared)``; ``tick``, if given, is called after each step has finished."""
 
     first: Callable
     mid: Callable | None = None
@@ -89,21 +88,25 @@ class Calls:
         mids = [(self.mid, s) for s in self.starts[:-1]]
         return [(self.first, None), *mids, *([(self.last, self.starts[-1])] if self.starts else [])]
 
-    def _drive(self, pick: Callable[[Callable], Callable], args: tuple) -> PyTree:
+    def _drive(self, pick: Callable[[Callable], Callable], args: tuple, tick: Tick | None = None) -> PyTree:
         """Run the steps in order, each through ``pick(jitted)``, threading the running total."""
         out = None
         for jitted, start in self.steps():
             f = pick(jitted)
             out = f(*args) if start is None else f(*args, out, jnp.int32(start))
+            if tick is not None:
+                jax.block_until_ready(out)
+                tick()
         return out
 
-    def __call__(self, params: PyTree, images: Array, targets: Array, keys: Array | None, shared: tuple) -> PyTree:
-        return self._drive(lambda jitted: jitted, (params, images, targets, keys, shared))
+    def __call__(self, params: PyTree, images: Array, targets: Array, keys: Array | None, per_image: dict,
+                 shared: dict, tick: Tick | None = None) -> PyTree:
+        return self._drive(lambda jitted: jitted, (params, images, targets, keys, per_image, shared), tick)
 
-    def compile(self, params: PyTree, images: Array, targets: Array, keys: Array | None,
-                shared: tuple) -> tuple[Callable[[], PyTree], float]:
+    def compile(self, params: PyTree, images: Array, targets: Array, keys: Array | None, per_image: dict,
+                shared: dict) -> tuple[Callable[[], PyTree], float]:
         """Ahead of time: ``(run, flops)``, ``run()`` one compiled call, ``flops`` XLA's count for it."""
-        args = (params, images, targets, keys, shared)
+        args = (params, images, targets, keys, per_image, shared)
         acc = jax.eval_shape(self.first, *args) if self.starts else None
         compiled, cost = {}, {}
         for jitted, start in self.steps():
@@ -118,100 +121,29 @@ class Calls:
 
 
 @functools.lru_cache(maxsize=64)
-def _chunking(fn: Callable, apply: Callable, static: tuple, array_names: tuple[str, ...], keyed: bool,
-              params_struct: Any, image_shape: tuple[int, ...], arrays: tuple) -> tuple[int, int] | None:
+def _chunking(fn: Callable, apply: Callable, static: st.Frozen, keyed: bool, struct: Any,
+              image_shape: tuple[int, ...], arrays: tuple[tuple[st.Path, jax.ShapeDtypeStruct], ...]) -> tuple[int, int] | None:
     """``(n, chunk)`` of the method's one outermost ``sum_chunks`` (traced once, not compiled),
-    or ``None`` when it has none or several."""
-    static_kw = _thaw(static)
-    params = jax.tree.unflatten(params_struct[0], params_struct[1])
+    or ``None`` when it has none or several. ``arrays``: one image's array settings by path."""
+    static_kw = st.thaw(static)
+    params = jax.tree.unflatten(struct[0], struct[1])
 
-    def one(p: PyTree, x: Array, arrs: tuple) -> PyTree:
+    def one(p: PyTree, x: Array, arrs: dict) -> PyTree:
         extra = {"key": jax.random.key(0)} if keyed else {}
-        return fn(apply, p, x, jnp.int32(0), **static_kw, **dict(zip(array_names, arrs)), **extra)
+        return fn(apply, p, x, jnp.int32(0), **st.assemble(static_kw, arrs), **extra)
 
     with chunks.window(chunks.Window()) as w:
-        jax.eval_shape(one, params, jax.ShapeDtypeStruct(image_shape, jnp.float32), arrays)
+        jax.eval_shape(one, params, jax.ShapeDtypeStruct(image_shape, jnp.float32), dict(arrays))
     return (w.n, w.chunk) if w.calls == 1 else None
-
-
-@functools.lru_cache(maxsize=64)
-def _shapes(apply: Callable, params_struct: Any, shape: tuple[int, ...]) -> tuple[tuple[int, ...], dict[str, tuple[int, ...]]]:
-    """``(logits shape, {layer: activation shape})`` for one image, from one trace (no compile)."""
-    params = jax.tree.unflatten(params_struct[0], params_struct[1])
-    logits, acts = jax.eval_shape(lambda p, x: apply(p, x), params, jax.ShapeDtypeStruct(shape, jnp.float32))
-    return logits.shape, {k: v.shape for k, v in acts.items()}
-
-
-def _struct(model: Model) -> tuple:
-    leaves, treedef = jax.tree.flatten(model.params)
-    return (treedef, tuple(jax.ShapeDtypeStruct(l.shape, l.dtype) for l in leaves))
-
-
-def layer_shapes(model: Model, image_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
-    """Every layer's activation shape for one image of ``image_shape`` (traced, not compiled)."""
-    return _shapes(model.apply, _struct(model), tuple(image_shape))[1]
-
-
-def default_layer(model: Model, image_shape: tuple[int, ...]) -> str:
-    """The last convolutional layer the model names (the last spatial one if none says conv)."""
-    shapes = layer_shapes(model, image_shape)
-    spatial = [name for name in model.layers if len(shapes.get(name, ())) == 3]
-    convs = [name for name in spatial if "conv" in name]
-    if not (convs or spatial):
-        raise InputError(f"{model.name} has no spatial layer [h, w, K]")
-    return (convs or spatial)[-1]
-
-
-def check_layer(model: Model, image_shape: tuple[int, ...], layer: str, *, spatial: bool = False) -> tuple[int, ...]:
-    """The layer's activation shape, or an ``InputError`` naming the valid layers."""
-    shapes = layer_shapes(model, image_shape)
-    if layer not in shapes:
-        raise InputError(f"unknown layer {layer!r}; {model.name}'s layers: {', '.join(model.layers)}")
-    if spatial and len(shapes[layer]) != 3:
-        raise InputError(f"layer {layer!r} has shape {shapes[layer]}: CAM methods need a spatial layer [h, w, K]")
-    return shapes[layer]
-
-
-def num_classes(model: Model, image_shape: tuple[int, ...]) -> int:
-    """Number of logits ``model.apply`` gives for one image of ``image_shape`` (traced, not compiled)."""
-    shape = _shapes(model.apply, _struct(model), tuple(image_shape))[0]
-    if len(shape) != 1:
-        raise InputError(f"{model.name} outputs {shape} per image, not a vector of logits: it has no classifier")
-    return shape[0]
-
-
-def check_images(model: Model, images: Any) -> Array:
-    """Preprocessed float images ``[B, H, W, C]`` that fit ``model``, or an ``InputError``."""
-    a = images if isinstance(images, jax.Array) else np.asarray(images)
-    if a.ndim != 4:
-        hint = " (add a batch axis: images[None])" if a.ndim == 3 else ""
-        raise InputError(f"images must be a batch [B, H, W, C], got shape {a.shape}{hint}")
-    if not jnp.issubdtype(a.dtype, jnp.floating):
-        raise InputError(f"images must be preprocessed floats (model.preprocess), got dtype {a.dtype}")
-    if a.shape[0] == 0:
-        raise InputError("images is an empty batch")
-    channels = getattr(model, "channels", 3)
-    if a.shape[-1] != channels:
-        raise InputError(f"{model.name} takes {channels} channels, got images of shape {a.shape}")
-    hw = tuple(a.shape[1:3])
-    if model.input_size is not None and hw != tuple(model.input_size):
-        raise InputError(f"{model.name} takes {model.input_size[0]}x{model.input_size[1]} images, got {hw[0]}x{hw[1]}")
-    if min(hw) < model.min_size:
-        raise InputError(f"{model.name} needs images of at least {model.min_size}x{model.min_size}, got {hw[0]}x{hw[1]}")
-    a = jnp.asarray(a, jnp.float32)
-    if not bool(jnp.isfinite(a).all()):
-        bad = np.unique(np.nonzero(~np.isfinite(np.asarray(a)))[0])
-        raise InputError(f"images {bad.tolist()[:8]} contain NaN or infinite pixels")
-    return a
 
 
 def _slices(n: int, size: int) -> list[tuple[int, int]]:
     return [(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def _pad(a: Array | None, size: int) -> Array | None:
+def _pad(a: Array, size: int) -> Array:
     """Pad the leading axis to ``size`` by repeating the last row (keeps shapes static)."""
-    if a is None or a.shape[0] == size:
+    if a.shape[0] == size:
         return a
     return jnp.concatenate([a, jnp.repeat(a[-1:], size - a.shape[0], axis=0)])
 
@@ -221,35 +153,25 @@ def _mesh(devices: tuple) -> Mesh:
     return Mesh(np.array(devices), ("b",))
 
 
-_replicated: dict[tuple[int, int], tuple[PyTree, PyTree]] = {}
-
-
-def _replicate(params: PyTree, mesh: Mesh) -> PyTree:
-    key = (id(params), id(mesh))
-    if key not in _replicated:
-        _replicated.clear()
-        _replicated[key] = (params, jax.device_put(params, NamedSharding(mesh, PartitionSpec())))
-    return _replicated[key][1]
-
-
 def _per_device(size: int) -> int:
-    """Images per device in a call of ``size`` images (``_run`` rounds ``size`` up to fill every device)."""
+    """Images per device in a call of ``size`` images (``run_batches`` rounds ``size`` up to fill every device)."""
     return -(-size // len(jax.local_devices()))
 
 
-def _run(call: Callable[..., PyTree], params: PyTree, batch: tuple, n: int, size: int) -> PyTree:
-    """Call ``call`` on fixed-size slices of ``batch`` (leading axis ``n``) and join the results."""
+def run_batches(call: Callable[..., PyTree], params: PyTree, batch: tuple, n: int, size: int) -> PyTree:
+    """Call ``call(params, *part)`` on fixed-size slices of ``batch`` (pytrees whose leaves have
+    a leading axis ``n``; ``None`` passes through) and join the results."""
     devices = tuple(jax.local_devices())  # in a multi-process run, each process uses its own
     size = _per_device(size) * len(devices)
     mesh = _mesh(devices) if len(devices) > 1 else None
-    if mesh is not None:
-        params = _replicate(params, mesh)
+    if mesh is not None:  # replicated once per weights' values (jaxplain.derived)
+        params = derived(("replicated", mesh), params, lambda p: jax.device_put(p, NamedSharding(mesh, PartitionSpec())))
         shard = NamedSharding(mesh, PartitionSpec("b"))
     outs = []
     for lo, hi in _slices(n, size):
-        part = tuple(_pad(None if a is None else a[lo:hi], size) for a in batch)
+        part = jax.tree.map(lambda a: _pad(a[lo:hi], size), batch)
         if mesh is not None:
-            part = tuple(None if a is None else jax.device_put(a, shard) for a in part)
+            part = jax.tree.map(lambda a: jax.device_put(a, shard), part)
         out = call(params, *part)
         outs.append(jax.tree.map(lambda o, k=hi - lo: o[:k], out))
     if len(outs) == 1:
@@ -260,19 +182,19 @@ def _run(call: Callable[..., PyTree], params: PyTree, batch: tuple, n: int, size
 def predict(model: Model, images: Array, *, batch_size: int | None = None) -> Array:
     """Logits ``[B, K]`` of preprocessed ``images``, in slices of ``batch_size``."""
     images = check_images(model, images)
+    check_batch_size(batch_size)
     n = images.shape[0]
-    fwd = _forward(model.apply)
-    return _run(lambda p, x: fwd(p, x), model.params, (images,), n, batch_size or n)
+    return run_batches(forward(model.apply), model.params, (images,), n, batch_size or n)
 
 
-@functools.lru_cache(maxsize=16)
-def _forward(apply: Callable) -> Callable:
-    return jax.jit(jax.vmap(lambda p, x: apply(p, x)[0], in_axes=(None, 0)))
+def check_batch_size(batch_size: Any) -> None:
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise InputError(f"batch_size must be a positive int or None, got {batch_size!r}")
 
 
 def _targets(model: Model, images: Array, targets: Targets, batch_size: int | None) -> Array:
     n = images.shape[0]
-    if targets is None:  # for methods that ignore the target (neurons, Eigen-CAM)
+    if targets is None:  # for methods that ignore the target (checked by explain)
         return jnp.zeros((n,), jnp.int32)
     k = num_classes(model, images.shape[1:])
     if isinstance(targets, str):
@@ -292,61 +214,68 @@ def _targets(model: Model, images: Array, targets: Targets, batch_size: int | No
     return jnp.asarray(t, jnp.int32)
 
 
-def _resolve_model_settings(fn: Callable, model: Model, images: Array, settings: dict[str, Any]) -> dict[str, Any]:
-    """Settings that need the model: ``baseline="black"`` is the preprocessed black image; a
-    missing ``layer`` is the last conv layer; layers and neurons are checked against the model."""
-    from jaxplain.methods.layer import check_neuron
+class Prepared(NamedTuple):
+    """What ``prepare`` hands the caller: ``call`` (the jitted steps), per-image ``keys``,
+    ``per_image`` and ``shared`` array settings by path, and the resolved settings without arrays (``static``)."""
 
-    if "layer" in registry.settings_of(fn):
-        if settings.get("layer") is None:
-            settings["layer"] = default_layer(model, images.shape[1:])
-        shape = check_layer(model, images.shape[1:], settings["layer"], spatial=getattr(fn, "spatial_layer", False))
-        if "neuron" in registry.settings_of(fn):
-            check_neuron(shape, settings.get("neuron"))
-    if isinstance(settings.get("baseline"), str) and settings["baseline"] == "black":
-        black = np.zeros((1, *images.shape[1:3], 3), np.uint8)
-        settings["baseline"] = jnp.asarray(model.preprocess(black)[0], jnp.float32)
-    return settings
+    call: Calls
+    keys: Array | None
+    per_image: dict[st.Path, Array]
+    shared: dict[st.Path, Array]
+    static: dict[str, Any]
 
 
 def prepare(fn: Callable, model: Model, images: Array, settings: dict[str, Any],
-            per_call: int | None = None) -> tuple[Calls, Array | None, tuple, dict[str, Any]]:
-    """``(call, keys, shared, static)`` for ``fn`` on ``images``: model-dependent settings resolved,
-    per-image keys ``fold_in(key, index)``, array settings passed as arguments (``shared``), the
-    rest (``static``) closed over; ``call(params, images, targets, keys, shared)`` runs the jitted
-    method; one with a ``chunk`` setting runs chunk by chunk in a host loop where
-    ``chunks.loop_mode()`` says ``host``. There a method whose chunk counts images
-    (``chunks.counts_images``) and whose chunk is not set gets ``chunks.host_chunk`` for
-    ``per_call`` images per call and device (default: all of ``images``)."""
-    settings = _resolve_model_settings(fn, model, images, dict(settings))
+            per_call: int | None = None) -> Prepared:
+    """Everything ``explain`` needs to run ``fn`` on ``images``: settings checked
+    (``registry.resolve``) and resolved for the model, per-image keys, array settings passed as
+    arguments (one per image where the method marks them so and they have a batch axis), the rest
+    closed over; ``call(params, images, targets, keys, per_image, shared)`` runs the jitted method.
+    One with a ``chunk`` setting runs chunk by chunk in a host loop where ``chunks.loop_mode()``
+    says ``host``; there a method whose chunk counts images (``chunks.counts_images``) and whose
+    chunk is not set gets ``chunks.host_chunk`` for ``per_call`` images per call and device
+    (default: all of ``images``). A method's ``cost_note`` is warned (``CostWarning``) here."""
+    n, image_shape = images.shape[0], tuple(images.shape[1:])
+    settings = st.resolve_for_model(fn, model, image_shape, registry.resolve(fn, dict(settings)))
+    note = getattr(fn, "cost_note", None)
+    message = note(model, image_shape, settings) if note else None
+    if message:
+        warnings.warn(message, CostWarning, stacklevel=3)
     loop = chunks.loop_mode()
     if loop == "host" and hasattr(fn, "chunk_call_pixels") and "chunk" not in settings:
-        settings["chunk"] = chunks.host_chunk(per_call or images.shape[0], images.shape[1] * images.shape[2],
-                                              fn.chunk_call_pixels)
-    key = settings.pop("key", None)
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(images.shape[0])) if key is not None else None
-    arrays = {k: v for k, v in settings.items() if _is_array(v)}
-    static = {k: v for k, v in settings.items() if k not in arrays}
-    frozen = tuple(sorted((k, _freeze(v)) for k, v in static.items()))
-    names = tuple(sorted(arrays))
-    shared = tuple(jnp.asarray(arrays[k]) for k in names)
-    try:
-        hash(frozen)
-    except TypeError:
-        raise InputError(f"settings must be literals, functions or arrays; got {frozen}") from None
-    keyed = key is not None
-    split = None
+        settings["chunk"] = chunks.host_chunk(per_call or n, image_shape[0] * image_shape[1], fn.chunk_call_pixels)
+    keys = st.image_keys(settings.pop("key", None), n)
+    parts = st.split(fn, settings, n)
+    static = st.frozen(parts.static)
+    keyed = keys is not None
+    chunking = None
     if loop == "host" and "chunk" in registry.settings_of(fn):
-        structs = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in shared)
-        split = _chunking(fn, model.apply, frozen, names, keyed, _struct(model), tuple(images.shape[1:]), structs)
-    if split is None or split[0] <= split[1]:
-        return Calls(_batched(fn, model.apply, frozen, names, keyed, "unroll" if loop == "unroll" else "scan")), keys, shared, static
-    n, chunk = split
-    steps = chunks.plan(n, chunk)
-    stage = functools.partial(_batched, fn, model.apply, frozen, names, keyed, loop)
-    call = Calls(first=stage((chunk, False, False)), mid=stage((chunk, True, False)) if len(steps) > 2 else None,
-                 last=stage((steps[-1][1], True, True)), starts=tuple(s for s, _ in steps[1:]))
-    return call, keys, shared, static
+        one = {**{p: jax.ShapeDtypeStruct(a.shape, a.dtype) for p, a in parts.shared.items()},
+               **{p: jax.ShapeDtypeStruct(a.shape[1:], a.dtype) for p, a in parts.per_image.items()}}
+        chunking = _chunking(fn, model.apply, static, keyed, params_struct(model), image_shape, tuple(sorted(one.items())))
+    if chunking is None or chunking[0] <= chunking[1]:
+        call = Calls(_batched(fn, model.apply, static, keyed, "unroll" if loop == "unroll" else "scan"))
+    else:
+        total, chunk = chunking
+        steps = chunks.plan(total, chunk)
+        stage = functools.partial(_batched, fn, model.apply, static, keyed, loop)
+        call = Calls(first=stage(Stage(chunk, False, False)), mid=stage(Stage(chunk, True, False)) if len(steps) > 2 else None,
+                     last=stage(Stage(steps[-1][1], True, True)), starts=tuple(s for s, _ in steps[1:]))
+    return Prepared(call, keys, parts.per_image, parts.shared, parts.static)
+
+
+def _check_target_use(fn: Callable, settings: dict[str, Any], targets: Targets) -> None:
+    if targets is None and uses_target(fn, registry.resolve(fn, settings)):
+        free = sorted(name for name, f in registry.METHODS.items() if not uses_target(f, {}))
+        name = getattr(fn, "__name__", "this method")
+        raise InputError(f"targets=None is only for methods that ignore the target ({', '.join(free)}); {name} "
+                         f"explains a class: pass class indices or 'predicted'")
+
+
+def _progress_bar(total: int, desc: str) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="call", file=sys.stderr, leave=False, dynamic_ncols=True)
 
 
 def explain(
@@ -357,6 +286,7 @@ def explain(
     *,
     batch_size: int | None = None,
     precision: str | None = None,
+    progress: bool = False,
     **settings: Any,
 ) -> PyTree:
     """Explain ``model``'s ``targets`` on a batch of preprocessed ``images [B, H, W, C]``.
@@ -364,24 +294,35 @@ def explain(
     ``targets``: class indices, ``"predicted"`` (the top class), or ``None`` for methods that
     ignore it. ``method``: a registered name (``jaxplain.METHODS``), a string with settings such as
     ``"integrated_gradients(steps=64)"``, or a method function. ``settings`` go to the method;
-    ``key`` (a ``jax.random`` key) is split per image by its index, so results do not depend on
-    ``batch_size`` or device count. ``batch_size`` images go through each compiled call (the
-    last call padded). On the CPU's host loop an unset ``chunk`` of a method that sums over images
-    (IG points, noise samples, windows, masks) is sized to put about sixteen 224x224 images through
-    each call, eight for forward passes only (``chunks.host_chunk``); results do not depend on it.
+    an array setting the method takes per image (a ``baseline``) may be one for all images or one
+    per image ``[B, ...]``. ``key`` (a ``jax.random`` key or an int seed) is split per image by
+    its index, so results do not depend on ``batch_size`` or device count; ``B`` keys give each
+    image its own. ``batch_size`` images go through each compiled call (the last call padded). On
+    the CPU's host loop an unset ``chunk`` of a method that sums over images (IG points, noise
+    samples, windows, masks) is sized to put about sixteen 224x224 images through each call,
+    eight for forward passes only (``chunks.host_chunk``); results do not depend on it.
     ``precision``: ``"float32"``, ``"tensorfloat32"`` or ``"bfloat16"`` for the model's arithmetic
-    (``jaxplain.precision``); ``None`` is JAX's default. Returns ``[B, ...]`` float32 (for the
-    gradient family ``[B, H, W, C]``), or the method's tuple (``return_delta=True``) with a leading
-    ``B`` on each part.
+    (``jaxplain.precision``); ``None`` is JAX's default. ``progress``: a progress bar of compiled
+    calls on stderr. Returns ``[B, ...]`` float32 (for the gradient family ``[B, H, W, C]``), or
+    the method's tuple (``return_delta=True``) with a leading ``B`` on each part.
     """
     fn, parsed = registry.parse(method)
     settings = {**parsed, **settings}
     registry.check_settings(fn, settings)
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_batch_size(batch_size)
     images = check_images(model, images)
+    _check_target_use(fn, settings, targets)
     model = with_precision(model, precision)
     n = images.shape[0]
     target_ids = _targets(model, images, targets, batch_size)
-    call, keys, shared, _ = prepare(fn, model, images, settings, _per_device(batch_size or n))
-    return _run(lambda p, x, t, k: call(p, x, t, k, shared), model.params, (images, target_ids, keys), n, batch_size or n)
+    size = batch_size or n
+    prep = prepare(fn, model, images, settings, _per_device(size))
+    bar = _progress_bar(len(_slices(n, _per_device(size) * len(jax.local_devices()))) * len(prep.call.steps()),
+                        f"{getattr(fn, '__name__', 'method')} on {n} image{'s' * (n > 1)}") if progress else None
+    tick = bar.update if bar is not None else None
+    try:
+        return run_batches(lambda p, x, t, k, mine: prep.call(p, x, t, k, mine, prep.shared, tick), model.params,
+                    (images, target_ids, prep.keys, prep.per_image), n, size)
+    finally:
+        if bar is not None:
+            bar.close()

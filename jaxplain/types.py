@@ -60,13 +60,21 @@ class Model:
     source: str = "random"
     min_size: int = 1
 
-    @functools.cached_property
-    def _batched(self) -> Callable[[PyTree, Array], Array]:
-        return jax.jit(jax.vmap(lambda p, x: self.apply(p, x)[0], in_axes=(None, 0)))
-
     def __call__(self, batch: Array) -> Array:
         """Logits ``[B, K]`` of a preprocessed batch ``[B, H, W, C]`` (jitted)."""
-        return self._batched(self.params, batch)
+        return forward(self.apply)(self.params, batch)
 
     def replace(self, **changes: Any) -> "Model":
         return dataclasses.replace(self, **changes)
+
+
+@functools.lru_cache(maxsize=32)
+def forward(apply: ApplyFn, layers: tuple[str, ...] = ()) -> Callable[[PyTree, Array], Any]:
+    """``jit(vmap(apply))`` over a batch ``[B, H, W, C]``: the logits ``[B, K]``, or with
+    ``layers`` the dict of those layers' activations ``{layer: [B, ...]}``."""
+
+    def one(params: PyTree, x: Array) -> Any:
+        logits, acts = apply(params, x)
+        return {k: acts[k] for k in layers} if layers else logits
+
+    return jax.jit(jax.vmap(one, in_axes=(None, 0)))

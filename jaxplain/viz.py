@@ -55,8 +55,13 @@ def resize_map(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def overlay(image: np.ndarray, m: np.ndarray, alpha: float = 0.55, **kw) -> np.ndarray:
-    """Blend the colour map of ``m [h, w]`` over ``image uint8 [H, W, 3]``, weighting by intensity."""
-    image = np.asarray(image, np.float64)
+    """Blend the colour map of ``m [h, w]`` over ``image uint8 [H, W, 3]``, weighting by intensity;
+    ``m`` is resized to the image (a layer-resolution CAM is fine, a 1-D profile is refused)."""
+    image, m = np.asarray(image, np.float64), np.asarray(m)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise InputError(f"overlay draws over an RGB image [H, W, 3], got shape {image.shape}")
+    if m.ndim != 2:
+        raise InputError(f"overlay takes a 2-D map [h, w], got shape {m.shape} (reduce [H, W, C] attributions first)")
     m = resize_map(m, image.shape[:2])
     colours = heatmap(m, **kw).astype(np.float64)
     weight = alpha * normalize(np.abs(m), kw.get("percentile", 99.0))[..., None] ** 0.5

@@ -125,16 +125,16 @@ def test_cam_variants_against_formulas(name):
 
 def test_grad_cam_pp_formula_and_exact_relation():
     """Paper: alpha = G^2 / (2 G^2 + sum_ab A_ab G^3), w_k = sum_ij alpha relu(G). With a linear
-    head, the exact derivatives of Y = exp(S) give exp(S) times the paper's map."""
+    head, the exact derivatives of Y = exp(S) give exp(S) times the paper's map; exact mode
+    differentiates exp(S - S(x)), so it gives the paper's map itself."""
     alpha = G**2 / np.where(2 * G**2 + A.sum(axis=(0, 1)) * G**3 != 0, 2 * G**2 + A.sum(axis=(0, 1)) * G**3, 1)
     w = np.sum(alpha * _relu(G), axis=(0, 1))
     want = _relu(np.einsum("k,ijk->ij", w, A))
     m = _fixed_model()
     paper = jaxplain.explain(m, X1, 1, "grad_cam_pp", layer="feat", upsample=False, derivatives="paper")[0]
     np.testing.assert_allclose(paper, want, rtol=1e-5, atol=1e-6)
-    s = float(np.einsum("ijk,ijk->", HEAD[1], A))
-    exact = jaxplain.explain(m, X1, 1, "grad_cam_pp", layer="feat", upsample=False)[0]
-    np.testing.assert_allclose(exact, np.exp(s) * want, rtol=1e-4, atol=1e-6)
+    exact = jaxplain.explain(m, X1, 1, "grad_cam_pp", layer="feat", upsample=False, derivatives="exact")[0]
+    np.testing.assert_allclose(exact, want, rtol=1e-4, atol=1e-6)
 
 
 def test_grad_cam_pp_exact_derivatives_against_finite_differences():
@@ -144,7 +144,8 @@ def test_grad_cam_pp_exact_derivatives_against_finite_differences():
         params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), m.params)
         x = jnp.asarray(X1[0], jnp.float64)
         act, d1, d2, d3 = diagonal_derivatives(m.apply, params, x, 1, "feat", chunk=16)
-        y = lambda t: jnp.exp(m.apply(params, x, taps={"feat": t})[0][1])  # noqa: E731
+        s0 = m.apply(params, x)[0][1]  # exact mode differentiates exp(S - S(x)), S(x) a constant
+        y = lambda t: jnp.exp(m.apply(params, x, taps={"feat": t})[0][1] - s0)  # noqa: E731
         grad = jax.grad(y)
         zero = jnp.zeros_like(act)
         eps = 1e-4
@@ -156,8 +157,8 @@ def test_grad_cam_pp_exact_derivatives_against_finite_differences():
             np.testing.assert_allclose(float(d2[i]), float((gp - gm) / (2 * eps)), rtol=1e-6, atol=1e-9)
             np.testing.assert_allclose(float(d3[i]), float((gp - 2 * g0 + gm) / eps**2), rtol=1e-4, atol=1e-7)
     # With curvature in the head, exact and paper differ (the paper assumes a piecewise-linear head).
-    a = jaxplain.explain(m, X1, 1, "grad_cam_pp", layer="feat", upsample=False)
-    b = jaxplain.explain(m, X1, 1, "grad_cam_pp", layer="feat", upsample=False, derivatives="paper")
+    a = jaxplain.explain(m, X1, 1, "grad_cam_pp", layer="feat", upsample=False, derivatives="exact")
+    b = jaxplain.explain(m, X1, 1, "grad_cam_pp", layer="feat", upsample=False)  # paper, the default
     assert not np.allclose(np.asarray(a) / np.abs(a).max(), np.asarray(b) / np.abs(b).max(), atol=1e-3)
 
 

@@ -158,12 +158,12 @@ def test_host_loop_sizes_an_unset_chunk_to_the_call(tiny_model, monkeypatch):
     assert [chunks.host_chunk(b, 224 * 224) for b in (1, 2, 8, 16, 64)] == [16, 8, 2, 1, 1]
     monkeypatch.setenv("JAXPLAIN_CHUNK_LOOP", "host")
     ig, x = registry.METHODS["integrated_gradients"], jnp.asarray(X)
-    assert prepare(ig, tiny_model, x, {})[3]["chunk"] == chunks.CALL_PIXELS // (2 * 32 * 32)
-    assert prepare(ig, tiny_model, x, {}, per_call=1)[3]["chunk"] == chunks.CALL_PIXELS // (32 * 32)
-    assert prepare(ig, tiny_model, x, {"chunk": 3})[3]["chunk"] == 3
+    assert prepare(ig, tiny_model, x, {}).static["chunk"] == chunks.CALL_PIXELS // (2 * 32 * 32)
+    assert prepare(ig, tiny_model, x, {}, per_call=1).static["chunk"] == chunks.CALL_PIXELS // (32 * 32)
+    assert prepare(ig, tiny_model, x, {"chunk": 3}).static["chunk"] == 3
     occlusion = registry.METHODS["occlusion"]  # forward passes only: smaller calls
-    assert prepare(occlusion, tiny_model, x, {})[3]["chunk"] == chunks.FORWARD_CALL_PIXELS // (2 * 32 * 32)
-    assert "chunk" not in prepare(registry.METHODS["grad_cam_pp"], tiny_model, x, {})[3]
+    assert prepare(occlusion, tiny_model, x, {}).static["chunk"] == chunks.FORWARD_CALL_PIXELS // (2 * 32 * 32)
+    assert "chunk" not in prepare(registry.METHODS["grad_cam_pp"], tiny_model, x, {}).static
     seen = []
     monkeypatch.setattr(chunks, "host_chunk", lambda per_call, pixels, _: seen.append((per_call, pixels)) or 2)
     a = jaxplain.explain(tiny_model, X, 0, "integrated_gradients(steps=5)", batch_size=1)
@@ -171,7 +171,7 @@ def test_host_loop_sizes_an_unset_chunk_to_the_call(tiny_model, monkeypatch):
     np.testing.assert_allclose(a, jaxplain.explain(tiny_model, X, 0, "integrated_gradients(steps=5, chunk=None)"),
                                rtol=1e-5, atol=1e-6 * np.abs(np.asarray(a)).max())
     monkeypatch.setenv("JAXPLAIN_CHUNK_LOOP", "scan")
-    assert "chunk" not in prepare(ig, tiny_model, x, {})[3]
+    assert "chunk" not in prepare(ig, tiny_model, x, {}).static
 
 
 @pytest.mark.parametrize("method,module,passes", [
@@ -195,9 +195,9 @@ def test_host_loop_computes_kept_values_once(tiny_model, monkeypatch, method, mo
     forward = (forward[0] if isinstance(forward, (list, tuple)) else forward)["flops"]
 
     def run() -> tuple[float, np.ndarray, int]:
-        call, keys, shared, _ = prepare(fn, tiny_model, x, settings)
-        go, flops = call.compile(tiny_model.params, x, t, keys, shared)
-        return flops, np.asarray(go()), len(call.steps())
+        prep = prepare(fn, tiny_model, x, settings)
+        go, flops = prep.call.compile(tiny_model.params, x, t, prep.keys, prep.per_image, prep.shared)
+        return flops, np.asarray(go()), len(prep.call.steps())
 
     kept, a, calls = run()
     monkeypatch.setattr(importlib.import_module(f"jaxplain.methods.{module}"), "keep", lambda compute: compute())

@@ -13,7 +13,7 @@ import pytest
 
 import jaxplain
 from jaxplain.runner import prepare
-from jaxplain.registry import METHODS, settings_of
+from jaxplain.registry import METHODS, resolve, settings_of
 from tests.method_settings import expected_shape, images, settings_for
 
 NAMES = sorted(METHODS)
@@ -45,7 +45,7 @@ def _direct(m, x, t, name, jit, s):
     """The per-image method called by hand, in a Python loop, with explain's per-image keys
     (jitted: compiled once, the key an argument)."""
     fn = METHODS[name]
-    s = dict(s)
+    s = resolve(fn, dict(s))  # a wrapper's base by name -> its function, as explain does
     key = s.pop("key", None)
 
     def call(p, v, tt, k):
@@ -102,7 +102,7 @@ def test_chunked_equals_unchunked(data, unchunked, name, loop, monkeypatch):
     s = settings_for(name, x)
     whole = unchunked(name)
     monkeypatch.setenv("JAXPLAIN_CHUNK_LOOP", loop)
-    call = prepare(METHODS[name], m, jnp.asarray(x), s)[0]
+    call = prepare(METHODS[name], m, jnp.asarray(x), s).call
     assert bool(call.starts) == (loop == "host")  # the host loop really loops over chunks
     close(jaxplain.explain(m, x, t, name, **s), whole)
 
@@ -110,10 +110,10 @@ def test_chunked_equals_unchunked(data, unchunked, name, loop, monkeypatch):
 def test_host_loop_donates_the_running_total(data, monkeypatch):
     m, x, t = data
     monkeypatch.setenv("JAXPLAIN_CHUNK_LOOP", "host")
-    call, keys, shared, _ = prepare(METHODS["smoothgrad"], m, jnp.asarray(x), settings_for("smoothgrad", x))
-    args = (m.params, jnp.asarray(x), jnp.asarray(t, jnp.int32), keys, shared)
-    acc = call.first(*args)
-    out = call.mid(*args, acc, jnp.int32(3))
+    prep = prepare(METHODS["smoothgrad"], m, jnp.asarray(x), settings_for("smoothgrad", x))
+    args = (m.params, jnp.asarray(x), jnp.asarray(t, jnp.int32), prep.keys, prep.per_image, prep.shared)
+    acc = prep.call.first(*args)
+    out = prep.call.mid(*args, acc, jnp.int32(3))
     assert all(a.is_deleted() for a in jax.tree.leaves(acc))  # its buffers now hold the new total
     assert not any(a.is_deleted() for a in jax.tree.leaves(out))
 

@@ -13,8 +13,8 @@ from tests.method_settings import images
 def _hlo(model, name, precision):
     m = jaxplain.with_precision(model, precision)
     x = jnp.asarray(images(2))
-    call, keys, shared, _ = prepare(METHODS[name], m, x, {})
-    return call.first.lower(m.params, x, jnp.zeros(2, jnp.int32), keys, shared).as_text()
+    prep = prepare(METHODS[name], m, x, {})
+    return prep.call.first.lower(m.params, x, jnp.zeros(2, jnp.int32), prep.keys, prep.per_image, prep.shared).as_text()
 
 
 @pytest.mark.parametrize("precision,words", [("float32", "precision HIGHEST>"), ("tensorfloat32", "precision HIGH>"), ("bfloat16", "bf16")])

@@ -8,10 +8,11 @@ broadcast over positions, or a per-position one). Output ``[H, W]`` at the input
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxplain.errors import InputError
 from jaxplain.types import ApplyFn, Array, PyTree
@@ -19,6 +20,7 @@ from jaxplain.types import ApplyFn, Array, PyTree
 from .chunks import counts_images, keep, sum_chunks
 from .gradients import guided_backprop
 from .layer import activation, layer_gradient
+from .marks import output, targetless
 
 Weights = Callable[[Array, Array], Array]
 
@@ -78,7 +80,7 @@ def _variant(weights: Weights, doc: str) -> Callable:
         return cam(apply, params, x, target, layer=layer, weights=weights, upsample_to_input=upsample)
 
     method.__doc__ = doc + " ``[H, W]`` (``upsample=False``: ``[h, w]``)."
-    return method
+    return output("map")(method)
 
 
 grad_cam = _variant(grad_cam_weights, "Grad-CAM: ``relu(sum_k mean_ij(G_k) A_k)``, Captum ``LayerGradCam``.")
@@ -91,27 +93,23 @@ for _f, _n in ((grad_cam, "grad_cam"), (hires_cam, "hires_cam"), (xgrad_cam, "xg
 
 def diagonal_derivatives(apply: ApplyFn, params: PyTree, x: Array, target: Array, layer: str,
                          chunk: int | None = 256) -> tuple[Array, Array, Array, Array]:
-    """``(A, dY/dA, d2Y/dA2, d3Y/dA3)`` for ``Y = exp(logits[target])``, the pure (diagonal)
-    partials of every activation element, exact by nested forward-mode through the network
-    after the layer (one pass per element, vectorized in chunks of ``chunk`` elements)."""
-    act = keep(lambda: activation(apply, params, x, layer))
+    """``(A, dY/dA, d2Y/dA2, d3Y/dA3)`` for ``Y = exp(S - S(x))``, ``S = logits[target]``: the
+    pure (diagonal) partials of every activation element, exact by nested forward-mode through
+    the network after the layer (one pass per element, vectorized in chunks of ``chunk``).
+
+    ``S(x)`` is a constant, not a function of the activation, so these are ``exp(-S(x))`` times
+    the derivatives of ``exp(S)``: Grad-CAM++'s ``alpha`` is unchanged, and nothing overflows
+    where ``exp(S)`` would (a logit above about 88 in float32)."""
+    act, s0 = keep(lambda: _activation_and_score(apply, params, x, target, layer))
 
     def y(tap: Array) -> Array:
-        return jnp.exp(apply(params, x, taps={layer: tap})[0][target])
+        return jnp.exp(apply(params, x, taps={layer: tap})[0][target] - s0)
 
     zero = jnp.zeros_like(act)
     d1 = keep(lambda: jax.grad(y)(zero))
 
-    def along(index: Array) -> tuple[Array, Array]:
-        e = jax.nn.one_hot(index, act.size, dtype=act.dtype).reshape(act.shape)
-        f = lambda t: y(zero + t * e)  # noqa: E731
-        f1 = lambda t: jax.jvp(f, (t,), (jnp.ones_like(t),))[1]  # noqa: E731
-        f2 = lambda t: jax.jvp(f1, (t,), (jnp.ones_like(t),))[1]  # noqa: E731
-        d2, d3 = jax.jvp(f2, (jnp.zeros((), act.dtype),), (jnp.ones((), act.dtype),))
-        return d2, d3
-
     def part(idx: Array) -> tuple[Array, Array]:
-        d2, d3 = jax.vmap(along)(idx)
+        d2, d3 = jax.vmap(lambda i: _along(y, zero, i))(idx)
         hot = jax.nn.one_hot(idx, act.size, dtype=act.dtype)  # scatter this chunk's values
         return d2 @ hot, d3 @ hot
 
@@ -119,20 +117,64 @@ def diagonal_derivatives(apply: ApplyFn, params: PyTree, x: Array, target: Array
     return act, d1, d2.reshape(act.shape), d3.reshape(act.shape)
 
 
-def grad_cam_pp(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, layer: str | None = None,
-                upsample: bool = True, derivatives: str = "exact", chunk: int | None = 256) -> Array:
-    """Grad-CAM++ (Chattopadhay et al. 2018), ``[H, W]``: ``w_k = sum_ij alpha_ij relu(dY/dA_ij)``,
-    ``alpha = Y'' / (2 Y'' + sum_ab A_ab Y''')`` for ``Y = exp(S)``.
+def _activation_and_score(apply: ApplyFn, params: PyTree, x: Array, target: Array,
+                          layer: str | None) -> tuple[Array, Array]:
+    logits, acts = apply(params, x)
+    if layer not in acts:
+        activation(apply, params, x, layer)  # raises, naming the layers
+    return acts[layer], logits[target]
 
-    ``derivatives="exact"`` takes ``Y'``, ``Y''`` and ``Y'''`` from JAX (exact for any head; one
-    third-order forward pass per activation element, so it costs most on large layers);
-    ``"paper"`` uses the paper's closed form, exact only when the network after the layer is
-    piecewise linear (ReLU heads), where both agree.
+
+def _along(y: Callable[[Array], Array], zero: Array, index: Array) -> tuple[Array, Array]:
+    """The 2nd and 3rd derivatives of ``y`` along activation element ``index`` at ``zero``."""
+    e = jax.nn.one_hot(index, zero.size, dtype=zero.dtype).reshape(zero.shape)
+    f = lambda t: y(zero + t * e)  # noqa: E731
+    f1 = lambda t: jax.jvp(f, (t,), (jnp.ones_like(t),))[1]  # noqa: E731
+    f2 = lambda t: jax.jvp(f1, (t,), (jnp.ones_like(t),))[1]  # noqa: E731
+    return jax.jvp(f2, (jnp.zeros((), zero.dtype),), (jnp.ones((), zero.dtype),))
+
+
+def exact_cost(apply: ApplyFn, params: PyTree, image_shape: tuple[int, ...], layer: str) -> tuple[int, float]:
+    """``(passes, flops)`` per image of ``derivatives="exact"`` at ``layer``: one third-order
+    forward pass per activation element, and XLA's FLOP count for them (the lowered program's
+    count for two elements minus that for one, times the elements). Traced, never compiled."""
+    spec = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)  # noqa: E731
+    image = jax.ShapeDtypeStruct(tuple(image_shape), jnp.float32)
+    shape = jax.eval_shape(lambda p, v: apply(p, v)[1][layer], params, image).shape
+
+    def elements(p: PyTree, v: Array, idx: Array) -> tuple[Array, Array]:
+        y = lambda tap: jnp.exp(apply(p, v, taps={layer: tap})[0][0])  # noqa: E731
+        return jax.vmap(lambda i: _along(y, jnp.zeros(shape, jnp.float32), i))(idx)
+
+    def flops(n: int) -> float:
+        lowered = jax.jit(elements).lower(jax.tree.map(spec, params), image, jax.ShapeDtypeStruct((n,), jnp.int32))
+        cost = lowered.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        return float((cost or {}).get("flops", 0.0))
+
+    passes = int(np.prod(shape))
+    return passes, passes * max(flops(2) - flops(1), 0.0)
+
+
+@output("map")
+def grad_cam_pp(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, layer: str | None = None,
+                upsample: bool = True, derivatives: str = "paper", chunk: int | None = 256) -> Array:
+    """Grad-CAM++ (Chattopadhay et al. 2018), ``[H, W]``: ``w_k = sum_ij alpha_ij relu(dY/dA_ij)``,
+    ``alpha = d2Y / (2 d2Y + sum_ab A_ab d3Y)`` for ``Y = exp(S)``, derivatives by activation element.
+
+    ``derivatives="paper"`` (the default) is the paper's closed form in the first derivative
+    ``G = dS/dA``, exact when the network after the layer is piecewise linear (ReLU heads, as
+    VGG's): one backward pass. ``"exact"`` takes the three derivatives from JAX, exact for any head
+    but one third-order forward pass per activation element, ``chunk`` at a time (VGG16 at
+    ``block5_conv3``: 100352 passes, about 1e14 FLOP per image; ``explain`` warns with the count
+    before it compiles, ``exact_cost`` returns it). Exact mode differentiates ``exp(S - S(x))``,
+    so its map is ``exp(-S(x))`` times that of ``exp(S)``: finite at any logit, and equal to the
+    paper's where the head is piecewise linear.
     """
     if derivatives == "paper":
         return cam(apply, params, x, target, layer=layer, weights=grad_cam_pp_paper_weights, upsample_to_input=upsample)
     if derivatives != "exact":
-        raise InputError(f"derivatives must be 'exact' or 'paper', not {derivatives!r}")
+        raise InputError(f"derivatives must be 'paper' or 'exact', not {derivatives!r}")
     act, d1, d2, d3 = diagonal_derivatives(apply, params, x, target, layer, chunk)
     _spatial(act, layer)
     denom = 2 * d2 + jnp.sum(act, axis=(0, 1), keepdims=True) * d3
@@ -142,6 +184,21 @@ def grad_cam_pp(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, laye
     return resize(m, x.shape[:2]) if upsample else m
 
 
+def _exact_cost_note(model: Any, image_shape: tuple[int, ...], settings: dict[str, Any]) -> str | None:
+    """What ``derivatives="exact"`` will cost, said by ``explain`` before it compiles."""
+    if settings.get("derivatives") != "exact":
+        return None
+    passes, flops = exact_cost(model.apply, model.params, tuple(image_shape), settings["layer"])
+    return (f"grad_cam_pp(derivatives='exact') at {settings['layer']} makes {passes} third-order forward passes "
+            f"per image, about {flops:.2g} FLOP (XLA's count); derivatives='paper', the default, is exact for "
+            f"ReLU heads and costs one backward pass")
+
+
+grad_cam_pp.cost_note = _exact_cost_note
+
+
+@targetless
+@output("map")
 def eigen_cam(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, layer: str | None = None,
               upsample: bool = True) -> Array:
     """Eigen-CAM (Muhammad & Yeasin 2020), ``[H, W]``: the activations (centred per channel)
@@ -158,6 +215,7 @@ def eigen_cam(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, layer:
     return resize(m, x.shape[:2]) if upsample else m
 
 
+@output("map")
 @counts_images(forward_only=True)
 def score_cam(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, layer: str | None = None,
               upsample: bool = True, chunk: int | None = 32) -> Array:

@@ -16,6 +16,7 @@ from jaxplain.types import ApplyFn, Array, PyTree, Relu
 
 from .integrated import resolve_baseline, rule_nodes
 from .chunks import counts_images, keep, sum_chunks
+from .marks import output, per_image, targetless
 
 Neuron = int | tuple[int, ...]
 
@@ -62,6 +63,7 @@ def check_neuron(shape: tuple[int, ...], neuron: Neuron | None) -> None:
         raise InputError(f"neuron {idx} is out of range for a layer of shape {shape}")
 
 
+@output("layer")
 def layer_gradient_x_activation(apply: ApplyFn, params: PyTree, x: Array, target: Array, *,
                                 layer: str | None = None) -> Array:
     """``A * dS/dA`` at ``layer``, the layer's shape (Captum ``LayerGradientXActivation``)."""
@@ -69,6 +71,8 @@ def layer_gradient_x_activation(apply: ApplyFn, params: PyTree, x: Array, target
     return act * grad
 
 
+@output("layer")
+@per_image(baseline=3)
 @counts_images
 def layer_integrated_gradients(apply: ApplyFn, params: PyTree, x: Array, target: Array, *,
                                layer: str | None = None, steps: int = 50, rule: str = "gausslegendre",
@@ -97,6 +101,7 @@ def _neuron_score(apply: ApplyFn, params: PyTree, layer: str, neuron: Neuron) ->
     return lambda v: neuron_value(apply(params, v)[1][layer], neuron)
 
 
+@targetless
 def neuron_gradient(apply: ApplyFn, params: PyTree, x: Array, target: Array, *,
                     layer: str | None = None, neuron: Neuron | None = None) -> Array:
     """Gradient of one unit or channel of ``layer`` with respect to the input, ``[H, W, C]``
@@ -105,6 +110,8 @@ def neuron_gradient(apply: ApplyFn, params: PyTree, x: Array, target: Array, *,
     return jax.grad(_neuron_score(apply, params, layer, neuron))(x)
 
 
+@targetless
+@per_image(baseline=3)
 @counts_images
 def neuron_integrated_gradients(apply: ApplyFn, params: PyTree, x: Array, target: Array, *,
                                 layer: str | None = None, neuron: Neuron | None = None, steps: int = 50,

@@ -12,6 +12,7 @@ from jaxplain.errors import InputError
 from jaxplain.types import ApplyFn, Array, PyTree
 
 from .chunks import counts_images, keep, sum_chunks
+from .marks import output, per_image
 
 
 def per_axis(value: int | tuple[int, ...], name: str, c: int) -> tuple[int, int, int]:
@@ -39,6 +40,7 @@ def occlusion_windows(shape: tuple[int, int, int], window: int | tuple[int, ...]
     return math.prod(math.ceil(max(size - a, 0) / b) + 1 for size, a, b in zip(shape, win, st))
 
 
+@per_image(baseline=3)
 @counts_images(forward_only=True)
 def occlusion(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, window: int | tuple[int, ...] = (15, 15),
               strides: int | tuple[int, ...] = (8, 8), baseline: float | Array = 0.0, chunk: int | None = 16) -> Array:
@@ -92,6 +94,8 @@ def rise_masks(key: Array, n: int, shape: tuple[int, int], cells: int = 7, p: fl
     return jax.vmap(lambda k: _mask(k, shape, cells, p))(jax.random.split(key, n))
 
 
+@output("map")
+@per_image(baseline=3)
 @counts_images(forward_only=True)
 def rise(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, masks: int = 4000, cells: int = 7,
          p: float = 0.5, baseline: float | Array = 0.0, score: str = "softmax", key: Array | None = None,

@@ -1,0 +1,72 @@
+"""What ``explain`` needs to know of a method beyond its signature, set by small decorators:
+
+- ``@output("map")``: the kind of result, ``"pixels"`` (``[H, W, C]``, the default), ``"map"``
+  (``[H, W]``: CAMs, RISE) or ``"layer"`` (a layer's shape); pictures reduce only ``"pixels"``.
+- ``@per_image(baseline=3)``: array settings that may come one per image: a value of that rank is
+  shared by the batch, one of rank + 1 with a leading ``B`` is split per image like ``images``.
+- ``@targetless``: the method ignores ``target`` (neurons, Eigen-CAM), so ``targets=None`` is fine.
+- ``@wraps_method``: the method runs another one, named by its ``base`` setting with
+  ``base_settings`` (the noise wrappers); what holds for that one holds inside.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+OUTPUTS = ("pixels", "map", "layer")
+
+
+def output(kind: str) -> Callable[[Callable], Callable]:
+    """Mark what a method returns for one image (see ``OUTPUTS``)."""
+    if kind not in OUTPUTS:
+        raise ValueError(f"output kind must be one of {OUTPUTS}, not {kind!r}")
+
+    def mark(fn: Callable) -> Callable:
+        fn.output = kind
+        return fn
+
+    return mark
+
+
+def per_image(**ranks: int) -> Callable[[Callable], Callable]:
+    """Mark array settings that may be given one per image: ``name=rank`` of one image's value."""
+
+    def mark(fn: Callable) -> Callable:
+        fn.per_image = dict(ranks)
+        return fn
+
+    return mark
+
+
+def targetless(fn: Callable) -> Callable:
+    """Mark a method that does not use its ``target``."""
+    fn.targetless = True
+    return fn
+
+
+def wraps_method(fn: Callable) -> Callable:
+    """Mark a method that runs the method of its ``base`` setting with ``base_settings``."""
+    fn.wraps_method = True
+    return fn
+
+
+def inner(fn: Callable, settings: dict[str, Any]) -> tuple[Callable, dict[str, Any]] | None:
+    """``(base method, its settings)`` of a wrapping method whose ``base`` is resolved to a
+    function, else ``None``."""
+    if not getattr(fn, "wraps_method", False):
+        return None
+    base = settings.get("base", inspect.signature(fn).parameters["base"].default)
+    return (base, dict(settings.get("base_settings") or {})) if callable(base) else None
+
+
+def output_of(fn: Callable, settings: dict[str, Any]) -> str:
+    """What ``fn`` with ``settings`` returns per image (a wrapper: what its base returns)."""
+    nested = inner(fn, settings)
+    return output_of(*nested) if nested else getattr(fn, "output", "pixels")
+
+
+def uses_target(fn: Callable, settings: dict[str, Any]) -> bool:
+    """Whether ``fn`` with ``settings`` reads its target (a wrapper: whether its base does)."""
+    nested = inner(fn, settings)
+    return uses_target(*nested) if nested else not getattr(fn, "targetless", False)

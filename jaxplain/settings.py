@@ -1,0 +1,156 @@
+"""A method's settings on their way into the compiled call: model-dependent values resolved,
+per-image keys, and the split into what is compiled in (``static``), what every image shares
+(arrays passed as arguments) and what comes one per image (split like the images).
+
+Settings nest one level per wrapping method (``smoothgrad``'s ``base_settings``); an array sits
+at a path such as ``("base_settings", "baseline")``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxplain import registry
+from jaxplain.errors import InputError
+from jaxplain.methods.layer import check_neuron
+from jaxplain.methods.marks import inner
+from jaxplain.shapes import check_layer, default_layer
+from jaxplain.types import Array, Model
+
+Path = tuple[str, ...]
+
+
+class Frozen(tuple):
+    """A dict setting in hashable form (its sorted items); ``thaw`` makes it a dict again."""
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Frozen and tuple.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash((Frozen, tuple(self)))
+
+
+def freeze(v: Any) -> Any:
+    """A hashable stand-in for a static setting: dicts become ``Frozen``, lists tuples."""
+    if isinstance(v, dict):
+        return Frozen(sorted((k, freeze(x)) for k, x in v.items()))
+    if isinstance(v, (list, tuple)):
+        return tuple(freeze(x) for x in v)
+    return v
+
+
+def thaw(v: Any) -> Any:
+    """The inverse of ``freeze`` (lists come back as tuples)."""
+    if isinstance(v, Frozen):
+        return {k: thaw(x) for k, x in v}
+    if isinstance(v, tuple):
+        return tuple(thaw(x) for x in v)
+    return v
+
+
+def is_array(v: Any) -> bool:
+    return isinstance(v, (np.ndarray, jax.Array))
+
+
+def assemble(static: dict[str, Any], arrays: dict[Path, Array]) -> dict[str, Any]:
+    """The method's keyword settings: ``static`` with each array put back at its path."""
+    out = dict(static)
+    for path, a in arrays.items():
+        node = out
+        for k in path[:-1]:
+            node[k] = node = dict(node.get(k) or {})
+        node[path[-1]] = a
+    return out
+
+
+def resolve_for_model(fn: Callable, model: Model, image_shape: tuple[int, ...], settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings that need the model, for ``fn`` and any method it wraps: a missing ``layer`` is
+    the last conv layer; layers and neurons are checked; ``baseline="black"`` is the preprocessed
+    black image. ``settings`` must come from ``registry.resolve``."""
+    settings = dict(settings)
+    known = registry.settings_of(fn)
+    if "layer" in known:
+        if settings.get("layer") is None:
+            settings["layer"] = default_layer(model, image_shape)
+        shape = check_layer(model, image_shape, settings["layer"], spatial=getattr(fn, "spatial_layer", False))
+        if "neuron" in known:
+            check_neuron(shape, settings.get("neuron"))
+    if isinstance(settings.get("baseline"), str) and settings["baseline"] == "black":
+        black = np.zeros((1, *image_shape[:2], 3), np.uint8)
+        settings["baseline"] = jnp.asarray(model.preprocess(black)[0], jnp.float32)
+    nested = inner(fn, settings)
+    if nested:
+        settings["base_settings"] = resolve_for_model(nested[0], model, image_shape, nested[1])
+    return settings
+
+
+def image_keys(key: Any, n: int) -> Array | None:
+    """One key per image: ``fold_in(key, i)`` for image ``i`` of a single key (a ``jax.random``
+    key, typed or raw, or an int seed), or ``key`` itself when it already holds ``n`` keys."""
+    if key is None:
+        return None
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        key = jax.random.key(int(key))
+    if not hasattr(key, "dtype") or not hasattr(key, "shape"):
+        raise InputError(f"key must be a jax.random.key(...), an int seed or one key per image, got {type(key).__name__}")
+    typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+    one = () if typed else (2,)
+    if not typed and key.dtype != jnp.uint32:
+        raise InputError(f"key must be a jax.random.key(...), an int seed or one key per image, got an array of {key.dtype}")
+    if tuple(key.shape) == one:
+        return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
+    if tuple(key.shape) == (n, *one):
+        return jnp.asarray(key)
+    raise InputError(f"key must be one key or one per image ({n}), got shape {tuple(key.shape)}")
+
+
+class Split(NamedTuple):
+    """``static``: the settings compiled in, without arrays; ``shared``: arrays every image uses;
+    ``per_image``: arrays with a leading batch axis, one entry per image; both keyed by path."""
+
+    static: dict[str, Any]
+    shared: dict[Path, Array]
+    per_image: dict[Path, Array]
+
+
+def split(fn: Callable, settings: dict[str, Any], n: int, path: Path = ()) -> Split:
+    """Sort ``settings`` (resolved) into a ``Split`` for a batch of ``n`` images. An array
+    setting ``fn`` marks ``per_image`` (``methods.marks``) is per image when it has one axis more
+    than one image's value; its leading axis must then be ``n``."""
+    ranks = getattr(fn, "per_image", {})
+    nested = inner(fn, settings)
+    out = Split({}, {}, {})
+    for k, v in settings.items():
+        if k == "base_settings" and nested:
+            part = split(nested[0], nested[1], n, (*path, k))
+            out.static[k] = part.static
+            out.shared.update(part.shared)
+            out.per_image.update(part.per_image)
+        elif is_array(v):
+            if k in ranks and np.ndim(v) == ranks[k] + 1:
+                if v.shape[0] != n:
+                    raise InputError(f"{k} has shape {tuple(v.shape)}: one per image needs {n} along its first axis "
+                                     f"(the batch), or pass one {k} for all images")
+                out.per_image[(*path, k)] = jnp.asarray(v)
+            else:
+                out.shared[(*path, k)] = jnp.asarray(v)
+        else:
+            out.static[k] = v
+    return out
+
+
+def frozen(static: dict[str, Any]) -> Frozen:
+    """``static`` as a hashable cache key, or an ``InputError`` naming the setting that is not."""
+    for k, v in static.items():
+        try:
+            hash(freeze(v))
+        except TypeError:
+            raise InputError(f"setting {k}={v!r} is neither a literal, a function nor an array") from None
+    return freeze(static)

@@ -1,0 +1,86 @@
+"""What a model's layers and logits look like for an image shape (traced once, never compiled),
+and the checks that images, layers and neurons fit the model."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxplain.errors import InputError
+from jaxplain.types import Array, Model
+
+
+@functools.lru_cache(maxsize=64)
+def _shapes(apply: Callable, struct: Any, shape: tuple[int, ...]) -> tuple[tuple[int, ...], dict[str, tuple[int, ...]]]:
+    """``(logits shape, {layer: activation shape})`` for one image, from one trace (no compile)."""
+    params = jax.tree.unflatten(struct[0], struct[1])
+    logits, acts = jax.eval_shape(lambda p, x: apply(p, x), params, jax.ShapeDtypeStruct(shape, jnp.float32))
+    return logits.shape, {k: v.shape for k, v in acts.items()}
+
+
+def params_struct(model: Model) -> tuple:
+    """``(treedef, leaf shapes)`` of the weights: a hashable key for caches that depend on shapes only."""
+    leaves, treedef = jax.tree.flatten(model.params)
+    return (treedef, tuple(jax.ShapeDtypeStruct(l.shape, l.dtype) for l in leaves))
+
+
+def layer_shapes(model: Model, image_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """Every layer's activation shape for one image of ``image_shape`` (traced, not compiled)."""
+    return _shapes(model.apply, params_struct(model), tuple(image_shape))[1]
+
+
+def default_layer(model: Model, image_shape: tuple[int, ...]) -> str:
+    """The last convolutional layer the model names (the last spatial one if none says conv)."""
+    shapes = layer_shapes(model, image_shape)
+    spatial = [name for name in model.layers if len(shapes.get(name, ())) == 3]
+    convs = [name for name in spatial if "conv" in name]
+    if not (convs or spatial):
+        raise InputError(f"{model.name} has no spatial layer [h, w, K]")
+    return (convs or spatial)[-1]
+
+
+def check_layer(model: Model, image_shape: tuple[int, ...], layer: str, *, spatial: bool = False) -> tuple[int, ...]:
+    """The layer's activation shape, or an ``InputError`` naming the valid layers."""
+    shapes = layer_shapes(model, image_shape)
+    if layer not in shapes:
+        raise InputError(f"unknown layer {layer!r}; {model.name}'s layers: {', '.join(model.layers)}")
+    if spatial and len(shapes[layer]) != 3:
+        raise InputError(f"layer {layer!r} has shape {shapes[layer]}: CAM methods need a spatial layer [h, w, K]")
+    return shapes[layer]
+
+
+def num_classes(model: Model, image_shape: tuple[int, ...]) -> int:
+    """Number of logits ``model.apply`` gives for one image of ``image_shape`` (traced, not compiled)."""
+    shape = _shapes(model.apply, params_struct(model), tuple(image_shape))[0]
+    if len(shape) != 1:
+        raise InputError(f"{model.name} outputs {shape} per image, not a vector of logits: it has no classifier")
+    return shape[0]
+
+
+def check_images(model: Model, images: Any) -> Array:
+    """Preprocessed float images ``[B, H, W, C]`` that fit ``model``, or an ``InputError``."""
+    a = images if isinstance(images, jax.Array) else np.asarray(images)
+    if a.ndim != 4:
+        hint = " (add a batch axis: images[None])" if a.ndim == 3 else ""
+        raise InputError(f"images must be a batch [B, H, W, C], got shape {a.shape}{hint}")
+    if not jnp.issubdtype(a.dtype, jnp.floating):
+        raise InputError(f"images must be preprocessed floats (model.preprocess), got dtype {a.dtype}")
+    if a.shape[0] == 0:
+        raise InputError("images is an empty batch")
+    channels = getattr(model, "channels", 3)
+    if a.shape[-1] != channels:
+        raise InputError(f"{model.name} takes {channels} channels, got images of shape {a.shape}")
+    hw = tuple(a.shape[1:3])
+    if model.input_size is not None and hw != tuple(model.input_size):
+        raise InputError(f"{model.name} takes {model.input_size[0]}x{model.input_size[1]} images, got {hw[0]}x{hw[1]}")
+    if min(hw) < model.min_size:
+        raise InputError(f"{model.name} needs images of at least {model.min_size}x{model.min_size}, got {hw[0]}x{hw[1]}")
+    a = jnp.asarray(a, jnp.float32)
+    if not bool(jnp.isfinite(a).all()):
+        bad = np.unique(np.nonzero(~np.isfinite(np.asarray(a)))[0])
+        raise InputError(f"images {bad.tolist()[:8]} contain NaN or infinite pixels")
+    return a
