@@ -9,8 +9,9 @@
 - ``weights=path``: a Keras ``.h5``, torch ``.pth`` or safetensors file, format read from its
   bytes; read and converted on every load, never copied into the cache.
 
-``source`` picks the head semantics and the preprocessing: Keras' (Caffe BGR, flatten, 224x224
-only) or torchvision's (RGB mean/std, adaptive pool, any size from 32 up).
+``source`` picks the head semantics, the preprocessing and the resize: Keras' (Caffe BGR, flatten,
+224x224 only, nearest resize) or torchvision's (RGB mean/std, adaptive pool, any size from 32 up,
+resize and centre crop). ``build`` puts these facts on the ``Model``.
 """
 
 from __future__ import annotations
@@ -37,12 +38,15 @@ def _apply(config: VGGConfig):
 
 
 def build(config: VGGConfig, params: dict, *, source: str) -> Model:
-    """A ``Model`` from a configuration and its parameters (nested dict ``layer -> param``)."""
+    """A ``Model`` from a configuration and its parameters (nested dict ``layer -> param``), with
+    ``source``'s preprocessing, resize and channel order."""
     return Model(
         apply=_apply(config),
         params=jax.device_put(params),
         layers=config.layers,
         preprocess=imagenet.PREPROCESS[source],
+        resize=imagenet.RESIZE[source],
+        channel_order=imagenet.CHANNEL_ORDER[source],
         input_size=config.input_size,
         name=config.name,
         source=source,
