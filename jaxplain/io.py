@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,18 +16,34 @@ from jaxplain.types import Model
 _HIGH_BIT = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
+def _too_many_pixels(path: str | os.PathLike, e: Exception) -> ImageError:
+    """The error for a picture over Pillow's ``MAX_IMAGE_PIXELS`` (its count, from Pillow's message)."""
+    found = re.search(r"\((\d+) pixels\)", str(e))
+    count = f"{int(found[1])} pixels" if found else "more pixels than that"
+    return ImageError(
+        f"{path}: {count}, above the limit of {Image.MAX_IMAGE_PIXELS} pixels "
+        "(PIL.Image.MAX_IMAGE_PIXELS); refused unread as a possible decompression bomb"
+    )
+
+
 def read_image(path: str | os.PathLike) -> Image.Image:
     """Open an image as 8-bit RGB, turned upright by its EXIF orientation.
 
     Accepts RGB, RGBA and LA (alpha dropped), grayscale, palette, CMYK and 16-bit images (scaled
-    by 1/257 to 8 bits).
+    by 1/257 to 8 bits). Pictures of more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels are refused
+    from their header, before decoding (``ImageError``).
     """
     try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
-            img.load()
+        with warnings.catch_warnings():
+            # Pillow only warns between MAX_IMAGE_PIXELS and twice that: refuse those too.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img = ImageOps.exif_transpose(img)
+                img.load()
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise _too_many_pixels(path, e) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{path}: not a readable image ({e})") from None
     if img.mode in _HIGH_BIT:
