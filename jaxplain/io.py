@@ -3,29 +3,47 @@
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from jaxplain.errors import ImageError
+from jaxplain.errors import ImageError, InputError
 from jaxplain.types import Model
 
 _HIGH_BIT = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
+def _too_many_pixels(path: str | os.PathLike, e: Exception) -> ImageError:
+    """The error for a picture over Pillow's ``MAX_IMAGE_PIXELS`` (its count, from Pillow's message)."""
+    found = re.search(r"\((\d+) pixels\)", str(e))
+    count = f"{int(found[1])} pixels" if found else "more pixels than that"
+    return ImageError(
+        f"{path}: {count}, above the limit of {Image.MAX_IMAGE_PIXELS} pixels "
+        "(PIL.Image.MAX_IMAGE_PIXELS); refused unread as a possible decompression bomb"
+    )
+
+
 def read_image(path: str | os.PathLike) -> Image.Image:
     """Open an image as 8-bit RGB, turned upright by its EXIF orientation.
 
-    Accepts RGB, RGBA and LA (alpha dropped, as Keras and torchvision do), grayscale, palette,
-    CMYK and 16-bit images (scaled by 1/257 to 8 bits).
+    Accepts RGB, RGBA and LA (alpha dropped), grayscale, palette, CMYK and 16-bit images (scaled
+    by 1/257 to 8 bits). Pictures of more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels are refused
+    from their header, before decoding (``ImageError``).
     """
     try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
-            img.load()
+        with warnings.catch_warnings():
+            # Pillow only warns between MAX_IMAGE_PIXELS and twice that: refuse those too.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img = ImageOps.exif_transpose(img)
+                img.load()
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise _too_many_pixels(path, e) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{path}: not a readable image ({e})") from None
     if img.mode in _HIGH_BIT:
@@ -39,39 +57,24 @@ def read_image(path: str | os.PathLike) -> Image.Image:
     return img.convert("RGB")
 
 
-def resize_keras(img: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """``keras.utils.load_img(target_size=size)``: a nearest-neighbour resize to ``(H, W)``."""
-    return img.resize((size[1], size[0]), Image.Resampling.NEAREST)
-
-
-def resize_torchvision(img: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """torchvision ``Resize(256)`` + ``CenterCrop(224)``, scaled to ``size``: bilinear resize of
-    the shorter side to ``size * 256/224``, then the centre crop."""
-    short_target = round(min(size) * 256 / 224)
-    w, h = img.size
-    if w <= h:
-        new = (short_target, int(short_target * h / w))
-    else:
-        new = (int(short_target * w / h), short_target)
-    img = img.resize(new, Image.Resampling.BILINEAR)
-    top = int(round((new[1] - size[0]) / 2.0))
-    left = int(round((new[0] - size[1]) / 2.0))
-    return img.crop((left, top, left + size[1], top + size[0]))
+def resize_bilinear(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """A plain bilinear resize to ``(H, W)``: what a model without its own ``resize`` gets."""
+    return img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
 
 
 def load_image(path: str | os.PathLike, model: Model | None = None, *, size: tuple[int, int] | None = None) -> np.ndarray:
-    """``uint8 [H, W, 3]`` RGB at the model's input size, resized as its weights' framework does.
+    """``uint8 [H, W, 3]`` RGB at the model's input size, brought there by ``model.resize`` (how
+    its weights expect it; bilinear when the model has none, or without a model).
 
-    Keras weights: nearest resize to 224x224 (``keras.utils.load_img``); torchvision weights:
-    resize the shorter side to 256 and centre-crop 224. ``size`` overrides the model's size.
+    ``size`` ``(H, W)`` overrides the model's ``input_size``; the default is 224x224.
     """
     img = read_image(path)
     size = size or (model.input_size if model is not None else None) or (224, 224)
-    if model is not None and model.source == "torchvision":
-        img = resize_torchvision(img, size)
-    else:
-        img = resize_keras(img, size)
-    return np.asarray(img, np.uint8)
+    resize = (model.resize if model is not None else None) or resize_bilinear
+    img = resize(img, size)
+    if img.size != (size[1], size[0]):
+        raise InputError(f"{path}: the model's resize gave a {img.size[1]}x{img.size[0]} picture, not {size[0]}x{size[1]}")
+    return np.asarray(img.convert("RGB"), np.uint8)
 
 
 def save_png(path: str | os.PathLike, rgb: np.ndarray) -> None:

@@ -16,10 +16,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
 import jax
 import numpy as np
+
+from jaxplain.errors import InputError
+
+if TYPE_CHECKING:
+    import PIL.Image
 
 Array = jax.Array
 PyTree = Any
@@ -49,6 +54,10 @@ class Model:
       name: a short name such as ``"vgg16"``.
       source: where the weights came from (``"keras"``, ``"torchvision"``, ``"random"``).
       min_size: the smallest spatial size ``apply`` accepts.
+      resize: ``(picture, (H, W)) -> picture of that size``, how these weights expect a picture
+        brought to the input size; ``None``: a plain bilinear resize to ``(H, W)``.
+      channel_order: the order of the input channels after ``preprocess``, ``"RGB"`` or
+        ``"BGR"`` (Caffe's and Keras' VGG weights).
     """
 
     apply: ApplyFn
@@ -59,6 +68,14 @@ class Model:
     name: str = "model"
     source: str = "random"
     min_size: int = 1
+    resize: Callable[[PIL.Image.Image, tuple[int, int]], PIL.Image.Image] | None = None
+    channel_order: str = "RGB"
+
+    def __post_init__(self) -> None:
+        if self.channel_order not in ("RGB", "BGR"):
+            raise InputError(f"channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}")
+        if self.resize is not None and not callable(self.resize):
+            raise InputError(f"resize must be a function (picture, (H, W)) -> picture or None, got {type(self.resize).__name__}")
 
     def __call__(self, batch: Array) -> Array:
         """Logits ``[B, K]`` of a preprocessed batch ``[B, H, W, C]`` (jitted)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from jaxplain.errors import InputError
+from jaxplain.types import Model
 
 # Anchor colours (position, RGB) of two maps, linearly interpolated into 256-entry tables.
 _ANCHORS = {
@@ -95,9 +96,10 @@ def feature_maps(acts: np.ndarray, channels: list[int] | None = None, cols: int 
     return grid(tiles, cols=cols)
 
 
-def filters(model, layer: str | None = None, cols: int = 16, scale: int = 8) -> np.ndarray:
+def filters(model: Model, layer: str | None = None, cols: int = 16, scale: int = 8) -> np.ndarray:
     """The first conv layer's filters (``[kh, kw, 3, K]`` kernels) as a grid of small RGB pictures,
-    each filter min-max normalised; ``layer`` defaults to the model's first layer."""
+    each filter min-max normalised and read in ``model.channel_order`` (BGR kernels are flipped);
+    ``layer`` defaults to the model's first layer. Returns ``uint8 [h, w, 3]``."""
     layer = layer or model.layers[0]
     try:
         kernel = np.asarray(model.params[layer]["kernel"])
@@ -105,7 +107,7 @@ def filters(model, layer: str | None = None, cols: int = 16, scale: int = 8) -> 
         raise InputError(f"{model.name} has no kernel for layer {layer!r}") from None
     if kernel.ndim != 4 or kernel.shape[2] != 3:
         raise InputError(f"layer {layer!r} has a kernel of shape {kernel.shape}: filters shows 3-channel (first-layer) kernels")
-    if getattr(model, "source", None) == "keras":  # Caffe weights read BGR
+    if model.channel_order == "BGR":  # shown as RGB pictures
         kernel = kernel[:, :, ::-1]
     tiles = []
     for k in range(kernel.shape[-1]):

@@ -4,11 +4,14 @@
 
 - ``weights=None``: seeded random weights (torchvision's initialisation).
 - ``weights="imagenet"``: the published file of ``source`` (``"keras"``, the default, as
-  Keras' ``VGG16(weights="imagenet")``; or ``"torchvision"``), downloaded, verified and cached.
-- ``weights=path``: a Keras ``.h5``, torch ``.pth`` or safetensors file, format read from its bytes.
+  Keras' ``VGG16(weights="imagenet")``; or ``"torchvision"``), downloaded, verified and cached
+  (the download and its conversion, under ``$JAXPLAIN_HOME``).
+- ``weights=path``: a Keras ``.h5``, torch ``.pth`` or safetensors file, format read from its
+  bytes; read and converted on every load, never copied into the cache.
 
-``source`` picks the head semantics and the preprocessing: Keras' (Caffe BGR, flatten, 224x224
-only) or torchvision's (RGB mean/std, adaptive pool, any size from 32 up).
+``source`` picks the head semantics, the preprocessing and the resize: Keras' (Caffe BGR, flatten,
+224x224 only, nearest resize) or torchvision's (RGB mean/std, adaptive pool, any size from 32 up,
+resize and centre crop). ``build`` puts these facts on the ``Model``.
 """
 
 from __future__ import annotations
@@ -35,12 +38,15 @@ def _apply(config: VGGConfig):
 
 
 def build(config: VGGConfig, params: dict, *, source: str) -> Model:
-    """A ``Model`` from a configuration and its parameters (nested dict ``layer -> param``)."""
+    """A ``Model`` from a configuration and its parameters (nested dict ``layer -> param``), with
+    ``source``'s preprocessing, resize and channel order."""
     return Model(
         apply=_apply(config),
         params=jax.device_put(params),
         layers=config.layers,
         preprocess=imagenet.PREPROCESS[source],
+        resize=imagenet.RESIZE[source],
+        channel_order=imagenet.CHANNEL_ORDER[source],
         input_size=config.input_size,
         name=config.name,
         source=source,
@@ -57,14 +63,18 @@ def vgg(
     seed: int = 0,
     cache: bool = True,
 ) -> Model:
-    """A VGG of ``arch`` (``vgg11``/``vgg13``/``vgg16``/``vgg19``) with the weights asked for."""
+    """A VGG of ``arch`` (``vgg11``/``vgg13``/``vgg16``/``vgg19``) with the weights asked for.
+
+    ``seed`` seeds random weights (``weights=None``); ``cache=False`` neither reads nor writes the
+    converted copy of downloaded weights.
+    """
     if arch not in BLOCKS:
         raise InputError(f"unknown architecture {arch!r}; expected one of {sorted(BLOCKS)}")
     if source is not None and source not in SOURCES:
         raise InputError(f"unknown weight source {source!r}; expected one of {SOURCES}")
-    local = weights is not None and weights != "imagenet"
-    if local:
-        file_source, has_top = _weights.file_info(weights)
+    raw = _weights.read_raw(weights) if weights is not None and weights != "imagenet" else None
+    if raw is not None:  # a local file: read once, here, and converted in memory (never cached)
+        file_source, has_top = _weights.file_info(raw)
         source = source or file_source
         include_top = has_top if include_top is None else include_top
     source = source or "keras"
@@ -73,18 +83,15 @@ def vgg(
 
     if weights is None:
         return build(config, random_params(config, seed), source=source)
-    if local:
-        loader = functools.partial(_weights.load_file, weights, config)
-        tag = _weights.file_tag(weights)
-    else:
-        pub = _weights.published(arch, source, include_top)
-        loader = lambda: _weights.load_file(_weights.fetch(pub), config)  # noqa: E731
-        tag = "imagenet"
-    cached = _weights.cache_path(config, source, tag)
+    if raw is not None:
+        params = _weights.convert_raw(raw, config, origin=f"file {os.path.basename(weights)}")
+        return build(config, params, source=source)
+    # The published file: downloaded once, and its conversion kept beside it (``cache``).
+    cached = _weights.cache_path(config, source)
     if cache and cached.exists():
         params = _weights.load_cached(cached, config)
     else:
-        params = loader()
+        params = _weights.load_file(_weights.fetch(_weights.published(arch, source, include_top)), config)
         if cache:
             _weights.save_params(params, cached, source)
     return build(config, params, source=source)

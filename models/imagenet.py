@@ -1,4 +1,5 @@
-"""ImageNet facts: class labels, and the preprocessing each weight source was trained with."""
+"""ImageNet facts: class labels, and the preprocessing, resize and channel order of each weight
+source (``PREPROCESS``, ``RESIZE``, ``CHANNEL_ORDER``: what ``models.build`` puts on a Model)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from importlib import resources
 from typing import Callable
 
 import numpy as np
+from PIL import Image
 
 from jaxplain.errors import InputError
 
@@ -41,6 +43,36 @@ PREPROCESS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "keras": preprocess_caffe,
     "torchvision": preprocess_torch,
 }
+
+
+def resize_keras(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """``keras.utils.load_img(target_size=size)``: a nearest-neighbour resize to ``(H, W)``."""
+    return img.resize((size[1], size[0]), Image.Resampling.NEAREST)
+
+
+def resize_torchvision(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """torchvision ``Resize(256)`` + ``CenterCrop(224)``, scaled to ``size`` ``(H, W)``: bilinear
+    resize of the shorter side to ``min(size) * 256/224``, then the centre crop."""
+    short_target = round(min(size) * 256 / 224)
+    w, h = img.size
+    if w <= h:
+        new = (short_target, int(short_target * h / w))
+    else:
+        new = (int(short_target * w / h), short_target)
+    img = img.resize(new, Image.Resampling.BILINEAR)
+    top = int(round((new[1] - size[0]) / 2.0))
+    left = int(round((new[0] - size[1]) / 2.0))
+    return img.crop((left, top, left + size[1], top + size[0]))
+
+
+# How each source's weights expect a picture brought to the input size.
+RESIZE: dict[str, Callable[[Image.Image, tuple[int, int]], Image.Image]] = {
+    "keras": resize_keras,
+    "torchvision": resize_torchvision,
+}
+
+# The order of the input channels after preprocessing (Keras' VGGs are Caffe's: BGR).
+CHANNEL_ORDER: dict[str, str] = {"keras": "BGR", "torchvision": "RGB"}
 
 
 @functools.cache

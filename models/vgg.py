@@ -15,7 +15,7 @@ import dataclasses
 from typing import Mapping
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jaxplain.errors import InputError
@@ -82,32 +82,26 @@ class VGGConfig:
         return 2 ** len(self.blocks)
 
 
-def _conv_init(key: Array, shape: tuple[int, ...], dtype: jnp.dtype = jnp.float32) -> Array:
-    # He normal with fan-out, as torchvision initialises VGG.
-    fan_out = shape[0] * shape[1] * shape[3]
-    return jax.random.normal(key, shape, dtype) * jnp.sqrt(2.0 / fan_out).astype(dtype)
-
-
-def _fc_init(key: Array, shape: tuple[int, ...], dtype: jnp.dtype = jnp.float32) -> Array:
-    return jax.random.normal(key, shape, dtype) * jnp.asarray(0.01, dtype)
-
-
 class VGG(nnx.Module):
-    """The network; ``__call__(x [H, W, 3], taps, relu) -> (logits, acts)`` on one image."""
+    """The network; ``__call__(x [H, W, 3], taps, relu) -> (logits, acts)`` on one image.
+
+    Only its structure is used (``abstract_state``): the values its constructor draws are never
+    kept; seeded random weights come from ``random_params``.
+    """
 
     def __init__(self, config: VGGConfig, *, rngs: nnx.Rngs):
         self.config = config
         cin = 3
         for (b, n), width in zip(enumerate(config.blocks, 1), config.widths):
             for i in range(1, n + 1):
-                conv = nnx.Conv(cin, width, (3, 3), padding="SAME", kernel_init=_conv_init, rngs=rngs)
+                conv = nnx.Conv(cin, width, (3, 3), padding="SAME", rngs=rngs)
                 setattr(self, f"block{b}_conv{i}", conv)
                 cin = width
         if config.include_top:
             flat = config.grid * config.grid * cin
-            self.fc1 = nnx.Linear(flat, config.fc, kernel_init=_fc_init, rngs=rngs)
-            self.fc2 = nnx.Linear(config.fc, config.fc, kernel_init=_fc_init, rngs=rngs)
-            self.predictions = nnx.Linear(config.fc, config.classes, kernel_init=_fc_init, rngs=rngs)
+            self.fc1 = nnx.Linear(flat, config.fc, rngs=rngs)
+            self.fc2 = nnx.Linear(config.fc, config.fc, rngs=rngs)
+            self.predictions = nnx.Linear(config.fc, config.classes, rngs=rngs)
 
     def __call__(
         self, x: Array, taps: Mapping[str, Array] | None = None, relu: Relu | None = None
@@ -149,9 +143,41 @@ def abstract_state(config: VGGConfig) -> tuple[nnx.GraphDef, nnx.State]:
     return nnx.split(nnx.eval_shape(lambda: VGG(config, rngs=nnx.Rngs(0))))
 
 
-def random_params(config: VGGConfig, seed: int = 0) -> PyTree:
-    """Seeded random weights (torchvision's initialisation) as a nested dict."""
-    return nnx.to_pure_dict(nnx.state(VGG(config, rngs=nnx.Rngs(seed))))
+def param_shapes(config: VGGConfig) -> dict[str, dict[str, tuple[int, ...]]]:
+    """``layer -> {"kernel": shape, "bias": shape}`` in forward order: conv kernels
+    ``[3, 3, C_in, C_out]``, dense kernels ``[in, out]`` (the keys and shapes ``apply`` reads)."""
+    shapes: dict[str, dict[str, tuple[int, ...]]] = {}
+    cin = 3
+    for (b, n), width in zip(enumerate(config.blocks, 1), config.widths):
+        for i in range(1, n + 1):
+            shapes[f"block{b}_conv{i}"] = {"kernel": (3, 3, cin, width), "bias": (width,)}
+            cin = width
+    if config.include_top:
+        dims = {"fc1": (config.grid * config.grid * cin, config.fc), "fc2": (config.fc, config.fc),
+                "predictions": (config.fc, config.classes)}
+        shapes.update({name: {"kernel": d, "bias": d[1:]} for name, d in dims.items()})
+    return shapes
+
+
+def random_params(config: VGGConfig, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+    """Seeded random float32 weights with torchvision's VGG initialisation, as a nested dict.
+
+    Conv kernels ``[3, 3, C_in, C_out]``: He normal with fan-out, std ``sqrt(2 / (9 * C_out))``;
+    dense kernels: normal(0, 0.01); biases 0. Drawn with NumPy's ``default_rng(seed)`` layer by
+    layer in forward order, so a model without its top has the same conv weights as one with it.
+    """
+    rng = np.random.default_rng(seed)
+    params = {}
+    for name, shapes in param_shapes(config).items():
+        kernel = rng.standard_normal(shapes["kernel"], dtype=np.float32)
+        if len(shapes["kernel"]) == 4:  # He normal, fan-out = kh * kw * C_out (torch's fan_out)
+            kh, kw, _, cout = shapes["kernel"]
+            std = np.sqrt(2.0 / (kh * kw * cout))
+        else:
+            std = 0.01
+        kernel *= np.float32(std)
+        params[name] = {"kernel": kernel, "bias": np.zeros(shapes["bias"], np.float32)}
+    return params
 
 
 def make_apply(config: VGGConfig):

@@ -1,4 +1,9 @@
-"""Labels, preprocessing and image loading against Keras and hand-computed geometry."""
+"""Labels, preprocessing and image loading against Keras and hand-computed geometry; the resize
+and channel order a Model carries; pictures too large to decode."""
+
+import math
+import struct
+import zlib
 
 import keras
 import numpy as np
@@ -6,9 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from jaxplain import ImageError, InputError, models
+from jaxplain import ImageError, InputError, models, viz
 from jaxplain.io import load_image, read_image
 from jaxplain.models import imagenet
+from jaxplain.types import Model
 
 
 def test_classes():
@@ -41,15 +47,24 @@ def test_torch_preprocessing_is_normalize():
     np.testing.assert_allclose(imagenet.preprocess_torch(img), want, rtol=1e-5, atol=1e-5)
 
 
+def _zoo_model(source):
+    """A model as the zoo builds it for ``source`` (VGG16's depth and head, one channel a layer)."""
+    cfg = models.VGGConfig(widths=(1, 1, 1, 1, 1), fc=2, classes=2, head=source, name="narrow")
+    return models.build(cfg, models.random_params(cfg), source=source)
+
+
 def _keras_model():
-    cfg = models.VGGConfig(include_top=True, head="keras")
-    return models.Model(apply=None, params=None, layers=(), preprocess=imagenet.preprocess_caffe,
-                        input_size=cfg.input_size, source="keras")
+    return _zoo_model("keras")
 
 
 def _tv_model():
-    return models.Model(apply=None, params=None, layers=(), preprocess=imagenet.preprocess_torch,
-                        input_size=None, source="torchvision")
+    return _zoo_model("torchvision")
+
+
+def test_zoo_models_carry_their_sources_facts():
+    k, t = _keras_model(), _tv_model()
+    assert (k.resize, k.channel_order, k.input_size) == (imagenet.resize_keras, "BGR", (224, 224))
+    assert (t.resize, t.channel_order, t.input_size) == (imagenet.resize_torchvision, "RGB", None)
 
 
 def test_keras_loading_matches_keras_load_img(tmp_path):
@@ -127,3 +142,88 @@ def test_bad_images(tmp_path, content):
         read_image(path)
     with pytest.raises(ImageError, match="no such file"):
         read_image(tmp_path / "missing.png")
+
+
+# ---------------------------------------------------------------- a Model's own resize and channel order
+
+
+def _bare_model(**fields):
+    return Model(apply=None, params=None, layers=(), preprocess=imagenet.preprocess_torch, input_size=None, **fields)
+
+
+def test_load_image_uses_the_models_resize(tmp_path):
+    path = tmp_path / "s.png"
+    img = np.random.default_rng(3).integers(0, 256, (40, 60, 3)).astype(np.uint8)
+    Image.fromarray(img).save(path)
+    seen = []
+
+    def top_left(picture, size):  # crop instead of resizing: nothing Pillow's resizes give
+        seen.append((picture.size, size))
+        return picture.crop((0, 0, size[1], size[0]))
+
+    got = load_image(path, _bare_model(resize=top_left), size=(16, 24))
+    assert seen == [((60, 40), (16, 24))]  # the whole picture in, (H, W) asked for
+    np.testing.assert_array_equal(got, img[:16, :24])
+    # No resize on the model (or no model): a bilinear resize to (H, W).
+    want = np.asarray(Image.fromarray(img).resize((24, 16), Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(load_image(path, _bare_model(), size=(16, 24)), want)
+    np.testing.assert_array_equal(load_image(path, size=(16, 24)), want)
+
+
+def test_resize_of_the_wrong_size_and_bad_fields(tmp_path):
+    path = tmp_path / "s.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path)
+    half = _bare_model(resize=lambda p, size: p.resize((size[1] // 2, size[0] // 2)))
+    with pytest.raises(InputError, match=r"s.png: the model's resize gave a 4x6 picture, not 8x12"):
+        load_image(path, half, size=(8, 12))
+    with pytest.raises(InputError, match="channel_order must be 'RGB' or 'BGR', got 'GBR'"):
+        _bare_model(channel_order="GBR")
+    with pytest.raises(InputError, match="resize must be a function"):
+        _bare_model(resize="nearest")
+
+
+def test_filters_read_the_models_channel_order():
+    # Filter 0 weighs only input channel 0, filter 1 only channel 2 (1x1 kernels).
+    kernel = np.zeros((1, 1, 3, 2), np.float32)
+    kernel[0, 0, 0, 0] = kernel[0, 0, 2, 1] = 1.0
+    pixels = {}
+    for order in ("RGB", "BGR"):
+        m = _bare_model(channel_order=order).replace(params={"conv": {"kernel": kernel}}, layers=("conv",))
+        pic = viz.filters(m, cols=2, scale=1)  # 2-pixel white padding around 1x1 tiles
+        pixels[order] = [tuple(pic[2, 2]), tuple(pic[2, 5])]
+    assert pixels["RGB"] == [(255, 0, 0), (0, 0, 255)]  # channel 0 is red
+    assert pixels["BGR"] == [(0, 0, 255), (255, 0, 0)]  # channel 0 is blue
+
+
+# ---------------------------------------------------------------- decompression bombs
+
+
+def _png_header(path, width, height):
+    """A PNG of signature, IHDR (8-bit RGB) and IEND only: its size is claimed, nothing is stored."""
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+    return path
+
+
+def test_decompression_bomb_is_an_image_error(tmp_path):
+    limit = Image.MAX_IMAGE_PIXELS
+    assert 20000 * 20000 > 2 * limit  # Pillow raises its DecompressionBombError here
+    path = _png_header(tmp_path / "bomb.png", 20000, 20000)
+    with pytest.raises(ImageError, match=rf"bomb.png: 400000000 pixels, above the limit of {limit} pixels"):
+        read_image(path)
+
+
+def test_just_above_max_image_pixels_is_refused(tmp_path):
+    limit = Image.MAX_IMAGE_PIXELS
+    side = math.isqrt(limit) + 1
+    assert limit < side * side <= 2 * limit  # Pillow only warns here
+    path = _png_header(tmp_path / "big.png", side, side)
+    with pytest.raises(ImageError, match=rf"big.png: {side * side} pixels, above the limit of {limit} pixels"):
+        read_image(path)
+    # The same header at a small size gets past the size check and fails for lack of data.
+    with pytest.raises(ImageError, match="small.png: not a readable image"):
+        read_image(_png_header(tmp_path / "small.png", side // 100, side // 100))

@@ -1,13 +1,19 @@
-"""The VGG port's pieces against torch: pooling (with ties), adaptive pooling, the contract."""
+"""The VGG port's pieces against torch: pooling (with ties), adaptive pooling, the contract,
+seeded random weights with torchvision's initialisation."""
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 
 from jaxplain import InputError, models
 from jaxplain.models.layers import adaptive_avg_pool, max_pool_2x2
+from jaxplain.models.vgg import abstract_state, param_shapes, random_params
+from tests.conftest import TINY
 
 
 @pytest.mark.parametrize("shape", [(6, 8, 3), (7, 9, 2)])  # odd sizes drop the last row/column
@@ -98,3 +104,65 @@ def test_unknown_arch_and_source():
         models.vgg("vgg17")
     with pytest.raises(InputError, match="unknown weight source"):
         models.vgg16(source="caffe")
+
+
+# ---------------------------------------------------------------- seeded random weights
+
+# Wide enough for sample statistics: block2_conv1 has 3*3*16*64 = 9216 weights.
+SMALL = models.VGGConfig(blocks=(1, 1), widths=(16, 64), fc=256, classes=10, grid=2, head="torchvision", name="small")
+
+
+@pytest.mark.parametrize("config", [TINY, SMALL, models.VGGConfig(), models.VGGConfig(blocks=models.BLOCKS["vgg19"], include_top=False)])
+def test_param_shapes_are_the_modules(config):
+    _, state = abstract_state(config)
+    want = jax.tree.map(lambda a: tuple(a.shape), nnx.to_pure_dict(state))
+    assert param_shapes(config) == want
+
+
+def test_random_params_are_seeded():
+    a, b, c = random_params(SMALL, seed=0), random_params(SMALL, seed=0), random_params(SMALL, seed=1)
+    assert list(a) == list(param_shapes(SMALL))
+    for layer in a:
+        for p in ("kernel", "bias"):
+            assert a[layer][p].dtype == np.float32 and a[layer][p].shape == param_shapes(SMALL)[layer][p]
+            np.testing.assert_array_equal(a[layer][p], b[layer][p])
+        assert not np.any(a[layer]["kernel"] == c[layer]["kernel"])  # another seed: other draws
+    # The convolutions do not depend on whether the model has its top.
+    notop = random_params(dataclasses.replace(SMALL, include_top=False), seed=0)
+    assert list(notop) == ["block1_conv1", "block2_conv1"]
+    np.testing.assert_array_equal(notop["block2_conv1"]["kernel"], a["block2_conv1"]["kernel"])
+
+
+def test_random_params_follow_torchvisions_initialisation():
+    """Conv kernels: He normal with fan-out, std sqrt(2 / (kh * kw * C_out)) as torch's
+    kaiming_normal_(mode="fan_out", nonlinearity="relu") (checked on torch's own draws); dense
+    kernels: normal(0, 0.01); biases 0. A sample of n weights must have its std within 6 standard
+    errors (relative 1/sqrt(2n)) of the target, its mean within 6 std/sqrt(n) of 0, and the share
+    within one std of the mean within 6 binomial errors of 68.27%. Fan-in would give a std 2x
+    (block2) or 2.3x (block1) too large, far outside these bounds."""
+
+    def check(w, std):
+        w, n = np.asarray(w, np.float64).ravel(), w.size
+        assert abs(w.std() / std - 1) <= 6 / np.sqrt(2 * n), (w.std(), std, n)
+        assert abs(w.mean()) <= 6 * std / np.sqrt(n)
+        inside = np.mean(np.abs(w) < std)
+        assert abs(inside - 0.6827) <= 6 * np.sqrt(0.6827 * 0.3173 / n)
+
+    t = torch.empty(64, 16, 3, 3)  # torch's layout: C_out, C_in, kh, kw
+    torch.manual_seed(0)
+    torch.nn.init.kaiming_normal_(t, mode="fan_out", nonlinearity="relu")
+    check(t.numpy(), np.sqrt(2 / (3 * 3 * 64)))  # the formula is torch's
+
+    params = random_params(SMALL, seed=3)
+    for layer, cout in (("block1_conv1", 16), ("block2_conv1", 64)):
+        check(params[layer]["kernel"], np.sqrt(2 / (3 * 3 * cout)))
+    for layer in ("fc1", "fc2", "predictions"):
+        check(params[layer]["kernel"], 0.01)
+    for layer in params:
+        assert not np.any(params[layer]["bias"])
+
+
+def test_random_vgg16_is_deterministic():
+    a, b = models.vgg16(include_top=False), models.vgg16(include_top=False, seed=0)
+    np.testing.assert_array_equal(a.params["block5_conv3"]["kernel"], b.params["block5_conv3"]["kernel"])
+    assert a.source == "keras" and a.params["block5_conv3"]["kernel"].shape == (3, 3, 512, 512)

@@ -123,23 +123,50 @@ def test_wrong_shape_names_layer_and_both_shapes(tmp_path):
         weights.load_file(tmp_path / "t.safetensors", TINY)
 
 
-def test_cache_round_trip(files, tmp_path, monkeypatch):
-    d, _ = files
+def test_local_files_are_read_directly_and_never_cached(files, tmp_path):
+    d, sd16 = files
+    for name in ("v16.pth", "v16.safetensors", "v16.h5", "v19.pth"):
+        arch = models.vgg19 if name.startswith("v19") else models.vgg16
+        assert arch(d / name).layers[-1] == "block5_pool"
+    home = weights.home()
+    assert not home.exists() or not [p for p in home.rglob("*") if p.is_file()]
+    # The file is read again on every load: a file changed in place gives the new weights.
     src = tmp_path / "w.pth"
-    src.write_bytes((d / "v16.pth").read_bytes())
-    first = models.vgg16(src)
-    cached = list((weights.home() / "converted").glob("*.safetensors"))
-    assert len(cached) == 1 and weights.detect_format(cached[0]) == "safetensors"
+    torch.save(sd16, src)
+    first = models.vgg16(src).params["block1_conv1"]["kernel"]
+    torch.save({k: v + 1 for k, v in sd16.items()}, src)
+    second = models.vgg16(src).params["block1_conv1"]["kernel"]
+    np.testing.assert_allclose(np.asarray(second), np.asarray(first) + 1, rtol=1e-6)
 
-    def boom(*a, **k):
-        raise AssertionError("the source file was read again")
 
-    monkeypatch.setattr(weights, "_read_torch", boom)
-    second = models.vgg16(src)  # from the cache: torch is never asked
-    for layer in first.params:
-        np.testing.assert_array_equal(first.params[layer]["kernel"], second.params[layer]["kernel"])
-    # Our cache format is itself a loadable weight file that remembers its source.
-    assert models.vgg16(cached[0]).source == "torchvision"
+def test_a_local_file_is_read_once_per_load(files, monkeypatch):
+    d, _ = files
+    reads = []
+    real = weights.READERS["torch"]
+    monkeypatch.setitem(weights.READERS, "torch", lambda p: reads.append(p) or real(p))
+    models.vgg16(d / "v16.pth")
+    assert reads == [d / "v16.pth"]
+
+
+def test_torch_conversion_layouts():
+    """Each torch conversion against its definition, element by element (odd sizes, so no two
+    axes can be swapped unnoticed), and never a view of the file's array."""
+    rng = np.random.default_rng(4)
+    oihw = rng.normal(size=(37, 5, 3, 3)).astype(np.float32)  # O, I, kh, kw
+    got = weights._oihw(oihw)
+    assert got.shape == (3, 3, 5, 37) and got.flags.c_contiguous
+    assert got[2, 1, 4, 36] == oihw[36, 4, 2, 1]
+    np.testing.assert_array_equal(got, np.einsum("oikl->klio", oihw))
+    lin = rng.normal(size=(70, 33)).astype(np.float16)  # out, in; a half-precision file
+    got = weights._linear(lin)
+    assert got.dtype == np.float32 and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, lin.T.astype(np.float32))
+    fc1 = rng.normal(size=(65, 6 * 3 * 3)).astype(np.float32)  # out, C*g*g with C=6, g=3 (C,H,W)
+    got = weights._fc1_from_chw(6, 3)(fc1)
+    c, h, w, o = 5, 2, 1, 64  # ours reads the flatten of (H, W, C): row (h*3 + w)*6 + c
+    assert got.shape == (54, 65) and got[(h * 3 + w) * 6 + c, o] == fc1[o, c * 9 + h * 3 + w]
+    bias = rng.normal(size=7).astype(np.float32)
+    assert not np.shares_memory(weights._same(bias), bias)
 
 
 # ---------------------------------------------------------------- downloads from 127.0.0.1
@@ -189,9 +216,15 @@ def test_download_verify_convert_cache(files, server, monkeypatch):
     model = models.vgg16("imagenet", include_top=False)
     assert model.source == "keras"
     assert (weights.home() / "downloads" / "v16n.h5").read_bytes() == data
-    server.files.clear()  # a second load needs no network
+    converted = list((weights.home() / "converted").iterdir())
+    assert [p.name for p in converted] == ["vgg16-keras-notop-imagenet.safetensors"]
+    server.files.clear()  # a second load needs no network, and reads the converted copy
+    monkeypatch.setitem(weights.READERS, "keras_h5", None)  # calling it would fail
     again = models.vgg16("imagenet", include_top=False)
-    np.testing.assert_array_equal(model.params["block1_conv1"]["kernel"], again.params["block1_conv1"]["kernel"])
+    for layer in model.params:
+        np.testing.assert_array_equal(model.params[layer]["kernel"], again.params[layer]["kernel"])
+    # Our cache format is itself a loadable weight file that remembers its source.
+    assert models.vgg16(converted[0]).source == "keras"
 
 
 def test_download_hash_mismatch_leaves_nothing(files, server, monkeypatch):
