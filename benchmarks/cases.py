@@ -21,6 +21,9 @@ def cases():
             if batch == 128 and name not in GRADIENT_ANCHORS:
                 continue  # 128 images x 16 path points does not fit one device's memory
             out.append(pytest.param("vgg16", spec, batch, id=f"vgg16-{name}-{batch}"))
+    for batch in (1, 8):  # exact mode's third-order passes: the tiny model only (VGG16: ~1e14 FLOP per image)
+        out.append(pytest.param("tiny", "grad_cam_pp(derivatives='exact')", batch, marks=pytest.mark.quick,
+                                id=f"tiny-grad_cam_pp_exact-{batch}"))
     for spec, batch in QUICK_VGG16:
         out.append(pytest.param("vgg16", spec, batch, marks=pytest.mark.quick, id=f"vgg16-quick-{spec}-{batch}"))
     return out

@@ -36,7 +36,10 @@ def _pool_jvp(primals: tuple[Array], tangents: tuple[Array]) -> tuple[Array, Arr
     (x,), (t,) = primals, tangents
     win = _windows(x)
     first = jax.nn.one_hot(jnp.argmax(win, axis=-1), 4, dtype=x.dtype)
-    return win.max(axis=-1), jnp.sum(_windows(t) * first, axis=-1)
+    # The max taken as the selection of the first maximum, so derivatives of this rule (forward
+    # over forward: Grad-CAM++'s exact mode) route through the first maximum too; ``win.max``
+    # would split them among tied maxima there.
+    return jnp.sum(win * first, axis=-1), jnp.sum(_windows(t) * first, axis=-1)
 
 
 def adaptive_pool_matrix(n: int, out: int) -> np.ndarray:

@@ -3,6 +3,8 @@ gradient x activation, layer IG, neuron gradient, guided Grad-CAM); the variants
 against their papers' formulas evaluated by hand; Grad-CAM++'s exact derivatives against finite
 differences; Score-CAM against a plain loop; feature visualisation; bad input."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -243,6 +245,23 @@ def test_feature_visualisation(pair):
     np.testing.assert_array_equal(jaxplain.visualize_features(m, LAYER, alive, **kw), imgs)
 
 
+def test_feature_visualisation_compiles_once_per_shape(pair):
+    """The ascent is one jitted program per settings, the weights an argument: other channels
+    and other weights of the same shapes reuse it (it was re-jitted on every call)."""
+    from jaxplain.features import _optimiser
+
+    _, m = pair
+    m = m.replace(input_size=(32, 32))
+    kw = dict(steps=4, key=jax.random.key(0), param="pixel", jitter=0)
+    jaxplain.visualize_features(m, LAYER, [0, 1], **kw)
+    run = _optimiser(m.apply, m.preprocess, LAYER, (32, 32), "pixel", 4, 0.05, 0, 1e-3)
+    before = run._cache_size()
+    jaxplain.visualize_features(m, LAYER, [2, 3], **kw)
+    other = m.replace(params=jax.tree.map(lambda a: a * 2, m.params))
+    jaxplain.visualize_features(other, LAYER, [4, 5], **kw)
+    assert run._cache_size() == before == 1
+
+
 # ---------------------------------------------------------------- bad input
 
 
@@ -265,3 +284,41 @@ def test_bad_layers_and_channels(pair, xs):
 def test_default_layer_is_the_last_conv(pair, xs):
     _, m = pair
     np.testing.assert_array_equal(jaxplain.explain(m, xs, 1, "grad_cam"), jaxplain.explain(m, xs, 1, "grad_cam", layer=LAYER))
+
+
+def test_grad_cam_pp_exact_is_finite_at_large_logits_and_equals_paper_on_relu_heads():
+    """A ReLU VGG is piecewise linear after any layer, so S'' = S''' = 0 and exact mode's alpha is
+    the paper's. With the head scaled so the target logit exceeds 200, exp(S) overflows float32
+    (the old exact mode returned NaN there); exp(S - S(x)) does not."""
+    _, m = tiny_pair(seed=4)
+    x = np.random.default_rng(21).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    for scale in (1.0, 400.0):
+        params = jax.tree.map(lambda a: a, m.params)
+        params["predictions"] = {k: v * scale for k, v in params["predictions"].items()}
+        big = m.replace(params=params)
+        t = np.asarray(jnp.argmax(big(x), -1))
+        if scale > 1:
+            assert np.asarray(big(x))[[0, 1], t].min() > 200
+        with pytest.warns(jaxplain.CostWarning):
+            exact = np.asarray(jaxplain.explain(big, x, t, "grad_cam_pp", layer=LAYER, derivatives="exact", chunk=128))
+        paper = np.asarray(jaxplain.explain(big, x, t, "grad_cam_pp", layer=LAYER))
+        assert np.isfinite(exact).all() and np.abs(paper).max() > 0
+        _close(exact, paper, tol=1e-4)  # third derivatives in float32
+
+
+def test_grad_cam_pp_exact_announces_its_cost(pair, xs):
+    """Before it compiles, exact mode warns with the passes (one per activation element of the
+    layer) and a FLOP estimate, which is within 2x of XLA's count for the compiled method."""
+    from jaxplain import bench
+
+    _, m = pair
+    with pytest.warns(jaxplain.CostWarning, match=r"at block3_conv2 makes 512 third-order forward passes per image, "
+                                                  r"about (\S+) FLOP") as record:
+        jaxplain.explain(m, xs[:1], 1, "grad_cam_pp", layer=LAYER, derivatives="exact", chunk=128)
+    estimate = float(str(record[0].message).split("about ")[1].split(" FLOP")[0])
+    with pytest.warns(jaxplain.CostWarning):
+        case = bench.compile_case(m.replace(input_size=(32, 32)), "grad_cam_pp(derivatives='exact', chunk=128)", 1, layer=LAYER)
+    assert 0.5 < estimate / case.flops < 2, (estimate, case.flops)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default (paper) form says nothing
+        jaxplain.explain(m, xs[:1], 1, "grad_cam_pp", layer=LAYER)

@@ -45,3 +45,20 @@ def test_bench_command_writes_json(tmp_path):
     assert data["device"]["platform"] == "cpu" and data["peak_flops_per_s"] > 0
     assert FIELDS <= set(data["rows"][0]) and data["rows"][0]["batch"] == 2
     assert "gradient" in r.stdout and "% peak" in r.stdout
+
+
+def test_benchmark_matrix_never_schedules_exact_grad_cam_pp_on_vgg16():
+    """Exact Grad-CAM++ is about 1e14 FLOP per VGG16 image (17 minutes here): the suite runs the
+    default (the paper's form) on VGG16 and exact mode on the tiny model only."""
+    from benchmarks.cases import cases
+
+    specs = [(p.values[0], p.values[1], p.values[2]) for p in cases()]
+    vgg = [s for m, s, _ in specs if m == "vgg16" and s.startswith("grad_cam_pp")]
+    assert vgg and all("exact" not in s for s in vgg)
+    assert any(m == "tiny" and "exact" in s for m, s, _ in specs)
+
+
+def test_the_package_bench_needs_no_torch():
+    out = subprocess.run([sys.executable, "-c", "import sys, jaxplain.bench, jaxplain.cli; "
+                          "assert 'torch' not in sys.modules and 'captum' not in sys.modules"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]

@@ -1,15 +1,21 @@
-"""``jaxplain predict`` end to end, as a user runs it: a subprocess, weights from a file."""
+"""The command line as a user runs it: subprocesses for whole runs (exit status, stderr, the files
+written), ``cli.main`` in-process for argument checks that must fail before a model loads."""
 
 import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+import jaxplain
+from jaxplain import cli, models, viz
+from jaxplain.io import load_image
+from tests.test_imagenet_io import _png_header
 from tests.torch_reference import TorchVGG
 
 
@@ -27,9 +33,13 @@ def run(*args, home):
                           capture_output=True, text=True, env=env, timeout=600)
 
 
+def picture(path, seed=0, size=(150, 200)):
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (*size, 3)).astype(np.uint8)).save(path)
+    return path
+
+
 def test_predict_end_to_end(vgg16_file, tmp_path):
-    good = tmp_path / "photo.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (180, 260, 3)).astype(np.uint8)).save(good)
+    good = picture(tmp_path / "photo.png", size=(180, 260))
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not a jpeg")
     r = run("predict", good, bad, "--weights", vgg16_file, home=tmp_path)
@@ -47,8 +57,125 @@ def test_predict_end_to_end(vgg16_file, tmp_path):
 def test_bad_weights_is_one_line(tmp_path):
     w = tmp_path / "w.h5"
     w.write_text("garbage")
-    img = tmp_path / "i.png"
-    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(img)
+    img = picture(tmp_path / "i.png", size=(8, 8))
     r = run("predict", img, "--weights", w, home=tmp_path)
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("jaxplain: error:") and "w.h5" in r.stderr
+
+
+def test_a_cam_is_drawn_as_the_map_it_is(tmp_path):
+    """The PNG of a [H, W] method is the overlay of the API's map (the command line once passed
+    it through the channel reduction, which collapsed its width into a 1-D profile)."""
+    img = picture(tmp_path / "cat.png", seed=1)
+    r = run("explain", img, "--model", "vgg11", "--weights", "random", "--method", "grad_cam", "--out", tmp_path / "out",
+            home=tmp_path / "home")
+    assert r.returncode == 0, r.stderr
+    m = models.vgg11()  # the same seeded random weights
+    x = m.preprocess(load_image(img, m)[None])
+    cam = np.asarray(jaxplain.explain(m, x, "predicted", "grad_cam"))[0]
+    np.testing.assert_allclose(np.load(tmp_path / "out" / "cat.npy"), cam, rtol=1e-5, atol=1e-6 * np.abs(cam).max())
+    png = np.asarray(Image.open(tmp_path / "out" / "cat.png")).astype(int)
+    want = viz.overlay(load_image(img, m), cam).astype(int)
+    assert np.abs(png - want).max() <= 1  # rounding of nearly equal floats
+    assert np.abs(np.diff(png.mean(-1), axis=1)).mean() > 1  # the map varies across the width too
+
+
+def test_same_stems_and_batch_size_independence(tmp_path):
+    """Three inputs named x.png in different folders get x, x-2 and x-3; a random method gives
+    each image the same map whatever --batch-size (keys fold in each image's place in the run)."""
+    paths = []
+    for i, d in enumerate("abc"):
+        (tmp_path / d).mkdir()
+        paths.append(picture(tmp_path / d / "x.png", seed=i))
+    outs = {}
+    for bs in (1, 3):
+        out = tmp_path / f"out{bs}"
+        r = run("explain", *paths, "--model", "vgg11", "--weights", "random", "--method", "smoothgrad(samples=2)",
+                "--batch-size", bs, "--out", out, home=tmp_path / "home")
+        assert r.returncode == 0, r.stderr
+        assert sorted(p.name for p in out.iterdir()) == ["x-2.npy", "x-2.png", "x-3.npy", "x-3.png", "x.npy", "x.png"]
+        outs[bs] = [np.load(out / f"{n}.npy") for n in ("x", "x-2", "x-3")]
+    for a, b in zip(outs[1], outs[3]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * np.abs(b).max())
+    assert not np.allclose(outs[1][0], outs[1][1])  # different pictures, different maps
+    assert cli.output_names(["a/x.png", "b/x.png", "x-2.jpg", "c/x.png"]) == ["x", "x-2", "x-2-2", "x-3"]
+
+
+def test_bad_images_and_outputs_lose_nothing_else(tmp_path):
+    """A decompression bomb is one 'skipped' line; an output path taken by a folder is one
+    'could not write' line; the good image's results are written; exit status 1."""
+    good = picture(tmp_path / "good.png")
+    bomb = _png_header(tmp_path / "bomb.png", 20000, 20000)
+    taken = picture(tmp_path / "taken.png", seed=2)
+    out = tmp_path / "out"
+    (out / "taken.png").mkdir(parents=True)
+    r = run("explain", bomb, good, taken, "--model", "vgg11", "--weights", "random", "--out", out, home=tmp_path / "home")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    err = [line for line in r.stderr.splitlines() if line.startswith("jaxplain:")]
+    assert len(err) == 2, r.stderr
+    assert "skipped" in err[0] and "bomb.png" in err[0] and "400000000 pixels" in err[0]
+    assert "could not write the results of" in err[1] and "taken.png" in err[1]
+    assert np.load(out / "good.npy").shape == (224, 224, 3) and Image.open(out / "good.png").size == (224, 224)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--out", "FILE"], "--out .*: is an existing file, not a folder"),
+    (["--out", "FILE/sub"], "--out .*FILE/sub: cannot write there"),
+    (["--out", "/proc/jaxplain-test"], "cannot write there"),
+    (["--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
+    (["--batch-size", "-3"], "argument --batch-size: must be at least 1, got -3"),
+    (["--batch-size", "two"], "argument --batch-size: not an integer: 'two'"),
+    (["--reduce", "bogus"], "argument --reduce: invalid choice: 'bogus'"),
+    (["--coordinator", "localhost:1234"], "--coordinator needs --num-processes and --process-id"),
+    (["--num-processes", "2"], "--num-processes and --process-id need --coordinator"),
+    (["--coordinator", "h:1", "--num-processes", "2", "--process-id", "2"], r"--process-id must be in \[0, 2\)"),
+    (["--method", "saliency"], "unknown method 'saliency'"),
+    (["--method", "integrated_gradients(stepz=2)"], "has no setting 'stepz'"),
+    (["--method", "layer_integrated_gradients"], "returns a layer's activations, which cannot be drawn"),
+    (["--target", "cat"], "--target takes 'predicted' or a class index, not 'cat'"),
+    (["--target", "-1"], "--target must be a class index >= 0"),
+])
+def test_arguments_are_checked_before_the_model_loads(tmp_path, capsys, monkeypatch, args, message):
+    """Each bad argument is one line (exit 2) before any model or image is touched: the weights
+    named do not exist, so loading them would have failed differently."""
+    (tmp_path / "FILE").write_text("a file")
+    args = [a.replace("FILE", str(tmp_path / "FILE")) for a in args]
+    if "--out" not in args:
+        args += ["--out", str(tmp_path / "out")]
+    monkeypatch.setattr(cli, "_load_model", lambda a: pytest.fail("loaded the model"))
+    with pytest.raises(SystemExit) as exit_:  # argparse's own checks exit
+        raise SystemExit(cli.main(["explain", str(tmp_path / "missing.png"), "--weights", "/no/such.h5", *args]))
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and err.startswith("jaxplain: error:"), err
+    assert pytest.importorskip("re").search(message, err), err
+
+
+def test_unknown_layer_fails_before_any_image(tmp_path):
+    img = picture(tmp_path / "a.png")
+    r = run("explain", img, "--model", "vgg11", "--weights", "random", "--method", "grad_cam(layer='block9_conv1')",
+            "--out", tmp_path / "out", home=tmp_path / "home")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "unknown layer 'block9_conv1'" in r.stderr
+    assert not list((tmp_path / "out").iterdir())
+
+
+def test_help_lists_methods_and_reductions(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["explain", "--help"])
+    text = capsys.readouterr().out
+    assert all(name in text for name in jaxplain.METHODS) and "abs_max" in text and "l2" in text
+    assert "``" not in text
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    assert "``" not in capsys.readouterr().out
+
+
+def test_progress_bar_counts_the_calls(tiny_model, capfd):
+    """explain(progress=True): a bar on stderr over the compiled calls (host loop: one per chunk)."""
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JAXPLAIN_CHUNK_LOOP", "host")
+        jaxplain.explain(tiny_model, x, 0, "integrated_gradients(steps=6, chunk=2)", progress=True)
+    err = capfd.readouterr().err
+    assert "integrated_gradients on 2 images" in err and "3/3" in err, err
+    jax.block_until_ready(jaxplain.explain(tiny_model, x, 0, "gradient"))
+    assert capfd.readouterr().err == ""  # off by default

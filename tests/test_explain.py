@@ -105,6 +105,23 @@ def test_reduce():
     assert float(jaxplain.reduce(a, "l2")[0, 0, 0]) == pytest.approx(np.sqrt(14))
     with pytest.raises(InputError, match="unknown reduction"):
         jaxplain.reduce(a, "median")
+    assert jaxplain.reduce(a[0], "sum").shape == (1, 1)  # one image [H, W, C]
+
+
+@pytest.mark.parametrize("shape", [(2, 224, 224), (2, 14, 14, 512), (224,), (1, 2, 3, 4, 3)])
+def test_reduce_and_overlay_refuse_what_they_do_not_take(shape):
+    """A CAM's [B, H, W] map (its W would pass for channels), a layer's activations: refused with
+    the reason, never collapsed into a wrong picture; overlay takes 2-D maps only."""
+    from jaxplain import viz
+
+    with pytest.raises(InputError, match=r"reduce takes pixel attributions \[H, W, C\] or \[B, H, W, C\]"):
+        jaxplain.reduce(np.ones(shape, np.float32))
+    assert jaxplain.reduce(np.ones((2, 8, 8, 13), np.float32), channels=13).shape == (2, 8, 8)
+    image = np.zeros((8, 8, 3), np.uint8)
+    for bad in (np.ones(8), np.ones((1, 8, 8))):
+        with pytest.raises(InputError, match="overlay takes a 2-D map"):
+            viz.overlay(image, bad)
+    assert viz.overlay(image, np.ones((2, 2))).shape == (8, 8, 3)  # a layer-resolution map is resized
 
 
 def test_full_vgg16_end_to_end():

@@ -166,3 +166,15 @@ def test_random_vgg16_is_deterministic():
     a, b = models.vgg16(include_top=False), models.vgg16(include_top=False, seed=0)
     np.testing.assert_array_equal(a.params["block5_conv3"]["kernel"], b.params["block5_conv3"]["kernel"])
     assert a.source == "keras" and a.params["block5_conv3"]["kernel"].shape == (3, 3, 512, 512)
+
+
+def test_max_pool_higher_derivatives_route_through_the_first_maximum():
+    """Along element j of a window of ties, f(t) = sum(pool(x + t e_j)^2) has f'' = 2 if j is the
+    window's first maximum and 0 otherwise, at every order of forward mode (Grad-CAM++'s exact
+    mode nests three); the rule's own primal once split it among the ties (f'' = 2/4)."""
+    x = jnp.zeros((2, 2, 1), jnp.float32)  # one window, four tied zeros
+    for j, want in enumerate([2.0, 0.0, 0.0, 0.0]):
+        e = jax.nn.one_hot(j, 4, dtype=jnp.float32).reshape(2, 2, 1)
+        f = lambda t: jnp.sum(max_pool_2x2(x + t * e) ** 2)  # noqa: E731,B023
+        f1 = lambda t: jax.jvp(f, (t,), (1.0,))[1]  # noqa: E731,B023
+        assert float(jax.jvp(f1, (0.0,), (1.0,))[1]) == want
