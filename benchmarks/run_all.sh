@@ -26,8 +26,8 @@ timeout "${REST_LIMIT:-150}" python3 -m jaxplain.cli bench --batch 8 32 --min-ti
   --methods "expected_gradients(samples=32)" "blur_ig(steps=100)" "vargrad(samples=50)" "guided_ig(steps=200)" rise \
   --json "$out/rest.json" 2>&1 | tee "$out/rest.txt"
 for loop in host unroll; do  # the default on GPU is scan (in the runs above)
-  JAXPLAIN_CHUNK_LOOP=$loop timeout 60 python3 -m jaxplain.cli bench --batch 8 32 --min-time 0.5 \
+  JAXPLAIN_CHUNK_LOOP=$loop timeout "${IG_LIMIT:-60}" python3 -m jaxplain.cli bench --batch 8 32 --min-time 0.5 \
     --methods "integrated_gradients(steps=50)" --json "$out/ig_$loop.json" 2>&1 | tee "$out/ig_$loop.txt"
 done
-timeout 90 python3 -m jaxplain.cli bench --batch 8 32 --min-time 0.5 --precision bfloat16 \
+timeout "${BF16_LIMIT:-90}" python3 -m jaxplain.cli bench --batch 8 32 --min-time 0.5 --precision bfloat16 \
   --methods gradient "integrated_gradients(steps=50)" --json "$out/bf16.json" 2>&1 | tee "$out/bf16.txt"

@@ -18,8 +18,11 @@ from jaxplain.types import PyTree
 _memo: dict[Hashable, tuple[list, object, PyTree]] = {}
 
 
+_TRACER = getattr(jax.core, "Tracer", ())  # a traced value is no stored array: never cached
+
+
 def _immutable(leaf: object) -> bool:
-    return isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer)
+    return isinstance(leaf, jax.Array) and not isinstance(leaf, _TRACER)
 
 
 def derived(slot: Hashable, params: PyTree, make: Callable[[PyTree], PyTree]) -> PyTree:

@@ -15,6 +15,16 @@ Memory depends on the chunk, never on the number of items. Three ways to loop ov
   buffers alive (VGG16 IG, batch 2: 3.4 GB at 16 steps, 9.2 GB at 64, 16.9 GB at 128).
 
 ``$JAXPLAIN_CHUNK_LOOP`` picks one; by default ``host`` on CPU and ``scan`` elsewhere.
+
+Writing a chunked method (see ``occlusion`` or ``layer_integrated_gradients``):
+
+1. One outermost ``sum_chunks`` per method: the host loop splits that one sum across its calls
+   (a second outermost sum is an error there; sums nested inside the summed function run whole).
+   Give the method a ``chunk`` setting and pass it on; mark it ``@counts_images`` when a chunk
+   item is a full model pass, so ``explain`` sizes an unset chunk to the call.
+2. A costly value needed before the sum (a forward pass, a layer's activation) goes through
+   ``keep(lambda: ...)``: the first call computes it and hands it to the later calls. Work after
+   the sum runs in the last call only.
 """
 
 from __future__ import annotations
