@@ -72,6 +72,24 @@ def test_neuron_gradient_matches_captum(pair, xs):
     _close(jaxplain.explain(m, xs, None, "neuron_gradient", layer=LAYER, neuron=(int(h), int(w), int(c))), _nhwc(want))
 
 
+def test_neuron_integrated_gradients_matches_captum(pair, xs):
+    """One unit (our (h, w, c) is Captum's (c, h, w)) and one channel's mean (our int neuron; a
+    callable selector for Captum), 16 Gauss-Legendre steps from a zero baseline, to TOL."""
+    net, m = pair
+    with torch.no_grad():
+        act = net.features[: TORCH_LAYER + 1](_t(xs)).numpy()
+    c, h, w = (int(i) for i in np.unravel_index(int(np.argmax(act.min(axis=0))), act.shape[1:]))
+    nig = ca.NeuronIntegratedGradients(net, net.features[TORCH_LAYER])
+    kw = dict(baselines=0.0, n_steps=16, method="gausslegendre")
+    want = nig.attribute(_t(xs), neuron_selector=(c, h, w), **kw)
+    got = jaxplain.explain(m, xs, None, "neuron_integrated_gradients", layer=LAYER, neuron=(h, w, c), steps=16)
+    _close(got, _nhwc(want))
+    channel = int(np.argmax(act.mean(axis=(0, 2, 3))))  # the most active channel on average
+    want = nig.attribute(_t(xs), neuron_selector=lambda out: out[:, channel].mean(dim=(1, 2)), **kw)
+    got = jaxplain.explain(m, xs, None, "neuron_integrated_gradients", layer=LAYER, neuron=channel, steps=16)
+    _close(got, _nhwc(want))
+
+
 def test_guided_grad_cam_matches_captum(pair, xs):
     net, m = pair
     want = ca.GuidedGradCam(net, net.features[TORCH_LAYER]).attribute(_t(xs), target=[2, 5], interpolate_mode="bilinear")
