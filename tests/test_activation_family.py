@@ -1,7 +1,8 @@
 """The activation family: Captum on the same weights (Grad-CAM, layer activations, layer
-gradient x activation, layer IG, neuron gradient, guided Grad-CAM); the variants Captum lacks
+gradient x activation, layer IG, neuron gradient and IG, guided Grad-CAM); the variants Captum lacks
 against their papers' formulas evaluated by hand; Grad-CAM++'s exact derivatives against finite
-differences; Score-CAM against a plain loop; feature visualisation; bad input."""
+differences; Score-CAM against a plain loop and pytorch-grad-cam's source; Eigen-CAM's sign
+against NumPy's SVD; feature visualisation; bad input."""
 
 import jax
 import jax.numpy as jnp
@@ -207,16 +208,27 @@ def test_score_cam_against_a_plain_loop(pair, xs):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
 
 
-def test_score_cam_matches_the_torch_peer(pair, xs):
-    """The benchmark's peer (pytorch-grad-cam's ScoreCAM in torch, 16 masked images per call)
-    computes what our score_cam computes, so timing the two compares equal work."""
-    from tests.grad_cam_reference import score_cam as torch_score_cam
+def test_score_cam_matches_pytorch_grad_cam(pair, xs):
+    """pytorch-grad-cam's ScoreCAM (rewritten from its source in tests/grad_cam_reference.py; 3
+    masked images per forward call) upsamples the masks with corners aligned and min-max scales
+    its output: with ``align_corners=True`` our map, min-max scaled per image, equals it to 1e-5
+    of the maximum (float32; the reference's 1e-8 and 1e-7 guards in its divisions are far
+    below that). The default, half-pixel masks, gives a different map."""
+    from tests.grad_cam_reference import score_cam as grad_cam_score_cam
 
     net, m = pair
     assert len(net.features) == TORCH_LAYER + 2  # features[:-1] ends at the last conv layer's ReLU
     t = [2, 7]
-    want = torch_score_cam(net, _t(xs), torch.tensor(t), batch=3).numpy()
-    _close(jaxplain.explain(m, xs, t, "score_cam", layer=LAYER), want)
+    want = grad_cam_score_cam(net, _t(xs).detach(), torch.tensor(t), batch=3)
+
+    def scaled(v):
+        v = np.asarray(v)
+        lo, hi = v.min(axis=(1, 2), keepdims=True), v.max(axis=(1, 2), keepdims=True)
+        return (v - lo) / (hi - lo)
+
+    _close(scaled(jaxplain.explain(m, xs, t, "score_cam", layer=LAYER, align_corners=True)), want)
+    half = scaled(jaxplain.explain(m, xs, t, "score_cam", layer=LAYER))
+    assert np.abs(half - want).max() > 1e-3  # the setting is what makes them agree
 
 
 # ---------------------------------------------------------------- summaries, pictures, features
