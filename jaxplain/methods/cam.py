@@ -168,7 +168,13 @@ def eigen_cam(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, layer:
               upsample: bool = True) -> Array:
     """Eigen-CAM (Muhammad & Yeasin 2020), ``[H, W]``: the activations (centred per channel)
     projected on their first principal direction, signed so the map correlates positively with
-    the mean activation, then rectified. Class-agnostic: ``target`` is not used."""
+    the mean activation, then rectified. Class-agnostic: ``target`` is not used.
+
+    pytorch-grad-cam's ``EigenCAM`` (``get_2d_projection``) projects the same centred
+    activations on the first right singular vector but keeps the sign LAPACK returns, with no
+    correction, so its map can be the other half of the projection (on the tests' tiny VGG it
+    is, for both test images); it then rectifies, min-max scales each map to [0, 1] and resizes
+    it with cv2. Ours is signed as above and not scaled."""
     act = activation(apply, params, x, layer)
     _spatial(act, layer)
     flat = act.reshape(-1, act.shape[-1])
