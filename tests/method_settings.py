@@ -14,7 +14,7 @@ SMALL = {
     "smoothgrad": dict(samples=7, chunk=3),
     "squaregrad": dict(samples=7, chunk=3),
     "vargrad": dict(samples=7, chunk=3, base="gradient_x_input"),
-    "grad_cam_pp": dict(chunk=100),
+    "grad_cam_pp": dict(derivatives="exact", chunk=100),  # the chunked mode (the default has no sum)
     "score_cam": dict(chunk=3),
     "layer_integrated_gradients": dict(steps=7, chunk=3),
     "neuron_gradient": dict(neuron=6),

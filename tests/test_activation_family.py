@@ -1,7 +1,8 @@
 """The activation family: Captum on the same weights (Grad-CAM, layer activations, layer
-gradient x activation, layer IG, neuron gradient, guided Grad-CAM); the variants Captum lacks
+gradient x activation, layer IG, neuron gradient and IG, guided Grad-CAM); the variants Captum lacks
 against their papers' formulas evaluated by hand; Grad-CAM++'s exact derivatives against finite
-differences; Score-CAM against a plain loop; feature visualisation; bad input."""
+differences; Score-CAM against a plain loop and pytorch-grad-cam's source; Eigen-CAM's sign
+against NumPy's SVD; feature visualisation; bad input."""
 
 import warnings
 
@@ -72,6 +73,24 @@ def test_neuron_gradient_matches_captum(pair, xs):
     c, h, w = np.unravel_index(int(np.argmax(act.min(axis=0))), act.shape[1:])
     want = ca.NeuronGradient(net, net.features[TORCH_LAYER]).attribute(_t(xs), neuron_selector=(int(c), int(h), int(w)))
     _close(jaxplain.explain(m, xs, None, "neuron_gradient", layer=LAYER, neuron=(int(h), int(w), int(c))), _nhwc(want))
+
+
+def test_neuron_integrated_gradients_matches_captum(pair, xs):
+    """One unit (our (h, w, c) is Captum's (c, h, w)) and one channel's mean (our int neuron; a
+    callable selector for Captum), 16 Gauss-Legendre steps from a zero baseline, to TOL."""
+    net, m = pair
+    with torch.no_grad():
+        act = net.features[: TORCH_LAYER + 1](_t(xs)).numpy()
+    c, h, w = (int(i) for i in np.unravel_index(int(np.argmax(act.min(axis=0))), act.shape[1:]))
+    nig = ca.NeuronIntegratedGradients(net, net.features[TORCH_LAYER])
+    kw = dict(baselines=0.0, n_steps=16, method="gausslegendre")
+    want = nig.attribute(_t(xs), neuron_selector=(c, h, w), **kw)
+    got = jaxplain.explain(m, xs, None, "neuron_integrated_gradients", layer=LAYER, neuron=(h, w, c), steps=16)
+    _close(got, _nhwc(want))
+    channel = int(np.argmax(act.mean(axis=(0, 2, 3))))  # the most active channel on average
+    want = nig.attribute(_t(xs), neuron_selector=lambda out: out[:, channel].mean(dim=(1, 2)), **kw)
+    got = jaxplain.explain(m, xs, None, "neuron_integrated_gradients", layer=LAYER, neuron=channel, steps=16)
+    _close(got, _nhwc(want))
 
 
 def test_guided_grad_cam_matches_captum(pair, xs):
@@ -175,6 +194,29 @@ def test_eigen_cam_against_svd_by_hand():
     np.testing.assert_allclose(got, _relu(proj).reshape(4, 4), rtol=1e-4, atol=1e-5)
 
 
+def test_eigen_cam_sign_on_the_tiny_vgg(pair, xs):
+    """The principal component of block3_conv2's centred [h*w, K] activations (torch's, by
+    NumPy's float64 SVD), signed by our documented rule (positive correlation with the mean
+    activation), rectified: ours equals it to 1e-5 of the maximum (measured 3e-7; float32 SVD,
+    and the first two singular values, ~6 and ~4, are far apart). The other sign gives a map
+    that differs by its whole maximum here, so a flipped sign fails the test. On both images
+    the sign NumPy's SVD returns (measured here) is the other one: pytorch-grad-cam's EigenCAM,
+    which keeps it, would show the complementary half."""
+    net, m = pair
+    with torch.no_grad():
+        acts = _nhwc(net.features[: TORCH_LAYER + 1](_t(xs))).astype(np.float64)
+    got = np.asarray(jaxplain.explain(m, xs, None, "eigen_cam", layer=LAYER, upsample=False))
+    for a, g in zip(acts, got):
+        flat = a.reshape(-1, a.shape[-1])
+        centred = flat - flat.mean(axis=0)
+        proj = centred @ np.linalg.svd(centred, full_matrices=False)[2][0]
+        sign = 1.0 if np.sum(proj * flat.mean(axis=1)) >= 0 else -1.0
+        want = _relu(sign * proj).reshape(a.shape[:2])
+        _close(g, want)
+        flipped = _relu(-sign * proj).reshape(a.shape[:2])
+        assert np.abs(flipped - want).max() > 100 * TOL * np.abs(want).max()
+
+
 def test_score_cam_against_a_plain_loop(pair, xs):
     _, m = pair
     x = jnp.asarray(xs[0])
@@ -192,16 +234,27 @@ def test_score_cam_against_a_plain_loop(pair, xs):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
 
 
-def test_score_cam_matches_the_torch_peer(pair, xs):
-    """The benchmark's peer (pytorch-grad-cam's ScoreCAM in torch, 16 masked images per call)
-    computes what our score_cam computes, so timing the two compares equal work."""
-    from tests.grad_cam_reference import score_cam as torch_score_cam
+def test_score_cam_matches_pytorch_grad_cam(pair, xs):
+    """pytorch-grad-cam's ScoreCAM (rewritten from its source in tests/grad_cam_reference.py; 3
+    masked images per forward call) upsamples the masks with corners aligned and min-max scales
+    its output: with ``align_corners=True`` our map, min-max scaled per image, equals it to 1e-5
+    of the maximum (float32; the reference's 1e-8 and 1e-7 guards in its divisions are far
+    below that). The default, half-pixel masks, gives a different map."""
+    from tests.grad_cam_reference import score_cam as grad_cam_score_cam
 
     net, m = pair
     assert len(net.features) == TORCH_LAYER + 2  # features[:-1] ends at the last conv layer's ReLU
     t = [2, 7]
-    want = torch_score_cam(net, _t(xs), torch.tensor(t), batch=3).numpy()
-    _close(jaxplain.explain(m, xs, t, "score_cam", layer=LAYER), want)
+    want = grad_cam_score_cam(net, _t(xs).detach(), torch.tensor(t), batch=3)
+
+    def scaled(v):
+        v = np.asarray(v)
+        lo, hi = v.min(axis=(1, 2), keepdims=True), v.max(axis=(1, 2), keepdims=True)
+        return (v - lo) / (hi - lo)
+
+    _close(scaled(jaxplain.explain(m, xs, t, "score_cam", layer=LAYER, align_corners=True)), want)
+    half = scaled(jaxplain.explain(m, xs, t, "score_cam", layer=LAYER))
+    assert np.abs(half - want).max() > 1e-3  # the setting is what makes them agree
 
 
 # ---------------------------------------------------------------- summaries, pictures, features

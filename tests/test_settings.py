@@ -81,8 +81,9 @@ def test_keys_as_seeds_and_per_image(tiny_model):
     np.testing.assert_array_equal(a, jaxplain.explain(m, X, T, spec, key=jax.random.key(3)))
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(3), i))(jnp.arange(3))
     np.testing.assert_array_equal(jaxplain.explain(m, X, T, spec, key=keys), a)  # one key per image
-    # The last image alone, with its own key, gets its map from the batch.
-    np.testing.assert_array_equal(jaxplain.explain(m, X[2:], T[2:], spec, key=keys[2:]), a[2:])
+    # The last image alone, with its own key, gets its map from the batch (another batch size
+    # blocks the convolutions differently: the last bits move).
+    np.testing.assert_allclose(jaxplain.explain(m, X[2:], T[2:], spec, key=keys[2:]), a[2:], rtol=1e-5, atol=1e-7)
     raw = jax.random.PRNGKey(3)  # a raw uint32[2] key works too
     assert jaxplain.explain(m, X, T, spec, key=raw).shape == a.shape
     for bad, match in [(keys[:2], r"one key or one per image \(3\), got shape \(2,\)"), ("seed", "key must be"),

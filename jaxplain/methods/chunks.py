@@ -96,11 +96,17 @@ def _outside_window() -> Iterator[None]:
 def keep(compute: Callable[[], PyTree]) -> PyTree:
     """``compute()``, a value a method needs before its sum (a forward pass, an activation),
     computed once per host loop: the first call computes it, the later calls receive it instead of
-    recomputing it (``Window.kept``). Elsewhere simply ``compute()``."""
+    recomputing it (``Window.kept``). Elsewhere simply ``compute()``. Sums inside ``compute``
+    (a wrapped method's own) run whole: they are not the method's outermost sum."""
     w = _window.get()
     if w is None or w.size is None:
-        return compute()
-    value = compute() if w.kept is None else w.kept[len(w.kept_out)]
+        with _outside_window():
+            return compute()
+    if w.kept is None:
+        with _outside_window():
+            value = compute()
+    else:
+        value = w.kept[len(w.kept_out)]
     w.kept_out.append(value)
     return value
 

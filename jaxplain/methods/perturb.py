@@ -7,6 +7,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxplain.errors import InputError
 from jaxplain.types import ApplyFn, Array, PyTree
@@ -76,21 +77,46 @@ def occlusion(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, window
     return total / counts
 
 
+def _mirror_matrix(n_out: int, n_in: int) -> np.ndarray:
+    """``[n_out, n_in]`` linear-interpolation weights with half-pixel centres; a source position
+    outside the grid reads its mirror image about the edge pixel's centre, the edge not repeated
+    (NumPy's and scikit-image's ``"reflect"``, SciPy's ``"mirror"``)."""
+    src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+    lo = np.floor(src).astype(int)
+    frac = src - lo
+
+    def mirror(i: np.ndarray) -> np.ndarray:
+        if n_in == 1:
+            return np.zeros_like(i)
+        i = np.abs(i) % (2 * n_in - 2)
+        return np.where(i >= n_in, 2 * n_in - 2 - i, i)
+
+    m = np.zeros((n_out, n_in))
+    rows = np.arange(n_out)
+    np.add.at(m, (rows, mirror(lo)), 1 - frac)
+    np.add.at(m, (rows, mirror(lo + 1)), frac)
+    return m.astype(np.float32)
+
+
 def _mask(key: Array, shape: tuple[int, int], cells: int, p: float) -> Array:
     h, w = shape
     ch, cw = math.ceil(h / cells), math.ceil(w / cells)
     kg, ky, kx = jax.random.split(key, 3)
     grid = jax.random.bernoulli(kg, p, (cells, cells)).astype(jnp.float32)
-    up = jax.image.resize(grid, ((cells + 1) * ch, (cells + 1) * cw), "linear")
     dy, dx = jax.random.randint(ky, (), 0, ch), jax.random.randint(kx, (), 0, cw)
-    return jax.lax.dynamic_slice(up, (dy, dx), (h, w))
+    rows = jax.lax.dynamic_slice_in_dim(jnp.asarray(_mirror_matrix((cells + 1) * ch, cells)), dy, h)  # [H, cells]
+    cols = jax.lax.dynamic_slice_in_dim(jnp.asarray(_mirror_matrix((cells + 1) * cw, cells)), dx, w)  # [W, cells]
+    return rows @ grid @ cols.T  # only the cropped rows and columns of the upsampled grid
 
 
 def rise_masks(key: Array, n: int, shape: tuple[int, int], cells: int = 7, p: float = 0.5) -> Array:
-    """The ``n`` RISE masks ``[n, H, W]`` in [0, 1] that ``rise`` draws from ``key`` (Petsiuk et
-    al. 2018): a ``cells x cells`` grid of Bernoulli(``p``) cells, bilinearly upsampled
-    (``jax.image.resize``) to ``cells + 1`` cell sizes and cropped at a random shift of less than
-    one cell."""
+    """The ``n`` RISE masks ``[n, H, W]`` in [0, 1] that ``rise`` draws from ``key``, as the
+    official generator (Petsiuk et al. 2018) makes them: a ``cells x cells`` grid of
+    Bernoulli(``p``) cells, upsampled bilinearly to ``(cells + 1) * ceil(H / cells)`` by
+    ``(cells + 1) * ceil(W / cells)`` (``skimage.transform.resize(grid, size, order=1,
+    mode="reflect", anti_aliasing=False)``: half-pixel centres, mirrored past the edge) and
+    cropped to ``[dy:dy + H, dx:dx + W]``, ``dy`` and ``dx`` uniform over one cell. The upsampling
+    is two interpolation matrices fixed at trace time, cropped before they are applied."""
     return jax.vmap(lambda k: _mask(k, shape, cells, p))(jax.random.split(key, n))
 
 
