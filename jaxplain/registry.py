@@ -80,11 +80,6 @@ def settings_of(fn: Callable) -> dict[str, Any]:
     }
 
 
-def check_settings(fn: Callable, settings: dict[str, Any]) -> None:
-    """An ``InputError`` for a setting ``fn`` does not take (and inside a wrapper's ``base_settings``)."""
-    resolve(fn, settings)
-
-
 def resolve(fn: Callable, settings: dict[str, Any]) -> dict[str, Any]:
     """``settings`` checked against ``fn``'s, with a wrapping method's ``base`` (a name, a
     ``"name(k=v)"`` string or a function) resolved to its function and its settings checked in

@@ -158,11 +158,16 @@ def _per_device(size: int) -> int:
     return -(-size // len(jax.local_devices()))
 
 
+def _call_size(size: int) -> int:
+    """The images of one call of ``run_batches``: ``size`` rounded up to a multiple of the devices."""
+    return _per_device(size) * len(jax.local_devices())
+
+
 def run_batches(call: Callable[..., PyTree], params: PyTree, batch: tuple, n: int, size: int) -> PyTree:
     """Call ``call(params, *part)`` on fixed-size slices of ``batch`` (pytrees whose leaves have
     a leading axis ``n``; ``None`` passes through) and join the results."""
     devices = tuple(jax.local_devices())  # in a multi-process run, each process uses its own
-    size = _per_device(size) * len(devices)
+    size = _call_size(size)
     mesh = _mesh(devices) if len(devices) > 1 else None
     if mesh is not None:  # replicated once per weights' values (jaxplain.derived)
         params = derived(("replicated", mesh), params, lambda p: jax.device_put(p, NamedSharding(mesh, PartitionSpec())))
@@ -265,7 +270,8 @@ def prepare(fn: Callable, model: Model, images: Array, settings: dict[str, Any],
 
 
 def _check_target_use(fn: Callable, settings: dict[str, Any], targets: Targets) -> None:
-    if targets is None and uses_target(fn, registry.resolve(fn, settings)):
+    """``targets=None`` for a method (``settings`` resolved) that reads its target is an error."""
+    if targets is None and uses_target(fn, settings):
         free = sorted(name for name, f in registry.METHODS.items() if not uses_target(f, {}))
         name = getattr(fn, "__name__", "this method")
         raise InputError(f"targets=None is only for methods that ignore the target ({', '.join(free)}); {name} "
@@ -307,8 +313,7 @@ def explain(
     the method's tuple (``return_delta=True``) with a leading ``B`` on each part.
     """
     fn, parsed = registry.parse(method)
-    settings = {**parsed, **settings}
-    registry.check_settings(fn, settings)
+    settings = registry.resolve(fn, {**parsed, **settings})
     check_batch_size(batch_size)
     images = check_images(model, images)
     _check_target_use(fn, settings, targets)
@@ -317,7 +322,7 @@ def explain(
     target_ids = _targets(model, images, targets, batch_size)
     size = batch_size or n
     prep = prepare(fn, model, images, settings, _per_device(size))
-    bar = _progress_bar(len(_slices(n, _per_device(size) * len(jax.local_devices()))) * len(prep.call.steps()),
+    bar = _progress_bar(len(_slices(n, _call_size(size))) * len(prep.call.steps()),
                         f"{getattr(fn, '__name__', 'method')} on {n} image{'s' * (n > 1)}") if progress else None
     tick = bar.update if bar is not None else None
     try:
