@@ -10,6 +10,7 @@ from jaxplain.errors import InputError as InputError
 from jaxplain.errors import JaxplainError as JaxplainError
 from jaxplain.errors import WeightsError as WeightsError
 from jaxplain.runner import explain as explain
+from jaxplain.evaluation import evaluate as evaluate
 from jaxplain.runner import predict as predict
 from jaxplain.features import visualize_features as visualize_features
 from jaxplain.methods.cam import eigen_cam as eigen_cam
@@ -41,10 +42,12 @@ from jaxplain.methods.smooth import vargrad as vargrad
 from jaxplain.precision import with_precision as with_precision
 from jaxplain.reductions import reduce as reduce
 from jaxplain.registry import METHODS as METHODS
+from jaxplain.registry import METRICS as METRICS
 from jaxplain.types import Model as Model
 
 __all__ = [
     "METHODS",
+    "METRICS",
     "activations",
     "channel_means",
     "eigen_cam",
@@ -74,6 +77,7 @@ __all__ = [
     "blur_ig",
     "deconvnet",
     "expected_gradients",
+    "evaluate",
     "explain",
     "gradient",
     "gradient_x_input",

@@ -1,4 +1,5 @@
-"""METHODS: every explanation method by name, and the parser for ``"name(setting=value, ...)"``."""
+"""METHODS and METRICS: every explanation method and metric by name, and the parser for
+``"name(setting=value, ...)"``."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Any, Callable, Mapping
 
 from jaxplain.errors import InputError
 from jaxplain.methods import cam, gradients, integrated, layer, perturb, smooth
+from jaxplain.methods.marks import wrapped
+from jaxplain.metrics import faithfulness
 
 METHODS: dict[str, Callable] = {
     "gradient": gradients.gradient,
@@ -38,37 +41,53 @@ METHODS: dict[str, Callable] = {
 }
 
 
-def lookup(method: str | Callable) -> Callable:
-    """The method function for a registered name (or the function itself)."""
+METRICS: dict[str, Callable] = {
+    "deletion": faithfulness.deletion,
+    "insertion": faithfulness.insertion,
+}
+
+_EXAMPLE = {"method": "integrated_gradients(steps=64)", "metric": "deletion(steps=56)"}
+
+
+def lookup(method: str | Callable, kind: str = "method") -> Callable:
+    """The function for a registered name of ``kind`` (``"method"`` or ``"metric"``), or the function itself."""
     if callable(method):
         return method
-    if method not in METHODS:
-        raise InputError(f"unknown method {method!r}; registered: {', '.join(sorted(METHODS))}")
-    return METHODS[method]
+    table = METHODS if kind == "method" else METRICS
+    if method not in table:
+        raise InputError(f"unknown {kind} {method!r}; registered: {', '.join(sorted(table))}")
+    return table[method]
 
 
-def parse(spec: str | Callable) -> tuple[Callable, dict[str, Any]]:
-    """``"integrated_gradients(steps=64, rule='riemann_left')"`` -> (function, settings).
+def parse(spec: str | Callable, kind: str = "method") -> tuple[Callable, dict[str, Any]]:
+    """``"integrated_gradients(steps=64, rule='riemann_left')"`` -> (function, settings); ``kind``
+    ``"metric"`` reads ``METRICS`` instead of ``METHODS``.
 
     Settings are Python literals; a bare name such as ``"gradient"`` has none.
     """
     if callable(spec):
         return spec, {}
     if not isinstance(spec, str):
-        raise InputError(f"method must be a name or a function, got {type(spec).__name__}")
+        raise InputError(f"{kind} must be a name or a function, got {type(spec).__name__}")
+    hint = f"cannot parse {kind} {spec!r}; write e.g. \"{_EXAMPLE[kind]}\""
     try:
         node = ast.parse(spec.strip(), mode="eval").body
     except SyntaxError:
-        raise InputError(f"cannot parse method {spec!r}; write e.g. \"integrated_gradients(steps=64)\"") from None
+        raise InputError(hint) from None
     if isinstance(node, ast.Name):
-        return lookup(node.id), {}
+        return lookup(node.id, kind), {}
     if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.args):
-        raise InputError(f"cannot parse method {spec!r}; write e.g. \"integrated_gradients(steps=64)\"")
+        raise InputError(hint)
     try:
         settings = {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords if kw.arg}
     except ValueError:
         raise InputError(f"settings in {spec!r} must be literals (numbers, strings, True/False/None)") from None
-    return lookup(node.func.id), settings
+    return lookup(node.func.id, kind), settings
+
+
+def parse_metric(spec: str | Callable) -> tuple[Callable, dict[str, Any]]:
+    """``parse`` for ``METRICS``: ``"deletion(steps=56)"`` -> (function, settings)."""
+    return parse(spec, "metric")
 
 
 def settings_of(fn: Callable) -> dict[str, Any]:
@@ -83,16 +102,19 @@ def settings_of(fn: Callable) -> dict[str, Any]:
 def resolve(fn: Callable, settings: dict[str, Any]) -> dict[str, Any]:
     """``settings`` checked against ``fn``'s, with a wrapping method's ``base`` (a name, a
     ``"name(k=v)"`` string or a function) resolved to its function and its settings checked in
-    turn; the settings in a ``base`` string join ``base_settings``."""
+    turn; the settings in a ``base`` string join ``base_settings`` (for a metric that re-explains,
+    ``method`` and ``method_settings``)."""
     known = settings_of(fn)
     unknown = sorted(set(settings) - set(known))
     if unknown:
         name = getattr(fn, "__name__", "method")
         raise InputError(f"{name} has no setting {', '.join(map(repr, unknown))}; its settings: {', '.join(known) or 'none'}")
-    if not getattr(fn, "wraps_method", False):
+    names = wrapped(fn)
+    if names is None:
         return settings
-    inner = settings.get("base_settings") or {}
+    name, inner_name = names
+    inner = settings.get(inner_name) or {}
     if not isinstance(inner, Mapping):
-        raise InputError(f"base_settings must be a dict of the base method's settings, got {type(inner).__name__}")
-    base, parsed = parse(settings.get("base", known["base"]))
-    return {**settings, "base": base, "base_settings": resolve(base, {**parsed, **inner})}
+        raise InputError(f"{inner_name} must be a dict of the {name} method's settings, got {type(inner).__name__}")
+    base, parsed = parse(settings.get(name, known[name]))
+    return {**settings, name: base, inner_name: resolve(base, {**parsed, **inner})}

@@ -270,12 +270,13 @@ def prepare(fn: Callable, model: Model, images: Array, settings: dict[str, Any],
 
 
 def _check_target_use(fn: Callable, settings: dict[str, Any], targets: Targets) -> None:
-    """``targets=None`` for a method (``settings`` resolved) that reads its target is an error."""
+    """``targets=None`` for a method or metric (``settings`` resolved) that reads its target is an error."""
     if targets is None and uses_target(fn, settings):
-        free = sorted(name for name, f in registry.METHODS.items() if not uses_target(f, {}))
-        name = getattr(fn, "__name__", "this method")
-        raise InputError(f"targets=None is only for methods that ignore the target ({', '.join(free)}); {name} "
-                         f"explains a class: pass class indices or 'predicted'")
+        kind, table = ("metrics", registry.METRICS) if fn in registry.METRICS.values() else ("methods", registry.METHODS)
+        free = sorted(name for name, f in table.items() if not uses_target(f, {}))
+        name = getattr(fn, "__name__", f"this {kind[:-1]}")
+        raise InputError(f"targets=None is only for {kind} that ignore the target ({', '.join(free)}); {name} "
+                         f"{'explains' if kind == 'methods' else 'scores'} a class: pass class indices or 'predicted'")
 
 
 def _progress_bar(total: int, desc: str) -> Any:
@@ -314,6 +315,13 @@ def explain(
     """
     fn, parsed = registry.parse(method)
     settings = registry.resolve(fn, {**parsed, **settings})
+    return run(fn, model, images, targets, settings, batch_size=batch_size, precision=precision, progress=progress)
+
+
+def run(fn: Callable, model: Model, images: Any, targets: Targets, settings: dict[str, Any], *,
+        batch_size: int | None = None, precision: str | None = None, progress: bool = False) -> PyTree:
+    """``fn`` (a method, or a metric with its ``attribution`` among the ``settings``, which
+    ``registry.resolve`` has checked) on every image: what ``explain`` and ``evaluate`` share."""
     check_batch_size(batch_size)
     images = check_images(model, images)
     _check_target_use(fn, settings, targets)
@@ -327,7 +335,7 @@ def explain(
     tick = bar.update if bar is not None else None
     try:
         return run_batches(lambda p, x, t, k, mine: prep.call(p, x, t, k, mine, prep.shared, tick), model.params,
-                    (images, target_ids, prep.keys, prep.per_image), n, size)
+                           (images, target_ids, prep.keys, prep.per_image), n, size)
     finally:
         if bar is not None:
             bar.close()

@@ -17,7 +17,7 @@ import numpy as np
 from jaxplain import registry
 from jaxplain.errors import InputError
 from jaxplain.methods.layer import check_neuron
-from jaxplain.methods.marks import inner
+from jaxplain.methods.marks import inner, wrapped
 from jaxplain.shapes import check_layer, default_layer
 from jaxplain.types import Array, Model
 
@@ -87,7 +87,7 @@ def resolve_for_model(fn: Callable, model: Model, image_shape: tuple[int, ...], 
         settings["baseline"] = jnp.asarray(model.preprocess(black)[0], jnp.float32)
     nested = inner(fn, settings)
     if nested:
-        settings["base_settings"] = resolve_for_model(nested[0], model, image_shape, nested[1])
+        settings[wrapped(fn)[1]] = resolve_for_model(nested[0], model, image_shape, nested[1])
     return settings
 
 
@@ -128,13 +128,13 @@ def split(fn: Callable, settings: dict[str, Any], n: int, path: Path = ()) -> Sp
     nested = inner(fn, settings)
     out = Split({}, {}, {})
     for k, v in settings.items():
-        if k == "base_settings" and nested:
+        if nested and k == wrapped(fn)[1]:
             part = split(nested[0], nested[1], n, (*path, k))
             out.static[k] = part.static
             out.shared.update(part.shared)
             out.per_image.update(part.per_image)
         elif is_array(v):
-            if k in ranks and np.ndim(v) == ranks[k] + 1:
+            if k in ranks and (ranks[k] is None or np.ndim(v) == ranks[k] + 1):
                 if v.shape[0] != n:
                     raise InputError(f"{k} has shape {tuple(v.shape)}: one per image needs {n} along its first axis "
                                      f"(the batch), or pass one {k} for all images")

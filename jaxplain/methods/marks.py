@@ -3,10 +3,13 @@
 - ``@output("map")``: the kind of result, ``"pixels"`` (``[H, W, C]``, the default), ``"map"``
   (``[H, W]``: CAMs, RISE) or ``"layer"`` (a layer's shape); pictures reduce only ``"pixels"``.
 - ``@per_image(baseline=3)``: array settings that may come one per image: a value of that rank is
-  shared by the batch, one of rank + 1 with a leading ``B`` is split per image like ``images``.
+  shared by the batch, one of rank + 1 with a leading ``B`` is split per image like ``images``;
+  rank ``None``: always one per image (a metric's ``attribution``).
 - ``@targetless``: the method ignores ``target`` (neurons, Eigen-CAM), so ``targets=None`` is fine.
 - ``@wraps_method``: the method runs another one, named by its ``base`` setting with
   ``base_settings`` (the noise wrappers); what holds for that one holds inside.
+  ``@wraps_method(setting="method")``: the same under other names (``method``/``method_settings``:
+  the metrics that re-explain).
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ def output(kind: str) -> Callable[[Callable], Callable]:
     return mark
 
 
-def per_image(**ranks: int) -> Callable[[Callable], Callable]:
-    """Mark array settings that may be given one per image: ``name=rank`` of one image's value."""
+def per_image(**ranks: int | None) -> Callable[[Callable], Callable]:
+    """Mark array settings that may be given one per image: ``name=rank`` of one image's value
+    (``None``: always one per image, any rank)."""
 
     def mark(fn: Callable) -> Callable:
         fn.per_image = dict(ranks)
@@ -45,19 +49,31 @@ def targetless(fn: Callable) -> Callable:
     return fn
 
 
-def wraps_method(fn: Callable) -> Callable:
-    """Mark a method that runs the method of its ``base`` setting with ``base_settings``."""
-    fn.wraps_method = True
-    return fn
+def wraps_method(fn: Callable | None = None, *, setting: str = "base") -> Callable:
+    """Mark a function that runs the method named by its ``setting`` with ``{setting}_settings``.
+    Use as ``@wraps_method`` or ``@wraps_method(setting="method")``."""
+
+    def mark(f: Callable) -> Callable:
+        f.wraps_method = setting
+        return f
+
+    return mark if fn is None else mark(fn)
+
+
+def wrapped(fn: Callable) -> tuple[str, str] | None:
+    """The names ``(method setting, its settings' setting)`` of a wrapping function, else ``None``."""
+    name = getattr(fn, "wraps_method", None)
+    return (name, f"{name}_settings") if name else None
 
 
 def inner(fn: Callable, settings: dict[str, Any]) -> tuple[Callable, dict[str, Any]] | None:
-    """``(base method, its settings)`` of a wrapping method whose ``base`` is resolved to a
+    """``(base method, its settings)`` of a wrapping method whose base is resolved to a
     function, else ``None``."""
-    if not getattr(fn, "wraps_method", False):
+    names = wrapped(fn)
+    if names is None:
         return None
-    base = settings.get("base", inspect.signature(fn).parameters["base"].default)
-    return (base, dict(settings.get("base_settings") or {})) if callable(base) else None
+    base = settings.get(names[0], inspect.signature(fn).parameters[names[0]].default)
+    return (base, dict(settings.get(names[1]) or {})) if callable(base) else None
 
 
 def output_of(fn: Callable, settings: dict[str, Any]) -> str:

@@ -1,0 +1,69 @@
+"""``evaluate()``, the twin of ``explain()``: a metric of the explanations of a batch, run by the
+same machinery (``runner.run``: batching, jit cache, chunk loops, sharding)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxplain import registry
+from jaxplain.errors import InputError
+from jaxplain.runner import Targets, run
+from jaxplain.shapes import check_images
+from jaxplain.types import Array, Model
+
+
+def check_attributions(images: Array, attributions: Any) -> Array:
+    """``attributions`` as float32 ``[B, H, W, C]`` (pixels) or ``[B, H, W]`` (a map) for ``images
+    [B, H, W, C]``, finite, or an ``InputError`` naming what is wrong."""
+    if isinstance(attributions, (tuple, list)) and attributions and not np.isscalar(attributions[0]):
+        raise InputError("attributions must be one array; explain(..., return_delta=True) returns a tuple: pass its [0]")
+    a = attributions if isinstance(attributions, jax.Array) else np.asarray(attributions)
+    if not (jnp.issubdtype(a.dtype, jnp.floating) or jnp.issubdtype(a.dtype, jnp.integer)):
+        raise InputError(f"attributions must be numbers, got dtype {a.dtype}")
+    b, h, w, c = images.shape
+    if tuple(a.shape) not in ((b, h, w, c), (b, h, w)):
+        raise InputError(f"attributions must be [B, H, W, C] = {(b, h, w, c)} (pixels) or [B, H, W] = {(b, h, w)} "
+                         f"(a map) for these images, got shape {tuple(a.shape)}; a layer's attributions cannot be "
+                         f"scored against the image")
+    a = jnp.asarray(a, jnp.float32)
+    finite = np.asarray(jnp.isfinite(a).reshape(b, -1).all(-1))
+    if not finite.all():
+        raise InputError(f"attributions of images {np.nonzero(~finite)[0].tolist()[:8]} contain NaN or infinite values")
+    return a
+
+
+def evaluate(
+    model: Model,
+    images: Any,
+    targets: Targets,
+    attributions: Any,
+    metric: str | Callable,
+    *,
+    batch_size: int | None = None,
+    precision: str | None = None,
+    progress: bool = False,
+    **settings: Any,
+) -> dict[str, Array]:
+    """Score ``attributions`` of ``model``'s ``targets`` on preprocessed ``images [B, H, W, C]``.
+
+    ``metric``: a registered name (``jaxplain.METRICS``), a string with settings such as
+    ``"deletion(steps=56)"``, or a metric function. ``attributions``: ``[B, H, W, C]`` (what the
+    gradient family returns) or ``[B, H, W]`` (a CAM's or RISE's map). ``targets``: class
+    indices or ``"predicted"``. ``settings`` go to the metric (``key`` for random ones, split per
+    image as in ``explain``; ``mask`` for the localisation metrics; ``method`` and
+    ``method_settings`` for those that re-explain). ``batch_size``, ``precision`` and ``progress``
+    as ``explain``. Returns a dict of arrays with a leading ``B``: ``"score"`` ``[B]`` and, where
+    the metric has more, e.g. ``"curve"`` ``[B, S]``.
+    """
+    fn, parsed = registry.parse_metric(metric)
+    settings = registry.resolve(fn, {**parsed, **settings})
+    images = check_images(model, images)
+    a = check_attributions(images, attributions)
+    out = run(fn, model, images, targets, {**settings, "attribution": a}, batch_size=batch_size,
+              precision=precision, progress=progress)
+    return dict(out)
+

@@ -1,0 +1,76 @@
+"""What several metrics share: a map from an attribution, pixel orders, the model's score, substrates."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy import ndimage
+
+from jaxplain.errors import InputError
+from jaxplain.types import ApplyFn, Array, PyTree
+
+SCORES = ("probability", "logit")
+
+
+def pixel_map(attribution: Array) -> Array:
+    """``[H, W]``: an ``[H, W, C]`` attribution summed over its channels (a map stays as it is)."""
+    return attribution.sum(-1) if attribution.ndim == 3 else attribution
+
+
+def order(values: Array) -> Array:
+    """Indices of ``values`` (any shape, flattened) from the largest down; ties by index, lowest first."""
+    return jnp.argsort(-values.reshape(-1), stable=True)
+
+
+def ranks(values: Array) -> Array:
+    """Each element's place in ``order(values)`` (0 = the largest), shaped like ``values``."""
+    o = order(values)
+    return jnp.zeros(o.shape, jnp.int32).at[o].set(jnp.arange(o.size, dtype=jnp.int32)).reshape(values.shape)
+
+
+def scorer(apply: ApplyFn, params: PyTree, target: Array, score: str) -> Callable[[Array], Array]:
+    """``x [H, W, C] -> scalar``: the target's softmax probability or logit."""
+    if score not in SCORES:
+        raise InputError(f"score must be one of {SCORES}, got {score!r}")
+    if score == "logit":
+        return lambda v: apply(params, v)[0][target]
+    return lambda v: jax.nn.softmax(apply(params, v)[0])[target]
+
+
+def rise_blur_kernel(size: int = 11, sigma: float = 5.0) -> np.ndarray:
+    """The 1-D factor of the RISE code's blur kernel (Petsiuk et al. 2018, ``gkern``): a unit impulse
+    of ``size`` filtered by a Gaussian of ``sigma`` with SciPy's reflecting edges (so at sigma 5 the
+    tails fold back into the window); the 2-D kernel is its outer product."""
+    impulse = np.zeros(size)
+    impulse[size // 2] = 1.0
+    return ndimage.gaussian_filter1d(impulse, sigma).astype(np.float32)
+
+
+def rise_blur(x: Array, size: int = 11, sigma: float = 5.0) -> Array:
+    """``x [H, W, C]`` blurred per channel by ``rise_blur_kernel`` with zero padding (the RISE code's
+    insertion substrate: ``conv2d(x, kernel, padding=size // 2)``)."""
+    k = jnp.asarray(rise_blur_kernel(size, sigma))
+    h, w = x.shape[:2]
+    pad = size // 2
+
+    def band(n: int) -> Array:  # [n, n]: out[i] = sum_j k[j - i + pad] x[j], zero outside
+        d = jnp.arange(n)[None, :] - jnp.arange(n)[:, None] + pad
+        return jnp.where((d >= 0) & (d < size), k[jnp.clip(d, 0, size - 1)], 0.0)
+
+    return jnp.einsum("ih,hwc,jw->ijc", band(h), x, band(w))
+
+
+def substrate(x: Array, fill: float | str | Array) -> Array:
+    """What removed pixels become: a number, ``"blur"`` (``rise_blur``) or an ``[H, W, C]`` array
+    (``"black"``, the preprocessed black image, is resolved by ``evaluate``)."""
+    if isinstance(fill, str):
+        if fill == "blur":
+            return rise_blur(x)
+        raise InputError(f"a baseline must be a number, 'black', 'blur' or an [H, W, C] array, got {fill!r}")
+    b = jnp.asarray(fill, x.dtype)
+    if b.ndim not in (0, 3) or (b.ndim == 3 and b.shape != x.shape):
+        raise InputError(f"baseline must be a number or an array of the image's shape {x.shape}, got shape {b.shape}")
+    return jnp.broadcast_to(b, x.shape)
