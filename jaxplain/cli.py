@@ -18,7 +18,7 @@ import numpy as np
 from jaxplain.errors import InputError, JaxplainError
 from jaxplain.precision import PRECISIONS
 from jaxplain.reductions import REDUCTIONS
-from jaxplain.registry import METHODS
+from jaxplain.registry import METHODS, METRICS
 
 MODELS = ("vgg11", "vgg13", "vgg16", "vgg19")
 
@@ -233,6 +233,76 @@ def _explain(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+DEFAULT_METHODS = ("gradient", "gradient_x_input", "integrated_gradients", "smoothgrad", "guided_backprop",
+                   "grad_cam", "occlusion", "rise")
+SYNTHETIC = "synthetic_vgg"
+
+
+def _check_evaluate_args(args: argparse.Namespace) -> Path:
+    """``evaluate``'s arguments, checked before a model loads; the JSON file's path."""
+    from jaxplain.comparison import check_specs
+
+    if args.masks and len(args.masks) != len(args.images):
+        raise InputError(f"--masks gives {len(args.masks)} masks for {len(args.images)} images: one mask per image, in order")
+    if args.masks and not args.images:
+        raise InputError("--masks goes with your images; the synthetic benchmark brings its own masks")
+    if args.model == SYNTHETIC and args.weights not in ("shipped", "random"):
+        raise InputError("--weights for synthetic_vgg is 'shipped' or 'random'")
+    check_specs(args.methods, args.metrics, has_masks=not args.images or bool(args.masks))
+    out = Path(args.json)
+    if out.is_dir():
+        raise InputError(f"--json {args.json}: is a folder, not a file")
+    _output_folder(str(out.parent) if str(out.parent) else ".")
+    return out
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    out = _check_evaluate_args(args)
+    import jax.numpy as jnp
+
+    from jaxplain import models
+    from jaxplain.comparison import compare, table
+
+    _compile_cache()
+    if args.images:
+        if args.model == SYNTHETIC:
+            model = models.synthetic_vgg(None if args.weights == "random" else "shipped")
+        else:
+            model = _load_model(args)
+        found, arrays = _images(args.images, model)
+        if not found:
+            raise InputError("none of the images could be read")
+        masks = None
+        if args.masks:
+            from jaxplain.io import load_image
+
+            masks = jnp.asarray(np.stack([load_image(args.masks[i], model).max(-1) > 127 for i in found]))
+        x = model.preprocess(np.stack(arrays))
+        data = f"{len(found)} images"
+    else:
+        from jaxplain import synthetic
+
+        model = models.synthetic_vgg()
+        bench = synthetic.make(args.n, seed=args.seed)
+        x, masks = model.preprocess(bench.images), jnp.asarray(bench.masks)
+        data = f"{args.n} synthetic images (seed {args.seed})"
+    print(f"{model.name} on {data}: {len(args.methods)} methods x {len(args.metrics)} metrics", flush=True)
+    report = (lambda line: print(f"  {line}", file=sys.stderr, flush=True)) if sys.stderr.isatty() else None
+    method_seconds, cells = compare(model, x, "predicted", args.methods, args.metrics, masks=masks,
+                                    batch_size=args.batch_size, seed=args.seed, report=report)
+    print(table(method_seconds, cells))
+    result = {"model": model.name, "data": data, "method_seconds": method_seconds,
+              "cells": [{"method": c.method, "metric": c.metric, "mean": c.mean, "low": c.low, "high": c.high,
+                         "seconds": c.seconds, "scores": c.scores.tolist()} for c in cells]}
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(out)
+    print(f"wrote {out}")
+    return 0
+
+
 def bench_command(args: argparse.Namespace, peer: Callable | None = None) -> int:
     """``jaxplain bench``; ``peer(model, rounds=, min_time=)``, if given, returns the peer timing
     of ``bench.run`` (``python -m benchmarks.compare`` passes Captum's)."""
@@ -275,6 +345,16 @@ examples:
 """
 
 
+EVALUATE_EPILOG = f"""metrics (settings in parentheses, e.g. --metrics "deletion(steps=16)"):
+{_columns(sorted(METRICS))}
+
+examples:
+  jaxplain evaluate                                   # every metric, the default methods, the synthetic benchmark
+  jaxplain evaluate --methods gradient grad_cam --metrics deletion insertion -n 50
+  jaxplain evaluate photos/*.jpg --masks masks/*.png --model vgg16 --metrics pointing_game relevance_mass
+"""
+
+
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="jaxplain", description="Explain image classifiers: predict classes, write heat maps "
                 "(PNG) and raw attributions (NPY), and measure speed.")
@@ -302,6 +382,25 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--num-processes", type=_positive, help="with --coordinator: how many processes")
     ex.add_argument("--process-id", type=int, help="with --coordinator: this process's index")
     ex.set_defaults(run=_explain)
+    ev = sub.add_parser("evaluate", help="score methods with faithfulness, localisation and sanity metrics",
+                        description="Explain images with each method, score each explanation with each metric, and "
+                        "print the mean and a 95% interval over the images, with the seconds taken. Without images: "
+                        "the synthetic ground-truth benchmark and its shipped model.", epilog=EVALUATE_EPILOG,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ev.add_argument("images", nargs="*", metavar="IMAGE", help="your images (default: the synthetic benchmark)")
+    ev.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="METHOD")
+    ev.add_argument("--metrics", nargs="+", default=None, metavar="METRIC", help="default: all (those needing masks "
+                    "only with masks)")
+    ev.add_argument("--masks", nargs="+", metavar="MASK", help="one ground-truth mask picture per image (white = the object)")
+    ev.add_argument("--model", default=None, choices=(*MODELS, SYNTHETIC),
+                    help="default: synthetic_vgg without images, vgg16 with")
+    ev.add_argument("--weights", default=None, help="as for explain (default imagenet; synthetic_vgg: shipped)")
+    ev.add_argument("--source", choices=("keras", "torchvision"), default=None)
+    ev.add_argument("-n", type=_positive, default=200, help="synthetic images (default 200)")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the synthetic images and of random methods and metrics")
+    ev.add_argument("--batch-size", type=_positive, default=32, help="images per compiled call (default 32)")
+    ev.add_argument("--json", default="evaluation.json", help="where to write every score (default evaluation.json)")
+    ev.set_defaults(run=_evaluate)
     be = sub.add_parser("bench", help="measure images/s, %% of the matmul peak and memory",
                         description="Measure images/s, the fraction of a matmul probe's FLOP/s and memory per method "
                         "(python -m benchmarks.compare adds Captum alongside).")
@@ -321,11 +420,24 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"jaxplain: warning: {message}", file=sys.stderr)
 
 
+def _defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Defaults that depend on other arguments (``evaluate``'s model, weights and metrics)."""
+    if getattr(args, "command", None) == "evaluate":
+        args.model = args.model or ("vgg16" if args.images else SYNTHETIC)
+        args.weights = args.weights or ("shipped" if args.model == SYNTHETIC else "imagenet")
+        if args.metrics is None:
+            from jaxplain.registry import settings_of
+
+            masked = not args.images or bool(args.masks)
+            args.metrics = [k for k, f in METRICS.items() if masked or "mask" not in settings_of(f)]
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     warnings.showwarning = _one_line_warning
     try:
-        return args.run(args)
+        return args.run(_defaults(args))
     except JaxplainError as e:
         print(f"jaxplain: error: {e}", file=sys.stderr)
         return 2
