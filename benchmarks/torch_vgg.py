@@ -3,6 +3,8 @@ so Captum can run on exactly the same weights (the side-by-side benchmarks)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 from torch import nn
@@ -33,6 +35,13 @@ def state_dict(params: dict, config: VGGConfig) -> dict[str, np.ndarray]:
 def torch_vgg(arch: str, params: dict, *, include_top: bool = True, device: str = "cpu"):
     """``torch.nn.Module`` VGG (eval mode, out-of-place ReLUs) holding ``params``."""
     config = VGGConfig(blocks=BLOCKS[arch], include_top=include_top, head="torchvision", name=arch)
+    return torch_twin(config, params, device=device)
+
+
+def torch_twin(config: VGGConfig, params: dict, *, device: str = "cpu"):
+    """``torch.nn.Module`` twin of any ``VGGConfig`` (torchvision's head: an adaptive average pool to
+    ``grid``, which a Keras-head model's input size makes the identity) holding ``params``."""
+    config = dataclasses.replace(config, head="torchvision")
     layers: list[nn.Module] = []
     cin = 3
     for n, width in zip(config.blocks, config.widths):
@@ -41,7 +50,7 @@ def torch_vgg(arch: str, params: dict, *, include_top: bool = True, device: str 
             cin = width
         layers.append(nn.MaxPool2d(2, 2))
     modules: dict[str, nn.Module] = {"features": nn.Sequential(*layers)}
-    if include_top:
+    if config.include_top:
         g, fc = config.grid, config.fc
         modules["avgpool"] = nn.AdaptiveAvgPool2d((g, g))
         modules["flatten"] = nn.Flatten(1)

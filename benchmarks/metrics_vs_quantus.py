@@ -1,0 +1,338 @@
+"""Every metric of ``jaxplain.evaluate`` beside its Quantus 0.6 counterpart: the same weights (a
+torch twin), images, targets, attributions and settings, on the CPU, in one process, alternating
+the two; images/s, the ratio, and how far the two scores are apart.
+
+``python -m benchmarks.metrics_vs_quantus [--model vgg16|synthetic_vgg|tiny] [--batch 8]
+[--metrics deletion ...] [--rounds 2] [--json out.json]``
+
+Settings: ``--model vgg16`` (224x224) runs the ``"reduced"`` settings below (VGG16 costs ~0.2 s
+per image and forward pass on a 2-core CPU; Quantus' defaults would take hours per batch); the
+small models run ``"reference"`` ones (our defaults, Quantus set to match them). Timing: one call
+of each first (ours compiles; both reported as warm-up, excluded), then ``--rounds`` rounds, ours
+and Quantus alternating, median seconds per call. A metric missing from ``jaxplain.METRICS`` is
+skipped with a note (``PAIRS`` lists the counterparts of metrics still being written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import time
+import warnings
+from typing import Any, Callable
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+import jaxplain  # noqa: E402
+from jaxplain import METRICS, bench  # noqa: E402
+
+Settings = Callable[[str, int, int], tuple[dict[str, Any], dict[str, Any]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """One batch both sides score: channel-last for us, channel-first (``*_nchw``) for Quantus."""
+
+    x: np.ndarray  # [B, H, W, 3]
+    y: np.ndarray  # [B] int
+    map: np.ndarray  # [B, H, W]: the gradient summed over channels
+    pixels: np.ndarray  # [B, H, W, 3]: the gradient
+    mask: np.ndarray  # [B, H, W] bool: a box per image (localisation)
+
+    @property
+    def x_nchw(self) -> np.ndarray:
+        return np.ascontiguousarray(self.x.transpose(0, 3, 1, 2))
+
+
+@dataclasses.dataclass(frozen=True)
+class Pair:
+    """Our metric's Quantus 0.6 counterpart.
+
+    ``quantus``: the class's name in ``quantus``; ``make``: its constructor where not
+    ``getattr(quantus, name)``. ``settings(profile, H, W) -> (ours, quantus)``: our settings and the Quantus constructor's
+    (``profile``: ``"reduced"`` or ``"reference"``). ``form``: the attribution both get, ``"map"``
+    ([B, H, W] / [B, 1, H, W]) or ``"pixels"``. ``call``: extra keywords of the Quantus call.
+    ``agree(ours, quantus) -> (max |difference|, what was compared)``; ``None`` where the two
+    differ by design (``note`` says why)."""
+
+    quantus: str
+    settings: Settings
+    form: str = "map"
+    call: Callable[[Inputs], dict[str, Any]] = lambda inp: {}
+    agree: Callable[[dict[str, np.ndarray], np.ndarray], tuple[float, str]] | None = None
+    note: str = ""
+    ours_extra: Callable[[Inputs], dict[str, Any]] = lambda inp: {}
+    make: Callable[..., Any] | None = None
+
+
+def _max_diff(a: Any, b: Any) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b))) if a.size else 0.0
+
+
+def _pixel_flipping(**settings: Any) -> Any:
+    """Quantus' ``PixelFlipping``, its ``features_in_step`` checked against the features it flips
+    (C H W: a map is broadcast over the channels) instead of H W: Quantus 0.6 asserts
+    ``H W % features_in_step == 0``, which no whole-pixel step (3 p features) passes when 3 does
+    not divide H W (224x224, 64x64, 32x32). The computation is Quantus' own."""
+    import quantus
+
+    class PixelFlipping(quantus.PixelFlipping):
+        def custom_preprocess(self, x_batch: np.ndarray, **kwargs: Any) -> None:
+            assert np.prod(x_batch.shape[1:]) % self.features_in_step == 0
+
+    return PixelFlipping(**settings)
+
+
+def _deletion_settings(profile: str, h: int, w: int) -> tuple[dict, dict]:
+    steps = 16 if profile == "reduced" else h  # ours defaults to H steps (the RISE code)
+    per_step = -(-h * w // steps)
+    return dict(steps=steps, baseline=0.0), dict(features_in_step=3 * per_step, perturb_baseline=0.0)
+
+
+def _region_settings(profile: str, h: int, w: int) -> tuple[dict, dict]:
+    regions = 16 if profile == "reduced" else 100
+    return (dict(patch=8, regions=regions, baseline=0.0),
+            dict(patch_size=8, regions_evaluation=regions, order="morf", perturb_baseline=0.0))
+
+
+def _mu_settings(profile: str, h: int, w: int) -> tuple[dict, dict]:
+    samples = 20 if profile == "reduced" else 100
+    subset = min(224, h * w // 4)  # Quantus' default 224 (a row's worth at 224x224)
+    return (dict(samples=samples, subset=subset, baseline=0.0, key=0),
+            dict(nr_runs=samples, subset_size=3 * subset, perturb_baseline=0.0, return_aggregate=False))
+
+
+def _infidelity_settings(profile: str, h: int, w: int) -> tuple[dict, dict]:
+    samples = 4 if profile == "reduced" else 10
+    patches = [56] if profile == "reduced" else [4]
+    return (dict(samples=samples, patch_sizes=tuple(patches), baseline=0.0, key=0),
+            dict(n_perturb_samples=samples, perturb_patch_sizes=patches, perturb_baseline=0.0))
+
+
+def _sensitivity_settings(profile: str, h: int, w: int) -> tuple[dict, dict]:
+    samples = 5 if profile == "reduced" else 200
+    return (dict(samples=samples, radius=0.2, method="gradient", key=0),
+            dict(nr_samples=samples, lower_bound=0.2))
+
+
+def _road_settings(profile: str, h: int, w: int) -> tuple[dict, dict]:
+    pct = [10, 50, 90] if profile == "reduced" else list(range(1, 100, 2))
+    return (dict(percentages=tuple(pct), noise=0.01, key=0), dict(percentages=pct, noise=0.01))
+
+
+def _plain(profile: str, h: int, w: int) -> tuple[dict, dict]:
+    return {}, {}
+
+
+def _mprt_settings(profile: str, h: int, w: int) -> tuple[dict, dict]:
+    return dict(method="gradient", key=0), dict(layer_order="top_down", seed=42, return_last_correlation=True)
+
+
+def _quantus_saliency(inp: Inputs) -> dict[str, Any]:
+    import quantus
+
+    return dict(explain_func=quantus.explain, explain_func_kwargs={"method": "Saliency"})
+
+
+def _masks(inp: Inputs) -> dict[str, Any]:
+    return {"s_batch": inp.mask[:, None].astype(np.float32)}
+
+
+def _ours_masks(inp: Inputs) -> dict[str, Any]:
+    return {"mask": inp.mask}
+
+
+def _curve_after_steps(ours: dict[str, np.ndarray], theirs: np.ndarray) -> tuple[float, str]:
+    return _max_diff(ours["curve"][:, 1:], theirs), "curve after each step (softmax)"
+
+
+def _scores(ours: dict[str, np.ndarray], theirs: np.ndarray) -> tuple[float, str]:
+    return _max_diff(ours["score"], theirs), "score"
+
+
+PAIRS: dict[str, Pair] = {
+    "deletion": Pair("PixelFlipping", _deletion_settings, make=_pixel_flipping, agree=_curve_after_steps,
+                     note="Quantus' curve has no step-0 point and its AUC is np.trapz; ours the RISE AUC: curves compared"),
+    "region_perturbation": Pair("RegionPerturbation", _region_settings, agree=_curve_after_steps),
+    "mu_fidelity": Pair("FaithfulnessCorrelation", _mu_settings,
+                        note="random subsets: each side draws its own"),
+    "infidelity": Pair("Infidelity", _infidelity_settings, form="pixels",
+                       note="random perturbations: each side draws its own"),
+    "max_sensitivity": Pair("MaxSensitivity", _sensitivity_settings, form="pixels", call=_quantus_saliency,
+                            note="random noise: each side draws its own; Quantus re-explains with captum Saliency"),
+    "road": Pair("ROAD", _road_settings, note="noisy linear imputation: random noise on each side"),
+    "pointing_game": Pair("PointingGame", _plain, call=_masks, ours_extra=_ours_masks, agree=_scores),
+    "relevance_mass": Pair("RelevanceMassAccuracy", _plain, call=_masks, ours_extra=_ours_masks, agree=_scores),
+    "relevance_rank": Pair("RelevanceRankAccuracy", _plain, call=_masks, ours_extra=_ours_masks, agree=_scores),
+    "model_randomisation": Pair("MPRT", _mprt_settings, form="pixels", call=_quantus_saliency,
+                                note="random re-initialisation: each side draws its own weights"),
+}
+COMMON = dict(abs=False, normalise=False, disable_warnings=True, display_progressbar=False)
+
+
+def build_model(name: str) -> tuple[Any, Any]:
+    """``(jaxplain Model, its torch twin)`` for ``vgg16`` (random weights, 224x224),
+    ``synthetic_vgg`` (the shipped weights, 64x64) or ``tiny`` (tests/conftest.py, 32x32)."""
+    from jaxplain import models
+
+    if name == "tiny":
+        from tests.conftest import tiny_pair
+
+        net, model = tiny_pair(1)
+        return model, net
+    from benchmarks.torch_vgg import torch_twin, torch_vgg
+
+    params = lambda m: jax.tree.map(np.asarray, m.params)  # noqa: E731
+    if name == "vgg16":
+        model = models.vgg16()
+        return model, torch_vgg("vgg16", params(model))
+    if name == "synthetic_vgg":
+        from jaxplain.models import synthetic
+
+        model = models.synthetic_vgg()
+        return model, torch_twin(synthetic.CONFIG, params(model))
+    raise SystemExit(f"unknown model {name!r}: vgg16, synthetic_vgg or tiny")
+
+
+def make_inputs(model: Any, batch: int, seed: int = 0) -> Inputs:
+    """Random N(0, 1) images, the predicted classes, their gradients, and a box mask per image."""
+    h, w = model.input_size or (32, 32)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, h, w, 3)).astype(np.float32)
+    y = np.asarray(jax.vmap(lambda v: model.apply(model.params, v)[0].argmax())(x)).astype(np.int64)
+    pixels = np.asarray(jaxplain.explain(model, x, y, "gradient"), np.float32)
+    mask = np.zeros((batch, h, w), bool)
+    for i in range(batch):
+        top, left = rng.integers(0, h // 2), rng.integers(0, w // 2)
+        mask[i, top:top + h // 2, left:left + w // 2] = True
+    return Inputs(x, y, pixels.sum(-1), pixels, mask)
+
+
+def _quantus_attr(inp: Inputs, form: str) -> np.ndarray:
+    return inp.map[:, None] if form == "map" else np.ascontiguousarray(inp.pixels.transpose(0, 3, 1, 2))
+
+
+def case(model: Any, net: Any, inp: Inputs, name: str, profile: str, rounds: int) -> dict[str, Any]:
+    """Time one pair (warm-up, then ``rounds`` alternating rounds) and compare the scores."""
+    import quantus
+
+    pair = PAIRS[name]
+    h, w = inp.x.shape[1:3]
+    ours_s, q_s = pair.settings(profile, h, w)
+    metric = (pair.make or getattr(quantus, pair.quantus))(**{**COMMON, **q_s})
+    a_ours = inp.map if pair.form == "map" else inp.pixels
+    extra = pair.ours_extra(inp)
+    q_kw = dict(model=net, x_batch=inp.x_nchw, y_batch=inp.y, a_batch=_quantus_attr(inp, pair.form), device="cpu",
+                channel_first=True, batch_size=len(inp.x), **pair.call(inp))
+
+    def ours() -> dict[str, np.ndarray]:
+        out = jaxplain.evaluate(model, inp.x, inp.y, a_ours, name, **ours_s, **extra)
+        return {k: np.asarray(v) for k, v in jax.block_until_ready(out).items()}
+
+    def theirs() -> np.ndarray:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return np.asarray(metric(**q_kw), np.float64)
+
+    def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+        t = time.perf_counter()
+        out = fn()
+        return time.perf_counter() - t, out
+
+    warm_ours, out_ours = timed(ours)
+    warm_theirs, out_theirs = timed(theirs)
+    t_ours, t_theirs = [], []
+    for _ in range(rounds):
+        t_ours.append(timed(ours)[0])
+        t_theirs.append(timed(theirs)[0])
+    b = len(inp.x)
+    ours_ips, theirs_ips = b / statistics.median(t_ours), b / statistics.median(t_theirs)
+    diff, compared = pair.agree(out_ours, out_theirs) if pair.agree else (None, "not compared")
+    return {
+        "metric": name, "quantus": pair.quantus, "batch": b, "profile": profile,
+        "ours_images_per_s": ours_ips, "quantus_images_per_s": theirs_ips, "ratio": ours_ips / theirs_ips,
+        "ours_s": t_ours, "quantus_s": t_theirs, "ours_warmup_s": warm_ours, "quantus_warmup_s": warm_theirs,
+        "ours_mean_score": float(np.mean(out_ours["score"])), "quantus_mean_score": float(np.mean(out_theirs)),
+        "max_abs_diff": diff, "compared": compared, "note": pair.note,
+        "ours_settings": {k: repr(v) for k, v in ours_s.items()},
+        "quantus_settings": {k: repr(v) for k, v in q_s.items()},
+    }
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = (f"{'metric':<20}{'Quantus':<24}{'ours img/s':>11}{'Quantus img/s':>14}{'ratio':>9}"
+            f"{'warm-up s (ours/Q)':>20}{'max |diff|':>12}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        if "skipped" in r:
+            lines.append(f"{r['metric']:<20}{r.get('quantus', ''):<24}skipped: {r['skipped']}")
+            continue
+        d = r["max_abs_diff"]
+        lines.append(f"{r['metric']:<20}{r['quantus']:<24}{r['ours_images_per_s']:>11.3f}{r['quantus_images_per_s']:>14.3f}"
+                     f"{r['ratio']:>8.1f}x{r['ours_warmup_s']:>11.1f}/{r['quantus_warmup_s']:<8.1f}"
+                     f"{(f'{d:.1e}' if d is not None else '-'):>12}")
+    return "\n".join(lines)
+
+
+def settings_lines(rows: list[dict[str, Any]]) -> str:
+    out = []
+    for r in rows:
+        if "skipped" in r:
+            continue
+        out.append(f"  {r['metric']}: ours {r['ours_settings']}; Quantus {r['quantus_settings']} "
+                   f"(mean score ours {r['ours_mean_score']:.4g}, Quantus {r['quantus_mean_score']:.4g}; "
+                   f"compared: {r['compared']}){'; ' + r['note'] if r['note'] else ''}")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="tiny", choices=["vgg16", "synthetic_vgg", "tiny"])
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--metrics", nargs="+", default=list(PAIRS))
+    p.add_argument("--rounds", type=int, default=None, help="timed rounds per side (default 2 on VGG16, 5 otherwise)")
+    p.add_argument("--profile", choices=["reduced", "reference"], default=None,
+                   help="settings (default: reduced on VGG16, reference on the small models)")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    import quantus
+    import torch
+
+    profile = args.profile or ("reduced" if args.model == "vgg16" else "reference")
+    rounds = args.rounds or (2 if args.model == "vgg16" else 5)
+    model, net = build_model(args.model)
+    inp = make_inputs(model, args.batch)
+    info = bench.device_info()
+    load = os.getloadavg()
+    h, w = inp.x.shape[1:3]
+    print(f"{info['device_kind']} ({info['platform']}), {os.cpu_count()} CPUs, load {load[0]:.2f} {load[1]:.2f} "
+          f"{load[2]:.2f}; jax {info['jax']}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+          f"quantus {quantus.__version__}; {args.model} {h}x{w}, batch {args.batch}, {profile} settings, "
+          f"median of {rounds} alternating rounds", flush=True)
+    rows: list[dict[str, Any]] = []
+    for name in args.metrics:
+        if name not in PAIRS:
+            rows.append({"metric": name, "skipped": "no Quantus counterpart in PAIRS"})
+        elif name not in METRICS:
+            rows.append({"metric": name, "quantus": PAIRS[name].quantus, "skipped": "not in jaxplain.METRICS (yet)"})
+        else:
+            rows.append(case(model, net, inp, name, profile, rounds))
+        print(table(rows[-1:]).splitlines()[-1] if len(rows) > 1 else table(rows), flush=True)
+    print("settings (identical on both sides unless said):")
+    print(settings_lines(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"model": args.model, "batch": args.batch, "profile": profile, "rounds": rounds, "load": load,
+                       **info, "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
