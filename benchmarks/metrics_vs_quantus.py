@@ -1,6 +1,7 @@
 """Every metric of ``jaxplain.evaluate`` beside its Quantus 0.6 counterpart: the same weights (a
-torch twin), images, targets, attributions and settings, on the CPU, in one process, alternating
-the two; images/s, the ratio, and how far the two scores are apart.
+torch twin), images, targets, attributions and settings, on the same device (Quantus' torch path
+on CUDA where JAX runs on a GPU, else both on the CPU), in one process, alternating the two;
+images/s, the ratio, and how far the two scores are apart.
 
 ``python -m benchmarks.metrics_vs_quantus [--model vgg16|synthetic_vgg|tiny] [--batch 8]
 [--metrics deletion ...] [--rounds 2] [--json out.json]``
@@ -25,6 +26,8 @@ import warnings
 from typing import Any, Callable
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # torch beside JAX on a GPU (as benchmarks.compare)
+os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.5")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -214,22 +217,25 @@ def build_model(name: str) -> tuple[Any, Any]:
     ``synthetic_vgg`` (the shipped weights, 64x64) or ``tiny`` (tests/conftest.py, 32x32)."""
     from jaxplain import models
 
+    import torch
+
+    device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
     if name == "tiny":
         from tests.conftest import tiny_pair
 
         net, model = tiny_pair(1)
-        return model, net
+        return model, net.to(device)
     from benchmarks.torch_vgg import torch_twin, torch_vgg
 
     params = lambda m: jax.tree.map(np.asarray, m.params)  # noqa: E731
     if name == "vgg16":
         model = models.vgg16()
-        return model, torch_vgg("vgg16", params(model))
+        return model, torch_vgg("vgg16", params(model), device=device)
     if name == "synthetic_vgg":
         from jaxplain.models import synthetic
 
         model = models.synthetic_vgg()
-        return model, torch_twin(synthetic.CONFIG, params(model))
+        return model, torch_twin(synthetic.CONFIG, params(model), device=device)
     raise SystemExit(f"unknown model {name!r}: vgg16, synthetic_vgg or tiny")
 
 
@@ -263,7 +269,8 @@ def case(model: Any, net: Any, inp: Inputs, name: str, profile: str, rounds: int
     metric = (pair.make or getattr(quantus, pair.quantus))(**{**COMMON, **q_s})
     a_ours = inp.map if pair.form == "map" else inp.pixels
     extra = pair.ours_extra(inp, metric)
-    q_kw = dict(model=net, x_batch=inp.x_nchw, y_batch=inp.y, a_batch=_quantus_attr(inp, pair.form), device="cpu",
+    device = next(net.parameters()).device.type
+    q_kw = dict(model=net, x_batch=inp.x_nchw, y_batch=inp.y, a_batch=_quantus_attr(inp, pair.form), device=device,
                 channel_first=True, batch_size=len(inp.x), **pair.call(inp))
 
     def ours() -> dict[str, np.ndarray]:
@@ -352,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     info = bench.device_info()
     load = os.getloadavg()
     h, w = inp.x.shape[1:3]
-    print(f"{info['device_kind']} ({info['platform']}), {os.cpu_count()} CPUs, load {load[0]:.2f} {load[1]:.2f} "
+    print(f"{info['device_kind']} ({info['platform']}; Quantus on {next(net.parameters()).device}), {os.cpu_count()} CPUs, load {load[0]:.2f} {load[1]:.2f} "
           f"{load[2]:.2f}; jax {info['jax']}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
           f"quantus {quantus.__version__}; {args.model} {h}x{w}, batch {args.batch}, {profile} settings, "
           f"median of {rounds} alternating rounds", flush=True)

@@ -31,3 +31,9 @@ for loop in host unroll; do  # the default on GPU is scan (in the runs above)
 done
 timeout "${BF16_LIMIT:-90}" python3 -m jaxplain.cli bench --batch 8 32 --min-time 0.5 --precision bfloat16 \
   --methods gradient "integrated_gradients(steps=50)" --json "$out/bf16.json" 2>&1 | tee "$out/bf16.txt"
+# every metric beside Quantus 0.6 (its torch path on the same device): the small model at the
+# reference settings, then VGG16 at reduced ones (benchmarks/metrics_vs_quantus.py says which)
+timeout "${QUANTUS_LIMIT:-300}" python3 -m benchmarks.metrics_vs_quantus --model tiny --json "$out/vs_quantus_tiny.json" \
+  2>&1 | tee "$out/vs_quantus_tiny.txt"
+timeout "${QUANTUS_VGG_LIMIT:-420}" python3 -m benchmarks.metrics_vs_quantus --model vgg16 --json "$out/vs_quantus_vgg16.json" \
+  2>&1 | tee "$out/vs_quantus_vgg16.txt"
