@@ -43,7 +43,7 @@ def check_mask(images: Array, mask: Any, name: str) -> Array:
     if m.dtype != bool:
         bad = m[(m != 0) & (m != 1)]
         if bad.size:
-            raise InputError(f"mask must be binary (bool or 0/1), got the value {bad.flat[0]!r}")
+            raise InputError(f"mask must be binary (bool or 0/1), got the value {bad.flat[0].item()!r}")
     m = m.astype(bool)
     empty = ~m.reshape(-1 if m.ndim == 2 else b, h * w).any(-1)
     if empty.any():
