@@ -62,7 +62,10 @@ def wraps_method(fn: Callable | None = None, *, setting: str = "base") -> Callab
     return mark if fn is None else mark(fn)
 
 
-def staged(stages: Callable[[Any, dict[str, Any]], list[tuple[str, Any]]], *, label: str = "stages") -> Callable[[Callable], Callable]:
+Stages = Callable[[Any, dict[str, Any]], list[tuple[str, Any]]]
+
+
+def staged(stages: Stages, *, label: str = "stages") -> Callable[[Callable], Callable]:
     """Mark a metric that ``evaluate`` runs once per stage of ``stages(model, settings)``, a list of
     ``(name, params)`` with the model's parameter structure: every stage runs the same compiled
     program with its own params; the stage names come back under ``label``."""

@@ -120,7 +120,8 @@ def model_randomisation(apply: ApplyFn, params: PyTree, x: Array, target: Array,
     ``"ssim"`` ``[B, S]``, ``"layers"`` ``[S]`` and ``"score"``: the last stage's Spearman (lower is
     better: the explanation depends on the weights)."""
     if not callable(method):
-        raise InputError(f"method must be a method function here, got {method!r}: jaxplain.evaluate resolves registered names")
+        raise InputError(f"method must be a method function here, got {method!r}: "
+                         f"jaxplain.evaluate resolves registered names")
     settings = dict(method_settings or {})
     if "key" in inspect.signature(method).parameters:
         settings["key"] = key
