@@ -6,6 +6,13 @@ weights are replaced by random ones, layer by layer from the output down.
 same compiled program given other weights. A passing explanation has a low similarity to the
 re-explanation under randomised weights. Uninformative maps can pass too (Binder et al., CVPR
 2023): a low score is necessary, not sufficient.
+
+Against the references: the targets are the original model's in every stage (Quantus; Adebayo's
+code explains each randomised model's own top class); layers are drawn from their own mean and
+std (Adebayo re-runs each layer's initializer, Quantus' torch path ``reset_parameters``); the
+Spearman maps are ``sum_c |a|`` without Adebayo's 99th-percentile clip; SSIM compares the same
+maps scaled to [0, 1] with scikit-image's defaults (Adebayo: the signed maps, Gaussian window;
+Quantus: flattened 1-D maps).
 """
 
 from __future__ import annotations
