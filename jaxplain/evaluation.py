@@ -11,7 +11,9 @@ import numpy as np
 
 from jaxplain import registry
 from jaxplain.errors import InputError
-from jaxplain.runner import Targets, run
+from jaxplain.metrics.localisation import check_mask
+from jaxplain.precision import with_precision
+from jaxplain.runner import Targets, predict, run
 from jaxplain.shapes import check_images
 from jaxplain.types import Array, Model
 
@@ -57,13 +59,38 @@ def evaluate(
     image as in ``explain``; ``mask`` for the localisation metrics; ``method`` and
     ``method_settings`` for those that re-explain). ``batch_size``, ``precision`` and ``progress``
     as ``explain``. Returns a dict of arrays with a leading ``B``: ``"score"`` ``[B]`` and, where
-    the metric has more, e.g. ``"curve"`` ``[B, S]``.
+    the metric has more, e.g. ``"curve"`` ``[B, S]``. A staged metric (``model_randomisation``)
+    runs once per stage (see ``run_stages``) and adds the stage names ``[S]``.
     """
     fn, parsed = registry.parse_metric(metric)
     settings = registry.resolve(fn, {**parsed, **settings})
     images = check_images(model, images)
     a = check_attributions(images, attributions)
-    out = run(fn, model, images, targets, {**settings, "attribution": a}, batch_size=batch_size,
-              precision=precision, progress=progress)
-    return dict(out)
+    if "mask" in registry.settings_of(fn):
+        settings["mask"] = check_mask(images, settings.get("mask"), getattr(fn, "__name__", "this metric"))
+    kw = dict(batch_size=batch_size, precision=precision, progress=progress)
+    stages = getattr(fn, "stages", None)
+    if stages is not None:
+        weights = stages(model, {**registry.settings_of(fn), **settings})
+        return run_stages(fn, weights, model, images, targets, {**settings, "attribution": a}, **kw)
+    return dict(run(fn, model, images, targets, {**settings, "attribution": a}, **kw))
+
+
+def run_stages(fn: Callable, stages: list[tuple[str, Any]], model: Model, images: Array, targets: Targets,
+               settings: dict[str, Any], *, batch_size: int | None = None, precision: str | None = None,
+               progress: bool = False) -> dict[str, Array]:
+    """A staged metric (``marks.staged``) on every image once per stage ``(name, params)``: the
+    model with those params through ``run``, so every stage reuses one compiled program (same
+    ``apply``, settings and shapes; only the weights, an argument, differ). ``"predicted"``
+    targets are the original model's, found once. Each output is stacked to ``[B, S]``;
+    ``"score"`` is the last stage's; the names come back under ``fn.stage_label`` as ``[S]``."""
+    if isinstance(targets, str) and targets == "predicted":
+        logits = predict(with_precision(model, precision), images, batch_size=batch_size)
+        targets = np.asarray(jnp.argmax(logits, axis=-1))
+    outs = [run(fn, model.replace(params=params), images, targets, settings, batch_size=batch_size,
+                precision=precision, progress=progress) for _, params in stages]
+    out = {k: jnp.stack([o[k] for o in outs], axis=1) for k in outs[0]}
+    out["score"] = out["score"][:, -1]
+    out[fn.stage_label] = np.array([name for name, _ in stages])
+    return out
 

@@ -10,6 +10,8 @@
   ``base_settings`` (the noise wrappers); what holds for that one holds inside.
   ``@wraps_method(setting="method")``: the same under other names (``method``/``method_settings``:
   the metrics that re-explain).
+- ``@staged(stages)``: a metric ``evaluate`` runs once per stage, each time with other weights
+  (``stages(model, settings) -> [(name, params), ...]``), stacking the outputs (randomisation checks).
 """
 
 from __future__ import annotations
@@ -58,6 +60,22 @@ def wraps_method(fn: Callable | None = None, *, setting: str = "base") -> Callab
         return f
 
     return mark if fn is None else mark(fn)
+
+
+Stages = Callable[[Any, dict[str, Any]], list[tuple[str, Any]]]
+
+
+def staged(stages: Stages, *, label: str = "stages") -> Callable[[Callable], Callable]:
+    """Mark a metric that ``evaluate`` runs once per stage of ``stages(model, settings)``, a list of
+    ``(name, params)`` with the model's parameter structure: every stage runs the same compiled
+    program with its own params; the stage names come back under ``label``."""
+
+    def mark(fn: Callable) -> Callable:
+        fn.stages = stages
+        fn.stage_label = label
+        return fn
+
+    return mark
 
 
 def wrapped(fn: Callable) -> tuple[str, str] | None:

@@ -5,4 +5,6 @@ run over a batch by ``jaxplain.evaluate`` (the same batching, jit, chunk loops a
     metric(apply, params, x [H, W, C], target, *, attribution [H, W, C] or [H, W], **settings) -> dict
 
 - ``faithfulness``: deletion, insertion, region perturbation (AOPC), mu-fidelity.
+- ``localisation``: pointing game, relevance mass and rank accuracy, against a ground-truth ``mask``.
+- ``randomisation``: model parameter randomisation (staged: one run per set of randomised weights).
 """

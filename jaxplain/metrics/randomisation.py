@@ -1,0 +1,141 @@
+"""The model parameter randomisation check (Adebayo et al. 2018, "Sanity Checks for Saliency
+Maps"; Quantus ``MPRT``): an explanation that depends on what the model learned changes when its
+weights are replaced by random ones, layer by layer from the output down.
+
+``evaluate`` runs ``model_randomisation`` once per stage (``marks.staged``): every stage is the
+same compiled program given other weights. A passing explanation has a low similarity to the
+re-explanation under randomised weights. Uninformative maps can pass too (Binder et al., CVPR
+2023): a low score is necessary, not sufficient.
+
+Against the references: the targets are the original model's in every stage (Quantus; Adebayo's
+code explains each randomised model's own top class); layers are drawn from their own mean and
+std (Adebayo re-runs each layer's initializer, Quantus' torch path ``reset_parameters``); the
+Spearman maps are ``sum_c |a|`` without Adebayo's 99th-percentile clip; SSIM compares the same
+maps scaled to [0, 1] with scikit-image's defaults (Adebayo: the signed maps, Gaussian window;
+Quantus: flattened 1-D maps).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxplain.errors import InputError
+from jaxplain.methods.gradients import gradient
+from jaxplain.methods.marks import per_image, staged, wraps_method
+from jaxplain.types import ApplyFn, Array, Model, PyTree
+
+from .similarity import spearman, ssim
+
+MODES = ("cascading", "independent", "full")
+_WEIGHTS = 2**32 - 1  # fold_in index of the weights' key: no image's (evaluate folds in image indices)
+
+
+def randomised_layers(model: Model) -> list[str]:
+    """The layers whose weights are randomised: those of ``model.layers`` (forward order) whose
+    name is a key of ``model.params``."""
+    if isinstance(model.params, Mapping):
+        names = [name for name in model.layers if name in model.params]
+        if names:
+            return names
+    raise InputError(f"{model.name} cannot be randomised layer by layer: its params are not a dict keyed by "
+                     f"layer name (none of model.layers is a key of model.params)")
+
+
+def _one_key(key: Any) -> Array:
+    if key is None:
+        raise InputError("model_randomisation draws random weights: pass key=jax.random.key(...) or an int seed")
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        return jax.random.key(int(key))
+    typed = hasattr(key, "dtype") and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+    if (typed and key.shape == ()) or (not typed and getattr(key, "shape", None) == (2,) and key.dtype == jnp.uint32):
+        return key
+    raise InputError(f"model_randomisation needs one key (the weights are drawn once for all images): "
+                     f"an int seed or a jax.random.key(...), got {getattr(key, 'shape', type(key).__name__)}")
+
+
+@jax.jit
+def random_weights(layers: PyTree, key: Array) -> PyTree:
+    """``layers`` with every float leaf replaced by a draw from ``N(mean(leaf), std(leaf))`` (its
+    own scale stands in for the layer's initializer, which a params pytree does not carry); other
+    leaves are kept. One ``normal(key, [n])`` for the ``n`` float weights, sliced in tree order
+    (``jax.tree.leaves``): one random-number program per model, compiled once."""
+    leaves, tree = jax.tree.flatten(layers)
+    floats = [jnp.issubdtype(a.dtype, jnp.floating) for a in leaves]
+    z = jax.random.normal(key, (sum(a.size for a, f in zip(leaves, floats) if f),), jnp.float32)
+    out, at = [], 0
+    for a, f in zip(leaves, floats):
+        if f:
+            w = a.astype(jnp.float32)
+            out.append((w.mean() + w.std() * z[at: at + a.size].reshape(a.shape)).astype(a.dtype))
+            at += a.size
+        else:
+            out.append(a)
+    return jax.tree.unflatten(tree, out)
+
+
+def stage_params(model: Model, settings: Mapping[str, Any]) -> list[tuple[str, PyTree]]:
+    """The weights of each stage, ``(name, params)``, from ``settings["mode"]`` and ``["key"]``.
+
+    The layers of ``randomised_layers`` are drawn once, by ``random_weights`` from
+    ``fold_in(key, 2**32 - 1)``, so the stages (and modes) share their random layers.
+    ``"cascading"``: stage ``s`` randomises the top ``s + 1`` layers (named by the last one
+    randomised); ``"independent"``: only the ``s``-th from the top; ``"full"``: one stage, all
+    layers (``"all"``), the last stage of ``"cascading"``."""
+    mode = settings.get("mode", "cascading")
+    if mode not in MODES:
+        raise InputError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
+    names = randomised_layers(model)
+    fresh = random_weights({name: model.params[name] for name in names},
+                           jax.random.fold_in(_one_key(settings.get("key")), _WEIGHTS))
+    if mode == "full":
+        return [("all", {**model.params, **fresh})]
+    top_down = names[::-1]
+    chosen = [top_down[: s + 1] if mode == "cascading" else [name] for s, name in enumerate(top_down)]
+    return [(name, {**model.params, **{n: fresh[n] for n in layers}}) for name, layers in zip(top_down, chosen)]
+
+
+def magnitude(attribution: Array) -> Array:
+    """``[H, W]``: the absolute attribution summed over channels (Adebayo et al.'s grayscale map)."""
+    return jnp.abs(attribution).sum(-1) if attribution.ndim == 3 else jnp.abs(attribution)
+
+
+def unit(m: Array) -> Array:
+    """``m`` scaled to [0, 1] by its minimum and maximum (zeros when constant)."""
+    span = m.max() - m.min()
+    return (m - m.min()) / jnp.where(span > 0, span, 1.0)
+
+
+@per_image(attribution=None)
+@wraps_method(setting="method")
+@staged(stage_params, label="layers")
+def model_randomisation(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, attribution: Array,
+                        method: str | Callable = gradient, method_settings: Mapping[str, Any] | None = None,
+                        mode: str = "cascading", key: Array | None = None) -> dict[str, Array]:
+    """Model parameter randomisation (Adebayo et al. 2018): ``method`` (with ``method_settings``)
+    re-explains ``target`` under ``params``, which ``evaluate`` sets per stage to the model's
+    weights with layers randomised (``stage_params``: ``mode`` ``"cascading"`` from the output
+    down, ``"independent"`` one layer at a time, or ``"full"``; weights drawn from ``key``, which a
+    random method also receives, split per image alike in every stage). Compared with the
+    ``attribution`` as absolute maps summed over channels (``magnitude``): ``"spearman"``, their
+    rank correlation (ties averaged, as SciPy), and ``"ssim"``, scikit-image's SSIM (7x7 uniform
+    window) of the two maps each scaled to [0, 1]. ``evaluate`` returns ``"spearman"`` and
+    ``"ssim"`` ``[B, S]``, ``"layers"`` ``[S]`` and ``"score"``: the last stage's Spearman (lower is
+    better: the explanation depends on the weights)."""
+    if not callable(method):
+        raise InputError(f"method must be a method function here, got {method!r}: "
+                         f"jaxplain.evaluate resolves registered names")
+    settings = dict(method_settings or {})
+    if "key" in inspect.signature(method).parameters:
+        settings["key"] = key
+    again = method(apply, params, x, target, **settings)
+    a, b = magnitude(attribution), magnitude(again)
+    if a.shape != b.shape:
+        raise InputError(f"the attribution's map is {a.shape} but {getattr(method, '__name__', 'method')} returns "
+                         f"{b.shape}: score an attribution of the same method")
+    rho = spearman(a, b)
+    return {"score": rho, "spearman": rho, "ssim": ssim(unit(a), unit(b))}
