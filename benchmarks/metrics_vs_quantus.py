@@ -257,10 +257,19 @@ def _quantus_attr(inp: Inputs, form: str) -> np.ndarray:
     return inp.map[:, None] if form == "map" else np.ascontiguousarray(inp.pixels.transpose(0, 3, 1, 2))
 
 
-def case(model: Any, net: Any, inp: Inputs, name: str, profile: str, rounds: int,
-         min_round: float = 0.5) -> dict[str, Any]:
-    """Time one pair (warm-up, then ``rounds`` alternating rounds of seconds per call, each call
-    repeated to fill ``min_round`` seconds) and compare the scores."""
+@dataclasses.dataclass
+class Calls:
+    """One pair ready to run: ``ours()`` (blocks, NumPy out) and ``theirs()`` on the same batch."""
+
+    ours: Callable[[], dict[str, np.ndarray]]
+    theirs: Callable[[], np.ndarray]
+    pair: Pair
+    ours_settings: dict[str, Any]
+    quantus_settings: dict[str, Any]
+
+
+def calls(model: Any, net: Any, inp: Inputs, name: str, profile: str) -> Calls:
+    """``name`` and its Quantus counterpart on ``inp`` at the ``profile``'s settings."""
     import quantus
 
     pair = PAIRS[name]
@@ -283,33 +292,44 @@ def case(model: Any, net: Any, inp: Inputs, name: str, profile: str, rounds: int
             out = metric(**q_kw)
             return np.asarray(list(out.values()) if isinstance(out, dict) else out, np.float64)  # ROAD: a dict
 
-    def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-        t = time.perf_counter()
-        out = fn()
-        return time.perf_counter() - t, out
+    return Calls(ours, theirs, pair, ours_s, q_s)
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+def case(model: Any, net: Any, inp: Inputs, name: str, profile: str, rounds: int,
+         min_round: float = 0.5) -> dict[str, Any]:
+    """Time one pair (warm-up, then ``rounds`` alternating rounds of seconds per call, each call
+    repeated to fill ``min_round`` seconds) and compare the scores."""
+    c = calls(model, net, inp, name, profile)
 
     def repeated(fn: Callable[[], Any], reps: int) -> float:
-        return sum(timed(fn)[0] for _ in range(reps)) / reps
+        return sum(_timed(fn)[0] for _ in range(reps)) / reps
 
-    warm_ours, out_ours = timed(ours)
-    warm_theirs, out_theirs = timed(theirs)
-    # calls of a few milliseconds (no model passes) are repeated to fill ~0.5 s a round
-    reps_ours, reps_theirs = (max(1, min(100, int(min_round / timed(fn)[0]))) for fn in (ours, theirs))
+    warm_ours, out_ours = _timed(c.ours)
+    warm_theirs, out_theirs = _timed(c.theirs)
+    # calls of a few milliseconds (no model passes) are repeated to fill ~min_round seconds a round
+    reps_ours, reps_theirs = (max(1, min(100, int(min_round / _timed(fn)[0]))) for fn in (c.ours, c.theirs))
     t_ours, t_theirs = [], []
     for _ in range(rounds):
-        t_ours.append(repeated(ours, reps_ours))
-        t_theirs.append(repeated(theirs, reps_theirs))
+        t_ours.append(repeated(c.ours, reps_ours))
+        t_theirs.append(repeated(c.theirs, reps_theirs))
     b = len(inp.x)
     ours_ips, theirs_ips = b / statistics.median(t_ours), b / statistics.median(t_theirs)
-    diff, compared = pair.agree(out_ours, out_theirs) if pair.agree else (None, "not compared")
+    diff, compared = c.pair.agree(out_ours, out_theirs) if c.pair.agree else (None, "not compared")
     return {
-        "metric": name, "quantus": pair.quantus, "batch": b, "profile": profile,
+        "metric": name, "quantus": c.pair.quantus, "batch": b, "profile": profile,
         "ours_images_per_s": ours_ips, "quantus_images_per_s": theirs_ips, "ratio": ours_ips / theirs_ips,
-        "ours_s": t_ours, "quantus_s": t_theirs, "calls_per_round": [reps_ours, reps_theirs], "ours_warmup_s": warm_ours, "quantus_warmup_s": warm_theirs,
+        "ours_s": t_ours, "quantus_s": t_theirs, "calls_per_round": [reps_ours, reps_theirs],
+        "ours_warmup_s": warm_ours, "quantus_warmup_s": warm_theirs,
         "ours_mean_score": float(np.mean(out_ours["score"])), "quantus_mean_score": float(np.mean(out_theirs)),
-        "max_abs_diff": diff, "compared": compared, "note": pair.note,
-        "ours_settings": {k: repr(v) for k, v in ours_s.items()},
-        "quantus_settings": {k: repr(v) for k, v in q_s.items()},
+        "max_abs_diff": diff, "compared": compared, "note": c.pair.note,
+        "ours_settings": {k: repr(v) for k, v in c.ours_settings.items()},
+        "quantus_settings": {k: repr(v) for k, v in c.quantus_settings.items()},
     }
 
 

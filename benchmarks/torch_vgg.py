@@ -62,6 +62,6 @@ def torch_twin(config: VGGConfig, params: dict, *, device: str = "cpu"):
     net = nn.Sequential()
     for name, module in modules.items():
         net.add_module(name, module)
-    sd = {k: torch.from_numpy(v) for k, v in state_dict(params, config).items()}
+    sd = {k: torch.from_numpy(np.array(v)) for k, v in state_dict(params, config).items()}  # writable copies
     net.load_state_dict(sd)
     return net.eval().to(device)
