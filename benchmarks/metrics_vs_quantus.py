@@ -21,6 +21,7 @@ import dataclasses
 import json
 import os
 import statistics
+import sys
 import time
 import warnings
 from typing import Any, Callable
@@ -301,6 +302,10 @@ def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - t, out
 
 
+def _log(line: str) -> None:
+    print(f"  [{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
+
+
 def case(model: Any, net: Any, inp: Inputs, name: str, profile: str, rounds: int,
          min_round: float = 0.5) -> dict[str, Any]:
     """Time one pair (warm-up, then ``rounds`` alternating rounds of seconds per call, each call
@@ -311,9 +316,12 @@ def case(model: Any, net: Any, inp: Inputs, name: str, profile: str, rounds: int
         return sum(_timed(fn)[0] for _ in range(reps)) / reps
 
     warm_ours, out_ours = _timed(c.ours)
+    _log(f"{name}: ours' first call (compiling) {warm_ours:.1f} s")
     warm_theirs, out_theirs = _timed(c.theirs)
+    _log(f"{name}: Quantus' first call {warm_theirs:.1f} s")
     # calls of a few milliseconds (no model passes) are repeated to fill ~min_round seconds a round
-    reps_ours, reps_theirs = (max(1, min(100, int(min_round / _timed(fn)[0]))) for fn in (c.ours, c.theirs))
+    reps_ours, reps_theirs = (1 if warm > min_round else max(1, min(100, int(min_round / _timed(fn)[0])))
+                              for fn, warm in ((c.ours, warm_ours), (c.theirs, warm_theirs)))
     t_ours, t_theirs = [], []
     for _ in range(rounds):
         t_ours.append(repeated(c.ours, reps_ours))
