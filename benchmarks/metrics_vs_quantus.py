@@ -308,31 +308,35 @@ def _log(line: str) -> None:
 
 def case(model: Any, net: Any, inp: Inputs, name: str, profile: str, rounds: int,
          min_round: float = 0.5) -> dict[str, Any]:
-    """Time one pair (warm-up, then ``rounds`` alternating rounds of seconds per call, each call
+    """Time one pair (warm-up, then ``rounds`` alternating rounds of seconds per call, short calls
     repeated to fill ``min_round`` seconds) and compare the scores."""
     c = calls(model, net, inp, name, profile)
 
-    def repeated(fn: Callable[[], Any], reps: int) -> float:
-        return sum(_timed(fn)[0] for _ in range(reps)) / reps
+    def per_call(fn: Callable[[], Any]) -> tuple[float, int]:
+        """Seconds per call of ``fn`` over one round: called until ``min_round`` seconds (at most 100 calls)."""
+        start, n = time.perf_counter(), 0
+        while n == 0 or (time.perf_counter() - start < min_round and n < 100):
+            fn()
+            n += 1
+        return (time.perf_counter() - start) / n, n
 
     warm_ours, out_ours = _timed(c.ours)
     _log(f"{name}: ours' first call (compiling) {warm_ours:.1f} s")
     warm_theirs, out_theirs = _timed(c.theirs)
     _log(f"{name}: Quantus' first call {warm_theirs:.1f} s")
-    # calls of a few milliseconds (no model passes) are repeated to fill ~min_round seconds a round
-    reps_ours, reps_theirs = (1 if warm > min_round else max(1, min(100, int(min_round / _timed(fn)[0])))
-                              for fn, warm in ((c.ours, warm_ours), (c.theirs, warm_theirs)))
-    t_ours, t_theirs = [], []
-    for _ in range(rounds):
-        t_ours.append(repeated(c.ours, reps_ours))
-        t_theirs.append(repeated(c.theirs, reps_theirs))
+    t_ours, t_theirs, n_ours, n_theirs = [], [], [], []
+    for _ in range(rounds):  # calls of a few milliseconds (no model passes) repeat to fill a round
+        for fn, times, counts in ((c.ours, t_ours, n_ours), (c.theirs, t_theirs, n_theirs)):
+            sec, n = per_call(fn)
+            times.append(sec)
+            counts.append(n)
     b = len(inp.x)
     ours_ips, theirs_ips = b / statistics.median(t_ours), b / statistics.median(t_theirs)
     diff, compared = c.pair.agree(out_ours, out_theirs) if c.pair.agree else (None, "not compared")
     return {
         "metric": name, "quantus": c.pair.quantus, "batch": b, "profile": profile,
         "ours_images_per_s": ours_ips, "quantus_images_per_s": theirs_ips, "ratio": ours_ips / theirs_ips,
-        "ours_s": t_ours, "quantus_s": t_theirs, "calls_per_round": [reps_ours, reps_theirs],
+        "ours_s": t_ours, "quantus_s": t_theirs, "calls_per_round": [n_ours, n_theirs],
         "ours_warmup_s": warm_ours, "quantus_warmup_s": warm_theirs,
         "ours_mean_score": float(np.mean(out_ours["score"])), "quantus_mean_score": float(np.mean(out_theirs)),
         "max_abs_diff": diff, "compared": compared, "note": c.pair.note,
