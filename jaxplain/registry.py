@@ -44,6 +44,8 @@ METHODS: dict[str, Callable] = {
 METRICS: dict[str, Callable] = {
     "deletion": faithfulness.deletion,
     "insertion": faithfulness.insertion,
+    "region_perturbation": faithfulness.region_perturbation,
+    "mu_fidelity": faithfulness.mu_fidelity,
 }
 
 _EXAMPLE = {"method": "integrated_gradients(steps=64)", "metric": "deletion(steps=56)"}
