@@ -406,6 +406,7 @@ BAD = [
     ("deletion", {"score": "prob"}, "score must be one of"),
     ("deletion", {"baseline": "white"}, "a baseline must be a number"),
     ("deletion", {"baseline": np.zeros((5, 5, 3), np.float32)}, "baseline must be a number or an array"),
+    ("deletion", {"baseline": "uniform"}, "baseline='uniform' is random: pass key"),
     ("region_perturbation", {"patch": 0}, "patch must be a positive int"),
     ("region_perturbation", {"patch": 40}, "patch must be at most the image's side 32"),
     ("region_perturbation", {"regions": 0}, "regions must be a positive int"),

@@ -47,14 +47,15 @@ def _causal(apply: ApplyFn, params: PyTree, x: Array, target: Array, attribution
 @counts_images(forward_only=True)
 def deletion(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, attribution: Array,
              steps: int | None = None, baseline: float | str | Array = 0.0, score: str = "probability",
-             chunk: int | None = 16) -> dict[str, Array]:
+             key: Array | None = None, chunk: int | None = 16) -> dict[str, Array]:
     """Deletion (Petsiuk et al. 2018): pixels (channels summed) from the most relevant down are
-    replaced by ``baseline`` (a number, ``"black"``, ``"blur"`` or an ``[H, W, C]`` array), ``H W /
+    replaced by ``baseline`` (a number, ``"black"``, ``"blur"``, ``"uniform"`` noise drawn from
+    ``key``, or an ``[H, W, C]`` array), ``H W /
     steps`` per step (default: as many steps as the image has rows, 224 pixels a step at 224x224,
     as the RISE code); ``"curve"`` ``[steps + 1]``: the target's softmax probability (``score``:
     ``"probability"`` or ``"logit"``) after each step; ``"score"``: its area (lower is better).
     Ties in the attribution are taken by pixel index (row-major), lowest first."""
-    return _causal(apply, params, x, target, attribution, x, substrate(x, baseline), steps, score, chunk)
+    return _causal(apply, params, x, target, attribution, x, substrate(x, baseline, key), steps, score, chunk)
 
 
 @per_image(attribution=None)
@@ -119,7 +120,9 @@ def _grid(h: int, w: int, grid_size: int) -> np.ndarray:
 
 def _subsets(key: Array, grid_size: int, subset_percent: float, samples: int) -> Array:
     """``bool [samples, grid_size**2]``: per sample, ``int(grid_size**2 * subset_percent)`` cells
-    drawn uniformly without replacement (True: switched off)."""
+    drawn uniformly without replacement (True: switched off). Xplique's code switches off one
+    more (``argsort(...) > size`` keeps ``grid_size**2 - size - 1``: 17 of 81 by default) while
+    its comment says ``size``; this takes the comment's count."""
     size = int(grid_size**2 * subset_percent)
     if size < 1:
         raise InputError(f"subset_percent={subset_percent} switches off no cell of a {grid_size}x{grid_size} grid")
@@ -151,11 +154,13 @@ def mu_fidelity(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, attr
     """Mu-fidelity (Bhatt et al. 2020, with Xplique's ``MuFidelity`` defaults): ``samples`` times,
     a random ``subset_percent`` of the cells of a ``grid_size`` x ``grid_size`` grid (nearest
     upsampled to pixels; ``mu_fidelity_masks``) is set to ``baseline`` (a number, ``"black"``,
-    ``"blur"`` or an ``[H, W, C]`` array). ``"drops"`` ``[samples]``: ``f(x) - f(x_S)``, ``f``
-    the target's logit (``score="probability"``: its softmax); ``"sums"`` ``[samples]``: the
-    attribution summed over ``S`` (all channels); ``"score"``: their Pearson correlation
-    (``correlation="spearman"``: Spearman's, ties averaged, as Xplique), 0 where either is
-    constant. Random through ``key`` (required)."""
+    ``"blur"``, ``"uniform"`` noise drawn from ``fold_in(key, 1)``, or an ``[H, W, C]`` array).
+    ``"drops"`` ``[samples]``: ``f(x) - f(x_S)``, ``f`` the target's logit
+    (``score="probability"``: its softmax); ``"sums"`` ``[samples]``: the attribution summed over
+    ``S`` (all channels); ``"score"``: their Pearson correlation, as the paper and Quantus'
+    ``FaithfulnessCorrelation`` (``correlation="spearman"``: Spearman's, ties averaged, as
+    Xplique computes it), 0 where either is constant (Xplique's rule for a NaN). Random through
+    ``key`` (required)."""
     if key is None:
         raise InputError("mu_fidelity is random: pass key=jax.random.key(...) or an int seed")
     grid_size, subset_percent, samples = _mu_checks(x.shape, grid_size, subset_percent, samples)
@@ -163,7 +168,7 @@ def mu_fidelity(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, attr
     off = _subsets(key, grid_size, subset_percent, samples)
     sums = off.astype(x.dtype) @ region_sums(attribution_map(attribution, x), labels, grid_size**2)
     off = jnp.concatenate([jnp.zeros((1, grid_size**2), bool), off])  # item 0: x itself
-    fill = substrate(x, baseline)
+    fill = substrate(x, baseline, jax.random.fold_in(key, 1))
     values = scores_along(scorer(apply, params, target, score),
                           lambda i: jnp.where(off[i][labels][..., None], fill, x), samples + 1, chunk)
     drops = values[0] - values[1:]
