@@ -44,6 +44,8 @@ METHODS: dict[str, Callable] = {
 METRICS: dict[str, Callable] = {
     "deletion": faithfulness.deletion,
     "insertion": faithfulness.insertion,
+    "region_perturbation": faithfulness.region_perturbation,
+    "mu_fidelity": faithfulness.mu_fidelity,
     "pointing_game": localisation.pointing_game,
     "relevance_mass": localisation.relevance_mass,
     "relevance_rank": localisation.relevance_rank,

@@ -1,4 +1,5 @@
-"""What several metrics share: a map from an attribution, pixel orders, the model's score, substrates."""
+"""What several metrics share: a map from an attribution, pixel orders, label maps of regions, the
+model's score along a series of perturbed images, substrates, correlations."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 from scipy import ndimage
 
 from jaxplain.errors import InputError
+from jaxplain.methods.chunks import sum_chunks
 from jaxplain.types import ApplyFn, Array, PyTree
 
 SCORES = ("probability", "logit")
@@ -18,6 +20,16 @@ SCORES = ("probability", "logit")
 def pixel_map(attribution: Array) -> Array:
     """``[H, W]``: an ``[H, W, C]`` attribution summed over its channels (a map stays as it is)."""
     return attribution.sum(-1) if attribution.ndim == 3 else attribution
+
+
+def attribution_map(attribution: Array, x: Array) -> Array:
+    """``pixel_map`` of an attribution ``[H, W, C]`` or ``[H, W]`` of ``x [H, W, C]``, or an
+    ``InputError`` naming the shapes (``evaluate`` checks this too; here for direct calls)."""
+    h, w, c = x.shape
+    if tuple(attribution.shape) not in ((h, w, c), (h, w)):
+        raise InputError(f"attribution must be [H, W, C] = {(h, w, c)} or [H, W] = {(h, w)} for this image, "
+                         f"got shape {tuple(attribution.shape)}")
+    return pixel_map(attribution)
 
 
 def order(values: Array) -> Array:
@@ -38,6 +50,24 @@ def scorer(apply: ApplyFn, params: PyTree, target: Array, score: str) -> Callabl
     if score == "logit":
         return lambda v: apply(params, v)[0][target]
     return lambda v: jax.nn.softmax(apply(params, v)[0])[target]
+
+
+def region_sums(values: Array, labels: np.ndarray, n: int) -> Array:
+    """``[n]``: the sum of ``values [H, W]`` over each region of a label map ``labels [H, W]`` (ids ``0 .. n - 1``)."""
+    return jax.ops.segment_sum(values.reshape(-1), jnp.asarray(labels.reshape(-1)), num_segments=n)
+
+
+def scores_along(f: Callable[[Array], Array], image: Callable[[Array], Array], n: int,
+                 chunk: int | None) -> Array:
+    """``[n]``: ``f(image(i))`` for ``i = 0 .. n - 1``, ``chunk`` images per vectorised forward pass.
+    This is the calling metric's one outermost ``sum_chunks``: each chunk scatters its scores into
+    a vector of zeros, so the host loop adds the chunks up."""
+
+    def part(ids: Array) -> Array:
+        values = jax.vmap(lambda i: f(image(i)))(ids)
+        return jnp.zeros(n, values.dtype).at[ids].set(values)
+
+    return sum_chunks(part, jnp.arange(n), chunk)
 
 
 def rise_blur_kernel(size: int = 11, sigma: float = 5.0) -> np.ndarray:
@@ -63,14 +93,46 @@ def rise_blur(x: Array, size: int = 11, sigma: float = 5.0) -> Array:
     return jnp.einsum("ih,hwc,jw->ijc", band(h), x, band(w))
 
 
-def substrate(x: Array, fill: float | str | Array) -> Array:
-    """What removed pixels become: a number, ``"blur"`` (``rise_blur``) or an ``[H, W, C]`` array
+def substrate(x: Array, fill: float | str | Array, key: Array | None = None) -> Array:
+    """What removed pixels become: a number, ``"blur"`` (``rise_blur``), ``"uniform"`` (noise,
+    each element uniform in ``[min x, max x]``, drawn from ``key``) or an ``[H, W, C]`` array
     (``"black"``, the preprocessed black image, is resolved by ``evaluate``)."""
     if isinstance(fill, str):
         if fill == "blur":
             return rise_blur(x)
-        raise InputError(f"a baseline must be a number, 'black', 'blur' or an [H, W, C] array, got {fill!r}")
+        if fill == "uniform" and key is not None:
+            return jax.random.uniform(key, x.shape, x.dtype, jnp.min(x), jnp.max(x))
+        if fill == "uniform":
+            raise InputError("baseline='uniform' is random: pass key=jax.random.key(...) or an int seed")
+        if fill == "black":
+            raise InputError("baseline='black' needs the model's preprocessing: use jaxplain.evaluate, or pass the array")
+        raise InputError(f"a baseline must be a number, 'black', 'blur', 'uniform' or an [H, W, C] array, got {fill!r}")
     b = jnp.asarray(fill, x.dtype)
     if b.ndim not in (0, 3) or (b.ndim == 3 and b.shape != x.shape):
         raise InputError(f"baseline must be a number or an array of the image's shape {x.shape}, got shape {b.shape}")
     return jnp.broadcast_to(b, x.shape)
+
+
+def average_ranks(v: Array) -> Array:
+    """``[n]``: 1-based ranks of ``v [n]``, tied values sharing their mean rank (SciPy's
+    ``rankdata(method="average")``)."""
+    s = jnp.sort(v)
+    lo, hi = jnp.searchsorted(s, v, side="left"), jnp.searchsorted(s, v, side="right")
+    return (lo + hi + 1).astype(v.dtype) / 2
+
+
+def pearson(a: Array, b: Array) -> Array:
+    """Pearson's correlation of ``a [n]`` and ``b [n]``; 0 where either is constant (its NaN)."""
+    a, b = a - a.mean(), b - b.mean()
+    den = jnp.sqrt(jnp.sum(a * a) * jnp.sum(b * b))
+    return jnp.where(den > 0, jnp.sum(a * b) / jnp.where(den > 0, den, 1), 0).astype(a.dtype)
+
+
+CORRELATIONS = ("pearson", "spearman")
+
+
+def correlate(a: Array, b: Array, kind: str) -> Array:
+    """``pearson`` of ``a`` and ``b``, or of their ``average_ranks`` (``kind="spearman"``)."""
+    if kind not in CORRELATIONS:
+        raise InputError(f"correlation must be one of {CORRELATIONS}, got {kind!r}")
+    return pearson(a, b) if kind == "pearson" else pearson(average_ranks(a), average_ranks(b))
