@@ -10,7 +10,7 @@ from typing import Any, Callable, Mapping
 from jaxplain.errors import InputError
 from jaxplain.methods import cam, gradients, integrated, layer, perturb, smooth
 from jaxplain.methods.marks import wrapped
-from jaxplain.metrics import faithfulness
+from jaxplain.metrics import faithfulness, road, robustness
 
 METHODS: dict[str, Callable] = {
     "gradient": gradients.gradient,
@@ -44,6 +44,9 @@ METHODS: dict[str, Callable] = {
 METRICS: dict[str, Callable] = {
     "deletion": faithfulness.deletion,
     "insertion": faithfulness.insertion,
+    "infidelity": robustness.infidelity,
+    "max_sensitivity": robustness.max_sensitivity,
+    "road": road.road,
 }
 
 _EXAMPLE = {"method": "integrated_gradients(steps=64)", "metric": "deletion(steps=56)"}
