@@ -58,10 +58,9 @@ def _draw(key: Array, ids: Array, x: Array, perturbation: str, sigma: float, squ
             noise = sigma * jax.random.normal(k, x.shape, x.dtype)
             return noise, x - noise
         sizes, p = _square_sizes(h, w, square_max)
-        k_size, k_row, k_col = jax.random.split(k, 3)
-        r = jax.random.choice(k_size, jnp.asarray(sizes), p=jnp.asarray(p))
-        top = jax.random.randint(k_row, (), 0, h - r + 1)
-        left = jax.random.randint(k_col, (), 0, w - r + 1)
+        u = jax.random.uniform(k, (3,))  # one draw (cheaper to compile than choice + randint)
+        r = jnp.asarray(sizes)[jnp.minimum(jnp.searchsorted(jnp.asarray(np.cumsum(p)), u[0] * p.sum()), square_max - 1)]
+        top, left = (jnp.minimum((v * (n - r + 1).astype(v.dtype)).astype(r.dtype), n - r) for v, n in ((u[1], h), (u[2], w)))
         rows, cols = jnp.arange(h), jnp.arange(w)
         inside = (((rows >= top) & (rows < top + r))[:, None] & ((cols >= left) & (cols < left + r))[None, :])[..., None]
         return jnp.broadcast_to(inside, x.shape).astype(x.dtype), jnp.where(inside, fill, x)
