@@ -23,6 +23,7 @@ KEY = jax.random.key(7)
 # float32 forward passes in torch and in XLA differ by ~1e-6 on O(1) logits; the metrics are
 # squared or normed differences of O(0.1-1) quantities, so 1e-4 relative holds with margin.
 CAPTUM_TOL = 1e-4
+pytestmark = pytest.mark.usefixtures("quick_threefry")  # the metrics and helpers draw under the same setting
 
 
 def _torch(a) -> torch.Tensor:
@@ -40,15 +41,6 @@ def toy_model(kind: str, w: np.ndarray, b: float = 0.3) -> jaxplain.Model:
 
     return jaxplain.Model(apply=apply, params={"w": jnp.asarray(w)}, layers=(), preprocess=None,
                           input_size=None, name=kind)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _quick_threefry():
-    """XLA:CPU compiles the partitionable threefry (jax's default) slowly: 3.5-4.8 s per random
-    program against 0.9-1.0 s without, measured here. The bits differ, but the metrics and the
-    helpers that hand their draws to Captum draw under the same setting."""
-    with jax.threefry_partitionable(False):
-        yield
 
 
 @pytest.fixture(scope="module")

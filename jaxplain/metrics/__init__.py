@@ -5,4 +5,6 @@ run over a batch by ``jaxplain.evaluate`` (the same batching, jit, chunk loops a
     metric(apply, params, x [H, W, C], target, *, attribution [H, W, C] or [H, W], **settings) -> dict
 
 - ``faithfulness``: deletion, insertion, region perturbation (AOPC), mu-fidelity.
+- ``robustness``: infidelity and max-sensitivity (Yeh et al. 2019, as captum.metrics).
+- ``road``: ROAD (Rong et al. 2022), removal with noisy linear imputation.
 """
