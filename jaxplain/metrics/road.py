@@ -44,6 +44,8 @@ def road_impute(x: Array, removed: Array, *, noise: float = 0.01, key: Array | N
     1000); then ``noise * N(0, 1)`` is added to the removed pixels (``key`` needed when ``noise > 0``).
     """
     h, w = x.shape[:2]
+    if removed.shape != (h, w):
+        raise InputError(f"removed must be a mask [H, W] = {(h, w)} for this image, got shape {removed.shape}")
     m = removed[..., None].astype(x.dtype)
     degree = neighbour_sum(jnp.ones((h, w, 1), x.dtype))
     b = m * neighbour_sum(x * (1 - m))

@@ -58,11 +58,16 @@ def _draw(key: Array, ids: Array, x: Array, perturbation: str, sigma: float, squ
             noise = sigma * jax.random.normal(k, x.shape, x.dtype)
             return noise, x - noise
         sizes, p = _square_sizes(h, w, square_max)
-        u = jax.random.uniform(k, (3,))  # one draw (cheaper to compile than choice + randint)
-        r = jnp.asarray(sizes)[jnp.minimum(jnp.searchsorted(jnp.asarray(np.cumsum(p)), u[0] * p.sum()), square_max - 1)]
-        top, left = (jnp.minimum((v * (n - r + 1).astype(v.dtype)).astype(r.dtype), n - r) for v, n in ((u[1], h), (u[2], w)))
-        rows, cols = jnp.arange(h), jnp.arange(w)
-        inside = (((rows >= top) & (rows < top + r))[:, None] & ((cols >= left) & (cols < left + r))[None, :])[..., None]
+        u = jax.random.uniform(k, (3,))  # one draw: cheaper to compile than choice + randint
+        pick = jnp.searchsorted(jnp.asarray(np.cumsum(p)), u[0] * p.sum())
+        r = jnp.asarray(sizes, jnp.int32)[jnp.minimum(pick, square_max - 1)]
+
+        def span(v: Array, n: int) -> Array:  # [n]: a run of r cells starting uniformly in [0, n - r]
+            start = jnp.minimum((v * (n - r + 1).astype(v.dtype)).astype(jnp.int32), n - r)
+            cells = jnp.arange(n)
+            return (cells >= start) & (cells < start + r)
+
+        inside = (span(u[1], h)[:, None] & span(u[2], w)[None, :])[..., None]
         return jnp.broadcast_to(inside, x.shape).astype(x.dtype), jnp.where(inside, fill, x)
 
     return jax.vmap(one)(ids)
@@ -167,8 +172,9 @@ def max_sensitivity(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, 
     explained again by ``method`` (with ``method_settings``; it must be the method that made
     ``attribution``, and a random one gets a key per sample); ``"sensitivities"`` ``[samples]``:
     ``||method(x + d) - attribution|| / ||attribution||`` (Frobenius norms; a zero attribution
-    divides by 1, as Captum); ``"score"``: their maximum (lower is better; their mean is Quantus'
-    ``AvgSensitivity`` without its normalisation). ``radius`` is absolute, in preprocessed units.
+    divides by 1, as Captum); ``"score"``: their maximum (lower is better; their mean is what
+    Quantus' ``AvgSensitivity`` reports, there over 200 samples in a ball of 0.2). ``radius`` is
+    absolute, in preprocessed units.
     """
     n = positive_int(samples, "samples")
     radius = real(radius, "radius", above=0)
