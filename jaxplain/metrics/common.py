@@ -45,11 +45,19 @@ def ranks(values: Array) -> Array:
 
 def scorer(apply: ApplyFn, params: PyTree, target: Array, score: str) -> Callable[[Array], Array]:
     """``x [H, W, C] -> scalar``: the target's softmax probability or logit."""
+    check_score(score)
+    return lambda v: score_of(apply(params, v)[0], target, score)
+
+
+def check_score(score: str) -> None:
+    """An ``InputError`` unless ``score`` is one of ``SCORES``."""
     if score not in SCORES:
         raise InputError(f"score must be one of {SCORES}, got {score!r}")
-    if score == "logit":
-        return lambda v: apply(params, v)[0][target]
-    return lambda v: jax.nn.softmax(apply(params, v)[0])[target]
+
+
+def score_of(logits: Array, target: Array, score: str) -> Array:
+    """The target's softmax probability or logit (``score``) from ``logits [K]``."""
+    return logits[target] if score == "logit" else jax.nn.softmax(logits)[target]
 
 
 def region_sums(values: Array, labels: np.ndarray, n: int) -> Array:
@@ -136,3 +144,16 @@ def correlate(a: Array, b: Array, kind: str) -> Array:
     if kind not in CORRELATIONS:
         raise InputError(f"correlation must be one of {CORRELATIONS}, got {kind!r}")
     return pearson(a, b) if kind == "pearson" else pearson(average_ranks(a), average_ranks(b))
+
+
+def pixels(attribution: Array, shape: tuple[int, ...]) -> Array:
+    """``attribution`` as ``shape`` ``[H, W, C]``: a map ``[H, W]`` is repeated over the channels."""
+    a = attribution[..., None] if attribution.ndim == 2 else attribution
+    return jnp.broadcast_to(a, shape)
+
+
+def require_key(key: Array | None, name: str) -> Array:
+    """``key``, or an ``InputError`` saying that metric ``name`` is random."""
+    if key is None:
+        raise InputError(f"{name} is random: pass key=jax.random.key(...) (or an int seed to evaluate)")
+    return key
