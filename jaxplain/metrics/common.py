@@ -121,31 +121,6 @@ def substrate(x: Array, fill: float | str | Array, key: Array | None = None) -> 
     return jnp.broadcast_to(b, x.shape)
 
 
-def average_ranks(v: Array) -> Array:
-    """``[n]``: 1-based ranks of ``v [n]``, tied values sharing their mean rank (SciPy's
-    ``rankdata(method="average")``)."""
-    s = jnp.sort(v)
-    lo, hi = jnp.searchsorted(s, v, side="left"), jnp.searchsorted(s, v, side="right")
-    return (lo + hi + 1).astype(v.dtype) / 2
-
-
-def pearson(a: Array, b: Array) -> Array:
-    """Pearson's correlation of ``a [n]`` and ``b [n]``; 0 where either is constant (its NaN)."""
-    a, b = a - a.mean(), b - b.mean()
-    den = jnp.sqrt(jnp.sum(a * a) * jnp.sum(b * b))
-    return jnp.where(den > 0, jnp.sum(a * b) / jnp.where(den > 0, den, 1), 0).astype(a.dtype)
-
-
-CORRELATIONS = ("pearson", "spearman")
-
-
-def correlate(a: Array, b: Array, kind: str) -> Array:
-    """``pearson`` of ``a`` and ``b``, or of their ``average_ranks`` (``kind="spearman"``)."""
-    if kind not in CORRELATIONS:
-        raise InputError(f"correlation must be one of {CORRELATIONS}, got {kind!r}")
-    return pearson(a, b) if kind == "pearson" else pearson(average_ranks(a), average_ranks(b))
-
-
 def pixels(attribution: Array, shape: tuple[int, ...]) -> Array:
     """``attribution`` as ``shape`` ``[H, W, C]``: a map ``[H, W]`` is repeated over the channels."""
     a = attribution[..., None] if attribution.ndim == 2 else attribution

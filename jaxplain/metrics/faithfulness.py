@@ -17,7 +17,8 @@ from jaxplain.methods.chunks import counts_images
 from jaxplain.methods.marks import per_image
 from jaxplain.types import ApplyFn, Array, PyTree
 
-from .common import attribution_map, correlate, ranks, region_sums, scorer, scores_along, substrate
+from .common import attribution_map, ranks, require_key, region_sums, scorer, scores_along, substrate
+from .similarity import correlate
 
 ORDERS = ("morf", "lerf")
 
@@ -161,8 +162,7 @@ def mu_fidelity(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, attr
     ``FaithfulnessCorrelation`` (``correlation="spearman"``: Spearman's, ties averaged, as
     Xplique computes it), 0 where either is constant (Xplique's rule for a NaN). Random through
     ``key`` (required)."""
-    if key is None:
-        raise InputError("mu_fidelity is random: pass key=jax.random.key(...) or an int seed")
+    key = require_key(key, "mu_fidelity")
     grid_size, subset_percent, samples = _mu_checks(x.shape, grid_size, subset_percent, samples)
     labels = _grid(x.shape[0], x.shape[1], grid_size)
     off = _subsets(key, grid_size, subset_percent, samples)
@@ -172,4 +172,5 @@ def mu_fidelity(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, attr
     values = scores_along(scorer(apply, params, target, score),
                           lambda i: jnp.where(off[i][labels][..., None], fill, x), samples + 1, chunk)
     drops = values[0] - values[1:]
-    return {"score": correlate(sums, drops, correlation), "drops": drops, "sums": sums}
+    r = correlate(sums, drops, correlation)
+    return {"score": jnp.where(jnp.isnan(r), 0.0, r), "drops": drops, "sums": sums}
