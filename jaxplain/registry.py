@@ -10,7 +10,7 @@ from typing import Any, Callable, Mapping
 from jaxplain.errors import InputError
 from jaxplain.methods import cam, gradients, integrated, layer, perturb, smooth
 from jaxplain.methods.marks import wrapped
-from jaxplain.metrics import faithfulness, localisation, randomisation
+from jaxplain.metrics import faithfulness, imputation, localisation, randomisation, robustness
 
 METHODS: dict[str, Callable] = {
     "gradient": gradients.gradient,
@@ -44,6 +44,11 @@ METHODS: dict[str, Callable] = {
 METRICS: dict[str, Callable] = {
     "deletion": faithfulness.deletion,
     "insertion": faithfulness.insertion,
+    "region_perturbation": faithfulness.region_perturbation,
+    "mu_fidelity": faithfulness.mu_fidelity,
+    "road": imputation.road,
+    "infidelity": robustness.infidelity,
+    "max_sensitivity": robustness.max_sensitivity,
     "pointing_game": localisation.pointing_game,
     "relevance_mass": localisation.relevance_mass,
     "relevance_rank": localisation.relevance_rank,

@@ -72,8 +72,8 @@ def assemble(static: dict[str, Any], arrays: dict[Path, Array]) -> dict[str, Any
 
 def resolve_for_model(fn: Callable, model: Model, image_shape: tuple[int, ...], settings: dict[str, Any]) -> dict[str, Any]:
     """Settings that need the model, for ``fn`` and any method it wraps: a missing ``layer`` is
-    the last conv layer; layers and neurons are checked; ``baseline="black"`` is the preprocessed
-    black image. ``settings`` must come from ``registry.resolve``."""
+    the last conv layer; layers and neurons are checked; ``baseline="black"`` (given or the
+    default) is the preprocessed black image. ``settings`` must come from ``registry.resolve``."""
     settings = dict(settings)
     known = registry.settings_of(fn)
     if "layer" in known:
@@ -82,7 +82,10 @@ def resolve_for_model(fn: Callable, model: Model, image_shape: tuple[int, ...], 
         shape = check_layer(model, image_shape, settings["layer"], spatial=getattr(fn, "spatial_layer", False))
         if "neuron" in known:
             check_neuron(shape, settings.get("neuron"))
-    if isinstance(settings.get("baseline"), str) and settings["baseline"] == "black":
+    baseline = settings.get("baseline", known.get("baseline"))  # a default of "black" too
+    if isinstance(baseline, str) and baseline == "black":
+        if model.preprocess is None:
+            raise InputError(f"baseline='black' needs {model.name}'s preprocess, which it lacks: pass a number or an array")
         black = np.zeros((1, *image_shape[:2], 3), np.uint8)
         settings["baseline"] = jnp.asarray(model.preprocess(black)[0], jnp.float32)
     nested = inner(fn, settings)

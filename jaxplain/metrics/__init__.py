@@ -7,4 +7,6 @@ run over a batch by ``jaxplain.evaluate`` (the same batching, jit, chunk loops a
 - ``faithfulness``: deletion, insertion, region perturbation (AOPC), mu-fidelity.
 - ``localisation``: pointing game, relevance mass and rank accuracy, against a ground-truth ``mask``.
 - ``randomisation``: model parameter randomisation (staged: one run per set of randomised weights).
+- ``robustness``: infidelity and max-sensitivity (Yeh et al. 2019, as captum.metrics).
+- ``imputation``: ROAD (Rong et al. 2022), removal with noisy linear imputation.
 """

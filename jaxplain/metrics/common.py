@@ -1,4 +1,5 @@
-"""What several metrics share: a map from an attribution, pixel orders, the model's score, substrates."""
+"""What several metrics share: a map from an attribution, pixel orders, label maps of regions, the
+model's score along a series of perturbed images, substrates, correlations."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 from scipy import ndimage
 
 from jaxplain.errors import InputError
+from jaxplain.methods.chunks import sum_chunks
 from jaxplain.types import ApplyFn, Array, PyTree
 
 SCORES = ("probability", "logit")
@@ -18,6 +20,16 @@ SCORES = ("probability", "logit")
 def pixel_map(attribution: Array) -> Array:
     """``[H, W]``: an ``[H, W, C]`` attribution summed over its channels (a map stays as it is)."""
     return attribution.sum(-1) if attribution.ndim == 3 else attribution
+
+
+def attribution_map(attribution: Array, x: Array) -> Array:
+    """``pixel_map`` of an attribution ``[H, W, C]`` or ``[H, W]`` of ``x [H, W, C]``, or an
+    ``InputError`` naming the shapes (``evaluate`` checks this too; here for direct calls)."""
+    h, w, c = x.shape
+    if tuple(attribution.shape) not in ((h, w, c), (h, w)):
+        raise InputError(f"attribution must be [H, W, C] = {(h, w, c)} or [H, W] = {(h, w)} for this image, "
+                         f"got shape {tuple(attribution.shape)}")
+    return pixel_map(attribution)
 
 
 def order(values: Array) -> Array:
@@ -33,11 +45,37 @@ def ranks(values: Array) -> Array:
 
 def scorer(apply: ApplyFn, params: PyTree, target: Array, score: str) -> Callable[[Array], Array]:
     """``x [H, W, C] -> scalar``: the target's softmax probability or logit."""
+    check_score(score)
+    return lambda v: score_of(apply(params, v)[0], target, score)
+
+
+def check_score(score: str) -> None:
+    """An ``InputError`` unless ``score`` is one of ``SCORES``."""
     if score not in SCORES:
         raise InputError(f"score must be one of {SCORES}, got {score!r}")
-    if score == "logit":
-        return lambda v: apply(params, v)[0][target]
-    return lambda v: jax.nn.softmax(apply(params, v)[0])[target]
+
+
+def score_of(logits: Array, target: Array, score: str) -> Array:
+    """The target's softmax probability or logit (``score``) from ``logits [K]``."""
+    return logits[target] if score == "logit" else jax.nn.softmax(logits)[target]
+
+
+def region_sums(values: Array, labels: np.ndarray, n: int) -> Array:
+    """``[n]``: the sum of ``values [H, W]`` over each region of a label map ``labels [H, W]`` (ids ``0 .. n - 1``)."""
+    return jax.ops.segment_sum(values.reshape(-1), jnp.asarray(labels.reshape(-1)), num_segments=n)
+
+
+def scores_along(f: Callable[[Array], Array], image: Callable[[Array], Array], n: int,
+                 chunk: int | None) -> Array:
+    """``[n]``: ``f(image(i))`` for ``i = 0 .. n - 1``, ``chunk`` images per vectorised forward pass.
+    This is the calling metric's one outermost ``sum_chunks``: each chunk scatters its scores into
+    a vector of zeros, so the host loop adds the chunks up."""
+
+    def part(ids: Array) -> Array:
+        values = jax.vmap(lambda i: f(image(i)))(ids)
+        return jnp.zeros(n, values.dtype).at[ids].set(values)
+
+    return sum_chunks(part, jnp.arange(n), chunk)
 
 
 def rise_blur_kernel(size: int = 11, sigma: float = 5.0) -> np.ndarray:
@@ -63,14 +101,34 @@ def rise_blur(x: Array, size: int = 11, sigma: float = 5.0) -> Array:
     return jnp.einsum("ih,hwc,jw->ijc", band(h), x, band(w))
 
 
-def substrate(x: Array, fill: float | str | Array) -> Array:
-    """What removed pixels become: a number, ``"blur"`` (``rise_blur``) or an ``[H, W, C]`` array
+def substrate(x: Array, fill: float | str | Array, key: Array | None = None) -> Array:
+    """What removed pixels become: a number, ``"blur"`` (``rise_blur``), ``"uniform"`` (noise,
+    each element uniform in ``[min x, max x]``, drawn from ``key``) or an ``[H, W, C]`` array
     (``"black"``, the preprocessed black image, is resolved by ``evaluate``)."""
     if isinstance(fill, str):
         if fill == "blur":
             return rise_blur(x)
-        raise InputError(f"a baseline must be a number, 'black', 'blur' or an [H, W, C] array, got {fill!r}")
+        if fill == "uniform" and key is not None:
+            return jax.random.uniform(key, x.shape, x.dtype, jnp.min(x), jnp.max(x))
+        if fill == "uniform":
+            raise InputError("baseline='uniform' is random: pass key=jax.random.key(...) or an int seed")
+        if fill == "black":
+            raise InputError("baseline='black' needs the model's preprocessing: use jaxplain.evaluate, or pass the array")
+        raise InputError(f"a baseline must be a number, 'black', 'blur', 'uniform' or an [H, W, C] array, got {fill!r}")
     b = jnp.asarray(fill, x.dtype)
     if b.ndim not in (0, 3) or (b.ndim == 3 and b.shape != x.shape):
         raise InputError(f"baseline must be a number or an array of the image's shape {x.shape}, got shape {b.shape}")
     return jnp.broadcast_to(b, x.shape)
+
+
+def pixels(attribution: Array, shape: tuple[int, ...]) -> Array:
+    """``attribution`` as ``shape`` ``[H, W, C]``: a map ``[H, W]`` is repeated over the channels."""
+    a = attribution[..., None] if attribution.ndim == 2 else attribution
+    return jnp.broadcast_to(a, shape)
+
+
+def require_key(key: Array | None, name: str) -> Array:
+    """``key``, or an ``InputError`` saying that metric ``name`` is random."""
+    if key is None:
+        raise InputError(f"{name} is random: pass key=jax.random.key(...) (or an int seed to evaluate)")
+    return key

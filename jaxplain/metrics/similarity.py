@@ -1,5 +1,5 @@
-"""Similarity of two maps, as the randomisation checks measure it: Spearman's rank correlation
-(ties ranked by their average, as SciPy) and SSIM (as scikit-image's ``structural_similarity``)."""
+"""Similarity of two maps or vectors: Pearson's and Spearman's correlation (ties ranked by their
+average, as SciPy) and SSIM (as scikit-image's ``structural_similarity``)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,16 @@ def spearman(a: Array, b: Array) -> Array:
     """Spearman's rank correlation of two arrays of one shape (flattened), ties by average rank
     (``scipy.stats.spearmanr``); NaN when either is constant."""
     return pearson(average_ranks(a), average_ranks(b))
+
+
+CORRELATIONS = ("pearson", "spearman")
+
+
+def correlate(a: Array, b: Array, kind: str) -> Array:
+    """``pearson`` (``kind="pearson"``) or ``spearman`` of ``a`` and ``b``; NaN when either is constant."""
+    if kind not in CORRELATIONS:
+        raise InputError(f"correlation must be one of {CORRELATIONS}, got {kind!r}")
+    return pearson(a, b) if kind == "pearson" else spearman(a, b)
 
 
 def ssim(a: Array, b: Array, *, win_size: int = 7, data_range: float = 1.0, k1: float = 0.01,
