@@ -62,7 +62,8 @@ class Pair:
     ``getattr(quantus, name)``. ``settings(profile, H, W) -> (ours, quantus)``: our settings and the Quantus constructor's
     (``profile``: ``"reduced"`` or ``"reference"``). ``form``: the attribution both get, ``"map"``
     ([B, H, W] / [B, 1, H, W]) or ``"pixels"``. ``call``: extra keywords of the Quantus call;
-    ``ours_extra(inputs, quantus_metric)``: of ours.
+    ``ours_extra(inputs, quantus_metric)``: of ours. ``quantus_a``: Quantus' ``a_batch`` where
+    not the ``form``'s.
     ``agree(ours, quantus) -> (max |difference|, what was compared)``; ``None`` where the two
     differ by design (``note`` says why)."""
 
@@ -74,6 +75,7 @@ class Pair:
     note: str = ""
     ours_extra: Callable[[Inputs, Any], dict[str, Any]] = lambda inp, metric: {}
     make: Callable[..., Any] | None = None
+    quantus_a: Callable[[Inputs], np.ndarray] | None = None
 
 
 def _max_diff(a: Any, b: Any) -> float:
@@ -152,6 +154,15 @@ def _road_settings(profile: str, h: int, w: int) -> tuple[dict, dict]:
     return (dict(percentages=tuple(pct), noise=0.01, key=0), dict(percentages=pct, noise=0.01))
 
 
+def _road_attribution(inp: Inputs) -> np.ndarray:
+    """``[B, 3, H, W]``: the map in channel 0, below its minimum in channels 1 and 2. Quantus 0.6's
+    ``ROAD`` ranks the map broadcast over the channels (3 H W indices) but imputes on an ``H W``
+    mask (``noisy_linear_imputation``: ``mask[indices] = 0``), an IndexError as soon as a copy in
+    channel 1 or 2 is drawn; so its top-k percent (k < H W) are channel 0's, i.e. the map's pixels."""
+    low = np.broadcast_to(inp.map.min((1, 2), keepdims=True) - 1, inp.map.shape)
+    return np.ascontiguousarray(np.stack([inp.map, low, low], 1))
+
+
 def _relevance_mass_settings(profile: str, h: int, w: int) -> tuple[dict, dict]:
     return dict(positive=False), {}
 
@@ -201,7 +212,7 @@ PAIRS: dict[str, Pair] = {
     "max_sensitivity": Pair("MaxSensitivity", _sensitivity_settings, form="pixels", call=_quantus_gradient,
                             note="uniform noise in [-0.2, 0.2], each side its own draws; both re-explain with "
                                  "the signed gradient (captum Saliency abs=False)"),
-    "road": Pair("ROAD", _road_settings, note="noisy linear imputation, each side its own noise; Quantus "
+    "road": Pair("ROAD", _road_settings, quantus_a=_road_attribution, note="noisy linear imputation, each side its own noise; Quantus "
                                               "returns the batch's accuracy per percentage, ours the probability"),
     "pointing_game": Pair("PointingGame", _plain, call=_masks, ours_extra=_ours_masks, agree=_scores),
     "relevance_mass": Pair("RelevanceMassAccuracy", _relevance_mass_settings, call=_masks, ours_extra=_ours_masks,
@@ -280,7 +291,7 @@ def calls(model: Any, net: Any, inp: Inputs, name: str, profile: str) -> Calls:
     a_ours = inp.map if pair.form == "map" else inp.pixels
     extra = pair.ours_extra(inp, metric)
     device = next(net.parameters()).device.type
-    q_kw = dict(model=net, x_batch=inp.x_nchw, y_batch=inp.y, a_batch=_quantus_attr(inp, pair.form), device=device,
+    q_kw = dict(model=net, x_batch=inp.x_nchw, y_batch=inp.y, a_batch=(pair.quantus_a or (lambda i: _quantus_attr(i, pair.form)))(inp), device=device,
                 channel_first=True, batch_size=len(inp.x), **pair.call(inp))
 
     def ours() -> dict[str, np.ndarray]:
