@@ -150,15 +150,20 @@ def _sensitivity_settings(profile: str, h: int, w: int) -> tuple[dict, dict]:
 
 
 def _road_settings(profile: str, h: int, w: int) -> tuple[dict, dict]:
+    """Quantus gets ``p / 3``: see ``_road_attribution``."""
     pct = [10, 50, 90] if profile == "reduced" else list(range(1, 100, 2))  # Quantus' default
-    return (dict(percentages=tuple(pct), noise=0.01, key=0), dict(percentages=pct, noise=0.01))
+    thirds = [p / 3 for p in pct]
+    assert all(int(3 * h * w * q / 100) == int(h * w * p / 100) for p, q in zip(pct, thirds))
+    return (dict(percentages=tuple(pct), noise=0.01, key=0), dict(percentages=thirds, noise=0.01))
 
 
 def _road_attribution(inp: Inputs) -> np.ndarray:
     """``[B, 3, H, W]``: the map in channel 0, below its minimum in channels 1 and 2. Quantus 0.6's
-    ``ROAD`` ranks the map broadcast over the channels (3 H W indices) but imputes on an ``H W``
-    mask (``noisy_linear_imputation``: ``mask[indices] = 0``), an IndexError as soon as a copy in
-    channel 1 or 2 is drawn; so its top-k percent (k < H W) are channel 0's, i.e. the map's pixels."""
+    ``ROAD`` ranks 3 H W values (a map is broadcast over the channels) but imputes on an ``H W``
+    mask (``noisy_linear_imputation``: ``mask[indices] = 0``): an IndexError as soon as a value of
+    channel 1 or 2 is among those removed. Here the first H W ranked are channel 0's, the map's
+    pixels, and ``p / 3`` percent of its ``3 H W`` (``a_size`` is then ``3 H W``) is ``p`` percent
+    of the pixels: the pixels ours removes."""
     low = np.broadcast_to(inp.map.min((1, 2), keepdims=True) - 1, inp.map.shape)
     return np.ascontiguousarray(np.stack([inp.map, low, low], 1))
 
@@ -213,7 +218,8 @@ PAIRS: dict[str, Pair] = {
                             note="uniform noise in [-0.2, 0.2], each side its own draws; both re-explain with "
                                  "the signed gradient (captum Saliency abs=False)"),
     "road": Pair("ROAD", _road_settings, quantus_a=_road_attribution, note="noisy linear imputation, each side its own noise; Quantus "
-                                              "returns the batch's accuracy per percentage, ours the probability"),
+                                              "returns the batch's accuracy per percentage (at p/3 of 3HW values = "
+                                              "p% of the pixels, around its IndexError), ours the probability"),
     "pointing_game": Pair("PointingGame", _plain, call=_masks, ours_extra=_ours_masks, agree=_scores),
     "relevance_mass": Pair("RelevanceMassAccuracy", _relevance_mass_settings, call=_masks, ours_extra=_ours_masks,
                            agree=_scores, note="ours positive=False: Quantus' signed sums"),
