@@ -4,12 +4,11 @@ Each image holds one flat-coloured object (its class: ``CLASSES``) at a random p
 rotation and colour, over a smooth, noisy random background, among distractors that every class
 has alike: thin lines, small specks and noise-textured patches of random colours and counts. The
 object is drawn last and no distractor comes within ``GAP`` pixels of it, so ``masks`` is exactly
-the set of pixels the object covers, and every one of them has the object's colour. The background
-keeps a colour distance of at least ``CONTRAST`` from the object's colour.
+the set of pixels the object covers, and every one of them has the object's colour. The
+background's base colour lies at least ``CONTRAST`` (RGB distance) from the object's.
 
 Pure data (NumPy, no model): ``make(n, seed=...)`` is deterministic, and a prefix of a larger set
-is the smaller set (each field of ``make(m, seed=s)`` is that of ``make(n, seed=s)`` cut to ``m``), since images are
-drawn in blocks of ``BLOCK`` from per-block generators.
+is the smaller set, since images are drawn in blocks of ``BLOCK`` from per-block generators.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from jaxplain.errors import InputError
 CLASSES = ("disc", "ring", "square", "frame", "triangle", "cross", "bar", "crescent")
 BLOCK = 256  # images per generator block; each block holds every class BLOCK // len(CLASSES) times
 GAP = 2  # pixels between the object and the nearest distractor
-CONTRAST = 120.0  # least RGB distance between the object's colour and the background's base colour
+CONTRAST = 120.0  # least RGB distance from the object's colour to the background's base colour
 MIN_SIZE = 32
 
 
@@ -117,12 +116,10 @@ def _stamp(layer: np.ndarray, on: np.ndarray, img: np.ndarray, ys: np.ndarray, x
     on[img, ys, xs] = True
 
 
-def _block(rng: np.random.Generator, size: int, distractors: bool) -> Synthetic:
-    """``BLOCK`` images from one generator (every draw made whether or not ``distractors``)."""
-    n, s, f = BLOCK, size, size / 64.0
+def _objects(rng: np.random.Generator, n: int, s: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Balanced labels ``[n]``, object masks ``[n, s, s]`` and colours ``uint8 [n, 3]``: a random
+    radius, centre (the whole shape inside the image), rotation and colour for each."""
     labels = rng.permutation(np.arange(n) % len(CLASSES)).astype(np.int32)
-
-    # The object: radius, centre (the whole shape inside), rotation, colour.
     radius = rng.uniform(0.125, 0.22, n) * s
     margin = 1.1 * radius + 1
     cy, cx = (rng.uniform(margin, s - 1 - margin) for _ in range(2))
@@ -136,20 +133,30 @@ def _block(rng: np.random.Generator, size: int, distractors: bool) -> Synthetic:
     for k, name in enumerate(CLASSES):
         p = labels == k
         masks[p] = SHAPES[name](cos[p] * dx[p] + sin[p] * dy[p], cos[p] * dy[p] - sin[p] * dx[p])
+    return labels, masks, colour
 
-    # The background: a base colour far from the object's, a smooth field and pixel noise.
+
+def _background(rng: np.random.Generator, colour: np.ndarray, s: int) -> np.ndarray:
+    """``uint8 [n, s, s, 3]``: a base colour at least ``CONTRAST`` from ``colour [n, 3]`` (the
+    farthest of 64 tries where none is), a smooth field of +-25 and pixel noise of +-10."""
+    n = len(colour)
     candidates = rng.uniform(30, 225, (n, 64, 3))
     dist = np.linalg.norm(candidates - colour[:, None, :].astype(np.float64), axis=-1)
     far = dist >= CONTRAST
     pick = np.where(far.any(axis=1), far.argmax(axis=1), dist.argmax(axis=1))
     base = candidates[np.arange(n), pick].astype(np.float32)
-    background = rng.random((n, s, s, 3), np.float32)  # pixel noise, uniform in +-10
+    background = rng.random((n, s, s, 3), np.float32)
     background *= 20
     background += (base - 10)[:, None, None, :]
     background += _smooth_field(rng, n, s, 4, 25.0)
-    images = np.clip(np.rint(background, out=background), 0, 255, out=background).astype(np.uint8)
+    return np.clip(np.rint(background, out=background), 0, 255, out=background).astype(np.uint8)
 
-    # Distractors, painted into one layer: thin lines, specks, noise-textured patches.
+
+def _distractors(rng: np.random.Generator, n: int, s: int) -> tuple[np.ndarray, np.ndarray]:
+    """A layer ``uint8 [n, s, s, 3]`` and where it is painted ``bool [n, s, s]``: 2-6 thin lines,
+    4-20 specks (radius 1-3.5 px at 64x64) and 0-3 noise-textured patches (5-12 px), each of a
+    random colour."""
+    f = s / 64.0
     layer = np.zeros((n, s, s, 3), np.uint8)
     on = np.zeros((n, s, s), bool)
     idx = np.arange(n)[:, None, None]
@@ -185,10 +192,17 @@ def _block(rng: np.random.Generator, size: int, distractors: bool) -> Synthetic:
     keep = (oy < extent[..., 0, None]) & (ox < extent[..., 1, None]) & (np.arange(patches) < count[:, None])[..., None]
     texture = np.clip(np.rint(tint[:, :, None, :] + noise), 0, 255).astype(np.uint8)
     _stamp(layer, on, idx, corner[..., 0, None] + oy, corner[..., 1, None] + ox, keep, texture)
+    return layer, on
 
-    if distractors:
+
+def _block(rng: np.random.Generator, size: int, distractors: bool) -> Synthetic:
+    """``BLOCK`` images from one generator (every draw made whether or not ``distractors``)."""
+    labels, masks, colour = _objects(rng, BLOCK, size)
+    images = _background(rng, colour, size)
+    layer, on = _distractors(rng, BLOCK, size)
+    if distractors:  # kept GAP pixels away from the object
         np.copyto(images, layer, where=(on & ~_dilate(masks, GAP))[..., None])
-    np.copyto(images, colour[:, None, None, :], where=masks[..., None])
+    np.copyto(images, colour[:, None, None, :], where=masks[..., None])  # the object, drawn last
     return Synthetic(images, labels, masks, colour)
 
 
