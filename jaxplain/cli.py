@@ -234,7 +234,7 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 DEFAULT_METHODS = ("gradient", "gradient_x_input", "integrated_gradients", "smoothgrad", "guided_backprop",
-                   "grad_cam", "occlusion", "rise")
+                   "grad_cam", "occlusion")
 SYNTHETIC = "synthetic_vgg"
 
 
