@@ -234,18 +234,40 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 DEFAULT_METHODS = ("gradient", "gradient_x_input", "integrated_gradients", "smoothgrad", "guided_backprop",
-                   "grad_cam", "occlusion", "rise")
+                   "grad_cam", "occlusion")
 SYNTHETIC = "synthetic_vgg"
+
+
+def _images_and_masks(paths: Sequence[str], mask_paths: Sequence[str] | None, model) -> tuple[list[int], list[np.ndarray], Any]:
+    """``(positions, images, masks [N, H, W] or None)`` of the images that load, with their masks
+    (white = the object, brought to the input by the model's resize); the rest reported, one line each."""
+    import jax.numpy as jnp
+
+    from jaxplain.io import load_image
+
+    found, arrays, masks = [], [], []
+    for i, path in enumerate(paths):
+        try:
+            img = load_image(path, model)
+            mask = load_image(mask_paths[i], model).max(-1) > 127 if mask_paths else None
+        except JaxplainError as e:
+            print(f"jaxplain: skipped {e}", file=sys.stderr)
+            continue
+        found.append(i)
+        arrays.append(img)
+        masks.append(mask)
+    return found, arrays, jnp.asarray(np.stack(masks)) if mask_paths and found else None
 
 
 def _check_evaluate_args(args: argparse.Namespace) -> Path:
     """``evaluate``'s arguments, checked before a model loads; the JSON file's path."""
     from jaxplain.comparison import check_specs
 
-    if args.masks and len(args.masks) != len(args.images):
-        raise InputError(f"--masks gives {len(args.masks)} masks for {len(args.images)} images: one mask per image, in order")
     if args.masks and not args.images:
         raise InputError("--masks goes with your images; the synthetic benchmark brings its own masks")
+    if args.masks and len(args.masks) != len(args.images):
+        n, k = len(args.images), len(args.masks)
+        raise InputError(f"--masks gives {k} mask{'s' * (k > 1)} for {n} image{'s' * (n > 1)}: one mask per image, in order")
     if args.model == SYNTHETIC and args.weights not in ("shipped", "random"):
         raise InputError("--weights for synthetic_vgg is 'shipped' or 'random'")
     check_specs(args.methods, args.metrics, has_masks=not args.images or bool(args.masks))
@@ -271,17 +293,14 @@ def _evaluate(args: argparse.Namespace) -> int:
             model = models.synthetic_vgg(None if args.weights == "random" else "shipped")
         else:
             model = _load_model(args)
-        found, arrays = _images(args.images, model)
+        found, arrays, masks = _images_and_masks(args.images, args.masks, model)
+        failed = len(args.images) - len(found)
         if not found:
             raise InputError("none of the images could be read")
-        masks = None
-        if args.masks:
-            from jaxplain.io import load_image
-
-            masks = jnp.asarray(np.stack([load_image(args.masks[i], model).max(-1) > 127 for i in found]))
         x = model.preprocess(np.stack(arrays))
-        data = f"{len(found)} images"
+        data = f"{len(found)} image{'s' * (len(found) > 1)}"
     else:
+        failed = 0
         from jaxplain import synthetic
 
         model = models.synthetic_vgg()
@@ -300,7 +319,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     tmp.write_text(json.dumps(result, indent=1))
     tmp.replace(out)
     print(f"wrote {out}")
-    return 0
+    return 1 if failed else 0
 
 
 def bench_command(args: argparse.Namespace, peer: Callable | None = None) -> int:

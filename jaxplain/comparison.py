@@ -114,4 +114,7 @@ def table(method_seconds: dict[str, float], cells: Sequence[Cell]) -> str:
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
-    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+    ways = {k: getattr(registry.parse_metric(k)[0], "better", None) for k in metrics}
+    legend = [f"{way} is better: {', '.join(k for k in metrics if ways[k] == way)}" for way in ("higher", "lower")
+              if way in ways.values()]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:], *legend])

@@ -12,6 +12,9 @@
 ``source`` picks the head semantics, the preprocessing and the resize: Keras' (Caffe BGR, flatten,
 224x224 only, nearest resize) or torchvision's (RGB mean/std, adaptive pool, any size from 32 up,
 resize and centre crop). ``build`` puts these facts on the ``Model``.
+
+``synthetic_vgg()``: the ground-truth benchmark's small VGG, trained on ``jaxplain.synthetic``
+images, its weights shipped inside the package (``models/synthetic.py``).
 """
 
 from __future__ import annotations
@@ -25,11 +28,15 @@ from jaxplain.errors import InputError
 from jaxplain.types import Model
 
 from . import imagenet, weights as _weights
+from .synthetic import synthetic_vgg
 from .vgg import BLOCKS, VGG, VGGConfig, make_apply, random_params
 
 SOURCES = ("keras", "torchvision")
 
-__all__ = ["BLOCKS", "VGG", "VGGConfig", "build", "imagenet", "vgg", "vgg11", "vgg13", "vgg16", "vgg19"]
+__all__ = [
+    "BLOCKS", "VGG", "VGGConfig", "build", "imagenet", "synthetic_vgg", "vgg", "vgg11", "vgg13", "vgg16",
+    "vgg19",
+]
 
 
 @functools.cache

@@ -179,3 +179,84 @@ def test_progress_bar_counts_the_calls(tiny_model, capfd):
     assert "integrated_gradients on 2 images" in err and "3/3" in err, err
     jax.block_until_ready(jaxplain.explain(tiny_model, x, 0, "gradient"))
     assert capfd.readouterr().err == ""  # off by default
+
+
+def test_evaluate_on_the_synthetic_benchmark(tmp_path):
+    """`jaxplain evaluate`: a table of methods x metrics and a JSON of every score, equal to what
+    the API gives on the same synthetic images with the shipped model."""
+    from jaxplain import synthetic
+
+    out = tmp_path / "res" / "scores.json"
+    r = run("evaluate", "-n", "6", "--methods", "gradient", "grad_cam", "--metrics", "deletion(steps=8)",
+            "pointing_game", "--batch-size", "4", "--json", out, home=tmp_path / "home")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "synthetic_vgg on 6 synthetic images (seed 0): 2 methods x 2 metrics"
+    assert lines[1].split()[:5] == ["method", "explain", "s", "deletion(steps=8)", "pointing_game"]
+    assert [l.split()[0] for l in lines[3:5]] == ["gradient", "grad_cam"]
+    assert "lower is better: deletion(steps=8)" in r.stdout and "higher is better: pointing_game" in r.stdout
+    result = __import__("json").loads(out.read_text())
+    cells = {(c["method"], c["metric"]): c for c in result["cells"]}
+    assert len(cells) == 4 and all(len(c["scores"]) == 6 for c in cells.values())
+    model = models.synthetic_vgg()
+    data = synthetic.make(6, seed=0)
+    x = model.preprocess(data.images)
+    a = jaxplain.explain(model, x, "predicted", "grad_cam")
+    want = jaxplain.evaluate(model, x, "predicted", a, "pointing_game", mask=data.masks)["score"]
+    np.testing.assert_allclose(cells[("grad_cam", "pointing_game")]["scores"], want, atol=1e-6)
+    g = jaxplain.explain(model, x, "predicted", "gradient")
+    want = jaxplain.evaluate(model, x, "predicted", g, "deletion(steps=8)")["score"]
+    np.testing.assert_allclose(cells[("gradient", "deletion(steps=8)")]["scores"], want, atol=1e-5)
+
+
+def test_evaluate_on_your_images_and_masks(tmp_path):
+    """With images and masks (pictures, white = the object) the masks follow the images through
+    the model's resize; a bad image is skipped with one line and the rest still scored."""
+    from jaxplain import synthetic
+
+    data = synthetic.make(3, seed=5, size=96)
+    paths, masks = [], []
+    for i in range(3):
+        paths.append(tmp_path / f"img{i}.png")
+        masks.append(tmp_path / f"mask{i}.png")
+        Image.fromarray(data.images[i]).save(paths[-1])
+        Image.fromarray((data.masks[i] * 255).astype(np.uint8)).save(masks[-1])
+    out = tmp_path / "scores.json"
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    r = run("evaluate", paths[0], broken, *paths[1:], "--masks", masks[0], masks[0], *masks[1:], "--model",
+            "synthetic_vgg", "--methods", "grad_cam", "--metrics", "relevance_mass", "--json", out, home=tmp_path / "home")
+    assert r.returncode == 1, r.stderr  # one image skipped, the others scored
+    assert r.stderr.count("\n") == 1 and "broken.png" in r.stderr and "Traceback" not in r.stderr
+    assert r.stdout.startswith("synthetic_vgg on 3 images")
+    model = models.synthetic_vgg()
+    x = model.preprocess(np.stack([load_image(p, model) for p in paths]))
+    m = np.stack([load_image(p, model).max(-1) > 127 for p in masks])
+    assert m.shape == (3, 64, 64) and 0 < m.mean() < 0.5
+    a = jaxplain.explain(model, x, "predicted", "grad_cam")
+    want = jaxplain.evaluate(model, x, "predicted", a, "relevance_mass", mask=m)["score"]
+    got = __import__("json").loads(out.read_text())["cells"][0]["scores"]
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--metrics", "nope"], "unknown metric 'nope'"),
+    (["--metrics", "deletion(stepz=3)"], "deletion has no setting 'stepz'"),
+    (["--methods", "layer_integrated_gradients"], "returns a layer's activations, which no metric can score"),
+    (["IMG", "--metrics", "pointing_game"], "metric 'pointing_game' needs ground-truth masks"),
+    (["IMG", "--masks", "IMG", "IMG"], "--masks gives 2 masks for 1 image: one mask per image"),
+    (["--masks", "IMG"], "--masks goes with your images"),
+    (["--json", "DIR"], "--json .*: is a folder, not a file"),
+    (["-n", "0"], "argument -n: must be at least 1, got 0"),
+    (["--model", "synthetic_vgg", "--weights", "imagenet"], "--weights for synthetic_vgg is 'shipped' or 'random'"),
+])
+def test_evaluate_arguments_are_checked_before_the_model_loads(tmp_path, capsys, monkeypatch, args, message):
+    (tmp_path / "DIR").mkdir()
+    args = [a.replace("IMG", str(tmp_path / "missing.png")).replace("DIR", str(tmp_path / "DIR")) for a in args]
+    monkeypatch.setattr(cli, "_load_model", lambda a: pytest.fail("loaded the model"))
+    monkeypatch.setattr(models, "synthetic_vgg", lambda *a, **k: pytest.fail("loaded the model"))
+    with pytest.raises(SystemExit) as exit_:
+        raise SystemExit(cli.main(["evaluate", *args]))
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and err.startswith("jaxplain: error:"), err
+    assert pytest.importorskip("re").search(message, err), err

@@ -5,6 +5,7 @@
 - ``@per_image(baseline=3)``: array settings that may come one per image: a value of that rank is
   shared by the batch, one of rank + 1 with a leading ``B`` is split per image like ``images``;
   rank ``None``: always one per image (a metric's ``attribution``).
+- ``@better("lower")``: which way a metric's score improves (tables print it).
 - ``@targetless``: the method ignores ``target`` (neurons, Eigen-CAM), so ``targets=None`` is fine.
 - ``@wraps_method``: the method runs another one, named by its ``base`` setting with
   ``base_settings`` (the noise wrappers); what holds for that one holds inside.
@@ -40,6 +41,18 @@ def per_image(**ranks: int | None) -> Callable[[Callable], Callable]:
 
     def mark(fn: Callable) -> Callable:
         fn.per_image = dict(ranks)
+        return fn
+
+    return mark
+
+
+def better(direction: str) -> Callable[[Callable], Callable]:
+    """Mark which way a metric's ``"score"`` improves: ``"higher"`` or ``"lower"``."""
+    if direction not in ("higher", "lower"):
+        raise ValueError(f"direction must be 'higher' or 'lower', not {direction!r}")
+
+    def mark(fn: Callable) -> Callable:
+        fn.better = direction
         return fn
 
     return mark

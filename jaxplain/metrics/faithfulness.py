@@ -14,7 +14,7 @@ import numpy as np
 from jaxplain.errors import InputError
 from jaxplain.methods.checks import positive_int, real
 from jaxplain.methods.chunks import counts_images
-from jaxplain.methods.marks import per_image
+from jaxplain.methods.marks import better, per_image
 from jaxplain.types import ApplyFn, Array, PyTree
 
 from .common import attribution_map, ranks, require_key, region_sums, scorer, scores_along, substrate
@@ -44,6 +44,7 @@ def _causal(apply: ApplyFn, params: PyTree, x: Array, target: Array, attribution
     return {"score": auc(curve), "curve": curve}
 
 
+@better("lower")
 @per_image(attribution=None, baseline=3)
 @counts_images(forward_only=True)
 def deletion(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, attribution: Array,
@@ -59,6 +60,7 @@ def deletion(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, attribu
     return _causal(apply, params, x, target, attribution, x, substrate(x, baseline, key), steps, score, chunk)
 
 
+@better("higher")
 @per_image(attribution=None)
 @counts_images(forward_only=True)
 def insertion(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, attribution: Array,
@@ -78,6 +80,7 @@ def patch_labels(h: int, w: int, patch: int) -> tuple[np.ndarray, int]:
     return (rows[:, None] * (cols[-1] + 1) + cols[None, :]).astype(np.int32), int((rows[-1] + 1) * (cols[-1] + 1))
 
 
+@better("higher")
 @per_image(attribution=None, baseline=3)
 @counts_images(forward_only=True)
 def region_perturbation(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, attribution: Array,
@@ -146,6 +149,7 @@ def mu_fidelity_masks(key: Array, shape: tuple[int, ...], *, grid_size: int = 9,
     return _subsets(key, grid_size, subset_percent, samples)[:, _grid(shape[0], shape[1], grid_size)]
 
 
+@better("higher")
 @per_image(attribution=None, baseline=3)
 @counts_images(forward_only=True)
 def mu_fidelity(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, attribution: Array,

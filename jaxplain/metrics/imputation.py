@@ -11,7 +11,7 @@ import numpy as np
 from jaxplain.errors import InputError
 from jaxplain.methods.checks import positive_int, real
 from jaxplain.methods.chunks import counts_images, sum_chunks
-from jaxplain.methods.marks import per_image
+from jaxplain.methods.marks import better, per_image
 from jaxplain.types import ApplyFn, Array, PyTree
 
 from .common import check_score, pixel_map, ranks, require_key, score_of

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxplain.errors import InputError
-from jaxplain.methods.marks import per_image, targetless
+from jaxplain.methods.marks import better, per_image, targetless
 from jaxplain.types import ApplyFn, Array, PyTree
 
 from .common import pixel_map, ranks
@@ -64,6 +64,7 @@ def _nan_if_empty(value: Array, size: Array) -> Array:
     return jnp.where(size > 0, value, jnp.nan)
 
 
+@better("higher")
 @per_image(attribution=None, mask=2)
 @targetless
 def pointing_game(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, attribution: Array,
@@ -80,6 +81,7 @@ def pointing_game(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, at
     return {"score": _nan_if_empty(hit, size)}
 
 
+@better("higher")
 @per_image(attribution=None, mask=2)
 @targetless
 def relevance_mass(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, attribution: Array,
@@ -96,6 +98,7 @@ def relevance_mass(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, a
     return {"score": _nan_if_empty(share, size)}
 
 
+@better("higher")
 @per_image(attribution=None, mask=2)
 @targetless
 def relevance_rank(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, attribution: Array,

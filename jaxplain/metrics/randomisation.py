@@ -26,7 +26,7 @@ import numpy as np
 
 from jaxplain.errors import InputError
 from jaxplain.methods.gradients import gradient
-from jaxplain.methods.marks import per_image, staged, wraps_method
+from jaxplain.methods.marks import better, per_image, staged, wraps_method
 from jaxplain.types import ApplyFn, Array, Model, PyTree
 
 from .similarity import spearman, ssim
@@ -110,6 +110,7 @@ def unit(m: Array) -> Array:
     return (m - m.min()) / jnp.where(span > 0, span, 1.0)
 
 
+@better("lower")
 @per_image(attribution=None)
 @wraps_method(setting="method")
 @staged(stage_params, label="layers")

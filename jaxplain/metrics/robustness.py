@@ -19,7 +19,7 @@ from jaxplain.errors import InputError
 from jaxplain.methods.checks import positive_int, real
 from jaxplain.methods.chunks import counts_images, keep, sum_chunks
 from jaxplain.methods.gradients import gradient
-from jaxplain.methods.marks import per_image, wraps_method
+from jaxplain.methods.marks import better, per_image, wraps_method
 from jaxplain.types import ApplyFn, Array, PyTree
 
 from .common import pixels, require_key, scorer, substrate
@@ -83,6 +83,7 @@ def infidelity_perturbations(key: Array, x: Array, samples: int, *, perturbation
     return _draw(key, jnp.arange(samples), x, perturbation, sigma, square_max, substrate(x, baseline))
 
 
+@better("lower")
 @per_image(attribution=None, perturbation=4, baseline=3)
 @counts_images(forward_only=True)
 def infidelity(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, attribution: Array,
@@ -160,6 +161,7 @@ def sensitivity_noise(key: Array, samples: int, shape: tuple[int, ...], radius: 
     return jax.vmap(lambda i: _sample_noise(key, i, shape, radius)[0])(jnp.arange(positive_int(samples, "samples")))
 
 
+@better("lower")
 @wraps_method(setting="method")
 @per_image(attribution=None)
 @counts_images
