@@ -13,7 +13,7 @@ import numpy as np
 
 from jaxplain.errors import InputError
 from jaxplain.methods.checks import positive_int, real
-from jaxplain.methods.chunks import counts_images
+from jaxplain.methods.chunks import counts_images, keep
 from jaxplain.methods.marks import better, per_image
 from jaxplain.types import ApplyFn, Array, PyTree
 
@@ -169,7 +169,7 @@ def mu_fidelity(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, attr
     key = require_key(key, "mu_fidelity")
     grid_size, subset_percent, samples = _mu_checks(x.shape, grid_size, subset_percent, samples)
     labels = _grid(x.shape[0], x.shape[1], grid_size)
-    off = _subsets(key, grid_size, subset_percent, samples)
+    off = keep(lambda: _subsets(key, grid_size, subset_percent, samples))  # drawn once per host loop
     sums = off.astype(x.dtype) @ region_sums(attribution_map(attribution, x), labels, grid_size**2)
     off = jnp.concatenate([jnp.zeros((1, grid_size**2), bool), off])  # item 0: x itself
     fill = substrate(x, baseline, jax.random.fold_in(key, 1))
