@@ -14,8 +14,8 @@ import jax.numpy as jnp
 from jaxplain.errors import InputError
 from jaxplain.types import ApplyFn, Array, PyTree, Relu
 
-from .integrated import resolve_baseline, rule_nodes
-from .chunks import counts_images, keep, sum_chunks
+from .integrated import Refined, path_integral, resolve_baseline, to_tolerance
+from .chunks import counts_images, keep
 from .marks import output, per_image, targetless
 
 Neuron = int | tuple[int, ...]
@@ -77,24 +77,24 @@ def layer_gradient_x_activation(apply: ApplyFn, params: PyTree, x: Array, target
 def layer_integrated_gradients(apply: ApplyFn, params: PyTree, x: Array, target: Array, *,
                                layer: str | None = None, steps: int = 50, rule: str = "gausslegendre",
                                baseline: str | Array = "zeros", key: Array | None = None,
-                               chunk: int | None = 16) -> Array:
+                               chunk: int | None = 16, return_delta: bool = False, tolerance: float | None = None,
+                               max_steps: int = 128, per_round: int = 8) -> Array | tuple[Array, Array] | Refined:
     """Integrated gradients in ``layer``'s activation space (Captum ``LayerIntegratedGradients``):
     the layer's output runs from its value at the baseline input to its value at ``x`` while the
-    rest of the network follows; the result has the layer's shape."""
+    rest of the network follows; the result has the layer's shape. ``return_delta``,
+    ``tolerance``, ``max_steps``, ``per_round``: as ``integrated_gradients``'s, the score ``F``
+    along this path (``F(0)``: the layer set to its value at the baseline)."""
     act, base = keep(lambda: (activation(apply, params, x, layer),
                               activation(apply, params, resolve_baseline(baseline, x, key), layer)))
-    a, w = rule_nodes(rule, steps)
 
-    def part(aw: tuple[Array, Array]) -> Array:
-        alphas, weights = aw
+    def f(tap: Array) -> Array:  # the score with the layer's output moved by tap
+        return apply(params, x, taps={layer: tap})[0][target]
 
-        def one(weight: Array, tap: Array) -> Array:
-            return weight * apply(params, x, taps={layer: tap})[0][target]
-
-        taps = (base - act)[None] * (1 - alphas.reshape((-1,) + (1,) * act.ndim))  # act + tap = base + a (act - base)
-        return jax.grad(lambda t: jnp.sum(jax.vmap(one)(weights, t)))(taps).sum(axis=0)
-
-    return (act - base) * sum_chunks(part, (jnp.asarray(a), jnp.asarray(w)), chunk)
+    if tolerance is not None:  # the tap runs from base - act to 0: act + tap from base to act
+        return to_tolerance("layer_integrated_gradients", f, base - act, act - base, tolerance=tolerance,
+                            max_steps=max_steps, per_round=per_round, return_delta=return_delta)
+    attr = (act - base) * path_integral(f, base - act, act - base, rule, steps, chunk)
+    return (attr, jnp.sum(attr) - (f(jnp.zeros_like(act)) - f(base - act))) if return_delta else attr
 
 
 def _neuron_score(apply: ApplyFn, params: PyTree, layer: str, neuron: Neuron) -> Callable[[Array], Array]:
@@ -116,17 +116,17 @@ def neuron_gradient(apply: ApplyFn, params: PyTree, x: Array, target: Array, *,
 def neuron_integrated_gradients(apply: ApplyFn, params: PyTree, x: Array, target: Array, *,
                                 layer: str | None = None, neuron: Neuron | None = None, steps: int = 50,
                                 rule: str = "gausslegendre", baseline: str | Array = "zeros",
-                                key: Array | None = None, chunk: int | None = 16) -> Array:
+                                key: Array | None = None, chunk: int | None = 16, return_delta: bool = False,
+                                tolerance: float | None = None, max_steps: int = 128,
+                                per_round: int = 8) -> Array | tuple[Array, Array] | Refined:
     """Integrated gradients of one unit or channel of ``layer``, ``[H, W, C]``
-    (Captum ``NeuronIntegratedGradients``); ``target`` is not used."""
+    (Captum ``NeuronIntegratedGradients``); ``target`` is not used. ``return_delta``,
+    ``tolerance``, ``max_steps``, ``per_round``: as ``integrated_gradients``'s, for the neuron."""
     check_neuron(jax.eval_shape(lambda: activation(apply, params, x, layer)).shape, neuron)
     f = _neuron_score(apply, params, layer, neuron)
     base = resolve_baseline(baseline, x, key)
-    a, w = rule_nodes(rule, steps)
-
-    def part(aw: tuple[Array, Array]) -> Array:
-        alphas, weights = aw
-        pts = base + alphas.reshape((-1,) + (1,) * x.ndim) * (x - base)
-        return jax.grad(lambda p: jnp.sum(weights * jax.vmap(f)(p)))(pts).sum(axis=0)
-
-    return (x - base) * sum_chunks(part, (jnp.asarray(a), jnp.asarray(w)), chunk)
+    if tolerance is not None:
+        return to_tolerance("neuron_integrated_gradients", f, base, x - base, tolerance=tolerance,
+                            max_steps=max_steps, per_round=per_round, return_delta=return_delta)
+    attr = (x - base) * path_integral(f, base, x - base, rule, steps, chunk)
+    return (attr, jnp.sum(attr) - (f(x) - f(base))) if return_delta else attr
