@@ -29,7 +29,8 @@ import numpy as np
 
 import jaxplain
 from jaxplain import models
-from jaxplain.methods.integrated import ToleranceWarning, integrated_gradients, rule_nodes
+from jaxplain.errors import ToleranceWarning
+from jaxplain.methods.integrated import integrated_gradients, rule_nodes
 from jaxplain.runner import prepare
 
 GL_STEPS = (16, 25, 32, 50, 64, 100)

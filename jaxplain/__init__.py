@@ -8,6 +8,7 @@ from jaxplain.errors import DownloadError as DownloadError
 from jaxplain.errors import ImageError as ImageError
 from jaxplain.errors import InputError as InputError
 from jaxplain.errors import JaxplainError as JaxplainError
+from jaxplain.errors import ToleranceWarning as ToleranceWarning
 from jaxplain.errors import WeightsError as WeightsError
 from jaxplain.runner import explain as explain
 from jaxplain.evaluation import evaluate as evaluate
@@ -72,6 +73,7 @@ __all__ = [
     "ImageError",
     "InputError",
     "JaxplainError",
+    "ToleranceWarning",
     "Model",
     "WeightsError",
     "blur_ig",

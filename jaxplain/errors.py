@@ -23,3 +23,7 @@ class DownloadError(WeightsError):
 
 class CostWarning(UserWarning):
     """A setting will make a method far more expensive than usual; the message says how much."""
+
+
+class ToleranceWarning(UserWarning):
+    """Integrated gradients to a ``tolerance`` stopped at its ``max_steps`` above the tolerance."""

@@ -11,7 +11,8 @@ import pytest
 
 import jaxplain
 from jaxplain.errors import InputError
-from jaxplain.methods.integrated import Refined, ToleranceWarning, rule_nodes
+from jaxplain.errors import ToleranceWarning
+from jaxplain.methods.integrated import Refined, rule_nodes
 
 LAYER, NEURON = "block2_conv1", 3
 METHODS = {"integrated_gradients": {}, "layer_integrated_gradients": {"layer": LAYER},

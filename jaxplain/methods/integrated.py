@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxplain.errors import InputError
+from jaxplain.errors import InputError, ToleranceWarning
 from jaxplain.types import ApplyFn, Array, PyTree
 
 from .blur import blur_difference, gaussian_blur
@@ -119,10 +119,6 @@ def path_integral(f: Callable[[Array], Array], start: Array, diff: Array, rule: 
         return jax.grad(lambda p: jnp.sum(weights * jax.vmap(f)(p)))(pts).sum(axis=0)
 
     return sum_chunks(part, (jnp.asarray(a), jnp.asarray(w)), chunk)
-
-
-class ToleranceWarning(UserWarning):
-    """Integrated gradients to a ``tolerance`` stopped at its ``max_steps`` above the tolerance."""
 
 
 class Refined(NamedTuple):
