@@ -97,3 +97,40 @@ def test_compare_fills_every_cell(tiny_model):
 def test_compare_refuses_layer_methods_and_missing_masks(tiny_model):
     with pytest.raises(InputError, match="returns a layer's activations"):
         comparison.check_specs(["layer_gradient_x_activation"], ["deletion"], has_masks=False)
+
+
+# Small settings so each registered metric runs in a second or two on the tiny model.
+SMALL = {
+    "deletion": {"steps": 6},
+    "insertion": {"steps": 6},
+    "region_perturbation": {"regions": 5, "patch": 8},
+    "mu_fidelity": {"samples": 12, "grid_size": 4, "subset_percent": 0.25, "key": 0},
+    "road": {"percentages": (20, 60), "key": 0},
+    "infidelity": {"samples": 4, "key": 0},
+    "max_sensitivity": {"samples": 3, "key": 0},
+    "pointing_game": {},
+    "relevance_mass": {},
+    "relevance_rank": {},
+    "model_randomisation": {"mode": "full", "key": 0},
+}
+MASK = np.zeros((5, 32, 32), bool)
+MASK[:, 8:20, 10:26] = True
+
+
+def test_every_registered_metric_has_small_settings():
+    assert set(SMALL) == set(jaxplain.METRICS)
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_every_metric_scores_each_image_and_slices_agree(tiny_model, grads, name):
+    """Through the registry: one finite score per image, which way it improves, and the same
+    scores when the batch is cut into calls of 2 (per-image keys: random metrics too)."""
+    fn = jaxplain.METRICS[name]
+    extra = {"mask": MASK} if "mask" in jaxplain.registry.settings_of(fn) else {}
+    whole = jaxplain.evaluate(tiny_model, X, "predicted", grads, name, **SMALL[name], **extra)
+    parts = jaxplain.evaluate(tiny_model, X, "predicted", grads, name, batch_size=2, **SMALL[name], **extra)
+    assert whole["score"].shape == (5,) and np.isfinite(np.asarray(whole["score"])).all()
+    for k in whole:
+        np.testing.assert_allclose(np.asarray(parts[k]), np.asarray(whole[k]), atol=1e-5, err_msg=k) if k != "layers" \
+            else np.testing.assert_array_equal(parts[k], whole[k])
+    assert getattr(fn, "better", None) in ({"higher", "lower"} if name != "road" else {None})
