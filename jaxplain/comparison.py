@@ -22,7 +22,8 @@ from jaxplain.types import Array, Model
 
 class Cell(NamedTuple):
     """One method on one metric: ``scores [B]``, their ``mean``, the 95% interval ``(low, high)``
-    of the mean (Student's t over the images), and the ``seconds`` the metric took."""
+    of the mean (Student's t over the images), and the ``seconds`` the metric took. Images whose
+    score is NaN (a localisation metric's empty mask) are left out of the summary."""
 
     method: str
     metric: str
@@ -34,8 +35,12 @@ class Cell(NamedTuple):
 
 
 def interval(scores: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
-    """``(mean, low, high)``: the mean of ``scores`` and its ``level`` t-interval (NaN bounds for one score)."""
+    """``(mean, low, high)``: the mean of the finite ``scores`` and its ``level`` t-interval (NaN
+    bounds for fewer than two)."""
     s = np.asarray(scores, np.float64)
+    s = s[np.isfinite(s)]
+    if s.size == 0:
+        return math.nan, math.nan, math.nan
     m = float(s.mean())
     if s.size < 2:
         return m, math.nan, math.nan
@@ -110,7 +115,9 @@ def table(method_seconds: dict[str, float], cells: Sequence[Cell]) -> str:
         row = [m, f"{sec:.1f}"]
         for k in metrics:
             c = by.get((m, k))
-            row.append("" if c is None else f"{c.mean:.3f} [{c.low:.3f}, {c.high:.3f}] ({c.seconds:.1f} s)")
+            missing = 0 if c is None else int(np.sum(~np.isfinite(c.scores)))
+            row.append("" if c is None else f"{c.mean:.3f} [{c.low:.3f}, {c.high:.3f}] ({c.seconds:.1f} s)"
+                       + (f" {missing} NaN" if missing else ""))
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]

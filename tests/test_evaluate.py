@@ -80,6 +80,8 @@ def test_interval_is_students_t():
     ref = stats.t.interval(0.95, len(s) - 1, loc=s.mean(), scale=stats.sem(s))
     np.testing.assert_allclose((mean, low, high), (s.mean(), *ref), rtol=1e-12)
     assert np.isnan(comparison.interval(s[:1])[1])
+    with_nan = np.append(s, np.nan)  # an image without a score (an empty mask) is left out
+    np.testing.assert_allclose(comparison.interval(with_nan), (mean, low, high), rtol=1e-12)
 
 
 def test_compare_fills_every_cell(tiny_model):

@@ -251,3 +251,13 @@ def test_bad_inputs(case, change, settings, message):
     _, model, x, targets, a = case
     with pytest.raises(InputError, match=message):
         jaxplain.evaluate(model.replace(**change), x, targets, a, "model_randomisation", **settings)
+
+
+def test_a_constant_randomised_map_counts_as_no_similarity(tiny_model):
+    """A randomised network whose gradient is all zero (every ReLU dead) keeps nothing of the
+    original ranking: its Spearman is 0, not SciPy's NaN."""
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    a = jaxplain.explain(tiny_model, x, 0, "gradient")
+    zero = lambda apply, params, x, target: jnp.zeros_like(x)  # noqa: E731
+    out = jaxplain.evaluate(tiny_model, x, 0, a, "model_randomisation", method=zero, mode="full", key=0)
+    assert (np.asarray(out["spearman"]) == 0).all() and (np.asarray(out["score"]) == 0).all()

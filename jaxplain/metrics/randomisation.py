@@ -123,7 +123,9 @@ def model_randomisation(apply: ApplyFn, params: PyTree, x: Array, target: Array,
     down, ``"independent"`` one layer at a time, or ``"full"``; weights drawn from ``key``, which a
     random method also receives, split per image alike in every stage). Compared with the
     ``attribution`` as absolute maps summed over channels (``magnitude``): ``"spearman"``, their
-    rank correlation (ties averaged, as SciPy), and ``"ssim"``, scikit-image's SSIM (7x7 uniform
+    rank correlation (ties averaged, as SciPy; 0 where either map is constant, such as the all-zero
+    gradient of a randomised network whose ReLUs all went dead: it keeps nothing of the
+    original's ranking, where SciPy says NaN), and ``"ssim"``, scikit-image's SSIM (7x7 uniform
     window) of the two maps each scaled to [0, 1]. ``evaluate`` returns ``"spearman"`` and
     ``"ssim"`` ``[B, S]``, ``"layers"`` ``[S]`` and ``"score"``: the last stage's Spearman (lower is
     better: the explanation depends on the weights)."""
@@ -139,4 +141,5 @@ def model_randomisation(apply: ApplyFn, params: PyTree, x: Array, target: Array,
         raise InputError(f"the attribution's map is {a.shape} but {getattr(method, '__name__', 'method')} returns "
                          f"{b.shape}: score an attribution of the same method")
     rho = spearman(a, b)
+    rho = jnp.where(jnp.isnan(rho), 0.0, rho)
     return {"score": rho, "spearman": rho, "ssim": ssim(unit(a), unit(b))}
