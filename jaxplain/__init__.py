@@ -8,6 +8,7 @@ from jaxplain.errors import DownloadError as DownloadError
 from jaxplain.errors import ImageError as ImageError
 from jaxplain.errors import InputError as InputError
 from jaxplain.errors import JaxplainError as JaxplainError
+from jaxplain.errors import MissingDependency as MissingDependency
 from jaxplain.errors import ToleranceWarning as ToleranceWarning
 from jaxplain.errors import WeightsError as WeightsError
 from jaxplain.runner import explain as explain
@@ -38,6 +39,11 @@ from jaxplain.methods.perturb import occlusion as occlusion
 from jaxplain.methods.perturb import rise as rise
 from jaxplain.methods.perturb import rise_masks as rise_masks
 from jaxplain.methods.smooth import smoothgrad as smoothgrad
+from jaxplain.methods.surrogate import Fit as Fit
+from jaxplain.methods.surrogate import feature_ablation as feature_ablation
+from jaxplain.methods.surrogate import kernel_shap as kernel_shap
+from jaxplain.methods.surrogate import lime as lime
+from jaxplain.segmentation import segments as segments
 from jaxplain.methods.smooth import squaregrad as squaregrad
 from jaxplain.methods.smooth import vargrad as vargrad
 from jaxplain.precision import with_precision as with_precision
@@ -52,6 +58,10 @@ __all__ = [
     "activations",
     "channel_means",
     "eigen_cam",
+    "feature_ablation",
+    "kernel_shap",
+    "lime",
+    "segments",
     "grad_cam",
     "grad_cam_pp",
     "guided_grad_cam",
@@ -73,6 +83,8 @@ __all__ = [
     "ImageError",
     "InputError",
     "JaxplainError",
+    "MissingDependency",
+    "Fit",
     "ToleranceWarning",
     "Model",
     "WeightsError",

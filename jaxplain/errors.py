@@ -27,3 +27,7 @@ class CostWarning(UserWarning):
 
 class ToleranceWarning(UserWarning):
     """Integrated gradients to a ``tolerance`` stopped at its ``max_steps`` above the tolerance."""
+
+
+class MissingDependency(JaxplainError, ImportError):
+    """An optional extra a setting needs is not installed; the message names the pip command."""

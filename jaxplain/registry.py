@@ -8,7 +8,7 @@ import inspect
 from typing import Any, Callable, Mapping
 
 from jaxplain.errors import InputError
-from jaxplain.methods import cam, gradients, integrated, layer, perturb, smooth
+from jaxplain.methods import cam, gradients, integrated, layer, perturb, smooth, surrogate
 from jaxplain.methods.marks import wrapped
 from jaxplain.metrics import faithfulness, imputation, localisation, randomisation, robustness
 
@@ -38,6 +38,9 @@ METHODS: dict[str, Callable] = {
     "neuron_integrated_gradients": layer.neuron_integrated_gradients,
     "occlusion": perturb.occlusion,
     "rise": perturb.rise,
+    "feature_ablation": surrogate.feature_ablation,
+    "lime": surrogate.lime,
+    "kernel_shap": surrogate.kernel_shap,
 }
 
 

@@ -241,7 +241,7 @@ def prepare(fn: Callable, model: Model, images: Array, settings: dict[str, Any],
     chunk is not set gets ``chunks.host_chunk`` for ``per_call`` images per call and device
     (default: all of ``images``). A method's ``cost_note`` is warned (``CostWarning``) here."""
     n, image_shape = images.shape[0], tuple(images.shape[1:])
-    settings = st.resolve_for_model(fn, model, image_shape, registry.resolve(fn, dict(settings)))
+    settings = st.resolve_for_model(fn, model, image_shape, registry.resolve(fn, dict(settings)), images)
     note = getattr(fn, "cost_note", None)
     message = note(model, image_shape, settings) if note else None
     if message:

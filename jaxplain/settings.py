@@ -70,12 +70,18 @@ def assemble(static: dict[str, Any], arrays: dict[Path, Array]) -> dict[str, Any
     return out
 
 
-def resolve_for_model(fn: Callable, model: Model, image_shape: tuple[int, ...], settings: dict[str, Any]) -> dict[str, Any]:
+def resolve_for_model(fn: Callable, model: Model, image_shape: tuple[int, ...], settings: dict[str, Any],
+                      images: Any = None) -> dict[str, Any]:
     """Settings that need the model, for ``fn`` and any method it wraps: a missing ``layer`` is
     the last conv layer; layers and neurons are checked; ``baseline="black"`` (given or the
-    default) is the preprocessed black image. ``settings`` must come from ``registry.resolve``."""
+    default) is the preprocessed black image; a method marked ``host_settings`` completes its
+    settings from the batch of ``images`` (segment label maps). ``settings`` must come from
+    ``registry.resolve``."""
     settings = dict(settings)
     known = registry.settings_of(fn)
+    host = getattr(fn, "host_settings", None)
+    if host is not None and images is not None:
+        settings = host(model, images, settings, known)
     if "layer" in known:
         if settings.get("layer") is None:
             settings["layer"] = default_layer(model, image_shape)
@@ -90,7 +96,7 @@ def resolve_for_model(fn: Callable, model: Model, image_shape: tuple[int, ...], 
         settings["baseline"] = jnp.asarray(model.preprocess(black)[0], jnp.float32)
     nested = inner(fn, settings)
     if nested:
-        settings[wrapped(fn)[1]] = resolve_for_model(nested[0], model, image_shape, nested[1])
+        settings[wrapped(fn)[1]] = resolve_for_model(nested[0], model, image_shape, nested[1], images)
     return settings
 
 

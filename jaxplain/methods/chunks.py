@@ -141,6 +141,18 @@ def sum_chunks(fn: Callable[[PyTree], PyTree], xs: PyTree, chunk: int | None) ->
         return _sum_all(fn, xs, n, chunk, "unroll" if loop_mode() == "unroll" else "scan")
 
 
+def along(fn: Callable[[Array], PyTree], n: int, chunk: int | None) -> PyTree:
+    """``fn(i)`` for ``i = 0 .. n - 1`` stacked on a leading axis ``n`` (a pytree), ``chunk`` at a
+    time under ``vmap``. This is the calling method's one outermost ``sum_chunks``: each chunk
+    scatters its values into zeros, so the host loop adds the chunks up."""
+
+    def part(ids: Array) -> PyTree:
+        values = jax.vmap(fn)(ids)
+        return jax.tree.map(lambda v: jnp.zeros((n, *v.shape[1:]), v.dtype).at[ids].set(v), values)
+
+    return sum_chunks(part, jnp.arange(n), chunk)
+
+
 def _sum_all(fn: Callable[[PyTree], PyTree], xs: PyTree, n: int, chunk: int, mode: str) -> PyTree:
     full, rest = divmod(n, chunk)
     head = jax.tree.map(lambda a: a[: full * chunk].reshape(full, chunk, *a.shape[1:]), xs)

@@ -11,6 +11,8 @@
   ``base_settings`` (the noise wrappers); what holds for that one holds inside.
   ``@wraps_method(setting="method")``: the same under other names (``method``/``method_settings``:
   the metrics that re-explain).
+- ``@host_settings(resolve)``: settings computed on the host from the batch before compiling
+  (``resolve(model, images, settings, defaults) -> settings``: segment label maps of the pictures).
 - ``@staged(stages)``: a metric ``evaluate`` runs once per stage, each time with other weights
   (``stages(model, settings) -> [(name, params), ...]``), stacking the outputs (randomisation checks).
 """
@@ -73,6 +75,17 @@ def wraps_method(fn: Callable | None = None, *, setting: str = "base") -> Callab
         return f
 
     return mark if fn is None else mark(fn)
+
+
+def host_settings(resolve: Callable[..., dict[str, Any]]) -> Callable[[Callable], Callable]:
+    """Mark a method whose settings ``explain`` completes on the host, once per batch:
+    ``resolve(model, images [B, H, W, C], settings, defaults) -> settings``."""
+
+    def mark(fn: Callable) -> Callable:
+        fn.host_settings = resolve
+        return fn
+
+    return mark
 
 
 Stages = Callable[[Any, dict[str, Any]], list[tuple[str, Any]]]

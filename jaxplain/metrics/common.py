@@ -11,7 +11,7 @@ import numpy as np
 from scipy import ndimage
 
 from jaxplain.errors import InputError
-from jaxplain.methods.chunks import sum_chunks
+from jaxplain.methods.chunks import along
 from jaxplain.types import ApplyFn, Array, PyTree
 
 SCORES = ("probability", "logit")
@@ -67,15 +67,9 @@ def region_sums(values: Array, labels: np.ndarray, n: int) -> Array:
 
 def scores_along(f: Callable[[Array], Array], image: Callable[[Array], Array], n: int,
                  chunk: int | None) -> Array:
-    """``[n]``: ``f(image(i))`` for ``i = 0 .. n - 1``, ``chunk`` images per vectorised forward pass.
-    This is the calling metric's one outermost ``sum_chunks``: each chunk scatters its scores into
-    a vector of zeros, so the host loop adds the chunks up."""
-
-    def part(ids: Array) -> Array:
-        values = jax.vmap(lambda i: f(image(i)))(ids)
-        return jnp.zeros(n, values.dtype).at[ids].set(values)
-
-    return sum_chunks(part, jnp.arange(n), chunk)
+    """``[n]``: ``f(image(i))`` for ``i = 0 .. n - 1``, ``chunk`` images per vectorised forward pass
+    (``chunks.along``: the calling metric's one outermost ``sum_chunks``)."""
+    return along(lambda i: f(image(i)), n, chunk)
 
 
 def rise_blur_kernel(size: int = 11, sigma: float = 5.0) -> np.ndarray:

@@ -1,0 +1,272 @@
+"""The linear-surrogate family on one image: feature ablation, LIME and KernelSHAP over segments.
+
+Segments switch on and off together (``segments``: a grid, or a label map ``[H, W]`` with labels
+``0 .. M - 1``; ``explain`` turns ``"slic"``, ``"felzenszwalb"`` or ``"quickshift"`` into label
+maps of the pictures, ``jaxplain.segmentation``). A switched-off segment takes the ``baseline``'s
+pixels. Every coalition of segments is one image of a vectorized forward pass, ``chunk`` at a
+time (``chunks.along``); the regression runs in JAX after the last pass. A label with no pixel
+(padding up to the static ``M``) is no feature: its coefficient is 0 and it never switches.
+Each returns a map ``[H, W]``: a segment's value on each of its pixels.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxplain import segmentation
+from jaxplain.errors import InputError
+from jaxplain.types import ApplyFn, Array, PyTree
+
+from .blur import gaussian_blur
+from .checks import positive_int, real
+from .chunks import along, counts_images, keep
+from .marks import host_settings, output, per_image
+
+SCORES = ("logit", "softmax")
+MAX_EXACT = 20  # kernel_shap enumerates at most 2**20 coalitions
+
+
+class Fit(NamedTuple):
+    """A surrogate's fit for one image (a leading ``B`` on each field through ``explain``)."""
+
+    attribution: Array  # [H, W]: each segment's coefficient on its pixels
+    coefficients: Array  # [M]: one per segment label (0 for a label without pixels)
+    intercept: Array  # []: the fit's value with every segment off
+    r2: Array  # []: the weighted coefficient of determination of the fit on the samples (for
+    # exact KernelSHAP, on every coalition but the empty and full ones, weighted by the Shapley kernel)
+
+
+def _labels(segments: str | Array, cells: int | tuple[int, int], max_segments: int | None,
+            shape: tuple[int, int]) -> tuple[Array, int]:
+    """``(labels [H, W] int32, M)``: the grid of ``cells`` or the given label map, and the static count."""
+    if isinstance(segments, str):
+        kind, options = segmentation.parse_kind(segments)
+        if kind != "grid":
+            raise InputError(f"segments={segments!r} is computed from the picture on the host: use jaxplain.explain, "
+                             "or pass a label map (jaxplain.segments)")
+        labels = segmentation.grid(shape, options.get("cells", cells))
+    else:
+        labels = segmentation.check_labels(segments, shape)
+    m = segmentation.count(labels, max_segments)
+    return jnp.asarray(labels), m
+
+
+def _score(apply: ApplyFn, params: PyTree, target: Array, score: str):
+    if score not in SCORES:
+        raise InputError(f"score must be one of {SCORES}, got {score!r}")
+
+    def f(v: Array) -> Array:
+        logits = apply(params, v)[0]
+        return (logits if score == "logit" else jax.nn.softmax(logits))[target]
+
+    return f
+
+
+def _fill(x: Array, baseline: float | str | Array, labels: Array, m: int) -> Array:
+    """``[H, W, C]``: what a switched-off segment shows: ``"mean"`` (each segment's mean colour,
+    as lime's ``hide_color=None``), ``"blur"`` (a Gaussian blur, sigma 10 px), a number or an array."""
+    if isinstance(baseline, str):
+        if baseline == "mean":
+            flat = labels.reshape(-1)
+            sums = jax.ops.segment_sum(x.reshape(-1, x.shape[-1]), flat, num_segments=m)
+            counts = jax.ops.segment_sum(jnp.ones_like(flat, x.dtype), flat, num_segments=m)
+            return (sums / jnp.maximum(counts, 1)[:, None])[labels]
+        if baseline == "blur":
+            return gaussian_blur(x, 10.0).astype(x.dtype)
+        if baseline == "black":
+            raise InputError("baseline='black' needs the model's preprocessing: use jaxplain.explain, or pass the array")
+        raise InputError(f"baseline must be a number, 'mean', 'black', 'blur' or an [H, W, C] array, got {baseline!r}")
+    b = jnp.asarray(baseline, x.dtype)
+    if b.ndim not in (0, 3) or (b.ndim == 3 and b.shape != x.shape):
+        raise InputError(f"baseline must be a number or an array of the image's shape {x.shape}, got shape {b.shape}")
+    return jnp.broadcast_to(b, x.shape)
+
+
+def _present(labels: Array, m: int) -> Array:
+    """``[M]`` bool: the labels that have pixels."""
+    return jax.ops.segment_sum(jnp.ones(labels.size, jnp.int32), labels.reshape(-1), num_segments=m) > 0
+
+
+def _outputs(f, x: Array, fill: Array, labels: Array, coalition, n: int, chunk: int | None) -> Array:
+    """``[n]``: ``f`` of the image with the segments of ``coalition(i) [M]`` (1 = kept) kept and the rest filled."""
+
+    def one(i: Array) -> Array:
+        keep_pixel = coalition(i).astype(bool)[labels][..., None]
+        return f(jnp.where(keep_pixel, x, fill))
+
+    return along(one, n, chunk)
+
+
+@output("map")
+@per_image(baseline=3, segments=2)
+@host_settings(segmentation.resolve)
+@counts_images(forward_only=True)
+def feature_ablation(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, segments: str | Array = "grid",
+                     cells: int | tuple[int, int] = 8, max_segments: int | None = None, baseline: float | str | Array = 0.0,
+                     score: str = "logit", chunk: int | None = 16) -> Array:
+    """Feature ablation over segments (Captum ``FeatureAblation`` with a ``feature_mask``), ``[H, W]``:
+    each segment in turn takes the ``baseline`` (a number, ``"black"``, ``"mean"``, ``"blur"`` or an
+    array; default 0 as Captum's), and every pixel of it gets the drop ``f(x) - f(x ablated)``
+    of the target's ``score`` (``"logit"`` or ``"softmax"``). ``M`` forward passes."""
+    labels, m = _labels(segments, cells, max_segments, x.shape[:2])
+    f = _score(apply, params, target, score)
+    fill = _fill(x, baseline, labels, m)
+    full = keep(lambda: f(x))
+    drops = full - _outputs(f, x, fill, labels, lambda s: jnp.arange(m) != s, m, chunk)
+    return jnp.where(_present(labels, m), drops, 0.0)[labels]
+
+
+def _coalition(key: Array, i: Array, present: Array) -> Array:
+    """LIME's ``i``-th coalition ``[M]``: each present segment kept with probability 1/2; all kept for ``i = 0``."""
+    draw = jax.random.bernoulli(jax.random.fold_in(key, i), 0.5, present.shape)
+    return jnp.where((i == 0) | ~present, True, draw).astype(jnp.float32)
+
+
+def _weighted_fit(z: Array, y: Array, w: Array, alpha: float | Array) -> tuple[Array, Array, Array]:
+    """``(coefficients [M], intercept, r2)`` of the ridge regression ``y ~ z`` with sample weights
+    ``w``, an unpenalised intercept (scikit-learn's ``Ridge(alpha).fit(z, y, sample_weight=w)``),
+    solved by least squares on the centred, weighted, ``sqrt(alpha)``-augmented system."""
+    sw = jnp.sum(w)
+    zm, ym = (w @ z) / sw, (w @ y) / sw
+    r = jnp.sqrt(w)
+    a = jnp.concatenate([(z - zm) * r[:, None], jnp.sqrt(alpha) * jnp.eye(z.shape[1], dtype=z.dtype)])
+    b = jnp.concatenate([(y - ym) * r, jnp.zeros(z.shape[1], z.dtype)])
+    coef = jnp.linalg.lstsq(a, b)[0]
+    intercept = ym - zm @ coef
+    resid = y - z @ coef - intercept
+    r2 = 1.0 - jnp.sum(w * resid**2) / jnp.sum(w * (y - ym) ** 2)
+    return coef, intercept, r2
+
+
+@output("map")
+@per_image(baseline=3, segments=2, coalitions=2)
+@host_settings(segmentation.resolve)
+@counts_images(forward_only=True)
+def lime(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, segments: str | Array = "grid",
+         cells: int | tuple[int, int] = 8, max_segments: int | None = None, samples: int = 1000,
+         baseline: float | str | Array = "mean", kernel_width: float = 0.25, alpha: float = 1.0,
+         score: str = "softmax", coalitions: Array | None = None, return_fit: bool = False,
+         key: Array | None = None, chunk: int | None = 16) -> Array | Fit:
+    """LIME (Ribeiro et al. 2016) with the ``lime`` package's image defaults, ``[H, W]``.
+
+    ``samples`` coalitions (the first keeps every segment; in the others each segment is kept
+    with probability 1/2, drawn from ``key``), or the caller's ``coalitions [samples, M]`` of 0/1.
+    A dropped segment shows the ``baseline`` (default ``"mean"``: its mean colour, lime's
+    ``hide_color=None``; or a number, ``"black"``, ``"blur"``, an array). Each coalition ``z`` is
+    weighted by ``sqrt(exp(-d^2 / kernel_width^2))`` with ``d`` its cosine distance to all-kept,
+    and a ridge regression (``alpha``, intercept unpenalised) of the target's ``score``
+    (``"softmax"``, lime's ``predict_proba``, or ``"logit"``) on ``z`` gives each segment's
+    coefficient. ``return_fit``: a ``Fit`` with the coefficients, intercept and weighted R^2.
+    """
+    labels, m = _labels(segments, cells, max_segments, x.shape[:2])
+    width = real(kernel_width, "kernel_width", above=0)
+    alpha = real(alpha, "alpha", at_least=0)
+    present = _present(labels, m)
+    if coalitions is None:
+        samples = positive_int(samples, "samples")
+        if key is None:
+            raise InputError("lime is random: pass key=jax.random.key(...) or an int seed, or the coalitions")
+        coalition = lambda i: _coalition(key, i, present)  # noqa: E731
+    else:
+        table = jnp.asarray(coalitions)
+        if table.ndim != 2 or table.shape[1] != m or table.shape[0] < 1:
+            raise InputError(f"coalitions must be [samples, M] = [n, {m}] of 0/1, got shape {tuple(table.shape)}")
+        samples = table.shape[0]
+        coalition = lambda i: jnp.where(present, table[i].astype(bool), True).astype(jnp.float32)  # noqa: E731
+    f = _score(apply, params, target, score)
+    y = _outputs(f, x, _fill(x, baseline, labels, m), labels, coalition, samples, chunk)
+    z = jax.vmap(coalition)(jnp.arange(samples)) * present.astype(jnp.float32)
+    kept = z.sum(1)
+    cosine = jnp.where(kept > 0, jnp.sqrt(kept / jnp.maximum(present.sum(), 1).astype(jnp.float32)), 0.0)
+    weights = jnp.sqrt(jnp.exp(-((1.0 - cosine) ** 2) / width**2))
+    coef, intercept, r2 = _weighted_fit(z, y, weights, alpha)
+    coef = jnp.where(present, coef, 0.0)
+    return Fit(coef[labels], coef, intercept, r2) if return_fit else coef[labels]
+
+
+def _shapley_matrix(m: int) -> np.ndarray:
+    """``[M, 2^M]``: row ``i`` holds each coalition's weight in player ``i``'s Shapley value
+    (coalition ``s`` has player ``j`` when bit ``j`` of ``s`` is set):
+    ``|S|! (M - |S| - 1)! / M!`` for ``S + {i}`` and minus that for ``S``, ``i`` not in ``S``."""
+    s = np.arange(2**m)
+    bits = (s[None, :] >> np.arange(m)[:, None]) & 1  # [M, 2^M]
+    size = bits.sum(0)
+    w = np.array([math.factorial(k) * math.factorial(m - k - 1) / math.factorial(m) for k in range(m)])
+    return np.where(bits == 1, w[np.maximum(size - 1, 0)], -w[np.minimum(size, m - 1)])
+
+
+def _kernel_coalition(key: Array, present: Array) -> Array:
+    """A coalition ``[M]`` of KernelSHAP's sampling: its size ``k`` from the Shapley kernel
+    ``(M - 1) / (k (M - k))`` over ``1 .. M - 1`` (``M`` the present segments), then ``k`` of the
+    present segments uniformly."""
+    m = present.sum().astype(jnp.float32)
+    k = jnp.arange(1, present.size, dtype=jnp.float32)
+    logits = jnp.where(k < m, jnp.log((m - 1) / (k * jnp.maximum(m - k, 1.0))), -jnp.inf)
+    k_key, pick_key = jax.random.split(key)
+    size = jax.random.categorical(k_key, jnp.where(m > 1, logits, 0.0)) + 1
+    u = jnp.where(present, jax.random.uniform(pick_key, present.shape), jnp.inf)
+    return (jnp.argsort(jnp.argsort(u)) < size.astype(jnp.int32)).astype(jnp.float32)
+
+
+@output("map")
+@per_image(baseline=3, segments=2)
+@host_settings(segmentation.resolve)
+@counts_images(forward_only=True)
+def kernel_shap(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, segments: str | Array = "grid",
+                cells: int | tuple[int, int] = 8, max_segments: int | None = None, samples: int | None = None,
+                exact: bool | None = None, baseline: float | str | Array = 0.0, score: str = "logit",
+                return_fit: bool = False, key: Array | None = None, chunk: int | None = 16) -> Array | Fit:
+    """KernelSHAP (Lundberg & Lee 2017) over segments, ``[H, W]``: Shapley values of the target's
+    ``score`` with a dropped segment showing the ``baseline`` (default 0, as Captum's).
+
+    ``exact`` (by default when ``samples >= 2^M``): every coalition is evaluated and the Shapley
+    values are exact. Otherwise ``samples`` coalitions (default ``2 M + 2048``, shap's) are drawn
+    from ``key``: sizes from the Shapley kernel, members uniformly; a least-squares fit with the
+    empty and full coalitions' values as a constraint (``sum(phi) = f(x) - f(baseline)``, solved by
+    eliminating one coefficient). ``return_fit``: a ``Fit`` whose intercept is ``f(baseline)``.
+    """
+    labels, m = _labels(segments, cells, max_segments, x.shape[:2])
+    samples = 2 * m + 2048 if samples is None else positive_int(samples, "samples")
+    exact = 2**m <= samples if exact is None else bool(exact)
+    if exact and m > MAX_EXACT:
+        raise InputError(f"exact=True with {m} segments needs 2^{m} forward passes; use at most {MAX_EXACT} segments")
+    if not exact and samples < m:
+        raise InputError(f"kernel_shap needs samples >= the number of segments ({m}) to fit them, got {samples}; "
+                         f"or exact=True for all 2^{m} coalitions")
+    present = _present(labels, m)
+    f = _score(apply, params, target, score)
+    fill = _fill(x, baseline, labels, m)
+    if exact:
+        bits = jnp.asarray((np.arange(2**m)[:, None] >> np.arange(m)[None, :]) & 1, jnp.float32)  # [2^M, M]
+        y = _outputs(f, x, fill, labels, lambda i: bits[i], 2**m, chunk)
+        phi = jnp.where(present, jnp.asarray(_shapley_matrix(m), jnp.float32) @ y, 0.0)
+        size = np.arange(1, 2**m - 1)
+        size = ((size[:, None] >> np.arange(m)[None, :]) & 1).sum(1)
+        kernel = (m - 1) / (np.array([math.comb(m, k) for k in size]) * size * (m - size))  # the Shapley kernel
+        base, z, w = y[0], bits[1:-1] * present.astype(jnp.float32), jnp.asarray(kernel, jnp.float32)
+        y_fit = y[1:-1]
+    else:
+        if key is None:
+            raise InputError("kernel_shap samples coalitions: pass key=jax.random.key(...) or an int seed, or exact=True")
+        ends = keep(lambda: jax.vmap(f)(jnp.stack([fill, x])))
+        base, full = ends[0], ends[1]
+        coalition = lambda i: _kernel_coalition(jax.random.fold_in(key, i), present)  # noqa: E731
+        y_fit = _outputs(f, x, fill, labels, coalition, samples, chunk)
+        z = jax.vmap(coalition)(jnp.arange(samples)) * present.astype(jnp.float32)
+        w = jnp.ones(samples, jnp.float32)
+        gap = full - base
+        last = m - 1 - jnp.argmax(present[::-1])  # the present segment eliminated by the constraint
+        others = (present & (jnp.arange(m) != last)).astype(jnp.float32)
+        design = (z - z[:, last][:, None]) * others
+        coef = jnp.linalg.lstsq(design, y_fit - base - z[:, last] * gap)[0] * others
+        phi = coef.at[last].set(jnp.where(present[last], gap - coef.sum(), 0.0))
+    if not return_fit:
+        return phi[labels]
+    resid = y_fit - base - z @ phi
+    r2 = 1.0 - jnp.sum(w * resid**2) / jnp.sum(w * (y_fit - jnp.average(y_fit, weights=w)) ** 2)
+    return Fit(phi[labels], phi, base, r2)

@@ -1,0 +1,196 @@
+"""Segment label maps for the surrogate methods (feature ablation, LIME, KernelSHAP, XRAI): a grid,
+scikit-image's SLIC, Felzenszwalb or quickshift run on the picture a person sees, or the caller's own.
+
+A label map is an integer array ``[H, W]`` (or ``[B, H, W]``, one per image) whose labels are
+``0 .. M - 1``; a label with no pixel is an empty segment, which the methods leave out (zero
+attribution, never switched). ``M``, the number of segments, is static inside a compiled method:
+``explain`` sets it to the largest label + 1 over the batch unless ``max_segments`` fixes it.
+"""
+
+from __future__ import annotations
+
+import ast
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxplain.errors import InputError, MissingDependency
+from jaxplain.types import Array, Model
+
+KINDS = ("grid", "slic", "felzenszwalb", "quickshift")
+# scikit-image's settings per kind; quickshift's are the lime package's (LimeImageExplainer).
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "slic": dict(n_segments=50, compactness=10.0, sigma=1.0),
+    "felzenszwalb": dict(scale=100.0, sigma=0.8, min_size=50),
+    "quickshift": dict(kernel_size=4, max_dist=200.0, ratio=0.2),
+}
+
+
+def parse_kind(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"slic(n_segments=100)"`` -> ``("slic", {"n_segments": 100})``; a bare kind has no options."""
+    hint = f"segments must be one of {', '.join(KINDS)}, optionally with options as in \"slic(n_segments=100)\", or a label map"
+    try:
+        node = ast.parse(spec.strip(), mode="eval").body
+    except SyntaxError:
+        raise InputError(f"{hint}; got {spec!r}") from None
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.args:
+        name = node.func.id
+        try:
+            options = {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords if kw.arg}
+        except ValueError:
+            raise InputError(f"options in segments={spec!r} must be literals") from None
+    elif isinstance(node, ast.Name):
+        name, options = node.id, {}
+    else:
+        raise InputError(f"{hint}; got {spec!r}")
+    if name not in KINDS:
+        raise InputError(f"{hint}; got {spec!r}")
+    return name, options
+
+
+def grid(shape: tuple[int, int], cells: int | tuple[int, int]) -> np.ndarray:
+    """``[H, W]`` int32: ``cells`` (or ``(rows, columns)``) rectangles numbered row by row; row
+    ``i`` of the image falls in cell row ``floor(i * rows / H)``."""
+    rows, cols = (cells, cells) if isinstance(cells, (int, np.integer)) else tuple(cells)
+    h, w = shape
+    for n, size, name in ((rows, h, "rows"), (cols, w, "columns")):
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= size:
+            raise InputError(f"cells must be a positive int or (rows, columns) no larger than the image {shape}; "
+                             f"got {cells!r} ({name})")
+    r = np.arange(h) * rows // h
+    c = np.arange(w) * cols // w
+    return (r[:, None] * cols + c[None, :]).astype(np.int32)
+
+
+def _skimage(kind: str) -> Any:
+    try:
+        from skimage import segmentation
+    except ImportError:
+        raise MissingDependency(f"segments={kind!r} needs scikit-image: pip install 'jaxplain[segments]' "
+                                "(or pass a label map, or segments='grid')") from None
+    return segmentation
+
+
+def _check_pictures(images: Any) -> np.ndarray:
+    a = np.asarray(images)
+    if a.ndim == 3:
+        a = a[None]
+    if a.ndim != 4 or a.shape[-1] != 3 or a.shape[0] == 0:
+        raise InputError(f"segments takes RGB pictures [B, H, W, 3] or [H, W, 3], got shape {a.shape}")
+    if a.dtype == np.uint8:
+        return a
+    if not np.issubdtype(a.dtype, np.floating) or not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
+        raise InputError(f"segments takes uint8 pictures or floats in [0, 1], got {a.dtype} in "
+                         f"[{a.min() if a.size else 0}, {a.max() if a.size else 0}]")
+    return a
+
+
+def segments(images: Any, kind: str = "slic", **options: Any) -> np.ndarray:
+    """Label maps ``[B, H, W]`` int32 (labels from 0) of RGB ``images`` ``[B, H, W, 3]`` (uint8, or
+    floats in [0, 1]) as a person sees them, not preprocessed for a model.
+
+    ``kind``: ``"grid"`` (``cells=8``: ``cells x cells`` rectangles, or ``(rows, columns)``),
+    ``"slic"``, ``"felzenszwalb"`` or ``"quickshift"`` (scikit-image, the ``segments`` extra;
+    ``options`` go to it over ``DEFAULTS``); ``"slic(n_segments=100)"`` also works.
+    """
+    pictures = _check_pictures(images)
+    kind, parsed = parse_kind(kind) if isinstance(kind, str) else (kind, {})
+    options = {**parsed, **options}
+    b, h, w, _ = pictures.shape
+    if kind == "grid":
+        unknown = set(options) - {"cells"}
+        if unknown:
+            raise InputError(f"segments='grid' takes only cells=, got {', '.join(sorted(unknown))}")
+        return np.broadcast_to(grid((h, w), options.get("cells", 8)), (b, h, w)).copy()
+    algorithm = getattr(_skimage(kind), kind)
+    settings = {**DEFAULTS[kind], **options}
+    if kind == "slic":
+        settings["start_label"] = 0
+    try:
+        maps = [np.asarray(algorithm(p, **settings)) for p in pictures]
+    except TypeError as e:
+        raise InputError(f"segments={kind!r}: {e}") from None
+    return np.stack([np.unique(m, return_inverse=True)[1].reshape(m.shape) for m in maps]).astype(np.int32)
+
+
+def pictures(model: Model, images: Any) -> np.ndarray:
+    """The uint8 RGB pictures ``[B, H, W, 3]`` that ``model.preprocess`` turns into ``images``.
+
+    Inverts a preprocessing that is affine per pixel (scaling, mean and standard deviation, channel
+    order: every model of the zoo), found by probing ``model.preprocess`` with a few colours; any
+    other raises an ``InputError`` that asks for label maps instead."""
+    if model.preprocess is None:
+        raise InputError(f"{model.name} has no preprocess to invert: pass label maps (jaxplain.segments on your pictures)")
+    probe = np.zeros((5, 1, 1, 3), np.uint8)
+    probe[1:4, 0, 0] = 255 * np.eye(3, dtype=np.uint8)
+    probe[4, 0, 0] = (37, 200, 91)
+    out = np.asarray(model.preprocess(probe), np.float64).reshape(5, -1)
+    offset, a = out[0], (out[1:4] - out[0]) / 255.0  # preprocessed = rgb @ a + offset
+    scale = max(np.abs(out).max(), 1e-12)
+    if np.abs(probe[4, 0, 0].astype(np.float64) @ a + offset - out[4]).max() > 1e-4 * scale or np.linalg.matrix_rank(a) < 3:
+        raise InputError(f"{model.name}'s preprocess is not an affine map of the RGB values, so the picture cannot be "
+                         "recovered: pass label maps (jaxplain.segments on your pictures)")
+    x = np.asarray(images, np.float64)
+    rgb = (x - offset) @ np.linalg.pinv(a)
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+def check_labels(labels: Any, shape: tuple[int, int], batch: int | None = None) -> Array | np.ndarray:
+    """``labels`` as int32 if it is a label map ``[H, W]`` (or ``[B, H, W]`` with ``batch`` images)
+    of non-negative integers; an ``InputError`` naming what is wrong otherwise."""
+    a = labels if isinstance(labels, jax.Array) else np.asarray(labels)
+    if a.dtype == bool or not jnp.issubdtype(a.dtype, jnp.integer):
+        raise InputError(f"a label map must hold integer labels, got dtype {a.dtype}")
+    ok = [(*shape,)] + ([(batch, *shape)] if batch is not None else [])
+    if tuple(a.shape) not in ok:
+        want = f"[H, W] = {tuple(shape)}" + (f" or [B, H, W] = {(batch, *shape)}" if batch is not None else "")
+        raise InputError(f"a label map must be {want} for these images, got shape {tuple(a.shape)}")
+    if not isinstance(a, jax.core.Tracer) and a.size and int(a.min()) < 0:
+        raise InputError(f"labels must be >= 0, got {int(a.min())}")
+    return a.astype(np.int32) if isinstance(a, np.ndarray) else a.astype(jnp.int32)
+
+
+def count(labels: Array | np.ndarray, max_segments: int | None) -> int:
+    """The static number of segments ``M``: ``max_segments``, checked against the labels where
+    they are known, or the largest label + 1 (which needs concrete labels)."""
+    concrete = not isinstance(labels, jax.core.Tracer)
+    top = int(labels.max()) + 1 if concrete and labels.size else None
+    if max_segments is None:
+        if top is None:
+            raise InputError("pass max_segments (the number of segment labels) when the label map is traced")
+        return top
+    if isinstance(max_segments, bool) or not isinstance(max_segments, (int, np.integer)) or max_segments < 1:
+        raise InputError(f"max_segments must be a positive int or None, got {max_segments!r}")
+    if top is not None and top > max_segments:
+        raise InputError(f"the label map has labels up to {top - 1} but max_segments={max_segments}: "
+                         "raise max_segments, or ask for fewer segments")
+    return int(max_segments)
+
+
+def resolve(model: Model, images: Any, settings: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """A surrogate method's ``segments`` and ``max_segments`` for a batch of preprocessed
+    ``images [B, H, W, C]`` (``explain`` calls this on the host): a scikit-image kind becomes the
+    label maps ``[B, H, W]`` of the pictures (``pictures``); a label map is checked; ``max_segments``
+    becomes the static count (``count``). ``"grid"`` stays for the method to build. ``defaults``:
+    the method's settings' defaults."""
+    settings = dict(settings)
+    spec = settings.get("segments", defaults["segments"])
+    b, h, w = np.shape(images)[:3]
+    if isinstance(spec, str):
+        kind, options = parse_kind(spec)
+        if kind == "grid":
+            unknown = set(options) - {"cells"}
+            if unknown:
+                raise InputError(f"segments='grid' takes only cells=, got {', '.join(sorted(unknown))}")
+            if "cells" in options:
+                settings["cells"] = options["cells"]
+            settings["segments"] = "grid"
+            return settings
+        labels = segments(pictures(model, images), kind, **options)
+    else:
+        labels = check_labels(spec, (h, w), b)
+    settings["segments"] = labels
+    settings["max_segments"] = count(labels, settings.get("max_segments"))
+    return settings
