@@ -64,11 +64,12 @@ def grid(shape: tuple[int, int], cells: int | tuple[int, int]) -> np.ndarray:
     return (r[:, None] * cols + c[None, :]).astype(np.int32)
 
 
-def _skimage(kind: str) -> Any:
+def skimage_module(what: str) -> Any:
+    """``skimage.segmentation``, or a ``MissingDependency`` saying that ``what`` needs the extra."""
     try:
         from skimage import segmentation
     except ImportError:
-        raise MissingDependency(f"segments={kind!r} needs scikit-image: pip install 'jaxplain[segments]' "
+        raise MissingDependency(f"{what} needs scikit-image: pip install 'jaxplain[segments]' "
                                 "(or pass a label map, or segments='grid')") from None
     return segmentation
 
@@ -104,7 +105,7 @@ def segments(images: Any, kind: str = "slic", **options: Any) -> np.ndarray:
         if unknown:
             raise InputError(f"segments='grid' takes only cells=, got {', '.join(sorted(unknown))}")
         return np.broadcast_to(grid((h, w), options.get("cells", 8)), (b, h, w)).copy()
-    algorithm = getattr(_skimage(kind), kind)
+    algorithm = getattr(skimage_module(f"segments={kind!r}"), kind)
     settings = {**DEFAULTS[kind], **options}
     if kind == "slic":
         settings["start_label"] = 0
