@@ -42,8 +42,9 @@ class Fit(NamedTuple):
 
 
 def _labels(segments: str | Array, cells: int | tuple[int, int], max_segments: int | None,
-            shape: tuple[int, int]) -> tuple[Array, int]:
-    """``(labels [H, W] int32, M)``: the grid of ``cells`` or the given label map, and the static count."""
+            shape: tuple[int, int]) -> tuple[Array, int, Array]:
+    """``(labels [H, W] int32, M, present [M] bool)``: the grid of ``cells`` or the given label
+    map, the static count, and which labels have pixels."""
     if isinstance(segments, str):
         kind, options = segmentation.parse_kind(segments)
         if kind != "grid":
@@ -53,7 +54,7 @@ def _labels(segments: str | Array, cells: int | tuple[int, int], max_segments: i
     else:
         labels = segmentation.check_labels(segments, shape)
     m = segmentation.count(labels, max_segments)
-    return jnp.asarray(labels), m
+    return labels, m, _present(labels, m)  # NumPy when known at trace time: constants, not folded by XLA
 
 
 def _score(apply: ApplyFn, params: PyTree, target: Array, score: str):
@@ -74,7 +75,8 @@ def _fill(x: Array, baseline: float | str | Array, labels: Array, m: int) -> Arr
         if baseline == "mean":
             flat = labels.reshape(-1)
             sums = jax.ops.segment_sum(x.reshape(-1, x.shape[-1]), flat, num_segments=m)
-            counts = jax.ops.segment_sum(jnp.ones_like(flat, x.dtype), flat, num_segments=m)
+            counts = (jnp.asarray(np.bincount(flat, minlength=m), x.dtype) if isinstance(flat, np.ndarray)
+                      else jax.ops.segment_sum(jnp.ones_like(flat, x.dtype), flat, num_segments=m))
             return (sums / jnp.maximum(counts, 1)[:, None])[labels]
         if baseline == "blur":
             return gaussian_blur(x, 10.0).astype(x.dtype)
@@ -87,8 +89,10 @@ def _fill(x: Array, baseline: float | str | Array, labels: Array, m: int) -> Arr
     return jnp.broadcast_to(b, x.shape)
 
 
-def _present(labels: Array, m: int) -> Array:
-    """``[M]`` bool: the labels that have pixels."""
+def _present(labels: Array | np.ndarray, m: int) -> Array:
+    """``[M]`` bool: the labels that have pixels (counted at trace time when the labels are known)."""
+    if isinstance(labels, np.ndarray):
+        return jnp.asarray(np.bincount(labels.reshape(-1), minlength=m) > 0)
     return jax.ops.segment_sum(jnp.ones(labels.size, jnp.int32), labels.reshape(-1), num_segments=m) > 0
 
 
@@ -113,12 +117,12 @@ def feature_ablation(apply: ApplyFn, params: PyTree, x: Array, target: Array, *,
     each segment in turn takes the ``baseline`` (a number, ``"black"``, ``"mean"``, ``"blur"`` or an
     array; default 0 as Captum's), and every pixel of it gets the drop ``f(x) - f(x ablated)``
     of the target's ``score`` (``"logit"`` or ``"softmax"``). ``M`` forward passes."""
-    labels, m = _labels(segments, cells, max_segments, x.shape[:2])
+    labels, m, present = _labels(segments, cells, max_segments, x.shape[:2])
     f = _score(apply, params, target, score)
     fill = _fill(x, baseline, labels, m)
     full = keep(lambda: f(x))
     drops = full - _outputs(f, x, fill, labels, lambda s: jnp.arange(m) != s, m, chunk)
-    return jnp.where(_present(labels, m), drops, 0.0)[labels]
+    return jnp.where(present, drops, 0.0)[labels]
 
 
 def _coalition(key: Array, i: Array, present: Array) -> Array:
@@ -163,10 +167,9 @@ def lime(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, segments: s
     (``"softmax"``, lime's ``predict_proba``, or ``"logit"``) on ``z`` gives each segment's
     coefficient. ``return_fit``: a ``Fit`` with the coefficients, intercept and weighted R^2.
     """
-    labels, m = _labels(segments, cells, max_segments, x.shape[:2])
+    labels, m, present = _labels(segments, cells, max_segments, x.shape[:2])
     width = real(kernel_width, "kernel_width", above=0)
     alpha = real(alpha, "alpha", at_least=0)
-    present = _present(labels, m)
     if coalitions is None:
         samples = positive_int(samples, "samples")
         if key is None:
@@ -230,7 +233,7 @@ def kernel_shap(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, segm
     empty and full coalitions' values as a constraint (``sum(phi) = f(x) - f(baseline)``, solved by
     eliminating one coefficient). ``return_fit``: a ``Fit`` whose intercept is ``f(baseline)``.
     """
-    labels, m = _labels(segments, cells, max_segments, x.shape[:2])
+    labels, m, present = _labels(segments, cells, max_segments, x.shape[:2])
     samples = 2 * m + 2048 if samples is None else positive_int(samples, "samples")
     exact = 2**m <= samples if exact is None else bool(exact)
     if exact and m > MAX_EXACT:
@@ -238,7 +241,6 @@ def kernel_shap(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, segm
     if not exact and samples < m:
         raise InputError(f"kernel_shap needs samples >= the number of segments ({m}) to fit them, got {samples}; "
                          f"or exact=True for all 2^{m} coalitions")
-    present = _present(labels, m)
     f = _score(apply, params, target, score)
     fill = _fill(x, baseline, labels, m)
     if exact:
