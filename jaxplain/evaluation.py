@@ -13,7 +13,8 @@ from jaxplain import registry
 from jaxplain.errors import InputError
 from jaxplain.metrics.localisation import check_mask
 from jaxplain.precision import with_precision
-from jaxplain.runner import Targets, predict, run
+from jaxplain.runner import Targets, run, target_ids
+from jaxplain.settings import resolve_for_model
 from jaxplain.shapes import check_images
 from jaxplain.types import Array, Model
 
@@ -72,6 +73,7 @@ def evaluate(
     stages = getattr(fn, "stages", None)
     if stages is not None:
         weights = stages(model, {**registry.settings_of(fn), **settings})
+        settings = resolve_for_model(fn, model, tuple(images.shape[1:]), settings, images)  # once, not per stage
         return run_stages(fn, weights, model, images, targets, {**settings, "attribution": a}, **kw)
     return dict(run(fn, model, images, targets, {**settings, "attribution": a}, **kw))
 
@@ -83,10 +85,10 @@ def run_stages(fn: Callable, stages: list[tuple[str, Any]], model: Model, images
     model with those params through ``run``, so every stage reuses one compiled program (same
     ``apply``, settings and shapes; only the weights, an argument, differ). ``"predicted"``
     targets are the original model's, found once. Each output is stacked to ``[B, S]``;
-    ``"score"`` is the last stage's; the names come back under ``fn.stage_label`` as ``[S]``."""
-    if isinstance(targets, str) and targets == "predicted":
-        logits = predict(with_precision(model, precision), images, batch_size=batch_size)
-        targets = np.asarray(jnp.argmax(logits, axis=-1))
+    ``"score"`` is the last stage's; the names come back under ``fn.stage_label`` as ``[S]``.
+    ``images`` are checked (``check_images``)."""
+    if isinstance(targets, str):
+        targets = np.asarray(target_ids(with_precision(model, precision), images, targets, batch_size))
     outs = [run(fn, model.replace(params=params), images, targets, settings, batch_size=batch_size,
                 precision=precision, progress=progress) for _, params in stages]
     out = {k: jnp.stack([o[k] for o in outs], axis=1) for k in outs[0]}

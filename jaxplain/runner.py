@@ -197,7 +197,9 @@ def check_batch_size(batch_size: Any) -> None:
         raise InputError(f"batch_size must be a positive int or None, got {batch_size!r}")
 
 
-def _targets(model: Model, images: Array, targets: Targets, batch_size: int | None) -> Array:
+def target_ids(model: Model, images: Array, targets: Targets, batch_size: int | None) -> Array:
+    """``[B]`` int32 class indices from ``targets`` (ints, ``"predicted"``: the top class, or
+    ``None``: zeros, for methods that ignore the target), checked against the model's classes."""
     n = images.shape[0]
     if targets is None:  # for methods that ignore the target (checked by explain)
         return jnp.zeros((n,), jnp.int32)
@@ -315,19 +317,20 @@ def explain(
     """
     fn, parsed = registry.parse(method)
     settings = registry.resolve(fn, {**parsed, **settings})
-    return run(fn, model, images, targets, settings, batch_size=batch_size, precision=precision, progress=progress)
+    return run(fn, model, check_images(model, images), targets, settings, batch_size=batch_size, precision=precision,
+               progress=progress)
 
 
-def run(fn: Callable, model: Model, images: Any, targets: Targets, settings: dict[str, Any], *,
+def run(fn: Callable, model: Model, images: Array, targets: Targets, settings: dict[str, Any], *,
         batch_size: int | None = None, precision: str | None = None, progress: bool = False) -> PyTree:
     """``fn`` (a method, or a metric with its ``attribution`` among the ``settings``, which
-    ``registry.resolve`` has checked) on every image: what ``explain`` and ``evaluate`` share."""
+    ``registry.resolve`` has checked) on every image of ``images`` (checked by ``check_images``):
+    what ``explain`` and ``evaluate`` share."""
     check_batch_size(batch_size)
-    images = check_images(model, images)
     _check_target_use(fn, settings, targets)
     model = with_precision(model, precision)
     n = images.shape[0]
-    target_ids = _targets(model, images, targets, batch_size)
+    ids = target_ids(model, images, targets, batch_size)
     size = batch_size or n
     prep = prepare(fn, model, images, settings, _per_device(size))
     bar = _progress_bar(len(_slices(n, _call_size(size))) * len(prep.call.steps()),
@@ -335,7 +338,7 @@ def run(fn: Callable, model: Model, images: Any, targets: Targets, settings: dic
     tick = bar.update if bar is not None else None
     try:
         return run_batches(lambda p, x, t, k, mine: prep.call(p, x, t, k, mine, prep.shared, tick), model.params,
-                           (images, target_ids, prep.keys, prep.per_image), n, size)
+                           (images, ids, prep.keys, prep.per_image), n, size)
     finally:
         if bar is not None:
             bar.close()

@@ -39,6 +39,18 @@ def tiny_model():
     return tiny_pair(seed=1)[1]
 
 
+@pytest.fixture(scope="module")
+def pair():
+    """The tiny VGG in torch and in jaxplain with the same weights (seed 2), for reference comparisons."""
+    return tiny_pair(seed=2)
+
+
+@pytest.fixture(scope="module")
+def xs():
+    """Two random 32x32 images for ``pair``."""
+    return np.random.default_rng(11).normal(size=(2, 32, 32, 3)).astype(np.float32)
+
+
 @pytest.fixture(scope="session")
 def rng():
     return np.random.default_rng(0)

@@ -28,16 +28,6 @@ def linear_model(w, b=0.3):
                           input_size=None, name="linear")
 
 
-@pytest.fixture(scope="module")
-def pair():
-    return tiny_pair(seed=2)
-
-
-@pytest.fixture(scope="module")
-def xs():
-    return np.random.default_rng(11).normal(size=(2, 32, 32, 3)).astype(np.float32)
-
-
 # ---------------------------------------------------------------- analytic references
 
 

@@ -44,16 +44,6 @@ def toy_model(kind: str, w: np.ndarray, b: float = 0.3) -> jaxplain.Model:
 
 
 @pytest.fixture(scope="module")
-def pair():
-    return tiny_pair(seed=2)
-
-
-@pytest.fixture(scope="module")
-def xs():
-    return np.random.default_rng(11).normal(size=(2, 32, 32, 3)).astype(np.float32)
-
-
-@pytest.fixture(scope="module")
 def toy():
     rng = np.random.default_rng(3)
     return rng.normal(size=(8, 8, 3)).astype(np.float32), rng.normal(size=(2, 8, 8, 3)).astype(np.float32)

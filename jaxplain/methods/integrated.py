@@ -256,6 +256,20 @@ def to_tolerance(name: str, f: Callable[[Array], Array], start: Array, diff: Arr
     return out if return_delta else out.attribution
 
 
+def integrate(name: str, f: Callable[[Array], Array], start: Array, end: Array, *, rule: str, steps: int,
+              chunk: int | None, return_delta: bool, tolerance: float | None, max_steps: int,
+              per_round: int) -> Array | tuple[Array, Array] | Refined:
+    """``(end - start) * integral_0^1 grad f(start + a (end - start)) da`` by the quadrature
+    ``rule`` or, with ``tolerance``, refined (``to_tolerance``); with ``return_delta`` also the
+    completeness error ``sum(attr) - (f(end) - f(start))``: the common tail of the IG methods."""
+    diff = end - start
+    if tolerance is not None:
+        return to_tolerance(name, f, start, diff, tolerance=tolerance, max_steps=max_steps, per_round=per_round,
+                            return_delta=return_delta)
+    attr = diff * path_integral(f, start, diff, rule, steps, chunk)
+    return (attr, jnp.sum(attr) - (f(end) - f(start))) if return_delta else attr
+
+
 @per_image(baseline=3)
 @counts_images
 def integrated_gradients(
@@ -285,11 +299,8 @@ def integrated_gradients(
     (with each image's gradient count). Memory: ``max_steps`` gradients per image are kept.
     """
     base, f = resolve_baseline(baseline, x, key), score(apply, params, target)
-    if tolerance is not None:
-        return to_tolerance("integrated_gradients", f, base, x - base, tolerance=tolerance,
-                            max_steps=max_steps, per_round=per_round, return_delta=return_delta)
-    attr = (x - base) * path_integral(f, base, x - base, rule, steps, chunk)
-    return (attr, jnp.sum(attr) - (f(x) - f(base))) if return_delta else attr
+    return integrate("integrated_gradients", f, base, x, rule=rule, steps=steps, chunk=chunk, return_delta=return_delta,
+                     tolerance=tolerance, max_steps=max_steps, per_round=per_round)
 
 
 @counts_images

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from jaxplain.errors import InputError
 from jaxplain.types import ApplyFn, Array, PyTree, Relu
 
-from .integrated import Refined, path_integral, resolve_baseline, to_tolerance
+from .integrated import Refined, integrate, resolve_baseline
 from .chunks import counts_images, keep
 from .marks import output, per_image, targetless
 
@@ -90,11 +90,10 @@ def layer_integrated_gradients(apply: ApplyFn, params: PyTree, x: Array, target:
     def f(tap: Array) -> Array:  # the score with the layer's output moved by tap
         return apply(params, x, taps={layer: tap})[0][target]
 
-    if tolerance is not None:  # the tap runs from base - act to 0: act + tap from base to act
-        return to_tolerance("layer_integrated_gradients", f, base - act, act - base, tolerance=tolerance,
-                            max_steps=max_steps, per_round=per_round, return_delta=return_delta)
-    attr = (act - base) * path_integral(f, base - act, act - base, rule, steps, chunk)
-    return (attr, jnp.sum(attr) - (f(jnp.zeros_like(act)) - f(base - act))) if return_delta else attr
+    # the tap runs from base - act to 0: act + tap from base to act
+    return integrate("layer_integrated_gradients", f, base - act, jnp.zeros_like(act), rule=rule, steps=steps,
+                     chunk=chunk, return_delta=return_delta, tolerance=tolerance, max_steps=max_steps,
+                     per_round=per_round)
 
 
 def _neuron_score(apply: ApplyFn, params: PyTree, layer: str, neuron: Neuron) -> Callable[[Array], Array]:
@@ -125,8 +124,5 @@ def neuron_integrated_gradients(apply: ApplyFn, params: PyTree, x: Array, target
     check_neuron(jax.eval_shape(lambda: activation(apply, params, x, layer)).shape, neuron)
     f = _neuron_score(apply, params, layer, neuron)
     base = resolve_baseline(baseline, x, key)
-    if tolerance is not None:
-        return to_tolerance("neuron_integrated_gradients", f, base, x - base, tolerance=tolerance,
-                            max_steps=max_steps, per_round=per_round, return_delta=return_delta)
-    attr = (x - base) * path_integral(f, base, x - base, rule, steps, chunk)
-    return (attr, jnp.sum(attr) - (f(x) - f(base))) if return_delta else attr
+    return integrate("neuron_integrated_gradients", f, base, x, rule=rule, steps=steps, chunk=chunk,
+                     return_delta=return_delta, tolerance=tolerance, max_steps=max_steps, per_round=per_round)

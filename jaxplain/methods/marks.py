@@ -22,6 +22,8 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable
 
+from jaxplain.errors import InputError
+
 OUTPUTS = ("pixels", "map", "layer")
 
 
@@ -118,6 +120,15 @@ def inner(fn: Callable, settings: dict[str, Any]) -> tuple[Callable, dict[str, A
         return None
     base = settings.get(names[0], inspect.signature(fn).parameters[names[0]].default)
     return (base, dict(settings.get(names[1]) or {})) if callable(base) else None
+
+
+def method_function(fn: Any, setting: str, front_door: str) -> tuple[Callable, bool]:
+    """``(fn, whether it takes a key)`` for the method a wrapper runs, or an ``InputError`` when
+    ``fn`` is not a function (``front_door``, ``"explain"`` or ``"evaluate"``, resolves names)."""
+    if not callable(fn):
+        raise InputError(f"{setting} must be a method function here, got {fn!r}: jaxplain.{front_door} resolves "
+                         "registered names")
+    return fn, "key" in inspect.signature(fn).parameters
 
 
 def output_of(fn: Callable, settings: dict[str, Any]) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable, Mapping
 
 import jax
@@ -14,7 +13,7 @@ from jaxplain.types import ApplyFn, Array, PyTree
 from .checks import positive_int, real
 from .chunks import counts_images, keep, sum_chunks
 from .gradients import gradient
-from .marks import wraps_method
+from .marks import method_function, wraps_method
 
 
 def _moments(
@@ -36,11 +35,8 @@ def _moments(
         raise InputError("smoothgrad, squaregrad and vargrad are random: pass key=jax.random.key(...)")
     samples = positive_int(samples, "samples")
     sigma = real(sigma, "sigma (a fraction of each image's value range)", at_least=0)
-    if not callable(base):
-        raise InputError(f"base must be a method function here, got {base!r}: jaxplain.explain resolves registered names")
-    fn = base
+    fn, wants_key = method_function(base, "base", "explain")
     settings = dict(base_settings or {})
-    wants_key = "key" in inspect.signature(fn).parameters
     std = sigma * (jnp.max(x) - jnp.min(x))
 
     def centre() -> Array:

@@ -19,7 +19,7 @@ from jaxplain.errors import InputError
 from jaxplain.types import ApplyFn, Array, Model, PyTree
 
 from .checks import real
-from .marks import host_settings, output, per_image, wraps_method
+from .marks import host_settings, method_function, output, per_image, wraps_method
 
 SCALES = (50, 100, 150, 250, 500, 1200)  # PAIR's Felzenszwalb scales, sigma 0.8, min size 150, at 224x224
 ALGORITHMS = ("full", "fast")
@@ -138,8 +138,7 @@ def _regions(segments: Any, shape: tuple[int, int]) -> Array:
 def _base_map(apply: ApplyFn, params: PyTree, x: Array, target: Array, base: Callable, base_settings: Mapping,
               baselines: Any) -> Array:
     """The base attribution, averaged over ``baselines`` where ``base`` takes a ``baseline``."""
-    if not callable(base):
-        raise InputError(f"base must be a method function here, got {base!r}: jaxplain.explain resolves registered names")
+    base, _ = method_function(base, "base", "explain")
     settings = dict(base_settings or {})
     from jaxplain.registry import settings_of  # the registry imports this module
 

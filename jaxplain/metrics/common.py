@@ -15,6 +15,13 @@ from jaxplain.methods.chunks import along
 from jaxplain.types import ApplyFn, Array, PyTree
 
 SCORES = ("probability", "logit")
+ORDERS = ("morf", "lerf")  # most / least relevant first
+
+
+def check_order(order: str) -> None:
+    """An ``InputError`` unless ``order`` is one of ``ORDERS``."""
+    if order not in ORDERS:
+        raise InputError(f"order must be one of {ORDERS}, got {order!r}")
 
 
 def pixel_map(attribution: Array) -> Array:

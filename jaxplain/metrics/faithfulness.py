@@ -17,10 +17,8 @@ from jaxplain.methods.chunks import counts_images, keep
 from jaxplain.methods.marks import better, per_image
 from jaxplain.types import ApplyFn, Array, PyTree
 
-from .common import attribution_map, ranks, require_key, region_sums, scorer, scores_along, substrate
+from .common import attribution_map, check_order, ranks, require_key, region_sums, scorer, scores_along, substrate
 from .similarity import correlate
-
-ORDERS = ("morf", "lerf")
 
 
 def auc(curve: Array) -> Array:
@@ -101,8 +99,7 @@ def region_perturbation(apply: ApplyFn, params: PyTree, x: Array, target: Array,
     if patch > min(h, w):
         raise InputError(f"patch must be at most the image's side {min(h, w)}, got {patch}")
     regions = positive_int(regions, "regions")
-    if order not in ORDERS:
-        raise InputError(f"order must be one of {ORDERS}, got {order!r}")
+    check_order(order)
     labels, n = patch_labels(h, w, patch)
     sums = region_sums(attribution_map(attribution, x), labels, n)
     place = ranks(sums if order == "morf" else -sums)[labels]  # [H, W]: when each pixel's patch goes

@@ -10,13 +10,12 @@ import numpy as np
 
 from jaxplain.errors import InputError
 from jaxplain.methods.checks import positive_int, real
-from jaxplain.methods.chunks import counts_images, sum_chunks
+from jaxplain.methods.chunks import along, counts_images
 from jaxplain.methods.marks import better, per_image
 from jaxplain.types import ApplyFn, Array, PyTree
 
-from .common import check_score, pixel_map, ranks, require_key, score_of
+from .common import check_order, check_score, pixel_map, ranks, require_key, score_of
 
-ORDERS = ("morf", "lerf")
 PERCENTAGES = (10, 20, 30, 40, 50, 70, 90)  # the authors' experiments (noretrain_params.json)
 # The authors' neighbour weights (road/imputations.py): (row, column) offset -> weight.
 NEIGHBOURS = (((1, 1), 1 / 12), ((0, 1), 1 / 6), ((-1, 1), 1 / 12), ((1, -1), 1 / 12),
@@ -87,8 +86,7 @@ def road(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, attribution
     but the *bottom* ``1 - th_p`` for LeRF; here LeRF at ``p`` removes the ``p`` percent least
     relevant (their LeRF at ``100 - p``). They break ties with 1e-4 random noise; we by index.
     """
-    if order not in ORDERS:
-        raise InputError(f"order must be one of {ORDERS}, got {order!r}")
+    check_order(order)
     p = _check_percentages(percentages)
     real(noise, "noise", at_least=0)
     real(tol, "tol", above=0)
@@ -102,18 +100,12 @@ def road(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, attribution
     if order == "lerf":
         rank = h * w - 1 - rank
     check_score(score)
-    n = p.size
 
-    def part(ids: Array) -> tuple[Array, Array]:
-        def one(i: Array) -> tuple[Array, Array]:
-            k = jax.random.fold_in(key, i) if noise else None
-            filled = road_impute(x, rank < counts[i], noise=noise, key=k, tol=tol, max_iterations=max_iterations)
-            logits = apply(params, filled)[0]
-            return score_of(logits, target, score), (jnp.argmax(logits) == target).astype(x.dtype)
+    def one(i: Array) -> tuple[Array, Array]:
+        k = jax.random.fold_in(key, i) if noise else None
+        filled = road_impute(x, rank < counts[i], noise=noise, key=k, tol=tol, max_iterations=max_iterations)
+        logits = apply(params, filled)[0]
+        return score_of(logits, target, score), (jnp.argmax(logits) == target).astype(x.dtype)
 
-        values, hits = jax.vmap(one)(ids)
-        zeros = jnp.zeros(n, x.dtype)
-        return zeros.at[ids].set(values), zeros.at[ids].set(hits)
-
-    curve, accuracy = sum_chunks(part, jnp.arange(n), chunk)
+    curve, accuracy = along(one, p.size, chunk)
     return {"score": curve.mean(), "curve": curve, "accuracy": accuracy}

@@ -17,7 +17,6 @@ Quantus: flattened 1-D maps).
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable, Mapping
 
 import jax
@@ -26,9 +25,10 @@ import numpy as np
 
 from jaxplain.errors import InputError
 from jaxplain.methods.gradients import gradient
-from jaxplain.methods.marks import better, per_image, staged, wraps_method
+from jaxplain.methods.marks import better, method_function, per_image, staged, wraps_method
 from jaxplain.types import ApplyFn, Array, Model, PyTree
 
+from .common import pixel_map
 from .similarity import spearman, ssim
 
 MODES = ("cascading", "independent", "full")
@@ -101,7 +101,7 @@ def stage_params(model: Model, settings: Mapping[str, Any]) -> list[tuple[str, P
 
 def magnitude(attribution: Array) -> Array:
     """``[H, W]``: the absolute attribution summed over channels (Adebayo et al.'s grayscale map)."""
-    return jnp.abs(attribution).sum(-1) if attribution.ndim == 3 else jnp.abs(attribution)
+    return pixel_map(jnp.abs(attribution))
 
 
 def unit(m: Array) -> Array:
@@ -129,11 +129,9 @@ def model_randomisation(apply: ApplyFn, params: PyTree, x: Array, target: Array,
     window) of the two maps each scaled to [0, 1]. ``evaluate`` returns ``"spearman"`` and
     ``"ssim"`` ``[B, S]``, ``"layers"`` ``[S]`` and ``"score"``: the last stage's Spearman (lower is
     better: the explanation depends on the weights)."""
-    if not callable(method):
-        raise InputError(f"method must be a method function here, got {method!r}: "
-                         f"jaxplain.evaluate resolves registered names")
+    method, wants_key = method_function(method, "method", "evaluate")
     settings = dict(method_settings or {})
-    if "key" in inspect.signature(method).parameters:
+    if wants_key:
         settings["key"] = key
     again = method(apply, params, x, target, **settings)
     a, b = magnitude(attribution), magnitude(again)

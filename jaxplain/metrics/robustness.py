@@ -8,7 +8,6 @@ the metrics draw (for comparisons with other libraries on identical noise).
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable, Mapping
 
 import jax
@@ -17,9 +16,9 @@ import numpy as np
 
 from jaxplain.errors import InputError
 from jaxplain.methods.checks import positive_int, real
-from jaxplain.methods.chunks import counts_images, keep, sum_chunks
+from jaxplain.methods.chunks import along, counts_images, keep
 from jaxplain.methods.gradients import gradient
-from jaxplain.methods.marks import better, per_image, wraps_method
+from jaxplain.methods.marks import better, method_function, per_image, wraps_method
 from jaxplain.types import ApplyFn, Array, PyTree
 
 from .common import pixels, require_key, scorer, substrate
@@ -46,31 +45,27 @@ def _check_kind(perturbation: str, sigma: float, square_max: int, shape: tuple[i
             raise InputError(f"square_max must be at most the image's side {min(shape[:2])}, got {square_max}")
 
 
-def _draw(key: Array, ids: Array, x: Array, perturbation: str, sigma: float, square_max: int,
+def _draw(key: Array, i: Array, x: Array, perturbation: str, sigma: float, square_max: int,
           fill: Array) -> tuple[Array, Array]:
-    """``(I, perturbed)`` ``[n, H, W, C]`` of samples ``ids``: Gaussian ``I ~ N(0, sigma^2)`` with
+    """``(I, perturbed)`` ``[H, W, C]`` of sample ``i``: Gaussian ``I ~ N(0, sigma^2)`` with
     ``x - I``; or a random square's indicator (all channels) with ``x`` there replaced by ``fill``."""
     h, w = x.shape[:2]
+    k = jax.random.fold_in(key, i)
+    if perturbation == "gaussian":
+        noise = sigma * jax.random.normal(k, x.shape, x.dtype)
+        return noise, x - noise
+    sizes, p = _square_sizes(h, w, square_max)
+    u = jax.random.uniform(k, (3,))  # one draw: cheaper to compile than choice + randint
+    pick = jnp.searchsorted(jnp.asarray(np.cumsum(p)), u[0] * p.sum())
+    r = jnp.asarray(sizes, jnp.int32)[jnp.minimum(pick, square_max - 1)]
 
-    def one(i: Array) -> tuple[Array, Array]:
-        k = jax.random.fold_in(key, i)
-        if perturbation == "gaussian":
-            noise = sigma * jax.random.normal(k, x.shape, x.dtype)
-            return noise, x - noise
-        sizes, p = _square_sizes(h, w, square_max)
-        u = jax.random.uniform(k, (3,))  # one draw: cheaper to compile than choice + randint
-        pick = jnp.searchsorted(jnp.asarray(np.cumsum(p)), u[0] * p.sum())
-        r = jnp.asarray(sizes, jnp.int32)[jnp.minimum(pick, square_max - 1)]
+    def span(v: Array, n: int) -> Array:  # [n]: a run of r cells starting uniformly in [0, n - r]
+        start = jnp.minimum((v * (n - r + 1).astype(v.dtype)).astype(jnp.int32), n - r)
+        cells = jnp.arange(n)
+        return (cells >= start) & (cells < start + r)
 
-        def span(v: Array, n: int) -> Array:  # [n]: a run of r cells starting uniformly in [0, n - r]
-            start = jnp.minimum((v * (n - r + 1).astype(v.dtype)).astype(jnp.int32), n - r)
-            cells = jnp.arange(n)
-            return (cells >= start) & (cells < start + r)
-
-        inside = (span(u[1], h)[:, None] & span(u[2], w)[None, :])[..., None]
-        return jnp.broadcast_to(inside, x.shape).astype(x.dtype), jnp.where(inside, fill, x)
-
-    return jax.vmap(one)(ids)
+    inside = (span(u[1], h)[:, None] & span(u[2], w)[None, :])[..., None]
+    return jnp.broadcast_to(inside, x.shape).astype(x.dtype), jnp.where(inside, fill, x)
 
 
 def infidelity_perturbations(key: Array, x: Array, samples: int, *, perturbation: str = "gaussian",
@@ -80,7 +75,8 @@ def infidelity_perturbations(key: Array, x: Array, samples: int, *, perturbation
     ``infidelity`` draws for ``x [H, W, C]`` from ``key`` (evaluate's per-image key)."""
     _check_kind(perturbation, sigma, square_max, x.shape)
     samples = positive_int(samples, "samples")
-    return _draw(key, jnp.arange(samples), x, perturbation, sigma, square_max, substrate(x, baseline))
+    fill = substrate(x, baseline)
+    return jax.vmap(lambda i: _draw(key, i, x, perturbation, sigma, square_max, fill))(jnp.arange(samples))
 
 
 @better("lower")
@@ -121,8 +117,8 @@ def infidelity(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, attri
         k = require_key(key, f"infidelity with perturbation={perturbation!r}")
         fill = substrate(x, baseline)
 
-        def draw(ids: Array) -> tuple[Array, Array]:
-            return _draw(k, ids, x, perturbation, sigma, square_max, fill)
+        def draw(i: Array) -> tuple[Array, Array]:
+            return _draw(k, i, x, perturbation, sigma, square_max, fill)
     else:
         given = jnp.asarray(perturbation, x.dtype)
         if given.ndim != 4 or given.shape[1:] != x.shape or given.shape[0] < 1:
@@ -130,20 +126,16 @@ def infidelity(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, attri
                              f"{x.shape} (or [B, S, H, W, C]), got shape {given.shape}")
         n = given.shape[0]
 
-        def draw(ids: Array) -> tuple[Array, Array]:
-            i = given[ids]
-            return i, x - i
+        def draw(i: Array) -> tuple[Array, Array]:
+            return given[i], x - given[i]
 
     fx = keep(lambda: f(x))
 
-    def part(ids: Array) -> tuple[Array, Array]:
-        i, moved = draw(ids)
-        zeros = jnp.zeros(n, x.dtype)
-        dots = jnp.sum(i * a, axis=(1, 2, 3))
-        drops = fx - jax.vmap(f)(moved)
-        return zeros.at[ids].set(dots), zeros.at[ids].set(drops)
+    def one(i: Array) -> tuple[Array, Array]:
+        change, moved = draw(i)
+        return jnp.sum(change * a), fx - f(moved)
 
-    dots, drops = sum_chunks(part, jnp.arange(n), chunk)
+    dots, drops = along(one, n, chunk)
     if normalize:
         denom = jnp.sum(dots * dots)
         dots = dots * (jnp.sum(dots * drops) / jnp.where(denom == 0, 1, denom))
@@ -181,24 +173,19 @@ def max_sensitivity(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, 
     n = positive_int(samples, "samples")
     radius = real(radius, "radius", above=0)
     k = require_key(key, "max_sensitivity")
-    if not callable(method):
-        raise InputError(f"method must be a method function here, got {method!r}: jaxplain.evaluate resolves registered names")
+    method, wants_key = method_function(method, "method", "evaluate")
     settings = dict(method_settings or {})
-    wants_key = "key" in inspect.signature(method).parameters
     norm = jnp.linalg.norm(attribution)
     norm = jnp.where(norm == 0, 1, norm)
 
-    def part(ids: Array) -> Array:
-        def one(i: Array) -> Array:
-            noise, k_method = _sample_noise(k, i, x.shape, radius)
-            extra = {"key": k_method} if wants_key else {}
-            again = method(apply, params, x + noise.astype(x.dtype), target, **settings, **extra)
-            if again.shape != attribution.shape:
-                raise InputError(f"max_sensitivity: the method returns shape {again.shape} but the attribution has "
-                                 f"{attribution.shape}; pass the method (and settings) that made the attributions")
-            return jnp.linalg.norm(again - attribution)
+    def one(i: Array) -> Array:
+        noise, k_method = _sample_noise(k, i, x.shape, radius)
+        extra = {"key": k_method} if wants_key else {}
+        again = method(apply, params, x + noise.astype(x.dtype), target, **settings, **extra)
+        if again.shape != attribution.shape:
+            raise InputError(f"max_sensitivity: the method returns shape {again.shape} but the attribution has "
+                             f"{attribution.shape}; pass the method (and settings) that made the attributions")
+        return jnp.linalg.norm(again - attribution)
 
-        return jnp.zeros(n, x.dtype).at[ids].set(jax.vmap(one)(ids))
-
-    sensitivities = sum_chunks(part, jnp.arange(n), chunk) / norm
+    sensitivities = along(one, n, chunk) / norm
     return {"score": sensitivities.max(), "sensitivities": sensitivities}
