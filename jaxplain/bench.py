@@ -45,6 +45,19 @@ def passes(name: str, settings: dict[str, Any], shape: tuple[int, int, int] = (2
         return s["samples"] * passes(base, dict(s.get("base_settings") or {}), shape)
     if name == "occlusion":
         return 1 + occlusion_windows(shape, s["window"], s["strides"])
+    if name in ("feature_ablation", "lime", "kernel_shap"):
+        cells = s["cells"] if isinstance(s["cells"], tuple) else (s["cells"], s["cells"])
+        m = s.get("max_segments") or (cells[0] * cells[1] if isinstance(s["segments"], str) else 0)
+        if name == "feature_ablation":
+            return 1 + m
+        if name == "lime":
+            return s["samples"]
+        samples = s["samples"] or 2 * m + 2048
+        return 2**m if (s["exact"] if s["exact"] is not None else 2**m <= samples) else samples + 2
+    if name == "xrai":
+        base, settings = registry.parse(s["base"]) if isinstance(s["base"], str) else (s["base"], {})
+        k = len(s["baselines"]) if isinstance(s["baselines"], (tuple, list)) else 1
+        return k * passes(base.__name__, {**settings, **dict(s.get("base_settings") or {})}, shape)
     for k in ("steps", "samples", "masks"):
         if k in s and isinstance(s[k], int):
             return s[k]

@@ -25,6 +25,11 @@ def test_measure_fields(tiny_model):
     assert bench.passes("smoothgrad", {"samples": 5, "base": "integrated_gradients", "base_settings": {"steps": 4}}) == 20
     assert "images/s" in bench.table([row])
     assert bench.passes("occlusion", {"window": (8, 8), "strides": (6, 6)}, (32, 32, 3)) == 1 + 5 * 5
+    # the surrogates: one pass per segment and the image; the samples; 2^M coalitions when exact; IG per baseline
+    assert bench.passes("feature_ablation", {"cells": (2, 3)}) == 1 + 6
+    assert bench.passes("lime", {"samples": 50}) == 50
+    assert bench.passes("kernel_shap", {"cells": 3}) == 2**9 and bench.passes("kernel_shap", {"samples": 300}) == 302
+    assert bench.passes("xrai", {"base": "integrated_gradients(steps=7)"}) == 2 * 7
 
 
 def test_host_loop_counts_the_flops_of_every_chunk(tiny_model, monkeypatch):
