@@ -324,3 +324,27 @@ def test_lime_matches_the_lime_package(pair):
           f"R^2 {float(fit.r2[0])!r} against {explanation.score!r}")
     np.testing.assert_allclose(fit.intercept[0], explanation.intercept[target], rtol=1e-4)
     np.testing.assert_allclose(fit.r2[0], explanation.score, rtol=1e-4)
+
+
+def test_kernel_shap_draws_sizes_from_the_shapley_kernel():
+    """20000 of kernel_shap's coalitions over 10 present segments (and 2 empty labels, never drawn):
+    the frequency of each size k = 1..9 is (M-1)/(k(M-k)) normalised, within 4 standard errors
+    (a uniform size distribution, say, is off by 20 and more)."""
+    import jax
+
+    from jaxplain.methods.surrogate import _kernel_coalition
+
+    present = jnp.asarray([True] * 5 + [False] + [True] * 5 + [False])
+    keys = jax.random.split(jax.random.key(3), 20000)
+    z = np.asarray(jax.vmap(lambda k: _kernel_coalition(k, present))(keys))
+    assert (z[:, [5, 11]] == 0).all()
+    m, n = 10, len(z)
+    k = np.arange(1, m)
+    p = (m - 1) / (k * (m - k))
+    p /= p.sum()
+    freq = np.bincount(z.sum(1).astype(int), minlength=m + 1)[1:m] / n
+    assert (z.sum(1) >= 1).all() and (z.sum(1) <= m - 1).all()
+    np.testing.assert_array_less(np.abs(freq - p), 4 * np.sqrt(p * (1 - p) / n))
+    # and the members of a size-k coalition are uniform: each present segment is in about mean(k)/M of them
+    share = z[:, present].mean(0)
+    np.testing.assert_allclose(share, (k * p).sum() / m, atol=4 * np.sqrt(0.25 / n))
