@@ -183,6 +183,9 @@ def test_explain_on_a_kind_equals_explain_on_its_label_maps(tiny_model, kind):
     for a, m in zip(np.asarray(got), labels):  # one value per segment, painted on its pixels
         for s in np.unique(m):
             assert np.unique(a[m == s]).size == 1
+    if kind == "slic":  # the maps are made for the whole batch, then sliced with the images
+        sliced = jaxplain.explain(tiny_model, x, t, "feature_ablation", segments=kind, batch_size=1)
+        np.testing.assert_allclose(np.asarray(sliced), np.asarray(want), rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
 def test_explain_on_a_kind_for_a_bgr_model(tiny_model):

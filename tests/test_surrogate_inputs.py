@@ -111,6 +111,14 @@ def test_unknown_segment_kind(data, kind):
         jaxplain.explain(m, x, t, "feature_ablation", segments=kind)
 
 
+@pytest.mark.xfail(strict=True, raises=TypeError, reason="segmentation.segments: a kind that is not a string "
+                   "skips parse_kind and reaches getattr(skimage.segmentation, kind)")
+@pytest.mark.parametrize("kind", [None, 3])
+def test_segment_kind_not_a_string(kind):
+    with pytest.raises(InputError, match="segments must be one of"):
+        jaxplain.segments(np.zeros((16, 16, 3), np.uint8), kind)
+
+
 def test_bad_segment_options(data):
     m, x, t = data
     pictures = np.zeros((16, 16, 3), np.uint8)
