@@ -21,12 +21,18 @@ SMALL = {
     "neuron_integrated_gradients": dict(neuron=5, steps=7, chunk=3),
     "occlusion": dict(window=(8, 8), strides=(6, 6), chunk=5),
     "rise": dict(masks=20, cells=4, chunk=8),
+    # The surrogate family: a few grid segments, a handful of passes, chunks of 5 so the loop runs.
+    "feature_ablation": dict(cells=(3, 4), chunk=5),
+    "lime": dict(cells=3, samples=24, chunk=5),
+    "kernel_shap": dict(cells=(2, 3), samples=40, exact=False, chunk=5),  # sampled: 2^6 > 40 >= 6 segments
 }
-MAPS = {"rise"}  # one value per pixel: [B, H, W]
+MAPS = {"rise", "feature_ablation", "lime", "kernel_shap"}  # one value per pixel: [B, H, W]
+# Methods that draw from their key whatever the baseline (masks, coalitions): test_keys keeps their baseline.
+KEYED_DRAWS = {"rise", "lime", "kernel_shap"}
 
 
 def expected_shape(name: str, x_shape: tuple) -> tuple:
-    """Gradient family and occlusion: the input's shape; CAMs and RISE: [B, H, W]; layer methods: the layer's shape
+    """Gradient family and occlusion: the input's shape; CAMs, RISE and the surrogates: [B, H, W]; layer methods: the layer's shape
     (the tiny model's last conv layer is [8, 8, 8])."""
     fn = METHODS[name]
     b, h, w, c = x_shape

@@ -14,7 +14,7 @@ import pytest
 import jaxplain
 from jaxplain.runner import prepare
 from jaxplain.registry import METHODS, resolve, settings_of
-from tests.method_settings import expected_shape, images, settings_for
+from tests.method_settings import KEYED_DRAWS, expected_shape, images, settings_for
 
 NAMES = sorted(METHODS)
 CHUNKED = [n for n in NAMES if "chunk" in settings_of(METHODS[n])]
@@ -128,8 +128,8 @@ def test_batch_size_slices_equal_one_call(data, reference, name):
 def test_keys(data, reference, name):
     m, x, t = data
     s = settings_for(name, x)
-    if "baseline" in settings_of(METHODS[name]) and name != "rise":  # the key only matters for a random baseline
-        # (RISE draws its masks from the key whatever the baseline)
+    if "baseline" in settings_of(METHODS[name]) and name not in KEYED_DRAWS:  # the key only matters for a random
+        # baseline (RISE draws its masks, LIME and KernelSHAP their coalitions, from the key whatever the baseline)
         s["baseline"] = "uniform"
         reference = {name: jaxplain.explain(m, x, t, name, **s)}
     np.testing.assert_array_equal(jaxplain.explain(m, x, t, name, **s), reference[name])
