@@ -53,12 +53,16 @@ def parse_kind(spec: str) -> tuple[str, dict[str, Any]]:
 def grid(shape: tuple[int, int], cells: int | tuple[int, int]) -> np.ndarray:
     """``[H, W]`` int32: ``cells`` (or ``(rows, columns)``) rectangles numbered row by row; row
     ``i`` of the image falls in cell row ``floor(i * rows / H)``."""
-    rows, cols = (cells, cells) if isinstance(cells, (int, np.integer)) else tuple(cells)
     h, w = shape
-    for n, size, name in ((rows, h, "rows"), (cols, w, "columns")):
+    bad = InputError(f"cells must be a positive int or (rows, columns) no larger than the image {shape}; got {cells!r}")
+    if isinstance(cells, (int, np.integer)):
+        cells = (cells, cells)
+    if not isinstance(cells, (tuple, list)) or len(cells) != 2:
+        raise bad
+    rows, cols = cells
+    for n, size in ((rows, h), (cols, w)):
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= size:
-            raise InputError(f"cells must be a positive int or (rows, columns) no larger than the image {shape}; "
-                             f"got {cells!r} ({name})")
+            raise bad
     r = np.arange(h) * rows // h
     c = np.arange(w) * cols // w
     return (r[:, None] * cols + c[None, :]).astype(np.int32)
@@ -97,7 +101,9 @@ def segments(images: Any, kind: str = "slic", **options: Any) -> np.ndarray:
     ``options`` go to it over ``DEFAULTS``); ``"slic(n_segments=100)"`` also works.
     """
     pictures = _check_pictures(images)
-    kind, parsed = parse_kind(kind) if isinstance(kind, str) else (kind, {})
+    if not isinstance(kind, str):
+        raise InputError(f"segments must be one of {', '.join(KINDS)}, got {kind!r}")
+    kind, parsed = parse_kind(kind)
     options = {**parsed, **options}
     b, h, w, _ = pictures.shape
     if kind == "grid":

@@ -25,8 +25,10 @@ SMALL = {
     "feature_ablation": dict(cells=(3, 4), chunk=5),
     "lime": dict(cells=3, samples=24, chunk=5),
     "kernel_shap": dict(cells=(2, 3), samples=40, exact=False, chunk=5),  # sampled: 2^6 > 40 >= 6 segments
+    "xrai": dict(segments="grid(cells=4)", base="integrated_gradients(steps=5, chunk=2)", baselines=(0.0, 0.5),
+                 min_pixel_diff=4),
 }
-MAPS = {"rise", "feature_ablation", "lime", "kernel_shap"}  # one value per pixel: [B, H, W]
+MAPS = {"rise", "feature_ablation", "lime", "kernel_shap", "xrai"}  # one value per pixel: [B, H, W]
 # Methods that draw from their key whatever the baseline (masks, coalitions): test_keys keeps their baseline.
 KEYED_DRAWS = {"rise", "lime", "kernel_shap"}
 

@@ -111,8 +111,6 @@ def test_unknown_segment_kind(data, kind):
         jaxplain.explain(m, x, t, "feature_ablation", segments=kind)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason="segmentation.segments: a kind that is not a string "
-                   "skips parse_kind and reaches getattr(skimage.segmentation, kind)")
 @pytest.mark.parametrize("kind", [None, 3])
 def test_segment_kind_not_a_string(kind):
     with pytest.raises(InputError, match="segments must be one of"):
@@ -152,14 +150,7 @@ def test_direct_call_with_a_scikit_image_kind(data):
             getattr(jaxplain, name)(m.apply, m.params, x[0], 1, segments="slic", **key)
 
 
-# A cells that is neither an int nor a pair reaches tuple(cells) in segmentation.grid unchecked: a float
-# raises TypeError, a triple ValueError (reported; these become passes when grid checks its input).
-NOT_A_PAIR = pytest.mark.xfail(strict=True, raises=(TypeError, ValueError),
-                               reason="segmentation.grid: tuple(cells) before any check")
-
-
-@pytest.mark.parametrize("cells", [0, 33, (2, 0), (2, 40), -1, True, (True, 2),
-                                   pytest.param(2.0, marks=NOT_A_PAIR), pytest.param((2, 2, 2), marks=NOT_A_PAIR)])
+@pytest.mark.parametrize("cells", [0, 33, (2, 0), (2, 40), -1, True, (True, 2), 2.0, (2, 2, 2)])
 def test_bad_cells(data, cells):
     m, x, t = data
     with pytest.raises(InputError, match=r"cells must be a positive int or \(rows, columns\) no larger than the image"):
@@ -182,6 +173,16 @@ def test_kernel_shap_sampled_without_key(data):
     m, x, t = data
     with pytest.raises(InputError, match=r"kernel_shap samples coalitions: pass key="):
         jaxplain.explain(m, x, t, "kernel_shap", cells=3, samples=20)
+
+
+def test_coalitions_not_zero_or_one(data):
+    m, x, t = data
+    table = np.ones((5, 4), np.float32)
+    table[2, 1] = 0.5
+    with pytest.raises(InputError, match=r"coalitions must hold 0 \(segment dropped\) or 1 \(kept\) only"):
+        jaxplain.explain(m, x, t, "lime", cells=2, coalitions=table)
+    with pytest.raises(InputError, match="coalitions must hold 0"):
+        jaxplain.lime(m.apply, m.params, x[0], 1, cells=2, coalitions=table)
 
 
 @pytest.mark.parametrize("shape", [(10, 3), (10, 5), (10,), (0, 4), (2, 10, 4, 1)])

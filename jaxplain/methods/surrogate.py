@@ -12,7 +12,7 @@ Each returns a map ``[H, W]``: a segment's value on each of its pixels.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +20,7 @@ import numpy as np
 
 from jaxplain import segmentation
 from jaxplain.errors import InputError
-from jaxplain.types import ApplyFn, Array, PyTree
+from jaxplain.types import ApplyFn, Array, Model, PyTree
 
 from .blur import gaussian_blur
 from .checks import positive_int, real
@@ -147,9 +147,22 @@ def _weighted_fit(z: Array, y: Array, w: Array, alpha: float | Array) -> tuple[A
     return coef, intercept, r2
 
 
+def _check_coalitions(table: Array | np.ndarray) -> None:
+    if not bool(np.all((np.asarray(table) == 0) | (np.asarray(table) == 1))):
+        raise InputError("coalitions must hold 0 (segment dropped) or 1 (kept) only")
+
+
+def _lime_host(model: Model, images: Array, settings: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """``explain``'s host step for ``lime``: the segments (``segmentation.resolve``) and a check of
+    the caller's ``coalitions`` (inside the compiled method they are traced)."""
+    if settings.get("coalitions") is not None:
+        _check_coalitions(settings["coalitions"])
+    return segmentation.resolve(model, images, settings, defaults)
+
+
 @output("map")
 @per_image(baseline=3, segments=2, coalitions=2)
-@host_settings(segmentation.resolve)
+@host_settings(_lime_host)
 @counts_images(forward_only=True)
 def lime(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, segments: str | Array = "grid",
          cells: int | tuple[int, int] = 8, max_segments: int | None = None, samples: int = 1000,
@@ -179,6 +192,8 @@ def lime(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, segments: s
         table = jnp.asarray(coalitions)
         if table.ndim != 2 or table.shape[1] != m or table.shape[0] < 1:
             raise InputError(f"coalitions must be [samples, M] = [n, {m}] of 0/1, got shape {tuple(table.shape)}")
+        if not isinstance(table, jax.core.Tracer):
+            _check_coalitions(table)
         samples = table.shape[0]
         coalition = lambda i: jnp.where(present, table[i].astype(bool), True).astype(jnp.float32)  # noqa: E731
     f = _score(apply, params, target, score)
