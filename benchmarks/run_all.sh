@@ -37,3 +37,9 @@ timeout "${QUANTUS_LIMIT:-300}" python3 -m benchmarks.metrics_vs_quantus --model
   2>&1 | tee "$out/vs_quantus_tiny.txt"
 timeout "${QUANTUS_VGG_LIMIT:-420}" python3 -m benchmarks.metrics_vs_quantus --model vgg16 --json "$out/vs_quantus_vgg16.json" \
   2>&1 | tee "$out/vs_quantus_vgg16.txt"
+# the surrogate family (feature_ablation, lime, kernel_shap, xrai once registered) beside Captum, the lime
+# package and PAIR's XRAI on a torch twin: the small model at lime's 1000 samples, then VGG16 at 64
+timeout "${SURROGATE_LIMIT:-420}" python3 -m benchmarks.surrogates_vs_peers --model tiny --json "$out/vs_surrogates_tiny.json" \
+  2>&1 | tee "$out/vs_surrogates_tiny.txt"
+timeout "${SURROGATE_VGG_LIMIT:-600}" python3 -m benchmarks.surrogates_vs_peers --model vgg16 --json "$out/vs_surrogates_vgg16.json" \
+  2>&1 | tee "$out/vs_surrogates_vgg16.txt"
