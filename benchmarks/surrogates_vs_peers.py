@@ -59,8 +59,8 @@ from jaxplain.methods import chunks  # noqa: E402
 
 METHOD_NAMES = ("feature_ablation", "lime", "kernel_shap", "xrai")
 DEFAULTS = {  # per model: batch, segments, samples (lime, kernel_shap), XRAI's IG steps, rounds
-    "tiny": dict(batch=8, segments="grid(cells=8)", samples=1000, steps=20, rounds=3),
-    "vgg16": dict(batch=2, segments="grid(cells=4)", samples=64, steps=20, rounds=1),
+    "tiny": dict(batch=8, segments="grid(cells=8)", samples=1000, steps=20, rounds=3, peer_warmup="call"),
+    "vgg16": dict(batch=2, segments="grid(cells=4)", samples=64, steps=20, rounds=1, peer_warmup="forward"),
 }
 
 
@@ -361,8 +361,11 @@ def per_call(fn: Callable[[], Any], min_round: float) -> tuple[float, int, Any]:
     return (time.perf_counter() - start) / n, n, value
 
 
-def case(pair: Pair, counted: Counted, b: int, rounds: int, min_round: float = 0.5) -> list[dict[str, Any]]:
-    """One row per peer: warm-up calls, then ``rounds`` rounds, ours and each peer alternating."""
+def case(pair: Pair, counted: Counted, b: int, rounds: int, peer_warmup: bool = True,
+         min_round: float = 0.5) -> list[dict[str, Any]]:
+    """One row per peer: our warm-up call (the compile), each peer's first call unless not
+    ``peer_warmup`` (they compile nothing: ``main`` warms the torch model up instead), then
+    ``rounds`` rounds, ours and each peer alternating. The peers' model passes are counted in the rounds."""
     rows = []
     try:
         warm, out_ours = _timed(pair.ours)
@@ -370,26 +373,39 @@ def case(pair: Pair, counted: Counted, b: int, rounds: int, min_round: float = 0
         _log(f"{pair.method}: ours failed: {type(e).__name__}: {e}")
         return [{"method": pair.method, "peer": p.name, "skipped": f"ours failed: {type(e).__name__}: {e}"} for p in pair.peers]
     _log(f"{pair.method}: ours' first call (compiling) {warm:.1f} s")
-    peers, warm_peer, out_peer, counts = [], {}, {}, {}
-    for p in pair.peers:
+    peers, warm_peer, out_peer, counts = list(pair.peers), {}, {}, {}
+    t_ours: list[float] = []
+    t_peer: dict[str, list[float]] = {p.name: [] for p in peers}
+
+    def run_peer(p: Peer, first: bool) -> None:
         counted.images = 0
         try:
-            warm_peer[p.name], out_peer[p.name] = _timed(p.run)
+            if first:
+                (sec, out_peer[p.name]), n = _timed(p.run), 1
+            else:
+                sec, n, out_peer[p.name] = per_call(p.run, min_round)
         except Exception as e:
             _log(f"{pair.method}: {p.name} failed: {type(e).__name__}: {e}")
             rows.append({"method": pair.method, "peer": p.name, "skipped": f"peer failed: {type(e).__name__}: {e}"})
-            continue
-        counts[p.name] = counted.images / b  # model passes per image of one call
-        _log(f"{pair.method}: {p.name}'s first call {warm_peer[p.name]:.1f} s, {counts[p.name]:.0f} model passes per image")
-        peers.append(p)
-    t_ours: list[float] = []
-    t_peer: dict[str, list[float]] = {p.name: [] for p in peers}
+            peers.remove(p)
+            return
+        counts[p.name] = counted.images / (b * n)  # model passes per image of one call
+        if first:
+            warm_peer[p.name] = sec
+        else:
+            t_peer[p.name].append(sec)
+
+    if peer_warmup:
+        for p in list(peers):
+            run_peer(p, True)
+            if p in peers:
+                _log(f"{pair.method}: {p.name}'s first call {warm_peer[p.name]:.1f} s, {counts[p.name]:.0f} model passes per image")
     for r in range(rounds):
         t_ours.append(per_call(pair.ours, min_round)[0])
-        for p in peers:
-            t_peer[p.name].append(per_call(p.run, min_round)[0])
+        for p in list(peers):
+            run_peer(p, False)
         _log(f"{pair.method}: round {r + 1}/{rounds}: ours {t_ours[-1]:.2f} s, "
-             + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in t_peer.items()))
+             + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in t_peer.items() if v))
     ours_s = statistics.median(t_ours)
     for p in peers:
         peer_s = statistics.median(t_peer[p.name])
@@ -399,7 +415,7 @@ def case(pair: Pair, counted: Counted, b: int, rounds: int, min_round: float = 0
             "ours_images_per_s": b / ours_s, "peer_images_per_s": b / peer_s, "ratio": peer_s / ours_s,
             "ours_passes_per_image": pair.passes, "peer_passes_per_image": counts[p.name],
             "ours_passes_per_s": b * pair.passes / ours_s, "peer_passes_per_s": b * counts[p.name] / peer_s,
-            "ours_s": t_ours, "peer_s": t_peer[p.name], "ours_warmup_s": warm, "peer_warmup_s": warm_peer[p.name],
+            "ours_s": t_ours, "peer_s": t_peer[p.name], "ours_warmup_s": warm, "peer_warmup_s": warm_peer.get(p.name),
             "agreement": agree, "compared": compared,
             "ours_settings": {k: (v if isinstance(v, (int, float, str, bool, type(None))) else
                                   "the label maps" if k == "segments" else repr(v)) for k, v in pair.ours_settings.items()},
@@ -407,6 +423,18 @@ def case(pair: Pair, counted: Counted, b: int, rounds: int, min_round: float = 0
             "note": "; ".join(n for n in (pair.note, p.note) if n),
         })
     return rows
+
+
+def warm_torch(net: Any, x_nchw: np.ndarray) -> None:
+    """One forward and backward pass of the torch model on one image (its allocator, oneDNN's kernels)."""
+    import torch
+
+    t = torch.from_numpy(x_nchw[:1]).to(next(net.parameters()).device).requires_grad_(True)
+    net(t).sum().backward()
+
+
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -420,7 +448,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         lines.append(f"| {r['method']} | {r['peer']} | {r['ours_images_per_s']:.3g} | {r['peer_images_per_s']:.3g} "
                      f"| {r['ratio']:.1f}x | {r['ours_passes_per_s']:.4g} | {r['peer_passes_per_s']:.4g} "
                      f"| {r['ours_passes_per_image']}/{r['peer_passes_per_image']:.0f} "
-                     f"| {r['ours_warmup_s']:.1f}/{r['peer_warmup_s']:.1f} | {r['agreement']:.3g} ({r['compared']}) |")
+                     f"| {r['ours_warmup_s']:.1f}/{_num(r['peer_warmup_s'])} | {r['agreement']:.3g} ({r['compared']}) |")
     return "\n".join(lines)
 
 
@@ -433,6 +461,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None, help="XRAI's IG steps on both sides (default 20; PAIR's 100)")
     p.add_argument("--methods", nargs="+", default=list(METHOD_NAMES))
     p.add_argument("--rounds", type=int, default=None, help="timed rounds per side (default 3 tiny, 1 vgg16)")
+    p.add_argument("--peer-warmup", choices=["call", "forward"], default=None,
+                   help="before timing a peer: one full call (default, tiny) or one forward/backward pass of the torch model "
+                        "(default on vgg16, where a call takes minutes)")
     p.add_argument("--per-eval", type=int, default=None, help="images per peer model call (default: as many as ours)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
@@ -460,7 +491,10 @@ def main(argv: list[str] | None = None) -> int:
           f"load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; jax {info['jax']}, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), {versions}; {args.model} {h}x{w}, batch {b}, "
           f"segments {args.segments or d['segments']} (M = {data.m}), samples {samples}, XRAI IG steps {steps}, "
-          f"median of {rounds} alternating rounds", flush=True)
+          f"median of {rounds} alternating rounds; the peers warmed up by "
+          f"{'a full call' if (args.peer_warmup or d['peer_warmup']) == 'call' else 'a forward/backward pass'}", flush=True)
+    peer_warmup = (args.peer_warmup or d["peer_warmup"]) == "call"
+    warm_torch(net, data.x_nchw)
     counted = Counted(net)
     todo, rows = pairs(model, counted, data, args.methods, samples, steps, args.per_eval)
     for row in rows:
@@ -468,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     for pair in todo:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            rows.extend(case(pair, counted, b, rounds))
+            rows.extend(case(pair, counted, b, rounds, peer_warmup))
     print(table(rows), flush=True)
     print("settings (identical on both sides unless said):")
     for r in rows:
