@@ -6,7 +6,10 @@ targets, label maps and number of forward passes on both sides, in one process, 
 ours and the peers alternating; images/s, model passes/s, the ratio, and how far the results are apart.
 
 ``python -m benchmarks.surrogates_vs_peers [--model tiny|vgg16] [--batch B] [--segments SPEC]
-[--samples N] [--steps S] [--methods feature_ablation lime kernel_shap xrai] [--rounds R] [--json out.json]``
+[--samples N] [--steps S] [--methods feature_ablation lime kernel_shap xrai] [--rounds R]
+[--peer-warmup call|forward] [--per-eval P] [--json out.json]``. Defaults: tiny (32x32, tests/conftest.py)
+batch 8, an 8x8 grid, lime's 1000 samples, 3 rounds; VGG16 (random weights, 224x224) batch 2, a
+4x4 grid, 64 samples, 1 round (its forward pass costs ~0.2-1 s on a shared 2-core CPU).
 
 - Images: smooth random pictures (uint8, a bilinear upsampling of a few random colours), put
   through ``model.preprocess``; targets: the predicted classes. Label maps: ``jaxplain.segments``
