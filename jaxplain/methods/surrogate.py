@@ -227,8 +227,9 @@ def _kernel_coalition(key: Array, present: Array) -> Array:
     logits = jnp.where(k < m, jnp.log((m - 1) / (k * jnp.maximum(m - k, 1.0))), -jnp.inf)
     k_key, pick_key = jax.random.split(key)
     size = jax.random.categorical(k_key, jnp.where(m > 1, logits, 0.0)) + 1
-    u = jnp.where(present, jax.random.uniform(pick_key, present.shape), jnp.inf)
-    return (jnp.argsort(jnp.argsort(u)) < size.astype(jnp.int32)).astype(jnp.float32)
+    u = jnp.where(present, jax.random.uniform(pick_key, present.shape), 2.0)
+    threshold = jnp.sort(u)[size.astype(jnp.int32) - 1]  # the size-th smallest draw: keep the size smallest
+    return (u <= threshold).astype(jnp.float32)
 
 
 @output("map")

@@ -241,6 +241,10 @@ def xrai(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, segments: s
     attribution of the pixels a region adds (``algorithm="full"``; ``"fast"`` ranks the regions
     once by their own density); each pixel gets its region's gain, pixels no region covers the
     mean over them. ``return_ranks``: an ``Xrai`` with each pixel's region rank (1 = best).
+    Given the same regions and base attribution, PAIR's ``XRAI`` gives the same map and ranks; its
+    defaults differ: it segments the model's input scaled by its own range (here the picture), its
+    baselines are the input's minimum and maximum, and its IG averages the gradients at
+    ``linspace(0, 1, steps)`` (here Gauss-Legendre).
     """
     if algorithm not in ALGORITHMS:
         raise InputError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
