@@ -43,8 +43,8 @@ from jaxplain.methods.surrogate import Fit as Fit
 from jaxplain.methods.surrogate import feature_ablation as feature_ablation
 from jaxplain.methods.surrogate import kernel_shap as kernel_shap
 from jaxplain.methods.surrogate import lime as lime
-from jaxplain.methods.xrai import xrai as xrai
-from jaxplain.methods.xrai import Xrai as Xrai
+from jaxplain.methods.regions import xrai as xrai
+from jaxplain.methods.regions import Xrai as Xrai
 from jaxplain.segmentation import segments as segments
 from jaxplain.methods.smooth import squaregrad as squaregrad
 from jaxplain.methods.smooth import vargrad as vargrad

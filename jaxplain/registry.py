@@ -8,7 +8,7 @@ import inspect
 from typing import Any, Callable, Mapping
 
 from jaxplain.errors import InputError
-from jaxplain.methods import cam, gradients, integrated, layer, perturb, smooth, surrogate, xrai
+from jaxplain.methods import cam, gradients, integrated, layer, perturb, regions, smooth, surrogate
 from jaxplain.methods.marks import wrapped
 from jaxplain.metrics import faithfulness, imputation, localisation, randomisation, robustness
 
@@ -41,7 +41,7 @@ METHODS: dict[str, Callable] = {
     "feature_ablation": surrogate.feature_ablation,
     "lime": surrogate.lime,
     "kernel_shap": surrogate.kernel_shap,
-    "xrai": xrai.xrai,
+    "xrai": regions.xrai,
 }
 
 

@@ -8,6 +8,7 @@ the host by ``explain``; the base attribution and the selection run in JAX, batc
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
@@ -140,9 +141,7 @@ def _base_map(apply: ApplyFn, params: PyTree, x: Array, target: Array, base: Cal
     """The base attribution, averaged over ``baselines`` where ``base`` takes a ``baseline``."""
     base, _ = method_function(base, "base", "explain")
     settings = dict(base_settings or {})
-    from jaxplain.registry import settings_of  # the registry imports this module
-
-    if "baseline" not in settings_of(base) or "baseline" in settings:
+    if "baseline" not in inspect.signature(base).parameters or "baseline" in settings:
         return base(apply, params, x, target, **settings)
     if isinstance(baselines, (tuple, list)):
         items = list(baselines)

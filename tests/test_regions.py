@@ -7,7 +7,7 @@ import pytest
 from saliency.core import xrai as pair
 
 import jaxplain
-from jaxplain.methods.xrai import xrai_masks
+from jaxplain.methods.regions import xrai_masks
 
 
 def _rectangles(rng, n, h, w):
