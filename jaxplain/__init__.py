@@ -53,6 +53,10 @@ from jaxplain.reductions import reduce as reduce
 from jaxplain.registry import METHODS as METHODS
 from jaxplain.registry import METRICS as METRICS
 from jaxplain.types import Model as Model
+from jaxplain import io as io  # the submodules the README uses as jaxplain.<name>
+from jaxplain import segmentation as segmentation
+from jaxplain import synthetic as synthetic
+from jaxplain import viz as viz
 
 __all__ = [
     "METHODS",

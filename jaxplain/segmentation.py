@@ -10,13 +10,14 @@ attribution, never switched). ``M``, the number of segments, is static inside a 
 from __future__ import annotations
 
 import ast
+import warnings
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxplain.errors import InputError, MissingDependency
+from jaxplain.errors import CostWarning, InputError, MissingDependency
 from jaxplain.types import Array, Model
 
 KINDS = ("grid", "slic", "felzenszwalb", "quickshift")
@@ -116,9 +117,11 @@ def segments(images: Any, kind: str = "slic", **options: Any) -> np.ndarray:
     if kind == "slic":
         settings["start_label"] = 0
     try:
-        maps = [np.asarray(algorithm(p, **settings)) for p in pictures]
-    except TypeError as e:
-        raise InputError(f"segments={kind!r}: {e}") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", np.exceptions.ComplexWarning)  # a negative count, say
+            maps = [np.asarray(algorithm(p, **settings)) for p in pictures]
+    except (TypeError, ValueError, np.exceptions.ComplexWarning) as e:
+        raise InputError(f"segments={kind!r} with {options or 'its defaults'}: scikit-image refused it ({e})") from None
     return np.stack([np.unique(m, return_inverse=True)[1].reshape(m.shape) for m in maps]).astype(np.int32)
 
 
@@ -200,4 +203,9 @@ def resolve(model: Model, images: Any, settings: dict[str, Any], defaults: dict[
         labels = check_labels(spec, (h, w), b)
     settings["segments"] = labels
     settings["max_segments"] = count(labels, settings.get("max_segments"))
+    used = len(np.unique(np.asarray(labels)))
+    if settings["max_segments"] > max(2 * used, used + 16):
+        warnings.warn(f"the label map uses {used} labels but the largest is {settings['max_segments'] - 1}: every label "
+                      f"up to it costs a feature (a forward pass, a column); renumber with "
+                      f"np.unique(labels, return_inverse=True)", CostWarning, stacklevel=4)
     return settings

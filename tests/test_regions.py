@@ -75,3 +75,24 @@ def test_explain_default_base_is_ig_over_black_and_white(tiny_model):
                            min_pixel_diff=5)
     want = jaxplain.explain(tiny_model, x, [1, 2], "xrai", segments=labels, base_attribution=base, min_pixel_diff=5)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6 * float(np.abs(want).max()))
+
+
+def test_xrai_is_drawn_as_a_map_whatever_its_base(tiny_model):
+    """XRAI returns a map [H, W] even when its base returns pixels: pictures draw it as a map."""
+    from jaxplain.methods.marks import output_of
+    from jaxplain.registry import resolve
+
+    for base in ("integrated_gradients", "gradient", "layer_gradient_x_activation"):
+        assert output_of(jaxplain.xrai, resolve(jaxplain.xrai, {"base": base})) == "map"
+
+
+def test_xrai_with_a_random_base(tiny_model):
+    """A random base (SmoothGrad) gets xrai's key, folded in per baseline: same key same map, another key another."""
+    x = np.random.default_rng(2).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    run = lambda key: np.asarray(jaxplain.explain(tiny_model, x, [1, 2], "xrai", base="smoothgrad(samples=3)",  # noqa: E731
+                                                  baselines=(0.0, 1.0), segments="grid(cells=4)", min_pixel_diff=4, key=key))
+    a, b, c = run(3), run(3), run(4)
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).max() > 0
+    with pytest.raises(jaxplain.InputError, match="pass key"):
+        run(None)

@@ -287,3 +287,44 @@ def test_an_empty_label_inside_the_range_gets_zero(data):
     np.testing.assert_array_equal(np.asarray(fit.coefficients[:, 1::2]), 0.0)
     compact = jaxplain.explain(m, x, t, "kernel_shap", segments=quadrants(), return_fit=True, chunk=None)
     close(fit.coefficients[:, ::2], compact.coefficients, 1e-4)
+
+
+# -- found by trying the methods as a new user ---------------------------------------------------------
+
+@pytest.mark.parametrize("spec, fragment", [("quickshift(kernel_size=0)", "kernel_size"),
+                                            ("slic(n_segments=-3)", "n_segments")])
+def test_options_scikit_image_refuses(data, spec, fragment):
+    """scikit-image's own ValueError (or NumPy's ComplexWarning for a negative count) becomes an InputError."""
+    m, x, t = data
+    pictures = np.zeros((2, 32, 32, 3), np.uint8)
+    with pytest.raises(InputError, match=f"scikit-image refused it.*|{fragment}"):
+        jaxplain.segments(pictures, spec)
+
+
+def test_sparse_labels_warn_of_their_cost(data):
+    """Two labels, 0 and 40: 41 features (forward passes); a CostWarning says so and how to renumber."""
+    m, x, t = data
+    labels = np.zeros((32, 32), np.int64)
+    labels[:, 16:] = 40
+    with pytest.warns(jaxplain.CostWarning, match=r"uses 2 labels but the largest is 40.*np.unique"):
+        a = jaxplain.explain(m, x, t, "feature_ablation", segments=labels)
+    b = jaxplain.explain(m, x, t, "feature_ablation", segments=(labels > 0).astype(np.int64))
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_direct_calls_take_an_int_seed(data):
+    """The message says "or an int seed": a direct call takes one too (explain folds it per image)."""
+    m, x, t = data
+    for name in ("lime", "kernel_shap"):
+        fn = getattr(jaxplain, name)
+        a = fn(m.apply, m.params, x[0], 1, cells=2, samples=12, key=5)
+        b = fn(m.apply, m.params, x[0], 1, cells=2, samples=12, key=jax.random.key(5))
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_kernel_shap_hint_only_offers_exact_where_possible(data):
+    m, x, t = data
+    labels = np.arange(32 * 32).reshape(32, 32) % 30
+    with pytest.raises(InputError, match=r"samples >= the number of segments \(30\) to fit them, got 10") as e:
+        jaxplain.explain(m, x, t, "kernel_shap", segments=labels, samples=10, key=0)
+    assert "exact=True" not in str(e.value)  # 2^30 coalitions are refused

@@ -132,9 +132,12 @@ def method_function(fn: Any, setting: str, front_door: str) -> tuple[Callable, b
 
 
 def output_of(fn: Callable, settings: dict[str, Any]) -> str:
-    """What ``fn`` with ``settings`` returns per image (a wrapper: what its base returns)."""
+    """What ``fn`` with ``settings`` returns per image: its own mark, else (a wrapper without one,
+    such as smoothgrad) what its base returns."""
+    if hasattr(fn, "output"):
+        return fn.output
     nested = inner(fn, settings)
-    return output_of(*nested) if nested else getattr(fn, "output", "pixels")
+    return output_of(*nested) if nested else "pixels"
 
 
 def uses_target(fn: Callable, settings: dict[str, Any]) -> bool:

@@ -120,10 +120,10 @@ def resolve(model: Model, images: Any, settings: dict[str, Any], defaults: dict[
 def _regions(segments: Any, shape: tuple[int, int]) -> Array:
     """``[N, H, W]`` float32 0/1 masks from masks, a label map (one mask per label) or ``"grid"``."""
     if isinstance(segments, str):
-        kind, options = segmentation.parse_kind(segments)
+        kind, options = ("xrai", {}) if segments == "xrai" else segmentation.parse_kind(segments)
         if kind != "grid":
             raise InputError(f"segments={segments!r} is computed from the picture on the host: use jaxplain.explain, "
-                             "or pass masks [N, H, W] or a label map")
+                             "or pass masks [N, H, W] (xrai_masks of the picture) or a label map")
         labels = segmentation.grid(shape, options.get("cells", 8))
         return jnp.asarray(labels[None] == np.arange(labels.max() + 1)[:, None, None], jnp.float32)
     a = segments if isinstance(segments, jax.Array) else np.asarray(segments)
@@ -137,12 +137,20 @@ def _regions(segments: Any, shape: tuple[int, int]) -> Array:
 
 
 def _base_map(apply: ApplyFn, params: PyTree, x: Array, target: Array, base: Callable, base_settings: Mapping,
-              baselines: Any) -> Array:
-    """The base attribution, averaged over ``baselines`` where ``base`` takes a ``baseline``."""
-    base, _ = method_function(base, "base", "explain")
+              baselines: Any, key: Array | None) -> Array:
+    """The base attribution, averaged over ``baselines`` where ``base`` takes a ``baseline``; a
+    base that takes a key gets ``fold_in(key, j)`` for baseline ``j`` (``key`` as is without baselines)."""
+    base, wants_key = method_function(base, "base", "explain")
     settings = dict(base_settings or {})
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        key = jax.random.key(int(key))
+
+    def run(b: Array | None, j: Array | int) -> Array:
+        extra = {"key": jax.random.fold_in(key, j) if b is not None else key} if wants_key and key is not None else {}
+        return base(apply, params, x, target, **settings, **extra, **({} if b is None else {"baseline": b}))
+
     if "baseline" not in inspect.signature(base).parameters or "baseline" in settings:
-        return base(apply, params, x, target, **settings)
+        return run(None, 0)
     if isinstance(baselines, (tuple, list)):
         items = list(baselines)
     else:
@@ -151,7 +159,7 @@ def _base_map(apply: ApplyFn, params: PyTree, x: Array, target: Array, base: Cal
         raise InputError("baselines 'black' and 'white' need the model's preprocessing: use jaxplain.explain, "
                          "or pass numbers or [H, W, C] arrays")
     stack = jnp.stack([jnp.broadcast_to(jnp.asarray(b, x.dtype), x.shape) for b in items])
-    return jax.vmap(lambda b: base(apply, params, x, target, **settings, baseline=b))(stack).mean(0)
+    return jax.vmap(run)(stack, jnp.arange(len(items))).mean(0)
 
 
 def _finish(attr: Array, step_of: Array, gains: Array) -> tuple[Array, Array]:
@@ -229,7 +237,7 @@ def xrai(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, segments: s
          max_segments: int | None = None, base: str | Callable = "integrated_gradients(steps=100)",
          base_settings: Mapping[str, Any] | None = None, baselines: Any = ("black", "white"),
          base_attribution: Array | None = None, algorithm: str = "full", area_threshold: float = 1.0,
-         min_pixel_diff: int = 50, return_ranks: bool = False) -> Array | Xrai:
+         min_pixel_diff: int = 50, return_ranks: bool = False, key: Array | None = None) -> Array | Xrai:
     """XRAI (Kapishnikov et al. 2019), PAIR's algorithm, ``[H, W]``.
 
     The ``base`` method (default integrated gradients, 100 steps), averaged over ``baselines``
@@ -240,6 +248,7 @@ def xrai(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, segments: s
     attribution of the pixels a region adds (``algorithm="full"``; ``"fast"`` ranks the regions
     once by their own density); each pixel gets its region's gain, pixels no region covers the
     mean over them. ``return_ranks``: an ``Xrai`` with each pixel's region rank (1 = best).
+    ``key``: for a random base (``smoothgrad``), folded in per baseline.
     Given the same regions and base attribution, PAIR's ``XRAI`` gives the same map and ranks; its
     defaults differ: it segments the model's input scaled by its own range (here the picture), its
     baselines are the input's minimum and maximum, and its IG averages the gradients at
@@ -253,7 +262,7 @@ def xrai(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, segments: s
     h, w = x.shape[:2]
     masks = _regions(segments, (h, w)).reshape(-1, h * w)
     if base_attribution is None:
-        attr = _base_map(apply, params, x, target, base, base_settings, baselines)
+        attr = _base_map(apply, params, x, target, base, base_settings, baselines, key)
     else:
         attr = jnp.asarray(base_attribution, jnp.float32)
         if attr.shape not in (x.shape, (h, w)):

@@ -38,7 +38,8 @@ class Fit(NamedTuple):
     coefficients: Array  # [M]: one per segment label (0 for a label without pixels)
     intercept: Array  # []: the fit's value with every segment off
     r2: Array  # []: the weighted coefficient of determination of the fit on the samples (for
-    # exact KernelSHAP, on every coalition but the empty and full ones, weighted by the Shapley kernel)
+    # exact KernelSHAP, on every coalition but the empty and full ones, weighted by the Shapley kernel;
+    # KernelSHAP's fit is held to f(x) - f(baseline), so a game far from additive can give r2 < 0)
 
 
 def _labels(segments: str | Array, cells: int | tuple[int, int], max_segments: int | None,
@@ -87,6 +88,15 @@ def _fill(x: Array, baseline: float | str | Array, labels: Array, m: int) -> Arr
     if b.ndim not in (0, 3) or (b.ndim == 3 and b.shape != x.shape):
         raise InputError(f"baseline must be a number or an array of the image's shape {x.shape}, got shape {b.shape}")
     return jnp.broadcast_to(b, x.shape)
+
+
+def _key(key: Array | int | None, message: str) -> Array:
+    """``key`` as a typed key (an int seed too), or an ``InputError`` with ``message`` when missing."""
+    if key is None:
+        raise InputError(message)
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        return jax.random.key(int(key))
+    return key
 
 
 def _present(labels: Array | np.ndarray, m: int) -> Array:
@@ -185,8 +195,7 @@ def lime(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, segments: s
     alpha = real(alpha, "alpha", at_least=0)
     if coalitions is None:
         samples = positive_int(samples, "samples")
-        if key is None:
-            raise InputError("lime is random: pass key=jax.random.key(...) or an int seed, or the coalitions")
+        key = _key(key, "lime is random: pass key=jax.random.key(...) or an int seed, or the coalitions")
         coalition = lambda i: _coalition(key, i, present)  # noqa: E731
     else:
         table = jnp.asarray(coalitions)
@@ -255,8 +264,8 @@ def kernel_shap(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, segm
     if exact and m > MAX_EXACT:
         raise InputError(f"exact=True with {m} segments needs 2^{m} forward passes; use at most {MAX_EXACT} segments")
     if not exact and samples < m:
-        raise InputError(f"kernel_shap needs samples >= the number of segments ({m}) to fit them, got {samples}; "
-                         f"or exact=True for all 2^{m} coalitions")
+        raise InputError(f"kernel_shap needs samples >= the number of segments ({m}) to fit them, got {samples}"
+                         + (f"; or exact=True for all 2^{m} coalitions" if m <= MAX_EXACT else ""))
     f = _score(apply, params, target, score)
     fill = _fill(x, baseline, labels, m)
     if exact:
@@ -269,8 +278,7 @@ def kernel_shap(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, segm
         base, z, w = y[0], bits[1:-1] * present.astype(jnp.float32), jnp.asarray(kernel, jnp.float32)
         y_fit = y[1:-1]
     else:
-        if key is None:
-            raise InputError("kernel_shap samples coalitions: pass key=jax.random.key(...) or an int seed, or exact=True")
+        key = _key(key, "kernel_shap samples coalitions: pass key=jax.random.key(...) or an int seed, or exact=True")
         ends = keep(lambda: jax.vmap(f)(jnp.stack([fill, x])))
         base, full = ends[0], ends[1]
         coalition = lambda i: _kernel_coalition(jax.random.fold_in(key, i), present)  # noqa: E731
