@@ -16,6 +16,23 @@ TINY = VGGConfig(blocks=(1, 1, 2), widths=(4, 8, 8), fc=16, classes=10, grid=2,
                  head="torchvision", name="tiny")
 
 
+def compiles_of(name: str, run) -> tuple[object, int]:
+    """``run()`` and the number of XLA compilations of programs whose name contains ``name`` it caused."""
+    from jax._src import dispatch, monitoring
+
+    seen = []
+
+    def listen(event, duration, **kw):
+        if event == dispatch.BACKEND_COMPILE_EVENT and name in str(kw.get("fun_name", "")):
+            seen.append(kw["fun_name"])
+
+    monitoring.register_event_duration_secs_listener(listen)
+    try:
+        return run(), len(seen)
+    finally:
+        monitoring.unregister_event_duration_listener(listen)
+
+
 @pytest.fixture(autouse=True)
 def _private_home(tmp_path, monkeypatch):
     """Every test gets its own weight cache and no download override."""

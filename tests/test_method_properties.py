@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import jaxplain
+from tests import compare
 from jaxplain.runner import prepare
 from jaxplain.registry import METHODS, resolve, settings_of
 from tests.method_settings import KEYED_DRAWS, expected_shape, images, settings_for
@@ -22,9 +23,7 @@ RTOL = 1e-5  # float32; reordered sums (chunks, batches) differ in the last bits
 
 
 def close(a, b, rtol=RTOL):
-    a, b = np.asarray(a), np.asarray(b)
-    scale = max(np.abs(b).max(), 1e-30)
-    assert a.shape == b.shape and np.abs(a - b).max() <= rtol * scale, (np.abs(a - b).max(), scale)
+    compare.close(a, b, rtol)
 
 
 @pytest.fixture(scope="module")

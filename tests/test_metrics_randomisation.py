@@ -16,7 +16,7 @@ import jaxplain
 from jaxplain.errors import InputError
 from jaxplain.metrics.randomisation import stage_params
 from jaxplain.metrics.similarity import spearman, ssim
-from tests.conftest import TINY, tiny_pair
+from tests.conftest import TINY, compiles_of, tiny_pair
 
 B, H, W = 3, 32, 32
 TOP_DOWN = ["predictions", "fc2", "fc1", "block3_conv2", "block3_conv1", "block2_conv1", "block1_conv1"]
@@ -126,23 +126,6 @@ def test_each_stage_against_scipy_and_skimage(case):
             np.testing.assert_allclose(out["ssim"][i, s], ss, atol=1e-5)
 
 
-def _compiles_of(name: str, run) -> tuple[object, int]:
-    """``run()`` and the number of XLA compilations of programs called ``name`` it caused."""
-    from jax._src import dispatch, monitoring
-
-    seen = []
-
-    def listen(event, duration, **kw):
-        if event == dispatch.BACKEND_COMPILE_EVENT and name in str(kw.get("fun_name", "")):
-            seen.append(kw["fun_name"])
-
-    monitoring.register_event_duration_secs_listener(listen)
-    try:
-        return run(), len(seen)
-    finally:
-        monitoring.unregister_event_duration_listener(listen)
-
-
 def test_one_compilation_for_all_stages(case):
     """Seven stages, one trace of the method and one compilation of the batched metric: the
     stages' weights are arguments of one program. And the stages differ (no stale weights)."""
@@ -153,7 +136,7 @@ def test_one_compilation_for_all_stages(case):
         traces.append(1)
         return jax.grad(lambda v: apply(params, v)[0][target])(x)
 
-    out, compiles = _compiles_of("batched", lambda: jaxplain.evaluate(model, x, targets, a, "model_randomisation",
+    out, compiles = compiles_of("batched", lambda: jaxplain.evaluate(model, x, targets, a, "model_randomisation",
                                                                       method=counted, key=0))
     assert len(traces) == 1 and compiles == 1
     assert len(np.unique(np.asarray(out["spearman"][0]))) == len(TOP_DOWN)

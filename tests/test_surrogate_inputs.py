@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import jaxplain
+from tests import compare
 from jaxplain.errors import InputError, MissingDependency
 
 pytestmark = pytest.mark.usefixtures("quick_threefry")  # LIME's draws compile faster; both sides draw alike
@@ -16,9 +17,7 @@ RTOL = 1e-5  # float32: the same forward passes in other batches and orders diff
 
 
 def close(a, b, rtol=RTOL):
-    a, b = np.asarray(a), np.asarray(b)
-    scale = max(np.abs(b).max(), 1e-30)
-    assert a.shape == b.shape and np.abs(a - b).max() <= rtol * scale, (np.abs(a - b).max(), scale)
+    compare.close(a, b, rtol)
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +121,7 @@ def test_bad_segment_options(data):
     pictures = np.zeros((16, 16, 3), np.uint8)
     with pytest.raises(InputError, match="must be literals"):
         jaxplain.segments(pictures, "slic(n_segments=many)")
-    with pytest.raises(InputError, match="segments='slic': .*colour"):  # scikit-image's own complaint, passed on
+    with pytest.raises(InputError, match="segments='slic' with {'colour': 3}: scikit-image refused it .*colour"):  # its own words
         jaxplain.segments(pictures, "slic", colour=3)
     with pytest.raises(InputError, match="segments='grid' takes only cells=, got sigma"):
         jaxplain.segments(pictures, "grid", sigma=1.0)

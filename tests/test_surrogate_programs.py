@@ -5,23 +5,7 @@ import numpy as np
 import pytest
 
 import jaxplain
-
-
-def _compiles(run) -> tuple[object, int]:
-    """``run()`` and the number of XLA compilations of ``explain``'s batched programs it caused."""
-    from jax._src import dispatch, monitoring
-
-    seen = []
-
-    def listen(event, duration, **kw):
-        if event == dispatch.BACKEND_COMPILE_EVENT and "batched" in str(kw.get("fun_name", "")):
-            seen.append(kw["fun_name"])
-
-    monitoring.register_event_duration_secs_listener(listen)
-    try:
-        return run(), len(seen)
-    finally:
-        monitoring.unregister_event_duration_listener(listen)
+from tests.conftest import compiles_of
 
 
 @pytest.mark.parametrize("name, settings", [("feature_ablation", {}), ("kernel_shap", dict(exact=True))])
@@ -34,11 +18,11 @@ def test_one_program_for_every_label_map(tiny_model, name, settings):
     for m in maps:
         m[:6, 0] = np.arange(6)  # every label present
     run = lambda m: np.asarray(jaxplain.explain(tiny_model, x, [1, 2], name, segments=m, chunk=64, **settings))  # noqa: E731
-    first, compiled = _compiles(lambda: run(maps[0]))
+    first, compiled = compiles_of("batched", lambda: run(maps[0]))
     assert compiled >= 1  # the listener sees explain's programs
     outs = []
     for m in maps[1:]:
-        out, compiles = _compiles(lambda m=m: run(m))
+        out, compiles = compiles_of("batched", lambda m=m: run(m))
         assert compiles == 0
         outs.append(out)
     assert np.abs(outs[0] - first).max() > 1e-3 and np.abs(outs[1] - outs[0]).max() > 1e-3

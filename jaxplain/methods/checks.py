@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 
 from jaxplain.errors import InputError
+from jaxplain.types import Array
 
 
 def positive_int(value: object, name: str) -> int:
@@ -12,6 +14,14 @@ def positive_int(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise InputError(f"{name} must be a positive int, got {value!r}")
     return int(value)
+
+
+def like_image(value: object, x: Array) -> Array:
+    """``value`` (a number or an array of ``x``'s shape) broadcast to ``x``'s shape and dtype."""
+    b = jnp.asarray(value, x.dtype)
+    if b.ndim not in (0, 3) or (b.ndim == 3 and b.shape != x.shape):
+        raise InputError(f"baseline must be a number or an array of the image's shape {x.shape}, got shape {b.shape}")
+    return jnp.broadcast_to(b, x.shape)
 
 
 def real(value: object, name: str, *, above: float | None = None, at_least: float | None = None,

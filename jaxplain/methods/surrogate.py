@@ -23,7 +23,7 @@ from jaxplain.errors import InputError
 from jaxplain.types import ApplyFn, Array, Model, PyTree
 
 from .blur import gaussian_blur
-from .checks import positive_int, real
+from .checks import like_image, positive_int, real
 from .chunks import along, counts_images, keep
 from .marks import host_settings, output, per_image
 
@@ -84,10 +84,7 @@ def _fill(x: Array, baseline: float | str | Array, labels: Array, m: int) -> Arr
         if baseline == "black":
             raise InputError("baseline='black' needs the model's preprocessing: use jaxplain.explain, or pass the array")
         raise InputError(f"baseline must be a number, 'mean', 'black', 'blur' or an [H, W, C] array, got {baseline!r}")
-    b = jnp.asarray(baseline, x.dtype)
-    if b.ndim not in (0, 3) or (b.ndim == 3 and b.shape != x.shape):
-        raise InputError(f"baseline must be a number or an array of the image's shape {x.shape}, got shape {b.shape}")
-    return jnp.broadcast_to(b, x.shape)
+    return like_image(baseline, x)
 
 
 def _key(key: Array | int | None, message: str) -> Array:

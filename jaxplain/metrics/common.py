@@ -11,6 +11,7 @@ import numpy as np
 from scipy import ndimage
 
 from jaxplain.errors import InputError
+from jaxplain.methods.checks import like_image
 from jaxplain.methods.chunks import along
 from jaxplain.types import ApplyFn, Array, PyTree
 
@@ -116,10 +117,7 @@ def substrate(x: Array, fill: float | str | Array, key: Array | None = None) -> 
         if fill == "black":
             raise InputError("baseline='black' needs the model's preprocessing: use jaxplain.evaluate, or pass the array")
         raise InputError(f"a baseline must be a number, 'black', 'blur', 'uniform' or an [H, W, C] array, got {fill!r}")
-    b = jnp.asarray(fill, x.dtype)
-    if b.ndim not in (0, 3) or (b.ndim == 3 and b.shape != x.shape):
-        raise InputError(f"baseline must be a number or an array of the image's shape {x.shape}, got shape {b.shape}")
-    return jnp.broadcast_to(b, x.shape)
+    return like_image(fill, x)
 
 
 def pixels(attribution: Array, shape: tuple[int, ...]) -> Array:
