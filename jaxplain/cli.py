@@ -220,7 +220,7 @@ def _explain(args: argparse.Namespace) -> int:
         for i, img, a, m, lg, t in zip(batch, arrays, attr, maps, logits, targets):
             path, name = args.images[i], names[i]
             try:
-                _save(out, name, a, viz.overlay(img, m))
+                _save(out, name, a, viz.overlay(img, m, signed=bool(np.min(m) < 0)))  # a signed map: diverging colours
             except OSError as e:
                 print(f"jaxplain: could not write the results of {path}: {e.strerror or e} ({e.filename or out})", file=sys.stderr)
                 failed += 1

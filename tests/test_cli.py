@@ -80,6 +80,22 @@ def test_a_cam_is_drawn_as_the_map_it_is(tmp_path):
     assert np.abs(np.diff(png.mean(-1), axis=1)).mean() > 1  # the map varies across the width too
 
 
+def test_a_signed_map_is_drawn_signed(tmp_path):
+    """A map with both signs (a surrogate's segments for and against the class, or gradients
+    summed over channels) is drawn in diverging colours (viz.overlay(signed=True)), not as |map|,
+    which made opposing evidence look alike."""
+    img = picture(tmp_path / "cat.png", seed=1)
+    r = run("explain", img, "--model", "vgg11", "--weights", "random", "--method", "gradient", "--reduce", "sum",
+            "--out", tmp_path / "out", home=tmp_path / "home")
+    assert r.returncode == 0, r.stderr
+    m = np.asarray(jaxplain.reduce(np.load(tmp_path / "out" / "cat.npy"), "sum"))
+    assert m.shape == (224, 224) and m.min() < 0 < m.max()
+    png = np.asarray(Image.open(tmp_path / "out" / "cat.png")).astype(int)
+    picture_ = load_image(img, models.vgg11())
+    assert np.abs(png - viz.overlay(picture_, m, signed=True).astype(int)).max() <= 1
+    assert np.abs(png - viz.overlay(picture_, m).astype(int)).max() > 10
+
+
 def test_same_stems_and_batch_size_independence(tmp_path):
     """Three inputs named x.png in different folders get x, x-2 and x-3; a random method gives
     each image the same map whatever --batch-size (keys fold in each image's place in the run)."""
