@@ -31,6 +31,8 @@ SMALL = {
 MAPS = {"rise", "feature_ablation", "lime", "kernel_shap", "xrai"}  # one value per pixel: [B, H, W]
 # Methods that draw from their key whatever the baseline (masks, coalitions): test_keys keeps their baseline.
 KEYED_DRAWS = {"rise", "lime", "kernel_shap"}
+# Methods whose key only reaches a random base: test_keys gives them one.
+RANDOM_BASE = {"xrai": dict(base="smoothgrad(samples=2, chunk=2)")}
 
 
 def expected_shape(name: str, x_shape: tuple) -> tuple:

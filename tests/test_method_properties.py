@@ -15,7 +15,7 @@ import jaxplain
 from tests import compare
 from jaxplain.runner import prepare
 from jaxplain.registry import METHODS, resolve, settings_of
-from tests.method_settings import KEYED_DRAWS, expected_shape, images, settings_for
+from tests.method_settings import KEYED_DRAWS, RANDOM_BASE, expected_shape, images, settings_for
 
 NAMES = sorted(METHODS)
 CHUNKED = [n for n in NAMES if "chunk" in settings_of(METHODS[n])]
@@ -130,6 +130,9 @@ def test_keys(data, reference, name):
     if "baseline" in settings_of(METHODS[name]) and name not in KEYED_DRAWS:  # the key only matters for a random
         # baseline (RISE draws its masks, LIME and KernelSHAP their coalitions, from the key whatever the baseline)
         s["baseline"] = "uniform"
+        reference = {name: jaxplain.explain(m, x, t, name, **s)}
+    if name in RANDOM_BASE:
+        s.update(RANDOM_BASE[name])
         reference = {name: jaxplain.explain(m, x, t, name, **s)}
     np.testing.assert_array_equal(jaxplain.explain(m, x, t, name, **s), reference[name])
     other = jaxplain.explain(m, x, t, name, **dict(s, key=jax.random.key(8)))
