@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -14,6 +15,13 @@ def positive_int(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise InputError(f"{name} must be a positive int, got {value!r}")
     return int(value)
+
+
+def as_key(key: object) -> object:
+    """``jax.random.key(key)`` for an int seed; any other key (or ``None``) as it is."""
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        return jax.random.key(int(key))
+    return key
 
 
 def like_image(value: object, x: Array) -> Array:

@@ -4,6 +4,7 @@ perturbations in chunks of ``chunk`` (one compiled batch per chunk, never one ca
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +15,21 @@ from jaxplain.types import ApplyFn, Array, PyTree
 
 from .chunks import counts_images, keep, sum_chunks
 from .marks import output, per_image
+
+
+SCORES = ("logit", "softmax")
+
+
+def target_score(apply: ApplyFn, params: PyTree, target: Array, score: str) -> Callable[[Array], Array]:
+    """``x [H, W, C] -> scalar``: the target's ``"logit"`` or ``"softmax"`` probability."""
+    if score not in SCORES:
+        raise InputError(f"score must be one of {SCORES}, got {score!r}")
+
+    def f(v: Array) -> Array:
+        logits = apply(params, v)[0]
+        return (logits if score == "logit" else jax.nn.softmax(logits))[target]
+
+    return f
 
 
 def per_axis(value: int | tuple[int, ...], name: str, c: int) -> tuple[int, int, int]:
@@ -137,9 +153,7 @@ def rise(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, masks: int 
         raise InputError(f"rise needs masks >= 1, cells >= 1 and 0 < p <= 1; got {masks}, {cells}, {p}")
     base = jnp.broadcast_to(jnp.asarray(baseline, x.dtype), x.shape)
 
-    def f(v: Array) -> Array:
-        logits = apply(params, v)[0]
-        return (jax.nn.softmax(logits) if score == "softmax" else logits)[target]
+    f = target_score(apply, params, target, score)
 
     def part(keys: Array) -> Array:
         m = jax.vmap(lambda k: _mask(k, x.shape[:2], cells, p))(keys)[..., None]  # [n, H, W, 1]

@@ -19,7 +19,7 @@ from jaxplain import segmentation
 from jaxplain.errors import InputError
 from jaxplain.types import ApplyFn, Array, Model, PyTree
 
-from .checks import real
+from .checks import as_key, real
 from .marks import host_settings, method_function, output, per_image, wraps_method
 
 SCALES = (50, 100, 150, 250, 500, 1200)  # PAIR's Felzenszwalb scales, sigma 0.8, min size 150, at 224x224
@@ -142,8 +142,7 @@ def _base_map(apply: ApplyFn, params: PyTree, x: Array, target: Array, base: Cal
     base that takes a key gets ``fold_in(key, j)`` for baseline ``j`` (``key`` as is without baselines)."""
     base, wants_key = method_function(base, "base", "explain")
     settings = dict(base_settings or {})
-    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
-        key = jax.random.key(int(key))
+    key = as_key(key)
 
     def run(b: Array | None, j: Array | int) -> Array:
         extra = {"key": jax.random.fold_in(key, j) if b is not None else key} if wants_key and key is not None else {}

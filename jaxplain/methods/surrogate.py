@@ -23,11 +23,11 @@ from jaxplain.errors import InputError
 from jaxplain.types import ApplyFn, Array, Model, PyTree
 
 from .blur import gaussian_blur
-from .checks import like_image, positive_int, real
+from .checks import as_key, like_image, positive_int, real
 from .chunks import along, counts_images, keep
 from .marks import host_settings, output, per_image
+from .perturb import target_score
 
-SCORES = ("logit", "softmax")
 MAX_EXACT = 20  # kernel_shap enumerates at most 2**20 coalitions
 
 
@@ -58,17 +58,6 @@ def _labels(segments: str | Array, cells: int | tuple[int, int], max_segments: i
     return labels, m, _present(labels, m)  # NumPy when known at trace time: constants, not folded by XLA
 
 
-def _score(apply: ApplyFn, params: PyTree, target: Array, score: str):
-    if score not in SCORES:
-        raise InputError(f"score must be one of {SCORES}, got {score!r}")
-
-    def f(v: Array) -> Array:
-        logits = apply(params, v)[0]
-        return (logits if score == "logit" else jax.nn.softmax(logits))[target]
-
-    return f
-
-
 def _fill(x: Array, baseline: float | str | Array, labels: Array, m: int) -> Array:
     """``[H, W, C]``: what a switched-off segment shows: ``"mean"`` (each segment's mean colour,
     as lime's ``hide_color=None``), ``"blur"`` (a Gaussian blur, sigma 10 px), a number or an array."""
@@ -91,9 +80,7 @@ def _key(key: Array | int | None, message: str) -> Array:
     """``key`` as a typed key (an int seed too), or an ``InputError`` with ``message`` when missing."""
     if key is None:
         raise InputError(message)
-    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
-        return jax.random.key(int(key))
-    return key
+    return as_key(key)
 
 
 def _present(labels: Array | np.ndarray, m: int) -> Array:
@@ -125,7 +112,7 @@ def feature_ablation(apply: ApplyFn, params: PyTree, x: Array, target: Array, *,
     array; default 0 as Captum's), and every pixel of it gets the drop ``f(x) - f(x ablated)``
     of the target's ``score`` (``"logit"`` or ``"softmax"``). ``M`` forward passes."""
     labels, m, present = _labels(segments, cells, max_segments, x.shape[:2])
-    f = _score(apply, params, target, score)
+    f = target_score(apply, params, target, score)
     fill = _fill(x, baseline, labels, m)
     full = keep(lambda: f(x))
     drops = full - _outputs(f, x, fill, labels, lambda s: jnp.arange(m) != s, m, chunk)
@@ -202,7 +189,7 @@ def lime(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, segments: s
             _check_coalitions(table)
         samples = table.shape[0]
         coalition = lambda i: jnp.where(present, table[i].astype(bool), True).astype(jnp.float32)  # noqa: E731
-    f = _score(apply, params, target, score)
+    f = target_score(apply, params, target, score)
     y = _outputs(f, x, _fill(x, baseline, labels, m), labels, coalition, samples, chunk)
     z = jax.vmap(coalition)(jnp.arange(samples)) * present.astype(jnp.float32)
     kept = z.sum(1)
@@ -263,7 +250,7 @@ def kernel_shap(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, segm
     if not exact and samples < m:
         raise InputError(f"kernel_shap needs samples >= the number of segments ({m}) to fit them, got {samples}"
                          + (f"; or exact=True for all 2^{m} coalitions" if m <= MAX_EXACT else ""))
-    f = _score(apply, params, target, score)
+    f = target_score(apply, params, target, score)
     fill = _fill(x, baseline, labels, m)
     if exact:
         bits = jnp.asarray((np.arange(2**m)[:, None] >> np.arange(m)[None, :]) & 1, jnp.float32)  # [2^M, M]

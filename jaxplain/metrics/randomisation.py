@@ -21,10 +21,10 @@ from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxplain.errors import InputError
 from jaxplain.methods.gradients import gradient
+from jaxplain.methods.checks import as_key
 from jaxplain.methods.marks import better, method_function, per_image, staged, wraps_method
 from jaxplain.types import ApplyFn, Array, Model, PyTree
 
@@ -49,8 +49,7 @@ def randomised_layers(model: Model) -> list[str]:
 def _one_key(key: Any) -> Array:
     if key is None:
         raise InputError("model_randomisation draws random weights: pass key=jax.random.key(...) or an int seed")
-    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
-        return jax.random.key(int(key))
+    key = as_key(key)
     typed = hasattr(key, "dtype") and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
     if (typed and key.shape == ()) or (not typed and getattr(key, "shape", None) == (2,) and key.dtype == jnp.uint32):
         return key
