@@ -6,6 +6,7 @@ import os
 import re
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -62,19 +63,47 @@ def resize_bilinear(img: Image.Image, size: tuple[int, int]) -> Image.Image:
     return img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
 
 
-def load_image(path: str | os.PathLike, model: Model | None = None, *, size: tuple[int, int] | None = None) -> np.ndarray:
-    """``uint8 [H, W, 3]`` RGB at the model's input size, brought there by ``model.resize`` (how
-    its weights expect it; bilinear when the model has none, or without a model).
+class Loaded(NamedTuple):
+    """A picture read for a model: ``original`` ``uint8 [h, w, 3]`` as in the file (upright RGB),
+    ``image`` ``uint8 [H, W, 3]`` at the model's input size, and ``box`` ``(left, top, right,
+    bottom)``: the region of ``original``, in its pixels, that ``image`` shows."""
+
+    original: np.ndarray
+    image: np.ndarray
+    box: tuple[float, float, float, float]
+
+
+def load_for_model(
+    path: str | os.PathLike, model: Model | None = None, *, size: tuple[int, int] | None = None
+) -> Loaded:
+    """Read ``path`` once: the original picture, and the picture brought to the model's input size
+    by ``model.resize`` (how its weights expect it; bilinear when the model has none, or without a
+    model), with the region of the original it shows (``model.input_box``; the whole picture when
+    the model has none).
 
     ``size`` ``(H, W)`` overrides the model's ``input_size``; the default is 224x224.
     """
     img = read_image(path)
-    size = size or (model.input_size if model is not None else None) or (224, 224)
+    size = tuple(size or (model.input_size if model is not None else None) or (224, 224))
     resize = (model.resize if model is not None else None) or resize_bilinear
-    img = resize(img, size)
-    if img.size != (size[1], size[0]):
-        raise InputError(f"{path}: the model's resize gave a {img.size[1]}x{img.size[0]} picture, not {size[0]}x{size[1]}")
-    return np.asarray(img.convert("RGB"), np.uint8)
+    resized = resize(img, size)
+    if resized.size != (size[1], size[0]):
+        raise InputError(f"{path}: the model's resize gave a {resized.size[1]}x{resized.size[0]} picture, "
+                         f"not {size[0]}x{size[1]}")
+    w, h = img.size
+    input_box = model.input_box if model is not None else None
+    box = (0.0, 0.0, float(w), float(h)) if input_box is None else tuple(float(v) for v in input_box((h, w), size))
+    if len(box) != 4 or not (box[2] > box[0] and box[3] > box[1]):
+        raise InputError(f"{path}: the model's input_box gave {box}, not (left, top, right, bottom) with right > left "
+                         "and bottom > top")
+    return Loaded(np.asarray(img, np.uint8), np.asarray(resized.convert("RGB"), np.uint8), box)
+
+
+def load_image(
+    path: str | os.PathLike, model: Model | None = None, *, size: tuple[int, int] | None = None
+) -> np.ndarray:
+    """``uint8 [H, W, 3]`` RGB at the model's input size: ``load_for_model(...).image``."""
+    return load_for_model(path, model, size=size).image
 
 
 def save_png(path: str | os.PathLike, rgb: np.ndarray) -> None:

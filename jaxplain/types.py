@@ -56,6 +56,9 @@ class Model:
       min_size: the smallest spatial size ``apply`` accepts.
       resize: ``(picture, (H, W)) -> picture of that size``, how these weights expect a picture
         brought to the input size; ``None``: a plain bilinear resize to ``(H, W)``.
+      input_box: ``(original (h, w), input (H, W)) -> (left, top, right, bottom)``: the region of
+        the original picture, in its pixels (floats), that the resized input shows (what a centre
+        crop kept); ``None``: the whole picture (a resize that only scales).
       channel_order: the order of the input channels after ``preprocess``, ``"RGB"`` or
         ``"BGR"`` (Caffe's and Keras' VGG weights).
     """
@@ -69,6 +72,7 @@ class Model:
     source: str = "random"
     min_size: int = 1
     resize: Callable[[PIL.Image.Image, tuple[int, int]], PIL.Image.Image] | None = None
+    input_box: Callable[[tuple[int, int], tuple[int, int]], tuple[float, float, float, float]] | None = None
     channel_order: str = "RGB"
 
     def __post_init__(self) -> None:
@@ -76,6 +80,9 @@ class Model:
             raise InputError(f"channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}")
         if self.resize is not None and not callable(self.resize):
             raise InputError(f"resize must be a function (picture, (H, W)) -> picture or None, got {type(self.resize).__name__}")
+        if self.input_box is not None and not callable(self.input_box):
+            raise InputError("input_box must be a function ((h, w), (H, W)) -> (left, top, right, bottom) or None, "
+                             f"got {type(self.input_box).__name__}")
 
     def __call__(self, batch: Array) -> Array:
         """Logits ``[B, K]`` of a preprocessed batch ``[B, H, W, C]`` (jitted)."""

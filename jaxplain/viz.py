@@ -1,26 +1,43 @@
-"""Colour maps and overlays for 2-D attribution maps; never called from inside a method."""
+"""Colour maps (matplotlib's), overlays over the original picture, colour bars, thumbnails and grids
+for 2-D attribution maps; never called from inside a method."""
 
 from __future__ import annotations
 
+import functools
+import math
+
 import numpy as np
 
-from jaxplain.errors import InputError
+from jaxplain.errors import InputError, MissingDependency
+from jaxplain.reductions import reduce
 from jaxplain.types import Model
 
-# Anchor colours (position, RGB) of two maps, linearly interpolated into 256-entry tables.
-_ANCHORS = {
-    "heat": [(0.0, (0, 0, 0)), (0.35, (120, 20, 130)), (0.65, (230, 70, 30)), (0.85, (250, 180, 30)), (1.0, (255, 255, 220))],
-    "diverging": [(0.0, (40, 60, 200)), (0.5, (255, 255, 255)), (1.0, (200, 30, 30))],
-}
+UNSIGNED = "inferno"  # perceptual: maps of magnitudes (|attribution|, CAMs)
+SIGNED = "RdBu_r"  # diverging, white at zero: maps with negative values
+OUTSIDE = 0.4  # the brightness overlay leaves to the parts of a picture the model never saw
 
 
-def colormap(name: str = "heat") -> np.ndarray:
-    """``uint8 [256, 3]`` lookup table."""
-    if name not in _ANCHORS:
-        raise InputError(f"unknown colour map {name!r}; expected one of {sorted(_ANCHORS)}")
-    pos, rgb = zip(*_ANCHORS[name])
-    t = np.linspace(0, 1, 256)
-    return np.stack([np.interp(t, pos, [c[i] for c in rgb]) for i in range(3)], -1).round().astype(np.uint8)
+@functools.cache
+def _table(name: str) -> np.ndarray:
+    try:
+        import matplotlib
+    except ImportError:
+        raise MissingDependency("colour maps need matplotlib: pip install matplotlib") from None
+    try:
+        cmap = matplotlib.colormaps[name]
+    except (KeyError, TypeError):
+        raise InputError(f"unknown colour map {name!r}: not one of matplotlib's (e.g. {UNSIGNED!r}, {SIGNED!r}, "
+                         "'viridis')") from None
+    table = (cmap(np.linspace(0.0, 1.0, 256))[:, :3] * 255).round().astype(np.uint8)
+    table.setflags(write=False)
+    return table
+
+
+def colormap(name: str = UNSIGNED) -> np.ndarray:
+    """matplotlib's colour map ``name`` sampled at 256 points: ``uint8 [256, 3]`` (read-only)."""
+    if not isinstance(name, str):
+        raise InputError(f"a colour map is named by a string (one of matplotlib's), got {type(name).__name__}")
+    return _table(name)
 
 
 def normalize(m: np.ndarray, percentile: float = 99.0, signed: bool = False) -> np.ndarray:
@@ -32,17 +49,46 @@ def normalize(m: np.ndarray, percentile: float = 99.0, signed: bool = False) -> 
     return np.clip(m / scale, -1.0 if signed else 0.0, 1.0)
 
 
-def heatmap(m: np.ndarray, cmap: str = "heat", signed: bool = False, percentile: float = 99.0) -> np.ndarray:
-    """``[H, W]`` map -> ``uint8 [H, W, 3]`` colours (unsigned maps use ``|m|``)."""
+def _levels(m: np.ndarray, signed: bool, percentile: float) -> np.ndarray:
+    """A map's colour levels: ``normalize(m)`` in [-1, 1] when ``signed``, else ``normalize(|m|)`` in [0, 1]."""
+    if not np.isfinite(m).all():
+        raise InputError(f"the map has {np.size(m) - np.isfinite(m).sum()} NaN or infinite values: nothing to draw")
+    return normalize(m, percentile, signed=True) if signed else normalize(np.abs(m), percentile)
+
+
+def _colours(v: np.ndarray, cmap: str | None, signed: bool) -> np.ndarray:
+    """Levels ``[...]`` -> ``uint8 [..., 3]`` (a signed map's zero is the middle of the table)."""
+    table = colormap(cmap or (SIGNED if signed else UNSIGNED))
+    return table[np.round(((v + 1) / 2 if signed else v) * 255).astype(np.int64)]
+
+
+def heatmap(m: np.ndarray, cmap: str | None = None, signed: bool = False, percentile: float = 99.0) -> np.ndarray:
+    """``[H, W]`` map -> ``uint8 [H, W, 3]`` colours. Unsigned: ``|m|`` in ``cmap`` (default ``UNSIGNED``);
+    ``signed``: negative to positive in ``cmap`` (default ``SIGNED``)."""
     m = np.asarray(m)
     if m.ndim != 2:
         raise InputError(f"heatmap takes a 2-D map [H, W], got shape {m.shape} (use jaxplain.reduce)")
-    if signed:
-        v = (normalize(m, percentile, signed=True) + 1) / 2
-        cmap = "diverging" if cmap == "heat" else cmap
-    else:
-        v = normalize(np.abs(m), percentile)
-    return colormap(cmap)[np.round(v * 255).astype(np.int64)]
+    return _colours(_levels(m, signed, percentile), cmap, signed)
+
+
+def as_map(attribution: np.ndarray, kind: str, reduction: str = "abs_max") -> np.ndarray:
+    """One image's attribution -> the ``[h, w]`` float map a picture draws, by the method's output
+    ``kind`` (``jaxplain.methods.marks.output_of``): ``"pixels"`` ``[H, W, C]`` reduced over channels
+    by ``reduction`` (``jaxplain.reduce``); ``"map"`` ``[h, w]`` (CAMs, RISE, surrogates) as it is;
+    ``"layer"`` (a layer's shape) is not a picture and is refused."""
+    a = np.asarray(attribution)
+    if kind == "layer":
+        raise InputError(f"a layer-shaped attribution {a.shape} is not a picture of the input: use it from Python "
+                         "(jaxplain.explain returns the array)")
+    if kind == "pixels":
+        if a.ndim != 3:
+            raise InputError(f"a 'pixels' attribution is one image's [H, W, C], got shape {a.shape}")
+        return np.asarray(reduce(a, reduction), np.float64)
+    if kind == "map":
+        if a.ndim != 2:
+            raise InputError(f"a 'map' attribution is one image's [h, w], got shape {a.shape}")
+        return a.astype(np.float64)
+    raise InputError(f"unknown output kind {kind!r}; expected 'pixels', 'map' or 'layer'")
 
 
 def resize_map(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -55,18 +101,88 @@ def resize_map(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(m, mode="F").resize((size[1], size[0]), Image.Resampling.BILINEAR))
 
 
-def overlay(image: np.ndarray, m: np.ndarray, alpha: float = 0.55, **kw) -> np.ndarray:
-    """Blend the colour map of ``m [h, w]`` over ``image uint8 [H, W, 3]``, weighting by intensity;
-    ``m`` is resized to the image (a layer-resolution CAM is fine, a 1-D profile is refused)."""
-    image, m = np.asarray(image, np.float64), np.asarray(m)
+def _check_box(box, size: tuple[int, int]) -> tuple[float, float, float, float]:
+    if box is None:
+        return 0.0, 0.0, float(size[1]), float(size[0])
+    try:
+        left, top, right, bottom = (float(v) for v in box)
+    except (TypeError, ValueError):
+        raise InputError(f"box must be (left, top, right, bottom), got {box!r}") from None
+    if not (np.isfinite([left, top, right, bottom]).all() and right > left and bottom > top):
+        raise InputError(f"box must be finite (left, top, right, bottom) with right > left and bottom > top, "
+                         f"got {box!r}")
+    return left, top, right, bottom
+
+
+def _axis(n: int, lo: float, hi: float, k: int):
+    """Sample points of ``n`` picture pixels on ``k`` map cells spanning ``[lo, hi)``: the lower
+    cell, the upper cell, the fraction between them, and whether the pixel's centre is inside."""
+    centre = np.arange(n) + 0.5
+    u = (centre - lo) * (k / (hi - lo)) - 0.5  # in map cells, cell i's centre at i
+    inside = (centre >= lo) & (centre < hi)
+    u = np.clip(u, 0, k - 1)
+    i0 = np.minimum(np.floor(u).astype(np.int64), max(k - 2, 0))
+    return i0, np.minimum(i0 + 1, k - 1), (u - i0).astype(np.float32), inside
+
+
+def place(m: np.ndarray, size: tuple[int, int], box=None) -> tuple[np.ndarray, np.ndarray]:
+    """The map ``m [h', w']`` laid over the region ``box`` ``(left, top, right, bottom)`` (pixels,
+    floats; ``None``: everything) of a picture of ``size`` ``(h, w)``: ``(values float32 [h, w],
+    inside bool [h, w])``, bilinear at each pixel's centre (shrunk first by Pillow when the region
+    has fewer pixels than the map); ``inside``: the pixel's centre is in ``box``."""
+    m = np.asarray(m, np.float32)
+    left, top, right, bottom = _check_box(box, size)
+    shrunk = (max(1, min(m.shape[0], math.ceil(bottom - top))), max(1, min(m.shape[1], math.ceil(right - left))))
+    m = resize_map(m, shrunk)  # scaling the whole map keeps its edges on the box's
+    y0, y1, fy, iy = _axis(size[0], top, bottom, m.shape[0])
+    x0, x1, fx, ix = _axis(size[1], left, right, m.shape[1])
+    rows = m[y0] * (1 - fy)[:, None] + m[y1] * fy[:, None]
+    return rows[:, x0] * (1 - fx) + rows[:, x1] * fx, iy[:, None] & ix[None, :]
+
+
+def overlay(image: np.ndarray, m: np.ndarray, alpha: float = 0.55, *, box=None, cmap: str | None = None,
+            signed: bool = False, percentile: float = 99.0) -> np.ndarray:
+    """Blend the colours of ``m [h, w]`` over ``image uint8 [H, W, 3]``, weighting by intensity.
+
+    ``box`` ``(left, top, right, bottom)``, in ``image``'s pixels (floats): the region of ``image``
+    the model's input showed (``Loaded.box``); the map is stretched over it and the rest of the
+    picture dimmed to ``OUTSIDE``. ``None``: the whole picture. Colours are as ``heatmap``'s, levels
+    taken at the map's own resolution (a layer-resolution CAM is fine, a 1-D profile is refused)."""
+    image, m = np.asarray(image), np.asarray(m)
     if image.ndim != 3 or image.shape[-1] != 3:
         raise InputError(f"overlay draws over an RGB image [H, W, 3], got shape {image.shape}")
     if m.ndim != 2:
         raise InputError(f"overlay takes a 2-D map [h, w], got shape {m.shape} (reduce [H, W, C] attributions first)")
-    m = resize_map(m, image.shape[:2])
-    colours = heatmap(m, **kw).astype(np.float64)
-    weight = alpha * normalize(np.abs(m), kw.get("percentile", 99.0))[..., None] ** 0.5
-    return np.clip(image * (1 - weight) + colours * weight, 0, 255).round().astype(np.uint8)
+    v, inside = place(_levels(m, signed, percentile), image.shape[:2], box)
+    weight = alpha * np.sqrt(np.abs(v))[..., None]
+    picture = image.astype(np.float32)
+    drawn = picture * (1 - weight) + _colours(v, cmap, signed) * weight
+    drawn = np.where(inside[..., None], drawn, picture * OUTSIDE)
+    return np.clip(drawn, 0, 255).round().astype(np.uint8)
+
+
+def colorbar(cmap: str | None = None, signed: bool = False, size: tuple[int, int] = (12, 256)) -> np.ndarray:
+    """A horizontal colour bar ``uint8 [h, w, 3]`` of ``size`` ``(h, w)``: the colour map overlay
+    and heatmap use (low on the left; ``signed``: negative on the left, zero in the middle)."""
+    h, w = size
+    if h < 1 or w < 1:
+        raise InputError(f"colorbar size must be positive (h, w), got {size}")
+    table = colormap(cmap or (SIGNED if signed else UNSIGNED))
+    row = table[np.round(np.linspace(0, 255, w)).astype(np.int64)]
+    return np.repeat(row[None], h, axis=0)
+
+
+def thumbnail(rgb: np.ndarray, longest: int = 256) -> np.ndarray:
+    """``uint8 [H, W, 3]`` shrunk (never enlarged) so that its longest side is at most ``longest``,
+    its aspect ratio kept (Pillow)."""
+    from PIL import Image
+
+    rgb = np.asarray(rgb, np.uint8)
+    if longest < 1:
+        raise InputError(f"thumbnail's longest side must be positive, got {longest}")
+    img = Image.fromarray(rgb)
+    img.thumbnail((longest, longest), Image.Resampling.LANCZOS)
+    return np.asarray(img)
 
 
 def grid(tiles: list[np.ndarray], cols: int = 8, pad: int = 2) -> np.ndarray:

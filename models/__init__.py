@@ -46,13 +46,14 @@ def _apply(config: VGGConfig):
 
 def build(config: VGGConfig, params: dict, *, source: str) -> Model:
     """A ``Model`` from a configuration and its parameters (nested dict ``layer -> param``), with
-    ``source``'s preprocessing, resize and channel order."""
+    ``source``'s preprocessing, resize (and the region of the picture it keeps) and channel order."""
     return Model(
         apply=_apply(config),
         params=jax.device_put(params),
         layers=config.layers,
         preprocess=imagenet.PREPROCESS[source],
         resize=imagenet.RESIZE[source],
+        input_box=imagenet.INPUT_BOX[source],
         channel_order=imagenet.CHANNEL_ORDER[source],
         input_size=config.input_size,
         name=config.name,

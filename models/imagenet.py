@@ -1,5 +1,5 @@
 """ImageNet facts: class labels, and the preprocessing, resize and channel order of each weight
-source (``PREPROCESS``, ``RESIZE``, ``CHANNEL_ORDER``: what ``models.build`` puts on a Model)."""
+source (``PREPROCESS``, ``RESIZE``, ``INPUT_BOX``, ``CHANNEL_ORDER``: what ``models.build`` puts on a Model)."""
 
 from __future__ import annotations
 
@@ -50,25 +50,45 @@ def resize_keras(img: Image.Image, size: tuple[int, int]) -> Image.Image:
     return img.resize((size[1], size[0]), Image.Resampling.NEAREST)
 
 
-def resize_torchvision(img: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """torchvision ``Resize(256)`` + ``CenterCrop(224)``, scaled to ``size`` ``(H, W)``: bilinear
-    resize of the shorter side to ``min(size) * 256/224``, then the centre crop."""
+def _torchvision_geometry(w: int, h: int, size: tuple[int, int]) -> tuple[tuple[int, int], int, int]:
+    """torchvision's ``Resize`` + ``CenterCrop`` of a ``w x h`` picture to ``size`` ``(H, W)``:
+    the resized ``(width, height)`` and the crop's ``left`` and ``top`` in it."""
     short_target = round(min(size) * 256 / 224)
-    w, h = img.size
     if w <= h:
         new = (short_target, int(short_target * h / w))
     else:
         new = (int(short_target * w / h), short_target)
+    return new, int(round((new[0] - size[1]) / 2.0)), int(round((new[1] - size[0]) / 2.0))
+
+
+def resize_torchvision(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """torchvision ``Resize(256)`` + ``CenterCrop(224)``, scaled to ``size`` ``(H, W)``: bilinear
+    resize of the shorter side to ``min(size) * 256/224``, then the centre crop."""
+    new, left, top = _torchvision_geometry(*img.size, size)
     img = img.resize(new, Image.Resampling.BILINEAR)
-    top = int(round((new[1] - size[0]) / 2.0))
-    left = int(round((new[0] - size[1]) / 2.0))
     return img.crop((left, top, left + size[1], top + size[0]))
+
+
+def box_torchvision(original: tuple[int, int], size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """The region ``(left, top, right, bottom)`` of an ``original`` ``(h, w)`` picture, in its
+    pixels, that ``resize_torchvision(picture, size)`` shows: the centre crop scaled back by
+    original / resized size."""
+    h, w = original
+    new, left, top = _torchvision_geometry(w, h, size)
+    sx, sy = w / new[0], h / new[1]
+    return left * sx, top * sy, (left + size[1]) * sx, (top + size[0]) * sy
 
 
 # How each source's weights expect a picture brought to the input size.
 RESIZE: dict[str, Callable[[Image.Image, tuple[int, int]], Image.Image]] = {
     "keras": resize_keras,
     "torchvision": resize_torchvision,
+}
+
+# The region of the original picture each resize keeps (None: all of it, only scaled).
+INPUT_BOX: dict[str, Callable[[tuple[int, int], tuple[int, int]], tuple[float, float, float, float]] | None] = {
+    "keras": None,
+    "torchvision": box_torchvision,
 }
 
 # The order of the input channels after preprocessing (Keras' VGGs are Caffe's: BGR).

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from jaxplain import ImageError, InputError, models, viz
-from jaxplain.io import load_image, read_image
+from jaxplain.io import load_for_model, load_image, read_image
 from jaxplain.models import imagenet
 from jaxplain.types import Model
 
@@ -63,8 +63,9 @@ def _tv_model():
 
 def test_zoo_models_carry_their_sources_facts():
     k, t = _keras_model(), _tv_model()
-    assert (k.resize, k.channel_order, k.input_size) == (imagenet.resize_keras, "BGR", (224, 224))
-    assert (t.resize, t.channel_order, t.input_size) == (imagenet.resize_torchvision, "RGB", None)
+    assert (k.resize, k.input_box, k.channel_order, k.input_size) == (imagenet.resize_keras, None, "BGR", (224, 224))
+    assert (t.resize, t.input_box, t.channel_order, t.input_size) == (
+        imagenet.resize_torchvision, imagenet.box_torchvision, "RGB", None)
 
 
 def test_keras_loading_matches_keras_load_img(tmp_path):
@@ -87,6 +88,68 @@ def test_torchvision_resize_and_centre_crop(tmp_path):
     assert got.shape == (224, 224, 3)
     resized = np.asarray(Image.fromarray(img).resize((341, 256), Image.Resampling.BILINEAR))
     np.testing.assert_array_equal(got, resized[16:240, 58:282])
+
+
+# Original sizes (h, w): portrait, landscape, square, odd, tiny, and far from square.
+BOX_SIZES = [(400, 300), (300, 400), (256, 256), (333, 517), (33, 40), (40, 33), (90, 1000), (1000, 90), (1200, 1600)]
+MARKERS = [((0.2, 0.25), 0), ((0.5, 0.6), 1), ((0.75, 0.8), 2)]  # (fractions (y, x) of the box, colour channel)
+
+
+@pytest.mark.parametrize("input_size", [(224, 224), (128, 128)])
+@pytest.mark.parametrize("original", BOX_SIZES)
+def test_box_torchvision_follows_the_real_resize(original, input_size):
+    """Blocks painted at known places of the original land, after the REAL resize_torchvision, where
+    box_torchvision's box says (their centroids, weighted by the block's colour, within a quarter
+    pixel of the input)."""
+    h, w = original
+    H, W = input_size
+    left, top, right, bottom = imagenet.box_torchvision(original, input_size)
+    assert 0 <= left < right <= w and 0 <= top < bottom <= h
+    side = max(2, int(0.12 * min(right - left, bottom - top)))
+    img = np.zeros((h, w, 3), np.uint8)
+    want = {}
+    for (fy, fx), channel in MARKERS:
+        y0, x0 = int(top + fy * (bottom - top)), int(left + fx * (right - left))
+        img[y0:y0 + side, x0:x0 + side, channel] = 255
+        # The block's centre, in the original's pixels, mapped linearly from the box onto the input.
+        want[channel] = ((y0 + side / 2 - top) * H / (bottom - top), (x0 + side / 2 - left) * W / (right - left))
+    got = np.asarray(imagenet.resize_torchvision(Image.fromarray(img), input_size), np.float64)
+    assert got.shape == (H, W, 3)
+    ys, xs = np.mgrid[:H, :W] + 0.5  # pixel centres
+    for channel, (wy, wx) in want.items():
+        weight = got[..., channel]
+        cy, cx = (weight * ys).sum() / weight.sum(), (weight * xs).sum() / weight.sum()
+        # Within a quarter pixel (seen: under 0.05): a crop off by one resized pixel moves a block by one.
+        assert abs(cy - wy) <= 0.25 and abs(cx - wx) <= 0.25, (channel, (cy, cx), (wy, wx))
+
+
+def test_box_torchvision_by_hand():
+    # 300x400 (h x w): 256x341, crop left 58, top 16 (test above); scaled back by 400/341 and 300/256.
+    np.testing.assert_allclose(imagenet.box_torchvision((300, 400), (224, 224)),
+                               (58 * 400 / 341, 16 * 300 / 256, 282 * 400 / 341, 240 * 300 / 256), rtol=1e-12)
+    # A square picture: 256x256, crop 16 each side; scaled back by 512/256.
+    np.testing.assert_allclose(imagenet.box_torchvision((512, 512), (224, 224)), (32, 32, 480, 480), rtol=1e-12)
+
+
+def test_load_for_model_reads_once_and_gives_the_box(tmp_path, monkeypatch):
+    path = tmp_path / "p.png"
+    img = np.random.default_rng(4).integers(0, 256, (300, 400, 3)).astype(np.uint8)
+    Image.fromarray(img).save(path)
+    from jaxplain import io
+
+    reads = []
+    real = io.read_image
+    monkeypatch.setattr(io, "read_image", lambda p: reads.append(p) or real(p))
+    loaded = load_for_model(path, _tv_model())
+    assert len(reads) == 1
+    np.testing.assert_array_equal(loaded.original, img)
+    resized = imagenet.resize_torchvision(Image.fromarray(img), (224, 224))
+    np.testing.assert_array_equal(loaded.image, np.asarray(resized))
+    assert loaded.box == imagenet.box_torchvision((300, 400), (224, 224))
+    # No input_box (the Keras squash, a bare model, no model): the whole picture.
+    assert load_for_model(path, _keras_model()).box == (0.0, 0.0, 400.0, 300.0)
+    assert load_for_model(path, size=(16, 24)).box == (0.0, 0.0, 400.0, 300.0)
+    np.testing.assert_array_equal(load_image(path, _tv_model()), loaded.image)
 
 
 def test_exif_orientation(tmp_path):
@@ -180,6 +243,11 @@ def test_resize_of_the_wrong_size_and_bad_fields(tmp_path):
         _bare_model(channel_order="GBR")
     with pytest.raises(InputError, match="resize must be a function"):
         _bare_model(resize="nearest")
+    with pytest.raises(InputError, match=r"input_box must be a function \(\(h, w\), \(H, W\)\)"):
+        _bare_model(input_box=(0, 0, 8, 8))
+    flat = _bare_model(input_box=lambda original, size: (0, 0, 8, 0))
+    with pytest.raises(InputError, match=r"s.png: the model's input_box gave \(0.0, 0.0, 8.0, 0.0\)"):
+        load_for_model(path, flat, size=(8, 8))
 
 
 def test_filters_read_the_models_channel_order():
