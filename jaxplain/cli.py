@@ -21,6 +21,7 @@ from jaxplain.reductions import REDUCTIONS
 from jaxplain.registry import METHODS, METRICS
 
 MODELS = ("vgg11", "vgg13", "vgg16", "vgg19")
+SYNTHETIC = "synthetic_vgg"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,14 +42,16 @@ def _positive(text: str) -> int:
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
-    p.add_argument("--model", default="vgg16", choices=MODELS)
+    p.add_argument("images", nargs="+", metavar="INPUT",
+                   help="image files, folders (searched recursively), globs, or @list.txt (a path per line)")
+    p.add_argument("--model", default="vgg16", choices=(*MODELS, SYNTHETIC))
     p.add_argument(
         "--weights",
-        default="imagenet",
+        default=None,
         help="'imagenet' (download the published file, the default), a weight file path, "
-        "or 'random' (seeded random weights, for trying the pipeline offline)",
+        "or 'random' (seeded random weights, for trying the pipeline offline); synthetic_vgg: 'shipped' (default)",
     )
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     p.add_argument("--source", choices=("keras", "torchvision"), default=None,
                    help="whose ImageNet weights and preprocessing (default: keras, or the file's own)")
 
@@ -71,6 +74,8 @@ def _load_model(args: argparse.Namespace):
 
     _compile_cache()
     weights = None if args.weights == "random" else args.weights
+    if args.model == SYNTHETIC:
+        return models.synthetic_vgg(weights)
     return models.vgg(args.model, weights, args.source)
 
 
@@ -89,22 +94,35 @@ def _images(paths: Sequence[str], model) -> tuple[list[int], list[np.ndarray]]:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from jaxplain import inputs
     from jaxplain.models.imagenet import decode
 
+    found = inputs.expand(args.images)
+    for problem in found.problems:
+        print(f"jaxplain: failed {problem.argument}: {problem.message}", file=sys.stderr)
+    if not found.files:
+        return 1
     model = _load_model(args)
-    if model.layers[-1] != "predictions":
+    if model.name != SYNTHETIC and model.layers[-1] != "predictions":
         raise JaxplainError("predict needs a model with its classifier (a weight file with the top)")
     if args.weights == "random":
         print("(random weights: the classes below are meaningless)")
-    failed = 0
-    for path in args.images:
-        found, arrays = _images([path], model)
-        failed += not found
+    names = _class_names(model)
+    failed = len(found.problems)
+    for path in found.files:
+        ok, arrays = _images([str(path)], model)
+        failed += not ok
         for img in arrays:
-            logits = np.asarray(model(model.preprocess(img[None])))
+            logits = np.asarray(model(model.preprocess(img[None])), np.float64)
             print(path)
-            for rank, (wnid, name, p) in enumerate(decode(logits, top=args.top)[0], 1):
-                print(f"  {rank}. {name:<32} {wnid}  {p:.4f}")
+            if logits.shape[-1] == 1000:
+                top = [(name, wnid, p) for wnid, name, p in decode(logits, top=args.top)[0]]
+            else:
+                probs = np.exp(logits[0] - logits[0].max())
+                probs /= probs.sum()
+                top = [(names[c] if names else str(c), str(c), probs[c]) for c in np.argsort(-probs)[: args.top]]
+            for rank, (name, ident, p) in enumerate(top, 1):
+                print(f"  {rank}. {name:<32} {ident}  {p:.4f}")
     return 1 if failed else 0
 
 
@@ -122,26 +140,10 @@ def _output_folder(out: str) -> Path:
     return path
 
 
-def output_names(paths: Sequence[str]) -> list[str]:
-    """A distinct output name per input: the file's stem, then ``stem-2``, ``stem-3``, ... for
-    later inputs with a stem already taken (in input order, so every process agrees)."""
-    names: list[str] = []
-    taken: set[str] = set()
-    for path in paths:
-        stem = Path(path).stem or "image"
-        name, k = stem, 1
-        while name in taken:
-            k += 1
-            name = f"{stem}-{k}"
-        taken.add(name)
-        names.append(name)
-    return names
-
-
-def _check_explain_args(args: argparse.Namespace) -> tuple[Callable, dict[str, Any], Any, Path]:
-    """Everything about ``explain``'s arguments that can be checked without a model."""
-    from jaxplain import registry
-    from jaxplain.methods.marks import output_of
+def _check_explain_args(args: argparse.Namespace) -> tuple[list, Any, Path]:
+    """Everything about ``explain``'s arguments that can be checked without a model: the jobs,
+    the target, the output folder (created)."""
+    from jaxplain import pipeline, viz
 
     if args.coordinator and (args.num_processes is None or args.process_id is None):
         raise InputError("--coordinator needs --num-processes and --process-id")
@@ -149,11 +151,7 @@ def _check_explain_args(args: argparse.Namespace) -> tuple[Callable, dict[str, A
         raise InputError("--num-processes and --process-id need --coordinator HOST:PORT")
     if args.coordinator and not 0 <= args.process_id < args.num_processes:
         raise InputError(f"--process-id must be in [0, {args.num_processes}), got {args.process_id}")
-    fn, settings = registry.parse(args.method)
-    settings = registry.resolve(fn, settings)
-    if output_of(fn, settings) == "layer":
-        raise InputError(f"--method {fn.__name__} returns a layer's activations, which cannot be drawn over the image: "
-                         "use it from Python (jaxplain.explain)")
+    jobs = pipeline.jobs(args.method or ["gradient"], args.seed)
     if args.target == "predicted":
         target = "predicted"
     else:
@@ -163,79 +161,135 @@ def _check_explain_args(args: argparse.Namespace) -> tuple[Callable, dict[str, A
             raise InputError(f"--target takes 'predicted' or a class index, not {args.target!r}") from None
         if target < 0:
             raise InputError(f"--target must be a class index >= 0, got {target}")
-    return fn, settings, target, _output_folder(args.out)
+    for name in (args.cmap, args.signed_cmap):
+        viz.colormap(name)
+    return jobs, target, _output_folder(args.out)
 
 
-def _save(out: Path, name: str, attribution: np.ndarray, picture: np.ndarray) -> None:
-    from jaxplain.io import save_png
+def _model_record(args: argparse.Namespace) -> dict[str, Any]:
+    """What identifies the weights of a run (a file by its path, size and time)."""
+    record: dict[str, Any] = {"name": args.model, "weights": args.weights, "source": args.source}
+    if args.weights not in ("imagenet", "random", "shipped"):
+        path = Path(args.weights)
+        if not path.is_file():
+            raise InputError(f"--weights {args.weights}: no such file (or 'imagenet', 'random')")
+        stat = path.stat()
+        record.update(weights=str(path.resolve()), bytes=stat.st_size, modified=stat.st_mtime_ns)
+    return record
 
-    np.save(out / f"{name}.npy", attribution)
-    save_png(out / f"{name}.png", picture)
+
+def _class_names(model) -> list[str] | None:
+    from jaxplain.shapes import num_classes
+
+    k = num_classes(model, (*(model.input_size or (224, 224)), 3))
+    if model.name == SYNTHETIC:
+        from jaxplain.synthetic import CLASSES
+
+        return list(CLASSES)
+    if k == 1000:
+        from jaxplain.models.imagenet import classes
+
+        return [name for _, name in classes()]
+    return None
+
+
+class _Signals:
+    """SIGINT / SIGTERM: the first asks the run to stop after the batch in flight, a second stops now."""
+
+    def __init__(self) -> None:
+        import signal
+
+        self.received: int | None = None
+        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def _handle(self, signum: int, frame: Any) -> None:  # noqa: ARG002
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+        print("jaxplain: stopping after the batch in flight (signal again to stop at once)", file=sys.stderr, flush=True)
+
+    def restore(self) -> None:
+        import signal
+
+        for s, h in self.previous.items():
+            signal.signal(s, h)
 
 
 def _explain(args: argparse.Namespace) -> int:
-    fn, settings, target, out = _check_explain_args(args)
+    from jaxplain import inputs, pipeline
 
+    jobs, target, out = _check_explain_args(args)
+    found = inputs.expand(args.images)
+    for problem in found.problems:
+        print(f"jaxplain: failed {problem.argument}: {problem.message}", file=sys.stderr)
+    model_record = _model_record(args)
+    config = pipeline.configuration(model_record, jobs, target=target, dtype=args.dtype, reduce=args.reduce,
+                                    colormaps={"unsigned": args.cmap, "signed": args.signed_cmap})
+    if args.coordinator:
+        from jaxplain import distributed
+
+        distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     import jax
 
-    from jaxplain import distributed, registry, viz
-    from jaxplain.methods.marks import output_of
-    from jaxplain.models.imagenet import decode
-    from jaxplain.reductions import reduce
-    from jaxplain.runner import explain, predict
-    from jaxplain.settings import resolve_for_model
-    from jaxplain.shapes import num_classes
+    from jaxplain import distributed
 
-    names = output_names(args.images)
-    positions = list(range(len(args.images)))
-    if args.coordinator:
-        distributed.initialize(args.coordinator, args.num_processes, args.process_id)
-        positions = distributed.my_share(positions)
-    seed = settings.pop("key", args.seed)  # keyed by each image's place in the whole run
-    random = "key" in registry.settings_of(fn)
-    model = _load_model(args)
-    h, w = model.input_size or (224, 224)
-    resolve_for_model(fn, model, (h, w, 3), settings)  # an unknown layer or neuron fails here, before any image
-    if target != "predicted" and target >= num_classes(model, (h, w, 3)):
-        raise InputError(f"--target {target} is outside [0, {num_classes(model, (h, w, 3))}) for {model.name}")
-    drawn_as = output_of(fn, settings)
-    if args.weights == "random":
-        print("(random weights: the classes below are meaningless)")
-    base_key = jax.random.key(seed) if random else None
-    failed = 0
-    for lo in range(0, len(positions), args.batch_size):  # finished images are written as they come
-        batch = positions[lo : lo + args.batch_size]
-        found, arrays = _images([args.images[i] for i in batch], model)
-        failed += len(batch) - len(found)
-        if not found:
-            continue
-        batch = [batch[i] for i in found]
-        x = model.preprocess(np.stack(arrays))
-        logits = np.asarray(predict(model, x))
-        targets = logits.argmax(-1) if target == "predicted" else np.full(len(batch), target)
-        extra = {"key": jax.vmap(lambda i: jax.random.fold_in(base_key, i))(np.asarray(batch))} if random else {}
-        attr = explain(model, x, targets, fn, precision=args.precision, progress=sys.stderr.isatty(), **settings, **extra)
-        attr = np.asarray(attr[0] if isinstance(attr, tuple) else attr)
-        maps = np.asarray(reduce(attr, args.reduce)) if drawn_as == "pixels" else attr
-        for i, img, a, m, lg, t in zip(batch, arrays, attr, maps, logits, targets):
-            path, name = args.images[i], names[i]
-            try:
-                _save(out, name, a, viz.overlay(img, m, signed=bool(np.min(m) < 0)))  # a signed map: diverging colours
-            except OSError as e:
-                print(f"jaxplain: could not write the results of {path}: {e.strerror or e} ({e.filename or out})", file=sys.stderr)
-                failed += 1
-                continue
-            label = ""
-            if lg.shape[-1] == 1000:
-                wnid, cls, p = decode(lg, top=1)[0][0]
-                label = f"top class {cls} ({wnid}, p={p:.3f}); "
-            print(f"{path}: {label}explained class {int(t)} -> {out / name}.png, {out / name}.npy", flush=True)
+    writer = jax.process_index() == 0
+    pipeline.prepare(out, config, overwrite=args.overwrite, writer=False)  # refuses results of other settings
+    counts = pipeline.Counts()
+    if found.files:
+        from jaxplain.settings import resolve_for_model
+        from jaxplain.shapes import num_classes
+
+        model = _load_model(args)
+        h, w = model.input_size or (224, 224)
+        for job in jobs:  # an unknown layer or neuron fails here, before any image
+            resolve_for_model(job.fn, model, (h, w, 3), job.settings)
+        k = num_classes(model, (h, w, 3))
+        if target != "predicted" and target >= k:
+            raise InputError(f"--target {target} is outside [0, {k}) for {model.name}")
+        config = pipeline.prepare(out, config, overwrite=args.overwrite, writer=writer)
+        distributed.barrier("jaxplain-prepared")
+        if args.weights == "random":
+            print("(random weights: the classes below are meaningless)")
+        signals = _Signals()
+        try:
+            counts = pipeline.run(model, found.files, inputs.output_names(found.files), jobs, out=out, config=config,
+                                  target=target, class_names=_class_names(model), batch_size=args.batch_size,
+                                  precision=args.precision, stop=lambda: signals.received is not None,
+                                  threads=args.decode_threads)
+        finally:
+            signals.restore()
+        if counts.stopped and signals.received is not None:
+            counts.stopped = signals.received
+    distributed.barrier("jaxplain-finished")
+    if writer and not counts.stopped:
+        pipeline.join(out)
+        if args.report:
+            from jaxplain import report
+
+            print(f"report: {report.write(out)}")
+    failed = counts.failed + (len(found.problems) if writer else 0)
+    part = f" (process {jax.process_index()})" if jax.process_count() > 1 else ""
+    print(f"jaxplain{part}: {counts.done} explained, {counts.skipped} skipped (already complete), {failed} failed"
+          f"{'; stopped by a signal: rerun the command to finish' if counts.stopped else ''}", file=sys.stderr)
+    if counts.stopped:
+        return 128 + int(counts.stopped)
     return 1 if failed else 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from jaxplain import pipeline, report
+
+    out = Path(args.out)
+    if not (out / pipeline.RUN).is_file():
+        raise InputError(f"{args.out}: no jaxplain run here (no {pipeline.RUN})")
+    pipeline.join(out)
+    print(f"report: {report.write(out, page_size=args.page_size)}")
+    return 0
 
 
 DEFAULT_METHODS = ("gradient", "gradient_x_input", "integrated_gradients", "smoothgrad", "guided_backprop",
                    "grad_cam", "occlusion")
-SYNTHETIC = "synthetic_vgg"
 
 
 def _images_and_masks(paths: Sequence[str], mask_paths: Sequence[str] | None, model) -> tuple[list[int], list[np.ndarray], Any]:
@@ -383,24 +437,43 @@ def parser() -> argparse.ArgumentParser:
     _model_args(pr)
     pr.add_argument("--top", type=_positive, default=5, help="how many classes (default 5)")
     pr.set_defaults(run=_predict)
-    ex = sub.add_parser("explain", help="write a heat map (.png) and the raw attribution (.npy) per image",
-                        description="Write a heat map over each image (.png) and the raw attribution (.npy).",
+    ex = sub.add_parser("explain", help="explain images, folders, globs or @lists: heat maps, attributions, a report",
+                        description="Explain every image of the inputs with one or more methods. Writes into --out: "
+                        "a PNG overlay per image and method over the original picture (METHOD/<path>.png), the raw "
+                        "attributions in one zarr array per method (METHOD/attributions.zarr), results.jsonl (a line "
+                        "per image and method) and, with --report, index.html. A rerun skips what is complete.",
                         epilog=EXPLAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _model_args(ex)
-    ex.add_argument("--method", default="gradient",
-                    help="a method name, with settings if you like: \"integrated_gradients(steps=32)\" (list below)")
+    ex.add_argument("--method", action="append", metavar="METHOD",
+                    help="a method name, with settings if you like: \"integrated_gradients(steps=32)\"; repeat for "
+                    "several methods (default gradient; list below)")
     ex.add_argument("--target", default="predicted", help="'predicted' (the top class, the default) or a class index")
     ex.add_argument("--out", required=True, help="folder for the results (created)")
+    ex.add_argument("--report", action="store_true", help="write OUT/index.html: pictures, top-5 and heat maps")
+    ex.add_argument("--dtype", default="float32", choices=("float32", "float16"), help="of the stored attributions")
+    ex.add_argument("--overwrite", action="store_true",
+                    help="replace results in OUT made with other settings (default: refuse to mix them)")
     ex.add_argument("--batch-size", type=_positive, default=8, help="images per compiled call (default 8)")
     ex.add_argument("--seed", type=int, default=0, help="seed of random methods; each image's key also folds in its "
-                    "place in the input list, so results do not depend on --batch-size (default 0)")
+                    "file's path, so results do not depend on --batch-size or the other inputs (default 0)")
     ex.add_argument("--precision", choices=PRECISIONS, help="the model's arithmetic (default: JAX's)")
     ex.add_argument("--reduce", default="abs_max", choices=REDUCTIONS, metavar="REDUCTION",
                     help="how channels collapse for the picture (default abs_max; list below)")
+    ex.add_argument("--cmap", default="inferno", help="matplotlib colour map of maps >= 0 (default inferno)")
+    ex.add_argument("--signed-cmap", default="RdBu_r",
+                    help="matplotlib colour map of maps with negative values (default RdBu_r)")
+    ex.add_argument("--decode-threads", type=_positive, default=None,
+                    help="threads decoding images ahead of the model (default min(4, CPUs))")
     ex.add_argument("--coordinator", help="HOST:PORT of process 0, to split the images over several processes")
     ex.add_argument("--num-processes", type=_positive, help="with --coordinator: how many processes")
     ex.add_argument("--process-id", type=int, help="with --coordinator: this process's index")
     ex.set_defaults(run=_explain)
+    re_ = sub.add_parser("report", help="write OUT/index.html for the results of an explain run",
+                         description="Join a multi-process run's parts and write OUT/index.html.")
+    re_.add_argument("out", metavar="OUT", help="the --out folder of jaxplain explain")
+    re_.add_argument("--page-size", type=_positive, default=50, help="images per page (default 50)")
+    re_.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    re_.set_defaults(run=_report)
     ev = sub.add_parser("evaluate", help="score methods with faithfulness, localisation and sanity metrics",
                         description="Explain images with each method, score each explanation with each metric, and "
                         "print the mean and a 95% interval over the images, with the seconds taken. Without images: "
@@ -419,6 +492,7 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0, help="seed of the synthetic images and of random methods and metrics")
     ev.add_argument("--batch-size", type=_positive, default=32, help="images per compiled call (default 32)")
     ev.add_argument("--json", default="evaluation.json", help="where to write every score (default evaluation.json)")
+    ev.add_argument("--debug", action="store_true", help="show the traceback of an error")
     ev.set_defaults(run=_evaluate)
     be = sub.add_parser("bench", help="measure images/s, %% of the matmul peak and memory",
                         description="Measure images/s, the fraction of a matmul probe's FLOP/s and memory per method "
@@ -440,7 +514,11 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 
 def _defaults(args: argparse.Namespace) -> argparse.Namespace:
-    """Defaults that depend on other arguments (``evaluate``'s model, weights and metrics)."""
+    """Defaults that depend on other arguments (the weights of a model, ``evaluate``'s model and metrics)."""
+    if getattr(args, "command", None) in ("predict", "explain"):
+        args.weights = args.weights or ("shipped" if args.model == SYNTHETIC else "imagenet")
+        if args.model == SYNTHETIC and args.weights == "imagenet":
+            raise InputError("--weights for synthetic_vgg is 'shipped', 'random' or a safetensors file")
     if getattr(args, "command", None) == "evaluate":
         args.model = args.model or ("vgg16" if args.images else SYNTHETIC)
         args.weights = args.weights or ("shipped" if args.model == SYNTHETIC else "imagenet")
@@ -454,14 +532,23 @@ def _defaults(args: argparse.Namespace) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    warnings.showwarning = _one_line_warning
+    debug = getattr(args, "debug", False)
+    if not debug:
+        warnings.showwarning = _one_line_warning
     try:
         return args.run(_defaults(args))
     except JaxplainError as e:
+        if debug:
+            raise
         print(f"jaxplain: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # noqa: BLE001  (a bug of ours or of a library: one line, the traceback with --debug)
+        if debug:
+            raise
+        print(f"jaxplain: error: {type(e).__name__}: {e} (run with --debug for the traceback)", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -29,3 +29,11 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
 def my_share(items: Sequence[T]) -> list[T]:
     """This process's slice of ``items``: every ``process_count``-th item from ``process_index``."""
     return list(items)[jax.process_index() :: jax.process_count()]
+
+
+def barrier(name: str) -> None:
+    """Wait until every process reaches the barrier ``name`` (nothing to wait for in one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)

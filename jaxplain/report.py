@@ -49,7 +49,7 @@ def read_results(path: pathlib.Path) -> dict[tuple[str, str], dict]:
             raise InputError(f"{path} line {number} is not valid JSON") from None
         if not isinstance(result, dict) or not {"input", "method"} <= result.keys():
             raise InputError(f"{path} line {number} is not a result (needs 'input' and 'method')")
-        out[(result["input"], result["method"])] = result
+        out[(result.get("path", result["input"]), result["method"])] = result
     return out
 
 
@@ -125,7 +125,7 @@ img{max-width:256px;max-height:256px;height:auto}
 def _header(run: dict, count: int) -> str:
     model = run.get("model", {})
     model_name = model.get("name", "") if isinstance(model, dict) else model
-    model_rest = _settings({k: v for k, v in model.items() if k != "name"}) if isinstance(model, dict) else ""
+    model_rest = _settings({k: v for k, v in model.items() if k != "name" and v is not None}) if isinstance(model, dict) else ""
     methods = []
     for m in run.get("methods", []):
         name = "" if m.get("name", m["label"]) == m["label"] else f" ({_attr(m['name'])})"
@@ -168,12 +168,13 @@ def _nav(out: pathlib.Path, page: int, pages: int) -> str:
 def _row(out: pathlib.Path, folder: pathlib.Path, row: Row, labels: list[str]) -> str:
     first = next((row.results[m] for m in labels if m in row.results), next(iter(row.results.values())))
     original = pathlib.Path(row.input) if os.path.isabs(row.input) else out / row.input
+    shown = first.get("input", row.input)
     cells = []
     picture = first.get("picture")
-    img = (f'<img class="picture" src="{_attr(_href(out / picture, folder))}"{_size(out / picture)} alt="{_attr(row.input)}">'
+    img = (f'<img class="picture" src="{_attr(_href(out / picture, folder))}"{_size(out / picture)} alt="{_attr(shown)}">'
            if picture else "")
     cells.append(f'<td><a href="{_attr(_href(original, folder))}">{img}</a>'
-                 f'<div class="name">{_attr(row.input)}</div></td>')
+                 f'<div class="name">{_attr(shown)}</div></td>')
     target = first.get("target")
     items = []
     for entry in first.get("top5", []):

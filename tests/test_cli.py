@@ -1,6 +1,7 @@
 """The command line as a user runs it: subprocesses for whole runs (exit status, stderr, the files
 written), ``cli.main`` in-process for argument checks that must fail before a model loads."""
 
+import json
 import os
 import subprocess
 import sys
@@ -9,12 +10,13 @@ import jax
 import numpy as np
 import pytest
 import torch
+import zarr
 from PIL import Image
 from safetensors.torch import save_file
 
 import jaxplain
 from jaxplain import cli, models, viz
-from jaxplain.io import load_image
+from jaxplain.io import load_for_model, load_image
 from tests.test_imagenet_io import _png_header
 from tests.torch_reference import TorchVGG
 
@@ -63,20 +65,29 @@ def test_bad_weights_is_one_line(tmp_path):
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("jaxplain: error:") and "w.h5" in r.stderr
 
 
+def _stored(out, method):
+    """The results of ``method`` in an explain run's folder: its JSONL lines and attributions."""
+    lines = [json.loads(l) for l in (out / "results.jsonl").read_text().splitlines()]
+    return [l for l in lines if l["method"] == method], zarr.open_array(str(out / method / "attributions.zarr"))[:]
+
+
 def test_a_cam_is_drawn_as_the_map_it_is(tmp_path):
-    """The PNG of a [H, W] method is the overlay of the API's map (the command line once passed
-    it through the channel reduction, which collapsed its width into a 1-D profile)."""
+    """The PNG of a [H, W] method is the overlay of the API's map over the picture at its own size
+    (the command line once passed it through the channel reduction, which collapsed its width into
+    a 1-D profile, and drew it over the 224x224 input)."""
     img = picture(tmp_path / "cat.png", seed=1)
     r = run("explain", img, "--model", "vgg11", "--weights", "random", "--method", "grad_cam", "--out", tmp_path / "out",
             home=tmp_path / "home")
     assert r.returncode == 0, r.stderr
     m = models.vgg11()  # the same seeded random weights
-    x = m.preprocess(load_image(img, m)[None])
-    cam = np.asarray(jaxplain.explain(m, x, "predicted", "grad_cam"))[0]
-    np.testing.assert_allclose(np.load(tmp_path / "out" / "cat.npy"), cam, rtol=1e-5, atol=1e-6 * np.abs(cam).max())
-    png = np.asarray(Image.open(tmp_path / "out" / "cat.png")).astype(int)
-    want = viz.overlay(load_image(img, m), cam).astype(int)
-    assert np.abs(png - want).max() <= 1  # rounding of nearly equal floats
+    loaded = load_for_model(img, m)
+    cam = np.asarray(jaxplain.explain(m, m.preprocess(loaded.image[None]), "predicted", "grad_cam"))[0]
+    (line,), stored = _stored(tmp_path / "out", "grad_cam")
+    np.testing.assert_allclose(stored[line["row"]], cam, rtol=1e-5, atol=1e-6 * np.abs(cam).max())
+    png = np.asarray(Image.open(tmp_path / "out" / "grad_cam" / "cat.png")).astype(int)
+    assert png.shape == (150, 200, 3)  # the picture's own size
+    want = viz.overlay(loaded.original, stored[line["row"]], box=loaded.box).astype(int)
+    assert np.abs(png - want).max() <= 1  # the map drawn is the map stored
     assert np.abs(np.diff(png.mean(-1), axis=1)).mean() > 1  # the map varies across the width too
 
 
@@ -88,17 +99,19 @@ def test_a_signed_map_is_drawn_signed(tmp_path):
     r = run("explain", img, "--model", "vgg11", "--weights", "random", "--method", "gradient", "--reduce", "sum",
             "--out", tmp_path / "out", home=tmp_path / "home")
     assert r.returncode == 0, r.stderr
-    m = np.asarray(jaxplain.reduce(np.load(tmp_path / "out" / "cat.npy"), "sum"))
-    assert m.shape == (224, 224) and m.min() < 0 < m.max()
-    png = np.asarray(Image.open(tmp_path / "out" / "cat.png")).astype(int)
-    picture_ = load_image(img, models.vgg11())
-    assert np.abs(png - viz.overlay(picture_, m, signed=True).astype(int)).max() <= 1
-    assert np.abs(png - viz.overlay(picture_, m).astype(int)).max() > 10
+    (line,), stored = _stored(tmp_path / "out", "gradient")
+    m = np.asarray(jaxplain.reduce(stored[line["row"]], "sum"))
+    assert m.shape == (224, 224) and m.min() < 0 < m.max() and line["signed"]
+    png = np.asarray(Image.open(tmp_path / "out" / "gradient" / "cat.png")).astype(int)
+    loaded = load_for_model(img, models.vgg11())
+    assert np.abs(png - viz.overlay(loaded.original, m, box=loaded.box, signed=True).astype(int)).max() <= 1
+    assert np.abs(png - viz.overlay(loaded.original, m, box=loaded.box).astype(int)).max() > 10
 
 
-def test_same_stems_and_batch_size_independence(tmp_path):
-    """Three inputs named x.png in different folders get x, x-2 and x-3; a random method gives
-    each image the same map whatever --batch-size (keys fold in each image's place in the run)."""
+def test_same_names_and_batch_size_independence(tmp_path):
+    """Three inputs named x.png in different folders keep their folders (a/x.png, b/x.png,
+    c/x.png); a random method gives each image the same map whatever --batch-size (keys fold in
+    each file's path)."""
     paths = []
     for i, d in enumerate("abc"):
         (tmp_path / d).mkdir()
@@ -109,29 +122,33 @@ def test_same_stems_and_batch_size_independence(tmp_path):
         r = run("explain", *paths, "--model", "vgg11", "--weights", "random", "--method", "smoothgrad(samples=2)",
                 "--batch-size", bs, "--out", out, home=tmp_path / "home")
         assert r.returncode == 0, r.stderr
-        assert sorted(p.name for p in out.iterdir()) == ["x-2.npy", "x-2.png", "x-3.npy", "x-3.png", "x.npy", "x.png"]
-        outs[bs] = [np.load(out / f"{n}.npy") for n in ("x", "x-2", "x-3")]
+        assert sorted(str(p.relative_to(out / "smoothgrad")) for p in (out / "smoothgrad").rglob("*.png")) == [
+            "a/x.png", "b/x.png", "c/x.png"]
+        lines, stored = _stored(out, "smoothgrad")
+        outs[bs] = [stored[l["row"]] for l in sorted(lines, key=lambda l: l["input"])]
     for a, b in zip(outs[1], outs[3]):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * np.abs(b).max())
     assert not np.allclose(outs[1][0], outs[1][1])  # different pictures, different maps
-    assert cli.output_names(["a/x.png", "b/x.png", "x-2.jpg", "c/x.png"]) == ["x", "x-2", "x-2-2", "x-3"]
 
 
 def test_bad_images_and_outputs_lose_nothing_else(tmp_path):
-    """A decompression bomb is one 'skipped' line; an output path taken by a folder is one
+    """A decompression bomb is one 'failed' line; an output path taken by a folder is one
     'could not write' line; the good image's results are written; exit status 1."""
     good = picture(tmp_path / "good.png")
     bomb = _png_header(tmp_path / "bomb.png", 20000, 20000)
     taken = picture(tmp_path / "taken.png", seed=2)
     out = tmp_path / "out"
-    (out / "taken.png").mkdir(parents=True)
+    (out / "gradient" / "taken.png").mkdir(parents=True)
     r = run("explain", bomb, good, taken, "--model", "vgg11", "--weights", "random", "--out", out, home=tmp_path / "home")
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
-    err = [line for line in r.stderr.splitlines() if line.startswith("jaxplain:")]
+    err = [line for line in r.stderr.splitlines() if line.startswith("jaxplain: failed")]
     assert len(err) == 2, r.stderr
-    assert "skipped" in err[0] and "bomb.png" in err[0] and "400000000 pixels" in err[0]
-    assert "could not write the results of" in err[1] and "taken.png" in err[1]
-    assert np.load(out / "good.npy").shape == (224, 224, 3) and Image.open(out / "good.png").size == (224, 224)
+    assert "bomb.png" in err[0] and "400000000 pixels" in err[0]
+    assert "could not write its results" in err[1] and "taken.png" in err[1]
+    assert r.stderr.splitlines()[-1] == "jaxplain: 1 explained, 0 skipped (already complete), 2 failed"
+    (line,), stored = _stored(out, "gradient")
+    assert line["input"] == str(good) and stored.shape[1:] == (224, 224, 3)
+    assert Image.open(out / "gradient" / "good.png").size == (200, 150)
 
 
 @pytest.mark.parametrize("args,message", [
@@ -171,7 +188,7 @@ def test_unknown_layer_fails_before_any_image(tmp_path):
     r = run("explain", img, "--model", "vgg11", "--weights", "random", "--method", "grad_cam(layer='block9_conv1')",
             "--out", tmp_path / "out", home=tmp_path / "home")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "unknown layer 'block9_conv1'" in r.stderr
-    assert not list((tmp_path / "out").iterdir())
+    assert not list((tmp_path / "out").iterdir())  # nothing written
 
 
 def test_help_lists_methods_and_reductions(capsys):

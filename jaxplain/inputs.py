@@ -1,0 +1,93 @@
+"""The command line's INPUT arguments as a list of image files: files, folders, globs, ``@list.txt``.
+
+A folder is searched recursively for image files (by suffix, case ignored); a glob (``*``, ``?``,
+``[``; ``**`` crosses folders) keeps the files it matches; ``@list.txt`` reads one path per line
+(blank lines and ``#`` comments skipped; relative paths from the current folder). The result is
+sorted within each argument, in argument order, each file once. An argument that names nothing
+is a ``Problem``: the command reports it and goes on with the others.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections import Counter
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif")
+
+
+class Problem(NamedTuple):
+    """An argument that names no file: the argument and why."""
+
+    argument: str
+    message: str
+
+
+class Found(NamedTuple):
+    """The files the arguments name (``Path``s as found, resolved-unique) and the problems."""
+
+    files: list[Path]
+    problems: list[Problem]
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _one(argument: str) -> tuple[list[Path], str | None]:
+    if argument.startswith("@"):
+        listing = Path(argument[1:])
+        try:
+            lines = listing.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            return [], f"cannot read the list {listing} ({getattr(e, 'strerror', None) or e})"
+        names = [s.strip() for s in lines if s.strip() and not s.strip().startswith("#")]
+        return [Path(n) for n in names], None if names else f"the list {listing} names no files"
+    if glob.has_magic(argument):
+        matched = sorted(Path(p) for p in glob.glob(argument, recursive=True) if os.path.isfile(p))
+        return matched, None if matched else "no file matches this pattern"
+    path = Path(argument)
+    if path.is_dir():
+        found = sorted(p for p in path.rglob("*") if p.is_file() and _is_image(p))
+        return found, None if found else f"a folder with no image files ({', '.join(IMAGE_SUFFIXES[:4])}, ...)"
+    if not path.exists():
+        return [], "no such file or folder"
+    return [path], None
+
+
+def expand(arguments: Sequence[str]) -> Found:
+    """Every file the ``arguments`` name, once (by resolved path), and the arguments naming none."""
+    files, problems, seen = [], [], set()
+    for argument in arguments:
+        paths, problem = _one(argument)
+        if problem:
+            problems.append(Problem(argument, problem))
+        for p in paths:
+            key = os.path.realpath(p)
+            if key not in seen:
+                seen.add(key)
+                files.append(p)
+    return Found(files, problems)
+
+
+def output_names(files: Sequence[Path]) -> list[str]:
+    """A distinct relative name per file, with "/" separators and no suffix: its path below the
+    files' common folder, keeping the suffix (``cat.jpg`` -> ``cat.jpg``) only where two files of
+    one folder share a stem (``cat.jpg`` and ``cat.png``)."""
+    if not files:
+        return []
+    resolved = [Path(os.path.realpath(p)) for p in files]
+    parents = [str(p.parent) for p in resolved]
+    root = Path(os.path.commonpath(parents))
+    stems = Counter((p.parent, p.stem) for p in resolved)
+    full = [stems[(p.parent, p.stem)] > 1 or not p.stem for p in resolved]
+    while True:  # a stem can equal another file's whole name ("a.b" of a.b.png, and a file "a.b")
+        names = [(p.parent.relative_to(root) / (p.name if f else p.stem)).as_posix() for p, f in zip(resolved, full)]
+        taken = Counter(names)
+        clash = [i for i, n in enumerate(names) if taken[n] > 1 and not full[i]]
+        if not clash:
+            return names
+        for i in clash:
+            full[i] = True

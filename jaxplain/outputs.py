@@ -1,0 +1,113 @@
+"""What a data-set run leaves in its folder: atomic files, the ``results.jsonl`` index, and one
+chunked zarr array of attributions per method.
+
+Every file is written under a temporary name and renamed, and a ``results.jsonl`` line is
+appended (and flushed to disk) only after the files it names are complete, so the JSONL is the
+run's index: a result it does not name does not exist, whatever a crash left behind. The
+attributions are a zarr array ``[rows, *shape]`` chunked one image per chunk (one file each,
+written whole), opened in NumPy with ``zarr.open_array("OUT/gradient/attributions.zarr")[:]``;
+a line's ``row`` says which image a row holds.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from jaxplain.errors import InputError
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """``data`` into ``path`` (folders created) under a temporary name, then renamed: a reader
+    sees the old file or the whole new one, never half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def picture_bytes(rgb: np.ndarray, kind: str = "PNG", **options: Any) -> bytes:
+    """``uint8 [H, W, 3]`` encoded by Pillow as ``kind`` ("PNG", "JPEG")."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(rgb, np.uint8)).save(buf, kind, **options)
+    return buf.getvalue()
+
+
+def read_lines(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The JSON objects of a JSONL file, in order; a line that does not parse (the end of a
+    line a killed run was writing) is left out. A missing file has none."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    records = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def repair(path: str | os.PathLike) -> None:
+    """Cut a JSONL file back to its last complete line, so the next append starts a line."""
+    path = Path(path)
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end != len(data):
+        with open(path, "r+b") as f:
+            f.truncate(end)
+
+
+def append_lines(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> None:
+    """Append one JSON line per record and flush them to disk."""
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    if not text:
+        return
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def open_rows(path: str | os.PathLike, shape: tuple[int, ...], dtype: str, rows: int):
+    """The zarr array ``[rows, *shape]`` at ``path``, created when missing (one chunk per row),
+    and cut or grown to ``rows`` (rows past the last one the index names are left-overs of a
+    killed run). An existing array of another shape or dtype is refused."""
+    import zarr
+
+    path = Path(path)
+    if (path / "zarr.json").exists():
+        try:
+            arr = zarr.open_array(str(path), mode="r+")
+        except Exception as e:  # noqa: BLE001  (zarr's own errors: a damaged or foreign store)
+            raise InputError(f"{path}: not a readable zarr array ({e}); move it away or use --overwrite") from None
+        if tuple(arr.shape[1:]) != tuple(shape) or str(arr.dtype) != dtype:
+            raise InputError(f"{path} holds {arr.dtype} attributions of shape {tuple(arr.shape[1:])}, not {dtype} "
+                             f"{tuple(shape)}: use another --out or --overwrite")
+        if arr.shape[0] != rows:
+            arr.resize((rows, *shape))
+        return arr
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return zarr.create_array(str(path), shape=(rows, *shape), chunks=(1, *shape), dtype=dtype, fill_value=0)
+
+
+def write_rows(arr, first: int, values: np.ndarray) -> None:
+    """``values [n, *shape]`` into rows ``first .. first + n`` of ``arr``, growing it."""
+    end = first + len(values)
+    if arr.shape[0] < end:
+        arr.resize((end, *arr.shape[1:]))
+    arr[first:end] = values.astype(arr.dtype)

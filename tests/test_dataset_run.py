@@ -1,0 +1,251 @@
+"""``jaxplain explain`` over folders as a user runs it (subprocesses): good and bad files mixed,
+reruns, SIGINT / SIGTERM and a rerun, two processes. The model is the shipped synthetic VGG
+(64x64), so a run takes seconds; each stored attribution is compared with ``jaxplain.explain``
+on the same picture, each overlay read back at the picture's own size."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from PIL import Image
+
+import jaxplain
+from jaxplain import cli, models
+from jaxplain.io import load_image
+from tests.test_imagenet_io import _png_header
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args, home, cwd=None):
+    env = dict(os.environ, JAXPLAIN_HOME=str(home), JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, "-m", "jaxplain.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=600, cwd=cwd or ROOT)
+
+
+def photo(path, size, seed=0, mode="RGB"):
+    """A picture of ``size`` (h, w): a few flat shapes on noise, saved in ``mode``."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 80, (*size, 3)).astype(np.uint8)
+    h, w = size
+    a[h // 4 : h // 2, w // 5 : w // 2] = (220, 40, 40)
+    a[h // 2 :, w // 2 :] = (40, 200, 60)
+    img = Image.fromarray(a)
+    if mode == "I;16":
+        img = Image.fromarray(np.asarray(img.convert("L")).astype(np.uint16) * 257)
+        assert img.mode == "I;16"
+    elif mode != "RGB":
+        img = img.convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return path
+
+
+def lines(out):
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    return models.synthetic_vgg()
+
+
+def reference(model, path, method):
+    x = model.preprocess(load_image(path, model)[None])
+    return np.asarray(jaxplain.explain(model, x, "predicted", method))[0]
+
+
+@pytest.fixture()
+def folder(tmp_path):
+    d = tmp_path / "photos"
+    good = [photo(d / "cat.jpg", (240, 320), 1), photo(d / "cat.png", (90, 60), 2),  # a shared stem
+            photo(d / "sub" / "wide.png", (40, 300), 3), photo(d / "sub" / "gray.png", (64, 64), 4, "L"),
+            photo(d / "sub" / "palette.gif", (70, 50), 5, "P"), photo(d / "rgba.png", (50, 80), 6, "RGBA"),
+            photo(d / "cmyk.jpg", (60, 60), 7, "CMYK"), photo(d / "deep.png", (33, 47), 8, "I;16")]
+    (d / "zero.jpg").write_bytes(b"")
+    photo(d / "cut.jpg", (200, 200), 9)
+    (d / "cut.jpg").write_bytes((d / "cut.jpg").read_bytes()[:600])
+    (d / "text.png").write_text("not a picture")
+    _png_header(d / "bomb.png", 20000, 20000)
+    (d / "notes.txt").write_text("not an image suffix: never listed")
+    bad = ["zero.jpg", "cut.jpg", "text.png", "bomb.png"]
+    return d, good, bad
+
+
+def test_a_folder_with_good_and_bad_files(folder, synthetic, tmp_path):
+    d, good, bad = folder
+    out = tmp_path / "out"
+    r = run("explain", d, tmp_path / "missing", "--model", "synthetic_vgg", "--method", "gradient",
+            "--method", "grad_cam", "--out", out, "--batch-size", "3", "--dtype", "float16", home=tmp_path)
+    assert r.returncode == 1, r.stderr  # some failed
+    assert "Traceback" not in r.stderr
+    failed = [l for l in r.stderr.splitlines() if l.startswith("jaxplain: failed")]
+    assert len(failed) == len(bad) + 1, r.stderr  # one line each, the missing path too
+    for name in [*bad, "missing"]:
+        assert sum(name in l for l in failed) == 1, (name, failed)
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"jaxplain: {len(good)} explained, 0 skipped (already complete), {len(bad) + 1} failed")
+    records = lines(out)
+    assert len(records) == 2 * len(good)
+    assert {(r["input"], r["method"]) for r in records} == {(str(p), m) for p in good for m in ("gradient", "grad_cam")}
+    stores = {m: zarr.open_array(str(out / m / "attributions.zarr"))[:] for m in ("gradient", "grad_cam")}
+    assert stores["gradient"].dtype == np.float16 and stores["gradient"].shape == (len(good), 64, 64, 3)
+    assert stores["grad_cam"].shape == (len(good), 64, 64)
+    for rec in records:
+        path = Path(rec["input"])
+        h, w = np.asarray(Image.open(path)).shape[:2]
+        assert rec["size"] == [h, w]
+        for key in ("overlay", "thumb", "picture"):
+            Image.open(out / rec[key]).load()  # each decodes
+        assert Image.open(out / rec["overlay"]).size == (w, h)  # the picture's own size
+        assert max(Image.open(out / rec["thumb"]).size) <= 256
+        want = reference(synthetic, path, rec["method"])
+        got = stores[rec["method"]][rec["row"]].astype(np.float32)
+        np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3 * np.abs(want).max())  # float16 storage
+        assert len(rec["top5"]) == 5 and rec["top5"][0]["class"] == rec["target"]
+        assert [t["p"] for t in rec["top5"]] == sorted((t["p"] for t in rec["top5"]), reverse=True)
+    names = sorted(r["overlay"] for r in records if r["method"] == "gradient")
+    assert names == sorted(["gradient/cat.jpg.png", "gradient/cat.png.png", "gradient/sub/wide.png",
+                            "gradient/sub/gray.png", "gradient/sub/palette.png", "gradient/rgba.png",
+                            "gradient/cmyk.png", "gradient/deep.png"])  # the tree mirrored, no collision
+
+
+def test_a_rerun_skips_what_is_complete_and_refuses_other_settings(tmp_path, synthetic):
+    d = tmp_path / "in"
+    for i in range(5):
+        photo(d / f"p{i}.png", (50 + 10 * i, 70), i)
+    out = tmp_path / "out"
+    args = ["explain", d, "--model", "synthetic_vgg", "--out", out, "--batch-size", "2"]
+    first = run(*args, "--method", "gradient", home=tmp_path)
+    assert first.returncode == 0, first.stderr
+    again = run(*args, "--method", "gradient", "--method", "smoothgrad(samples=4)", home=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.strip().splitlines()[-1] == "jaxplain: 5 explained, 0 skipped (already complete), 0 failed"
+    assert "with smoothgrad" in again.stdout and "gradient," not in again.stdout  # only the new method ran
+    third = run(*args, "--method", "gradient", "--method", "smoothgrad(samples=4)", home=tmp_path)
+    assert third.returncode == 0 and "0 explained, 5 skipped (already complete), 0 failed" in third.stderr
+    records = lines(out)
+    assert len(records) == 10 and len({(r["input"], r["method"]) for r in records}) == 10  # each once
+    smooth = zarr.open_array(str(out / "smoothgrad" / "attributions.zarr"))[:]
+    assert smooth.shape[0] == 5
+    changed = run(*args, "--method", "smoothgrad(samples=8)", home=tmp_path)
+    assert changed.returncode == 2 and changed.stderr.count("\n") == 1
+    assert "samples" in changed.stderr and "--overwrite" in changed.stderr
+    replaced = run(*args, "--method", "smoothgrad(samples=8)", "--overwrite", home=tmp_path)
+    assert replaced.returncode == 0, replaced.stderr
+    assert [r["method"] for r in lines(out)] == ["smoothgrad"] * 5 and not (out / "gradient").exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_run_stopped_by_a_signal_and_rerun_gives_each_result_once(tmp_path, sig, synthetic):
+    d = tmp_path / "in"
+    n = 40
+    for i in range(n):
+        photo(d / f"p{i:02d}.png", (64 + i, 64), i)
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "jaxplain.cli", "explain", str(d), "--model", "synthetic_vgg", "--out", str(out),
+            "--batch-size", "2", "--method", "integrated_gradients(steps=64)"]
+    env = dict(os.environ, JAXPLAIN_HOME=str(tmp_path), JAX_PLATFORMS="cpu")
+    p = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not ((out / "results.jsonl").exists() and (out / "results.jsonl").stat().st_size):
+        time.sleep(0.02)
+    p.send_signal(sig)
+    stdout, stderr = p.communicate(timeout=300)
+    assert p.returncode == 128 + sig, stderr
+    assert "Traceback" not in stderr and "stopped by a signal" in stderr
+    first = lines(out)
+    assert 0 < len(first) < n
+    rerun = run(*args[3:], home=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{n - len(first)} explained, {len(first)} skipped" in rerun.stderr  # nothing finished was redone
+    records = lines(out)
+    assert sorted(r["input"] for r in records) == sorted(str(d / f"p{i:02d}.png") for i in range(n))
+    store = zarr.open_array(str(out / "integrated_gradients" / "attributions.zarr"))[:]
+    assert sorted(r["row"] for r in records) == list(range(n)) and store.shape[0] == n
+    for rec in records[:: 7]:
+        want = reference(synthetic, rec["input"], "integrated_gradients(steps=64)")
+        np.testing.assert_allclose(store[rec["row"]], want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+        Image.open(out / rec["overlay"]).load()
+
+
+def _port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_split_the_inputs_and_join_their_results(tmp_path, synthetic):
+    d = tmp_path / "in"
+    n = 7
+    for i in range(n):
+        photo(d / f"p{i}.png", (60, 60 + 5 * i), i)
+    out = tmp_path / "out"
+    coordinator = f"127.0.0.1:{_port()}"
+    env = dict(os.environ, JAXPLAIN_HOME=str(tmp_path), JAX_PLATFORMS="cpu")
+    procs = [subprocess.Popen([sys.executable, "-m", "jaxplain.cli", "explain", str(d), "--model", "synthetic_vgg",
+                               "--out", str(out), "--method", "gradient", "--batch-size", "2", "--report",
+                               "--coordinator", coordinator, "--num-processes", "2", "--process-id", str(i)],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    assert "(process 0): 4 explained" in outs[0][1] and "(process 1): 3 explained" in outs[1][1]
+    records = lines(out)
+    assert sorted(r["input"] for r in records) == sorted(str(d / f"p{i}.png") for i in range(n))  # once each
+    assert sorted(r["process"] for r in records) == [0] * 4 + [1] * 3
+    assert not list(out.glob("results.p*")) and not list(out.glob("*/attributions.p*"))  # parts joined
+    store = zarr.open_array(str(out / "gradient" / "attributions.zarr"))[:]
+    assert sorted(r["row"] for r in records) == list(range(n))
+    for rec in records:
+        want = reference(synthetic, rec["input"], "gradient")
+        np.testing.assert_allclose(store[rec["row"]], want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+    assert (out / "index.html").is_file()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--method", "no_such_method"], "no_such_method"),
+    (["--method", "gradient(steps=3)"], "steps"),
+    (["--method", "layer_gradient_x_activation"], "cannot be drawn"),
+    (["--method", "gradient", "--method", "gradient"], "given twice"),
+    (["--cmap", "no_such_map"], "no_such_map"),
+    (["--target", "-1"], "--target"),
+])
+def test_arguments_are_checked_before_a_model_loads(tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.setattr(cli, "_load_model", lambda args: pytest.fail("the model was loaded"))
+    img = photo(tmp_path / "a.png", (20, 20))
+    assert cli.main(["explain", str(img), "--out", str(tmp_path / "out"), "--model", "synthetic_vgg", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("jaxplain: error:") and message in err
+
+
+def test_an_unusable_output_folder_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "_load_model", lambda args: pytest.fail("the model was loaded"))
+    img = photo(tmp_path / "a.png", (20, 20))
+    (tmp_path / "file").write_text("x")
+    for out, message in [(tmp_path / "file", "existing file"), (tmp_path / "file" / "sub", "cannot write there")]:
+        assert cli.main(["explain", str(img), "--out", str(out), "--model", "synthetic_vgg"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err and str(out) in err
+
+
+def test_inputs_from_a_list_and_a_glob(tmp_path):
+    from jaxplain import inputs
+
+    d = tmp_path / "d"
+    a, b, c = photo(d / "a.png", (8, 8)), photo(d / "x" / "b.jpg", (8, 8)), photo(d / "x" / "c.png", (8, 8))
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# my pictures\n{a}\n\n{c}\n{a}\n")
+    found = inputs.expand([f"@{listing}", str(d / "**" / "*.jpg"), str(d / "*.nothing"), f"@{tmp_path / 'none.txt'}"])
+    assert found.files == [a, c, b]  # in argument order, each once
+    assert [p.argument for p in found.problems] == [str(d / "*.nothing"), f"@{tmp_path / 'none.txt'}"]
+    assert inputs.output_names(found.files) == ["a", "x/c", "x/b"]
