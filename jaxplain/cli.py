@@ -89,7 +89,7 @@ def _images(paths: Sequence[str], model) -> tuple[list[int], list[np.ndarray]]:
             arrays.append(load_image(path, model))
             ok.append(i)
         except JaxplainError as e:
-            print(f"jaxplain: skipped {e}", file=sys.stderr)
+            print(f"jaxplain: failed {e}", file=sys.stderr)
     return ok, arrays
 
 
@@ -305,7 +305,7 @@ def _images_and_masks(paths: Sequence[str], mask_paths: Sequence[str] | None, mo
             img = load_image(path, model)
             mask = load_image(mask_paths[i], model).max(-1) > 127 if mask_paths else None
         except JaxplainError as e:
-            print(f"jaxplain: skipped {e}", file=sys.stderr)
+            print(f"jaxplain: failed {e}", file=sys.stderr)
             continue
         found.append(i)
         arrays.append(img)
