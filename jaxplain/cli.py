@@ -216,10 +216,10 @@ class _Signals:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from jaxplain import inputs, pipeline
+    from jaxplain import inputs, outputs, pipeline
 
     jobs, target, out = _check_explain_args(args)
-    found = inputs.expand(args.images)
+    found = inputs.expand(args.images, exclude=out)  # never the results of an earlier run
     for problem in found.problems:
         print(f"jaxplain: failed {problem.argument}: {problem.message}", file=sys.stderr)
     model_record = _model_record(args)
@@ -234,6 +234,19 @@ def _explain(args: argparse.Namespace) -> int:
     from jaxplain import distributed
 
     writer = jax.process_index() == 0
+    lock = outputs.Lock(out / f".lock.p{jax.process_index()}", f"into {out}")
+    try:
+        return _explain_locked(args, jobs, target, out, found, config, writer)
+    finally:
+        lock.release()
+
+
+def _explain_locked(args: argparse.Namespace, jobs: list, target: Any, out: Path, found: Any, config: dict[str, Any],
+                    writer: bool) -> int:
+    import jax
+
+    from jaxplain import distributed, inputs, pipeline
+
     pipeline.prepare(out, config, overwrite=args.overwrite, writer=False)  # refuses results of other settings
     counts = pipeline.Counts()
     if found.files:
@@ -278,13 +291,17 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from jaxplain import pipeline, report
+    from jaxplain import outputs, pipeline, report
 
     out = Path(args.out)
     if not (out / pipeline.RUN).is_file():
         raise InputError(f"{args.out}: no jaxplain run here (no {pipeline.RUN})")
-    pipeline.join(out)
-    print(f"report: {report.write(out, page_size=args.page_size)}")
+    lock = outputs.Lock(out / ".lock.p0", f"into {out}")
+    try:
+        pipeline.join(out)
+        print(f"report: {report.write(out, page_size=args.page_size)}")
+    finally:
+        lock.release()
     return 0
 
 

@@ -57,15 +57,19 @@ def _one(argument: str) -> tuple[list[Path], str | None]:
     return [path], None
 
 
-def expand(arguments: Sequence[str]) -> Found:
-    """Every file the ``arguments`` name, once (by resolved path), and the arguments naming none."""
+def expand(arguments: Sequence[str], exclude: str | os.PathLike | None = None) -> Found:
+    """Every file the ``arguments`` name, once (by resolved path), and the arguments naming none;
+    files below the folder ``exclude`` (the run's own output folder) are left out."""
     files, problems, seen = [], [], set()
+    below = os.path.join(os.path.realpath(exclude), "") if exclude is not None else None
     for argument in arguments:
         paths, problem = _one(argument)
         if problem:
             problems.append(Problem(argument, problem))
         for p in paths:
             key = os.path.realpath(p)
+            if below is not None and key.startswith(below):
+                continue
             if key not in seen:
                 seen.add(key)
                 files.append(p)

@@ -74,10 +74,10 @@ def repair(path: str | os.PathLike) -> None:
 
 def append_lines(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> None:
     """Append one JSON line per record and flush them to disk."""
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    text = "".join(json.dumps(r) + "\n" for r in records)  # ASCII: any file name survives
     if not text:
         return
-    with open(path, "a", encoding="utf-8") as f:
+    with open(path, "a", encoding="ascii") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
@@ -111,3 +111,21 @@ def write_rows(arr, first: int, values: np.ndarray) -> None:
     if arr.shape[0] < end:
         arr.resize((end, *arr.shape[1:]))
     arr[first:end] = values.astype(arr.dtype)
+
+
+class Lock:
+    """An exclusive lock on ``path`` (``fcntl.flock``), held until ``release``: a second run
+    writing into the same folder is refused instead of mixing its rows and lines with ours."""
+
+    def __init__(self, path: str | os.PathLike, what: str):
+        import fcntl
+
+        self.file = open(path, "a")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.file.close()
+            raise InputError(f"another jaxplain run is writing {what}; wait for it, or use another --out") from None
+
+    def release(self) -> None:
+        self.file.close()

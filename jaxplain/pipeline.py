@@ -318,6 +318,7 @@ def run(model: Model, files: Sequence[Path], names: Sequence[str], jobs_: Sequen
     counts = Counts(skipped=complete)
     if not items:
         return counts
+    batch_size = min(batch_size, len(items))  # a short run pads no batch beyond its images
     dtype, reduce, colormaps = config["dtype"], config["reduce"], config["colormaps"]
     arrays: dict[str, Any] = {}
     next_row = {j.label: rows.get(f"{j.label}/{store}.zarr", 0) for j in jobs_}

@@ -142,6 +142,24 @@ def test_a_rerun_skips_what_is_complete_and_refuses_other_settings(tmp_path, syn
     replaced = run(*args, "--method", "smoothgrad(samples=8)", "--overwrite", home=tmp_path)
     assert replaced.returncode == 0, replaced.stderr
     assert [r["method"] for r in lines(out)] == ["smoothgrad"] * 5 and not (out / "gradient").exists()
+    assert cli.main(["report", str(out)]) == 0 and (out / "index.html").is_file()
+
+
+def test_a_second_run_into_the_same_folder_is_refused(tmp_path, monkeypatch, capsys):
+    from jaxplain import outputs
+
+    monkeypatch.setattr(cli, "_load_model", lambda args: pytest.fail("the model was loaded"))
+    img = photo(tmp_path / "a.png", (20, 20))
+    out = tmp_path / "out"
+    out.mkdir()
+    held = outputs.Lock(out / ".lock.p0", "into out")  # as a running explain holds it
+    try:
+        assert cli.main(["explain", str(img), "--out", str(out), "--model", "synthetic_vgg"]) == 2
+        assert "another jaxplain run is writing" in capsys.readouterr().err
+        assert cli.main(["report", str(out)]) == 2  # no run.json yet
+        assert "no jaxplain run here" in capsys.readouterr().err
+    finally:
+        held.release()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -236,16 +254,3 @@ def test_an_unusable_output_folder_is_one_line(tmp_path, monkeypatch, capsys):
         assert cli.main(["explain", str(img), "--out", str(out), "--model", "synthetic_vgg"]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err and str(out) in err
-
-
-def test_inputs_from_a_list_and_a_glob(tmp_path):
-    from jaxplain import inputs
-
-    d = tmp_path / "d"
-    a, b, c = photo(d / "a.png", (8, 8)), photo(d / "x" / "b.jpg", (8, 8)), photo(d / "x" / "c.png", (8, 8))
-    listing = tmp_path / "list.txt"
-    listing.write_text(f"# my pictures\n{a}\n\n{c}\n{a}\n")
-    found = inputs.expand([f"@{listing}", str(d / "**" / "*.jpg"), str(d / "*.nothing"), f"@{tmp_path / 'none.txt'}"])
-    assert found.files == [a, c, b]  # in argument order, each once
-    assert [p.argument for p in found.problems] == [str(d / "*.nothing"), f"@{tmp_path / 'none.txt'}"]
-    assert inputs.output_names(found.files) == ["a", "x/c", "x/b"]

@@ -1,0 +1,51 @@
+"""The run folder's files: atomic writes, the JSONL index after a crash, zarr rows, the lock."""
+
+import json
+
+import numpy as np
+import pytest
+import zarr
+
+from jaxplain import outputs
+from jaxplain.errors import InputError
+
+
+def test_a_half_written_line_is_ignored_then_cut(tmp_path):
+    path = tmp_path / "results.jsonl"
+    outputs.append_lines(path, [{"a": 1}, {"b": "\udcff odd name"}])  # a file name that is not UTF-8
+    with open(path, "a") as f:
+        f.write('{"c": 3, "trunc')  # a run killed mid-line
+    assert outputs.read_lines(path) == [{"a": 1}, {"b": "\udcff odd name"}]
+    outputs.repair(path)
+    outputs.append_lines(path, [{"d": 4}])
+    assert [json.loads(l) for l in path.read_text().splitlines()] == [{"a": 1}, {"b": "\udcff odd name"}, {"d": 4}]
+    assert outputs.read_lines(tmp_path / "none.jsonl") == []
+
+
+def test_atomic_write_leaves_no_temporary(tmp_path):
+    outputs.write_atomic(tmp_path / "sub" / "x.png", outputs.picture_bytes(np.zeros((3, 4, 3), np.uint8)))
+    outputs.write_atomic(tmp_path / "sub" / "x.png", b"new")
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["x.png"] and (tmp_path / "sub" / "x.png").read_bytes() == b"new"
+
+
+def test_rows_are_cut_to_what_the_index_names(tmp_path):
+    path = tmp_path / "attributions.zarr"
+    arr = outputs.open_rows(path, (2, 3), "float16", 0)
+    outputs.write_rows(arr, 0, np.arange(24, dtype=np.float32).reshape(4, 2, 3))
+    again = outputs.open_rows(path, (2, 3), "float16", 2)  # the index names rows 0 and 1 only
+    assert again.shape == (2, 2, 3)
+    outputs.write_rows(again, 2, np.full((1, 2, 3), -1.0))
+    got = zarr.open_array(str(path))[:]
+    assert got.dtype == np.float16 and got.shape == (3, 2, 3)
+    np.testing.assert_array_equal(got[:2], np.arange(12).reshape(2, 2, 3))
+    np.testing.assert_array_equal(got[2], -1)
+    with pytest.raises(InputError, match=r"holds float16 attributions of shape \(2, 3\), not float32 \(2, 3\)"):
+        outputs.open_rows(path, (2, 3), "float32", 3)
+
+
+def test_one_writer_per_folder(tmp_path):
+    held = outputs.Lock(tmp_path / ".lock", "into out")
+    with pytest.raises(InputError, match="another jaxplain run is writing into out"):
+        outputs.Lock(tmp_path / ".lock", "into out")
+    held.release()
+    outputs.Lock(tmp_path / ".lock", "into out").release()  # free again
