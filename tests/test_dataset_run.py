@@ -254,3 +254,10 @@ def test_an_unusable_output_folder_is_one_line(tmp_path, monkeypatch, capsys):
         assert cli.main(["explain", str(img), "--out", str(out), "--model", "synthetic_vgg"]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err and str(out) in err
+
+
+def test_debug_shows_the_traceback(tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "_load_model", lambda args: pytest.fail("the model was loaded"))
+    img = photo(tmp_path / "a.png", (20, 20))
+    with pytest.raises(jaxplain.InputError, match="unknown method 'nope'"):
+        cli.main(["explain", str(img), "--out", str(tmp_path / "out"), "--method", "nope", "--debug"])
