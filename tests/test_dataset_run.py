@@ -261,3 +261,23 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch):
     img = photo(tmp_path / "a.png", (20, 20))
     with pytest.raises(jaxplain.InputError, match="unknown method 'nope'"):
         cli.main(["explain", str(img), "--out", str(tmp_path / "out"), "--method", "nope", "--debug"])
+
+
+def test_the_report_of_a_real_run_opens_in_a_browser(tmp_path):
+    """What the pipeline writes and what the report links agree: headless Chromium loads every
+    heat map of a run's index.html (the report's own tests build their folders by hand)."""
+    from tests.test_report import COUNTER, _browse, _chromium
+
+    _chromium()  # skips, with the reason, where there is no browser
+    d = tmp_path / "in"
+    for i in range(3):
+        photo(d / f"p {i}#.png", (50 + 20 * i, 80), i)  # a space and a '#' in every name
+    out = tmp_path / "out"
+    r = run("explain", d, "--model", "synthetic_vgg", "--method", "gradient", "--method", "grad_cam", "--report",
+            "--out", out, home=tmp_path)
+    assert r.returncode == 0, r.stderr
+    probe = out / "probe.html"
+    probe.write_text((out / "index.html").read_text(encoding="utf-8").replace("</body>", f"{COUNTER}</body>"),
+                     encoding="utf-8")
+    dom = _browse(tmp_path, probe, "--dump-dom", "--virtual-time-budget=10000")
+    assert "loaded 6 of 6" in dom, dom[-500:]
