@@ -2,7 +2,7 @@
 # One prepared benchmark run for an accelerator host: the pytest-benchmark suite (--quick), then
 # VGG16 at 224x224 side by side with Captum (Score-CAM: pytorch-grad-cam's
 # algorithm in torch) at the usual settings, batch 1/8/32; the other methods;
-# IG with each chunk loop; bfloat16.
+# IG with each chunk loop; bfloat16; a folder run end to end against the kernel alone.
 # Usage: bash benchmarks/run_all.sh OUTDIR   (needs jaxplain installed; captum/torch for the Captum column)
 set -uo pipefail
 out=${1:?usage: run_all.sh OUTDIR}
@@ -43,3 +43,6 @@ timeout "${SURROGATE_LIMIT:-420}" python3 -m benchmarks.surrogates_vs_peers --mo
   2>&1 | tee "$out/vs_surrogates_tiny.txt"
 timeout "${SURROGATE_VGG_LIMIT:-600}" python3 -m benchmarks.surrogates_vs_peers --model vgg16 --json "$out/vs_surrogates_vgg16.json" \
   2>&1 | tee "$out/vs_surrogates_vgg16.txt"
+# `jaxplain explain FOLDER` end to end (decoding, overlays, zarr, JSONL) against the kernel alone, interleaved
+timeout "${FOLDER_LIMIT:-1800}" python3 -m benchmarks.folder_run --images 500 --model vgg16 --method gradient --batch 8 \
+  --json "$out/folder_run.json" 2>&1 | grep -v Warning | tee "$out/folder_run.txt"
