@@ -263,12 +263,23 @@ def _background() -> None:
     """A writer thread's start (Linux): the lowest priority for this thread alone, so that drawing
     and encoding use the time XLA's threads leave idle instead of stalling them. Measured on 2 busy
     cores, VGG16 gradient at batch 8: the folder run at 0.98-1.04 of the kernel's images/s, against
-    0.89-0.92 at the default priority (``python -m benchmarks.folder_run``)."""
+    0.89-0.92 at the default priority (``python -m benchmarks.folder_run``). Where other processes
+    leave them no time, the main thread does the writes no writer has started (``_finish``)."""
     if sys.platform.startswith("linux"):
         try:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICE)
         except OSError:
             pass
+
+
+def _finish(batch: list[tuple[Future, tuple]]) -> None:
+    """Wait for a batch's writes, doing those no writer has started on this (normal-priority)
+    thread: low-priority writers on a machine busy with other work cannot stall the run."""
+    for future, (fn, *args) in batch:
+        if future.cancel():
+            fn(*args)
+        else:
+            future.result()
 
 
 def _record(item: Item, job: Job, target: int, top: list[dict[str, Any]], size: tuple[int, int], store: str, row: int,
@@ -387,10 +398,10 @@ def run(model: Model, files: Sequence[Path], names: Sequence[str], jobs_: Sequen
                                  seconds, process)
                 per_image[k].append((job, a, record))
         if len(pending) >= 2:  # at most two batches drawn behind the one computed
-            for f in pending.pop(0):
-                f.result()
-        pending.append([pool.submit(_draw_and_record, out, results, item, loaded, per_image[k], failures[k], reduce,
-                                    colormaps, counts, progress.say) for k, (item, loaded) in enumerate(group)])
+            _finish(pending.pop(0))
+        tasks = [(_draw_and_record, out, results, item, loaded, per_image[k], failures[k], reduce, colormaps, counts,
+                  progress.say) for k, (item, loaded) in enumerate(group)]
+        pending.append([(pool.submit(*task), task) for task in tasks])
         progress.update(len(group))
 
     try:
@@ -412,9 +423,8 @@ def run(model: Model, files: Sequence[Path], names: Sequence[str], jobs_: Sequen
         if group and not counts.stopped:
             batch_of(group)
     finally:
-        for fs in pending:
-            for f in fs:
-                f.result()
+        for batch in pending:
+            _finish(batch)
         pool.shutdown(wait=True)
         progress.close()
     return counts

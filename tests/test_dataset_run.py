@@ -281,3 +281,21 @@ def test_the_report_of_a_real_run_opens_in_a_browser(tmp_path):
                      encoding="utf-8")
     dom = _browse(tmp_path, probe, "--dump-dom", "--virtual-time-budget=10000")
     assert "loaded 6 of 6" in dom, dom[-500:]
+
+
+def test_writes_no_writer_started_are_done_by_the_waiting_thread():
+    """Low-priority writers that get no time cannot stall a run: waiting for a batch, the main
+    thread does every write still queued."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from jaxplain import pipeline
+
+    release, ran = threading.Event(), []
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        busy = pool.submit(release.wait)  # the only writer, held up
+        task = (lambda who: ran.append((who, threading.current_thread().name)), "queued")
+        pipeline._finish([(pool.submit(*task), task)])
+        assert ran == [("queued", threading.current_thread().name)]  # done here, not by the writer
+        release.set()
+        pipeline._finish([(busy, (release.wait,))])  # one already running is waited for
