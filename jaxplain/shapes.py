@@ -34,7 +34,10 @@ def layer_shapes(model: Model, image_shape: tuple[int, ...]) -> dict[str, tuple[
 
 
 def default_layer(model: Model, image_shape: tuple[int, ...]) -> str:
-    """The last convolutional layer the model names (the last spatial one if none says conv)."""
+    """The model's ``cam_layer``, else the last convolutional layer it names (the last spatial one
+    if none says conv)."""
+    if model.cam_layer is not None:
+        return model.cam_layer
     shapes = layer_shapes(model, image_shape)
     spatial = [name for name in model.layers if len(shapes.get(name, ())) == 3]
     convs = [name for name in spatial if "conv" in name]

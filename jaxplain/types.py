@@ -61,6 +61,8 @@ class Model:
         crop kept); ``None``: the whole picture (a resize that only scales).
       channel_order: the order of the input channels after ``preprocess``, ``"RGB"`` or
         ``"BGR"`` (Caffe's and Keras' VGG weights).
+      cam_layer: the layer CAM and layer methods use when none is asked for (ResNet's
+        ``"layer4"``); ``None``: the last layer named like a conv (the last spatial one if none is).
     """
 
     apply: ApplyFn
@@ -74,6 +76,7 @@ class Model:
     resize: Callable[[PIL.Image.Image, tuple[int, int]], PIL.Image.Image] | None = None
     input_box: Callable[[tuple[int, int], tuple[int, int]], tuple[float, float, float, float]] | None = None
     channel_order: str = "RGB"
+    cam_layer: str | None = None
 
     def __post_init__(self) -> None:
         if self.channel_order not in ("RGB", "BGR"):

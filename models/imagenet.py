@@ -50,10 +50,13 @@ def resize_keras(img: Image.Image, size: tuple[int, int]) -> Image.Image:
     return img.resize((size[1], size[0]), Image.Resampling.NEAREST)
 
 
-def _torchvision_geometry(w: int, h: int, size: tuple[int, int]) -> tuple[tuple[int, int], int, int]:
+def _torchvision_geometry(
+    w: int, h: int, size: tuple[int, int], ratio: float = 256 / 224
+) -> tuple[tuple[int, int], int, int]:
     """torchvision's ``Resize`` + ``CenterCrop`` of a ``w x h`` picture to ``size`` ``(H, W)``:
-    the resized ``(width, height)`` and the crop's ``left`` and ``top`` in it."""
-    short_target = round(min(size) * 256 / 224)
+    the resized ``(width, height)`` and the crop's ``left`` and ``top`` in it. ``ratio``: the
+    resize's shorter side over the crop's (256/224; ResNet-50's IMAGENET1K_V2 weights: 232/224)."""
+    short_target = round(min(size) * ratio)
     if w <= h:
         new = (short_target, int(short_target * h / w))
     else:
@@ -61,20 +64,22 @@ def _torchvision_geometry(w: int, h: int, size: tuple[int, int]) -> tuple[tuple[
     return new, int(round((new[0] - size[1]) / 2.0)), int(round((new[1] - size[0]) / 2.0))
 
 
-def resize_torchvision(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+def resize_torchvision(img: Image.Image, size: tuple[int, int], ratio: float = 256 / 224) -> Image.Image:
     """torchvision ``Resize(256)`` + ``CenterCrop(224)``, scaled to ``size`` ``(H, W)``: bilinear
-    resize of the shorter side to ``min(size) * 256/224``, then the centre crop."""
-    new, left, top = _torchvision_geometry(*img.size, size)
+    resize of the shorter side to ``min(size) * ratio``, then the centre crop."""
+    new, left, top = _torchvision_geometry(*img.size, size, ratio)
     img = img.resize(new, Image.Resampling.BILINEAR)
     return img.crop((left, top, left + size[1], top + size[0]))
 
 
-def box_torchvision(original: tuple[int, int], size: tuple[int, int]) -> tuple[float, float, float, float]:
+def box_torchvision(
+    original: tuple[int, int], size: tuple[int, int], ratio: float = 256 / 224
+) -> tuple[float, float, float, float]:
     """The region ``(left, top, right, bottom)`` of an ``original`` ``(h, w)`` picture, in its
     pixels, that ``resize_torchvision(picture, size)`` shows: the centre crop scaled back by
     original / resized size."""
     h, w = original
-    new, left, top = _torchvision_geometry(w, h, size)
+    new, left, top = _torchvision_geometry(w, h, size, ratio)
     sx, sy = w / new[0], h / new[1]
     return left * sx, top * sy, (left + size[1]) * sx, (top + size[0]) * sy
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -63,3 +65,35 @@ def adaptive_avg_pool(x: Array, size: int) -> Array:
     ph = jnp.asarray(adaptive_pool_matrix(h, size), x.dtype)
     pw = jnp.asarray(adaptive_pool_matrix(w, size), x.dtype)
     return jnp.einsum("ih,jw,...hwc->...ijc", ph, pw, x)
+
+
+def _windows_3x3s2(x: Array, pad: float) -> Array:
+    """``[..., H, W, C] -> [..., H', W', C, 9]``, the 3x3 windows at stride 2 of ``x`` padded by
+    one row/column of ``pad`` on each side (``H' = (H - 1) // 2 + 1``); window order row-major."""
+    *lead, h, w, c = x.shape
+    widths = [(0, 0)] * len(lead) + [(1, 1), (1, 1), (0, 0)]
+    xp = jnp.pad(x, widths, constant_values=jnp.asarray(pad, x.dtype))
+    ho, wo = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+    views = [xp[..., i : i + 2 * ho - 1 : 2, j : j + 2 * wo - 1 : 2, :] for i in range(3) for j in range(3)]
+    return jnp.stack(views, axis=-1)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def max_pool_3x3s2(x: Array, pad: float = -np.inf) -> Array:
+    """3x3 max pool, stride 2, one cell of padding of value ``pad``: ``[..., H, W, C] ->
+    [..., (H+1)//2, (W+1)//2, C]`` (torch's ``MaxPool2d(3, 2, padding=1)``: ``pad=-inf``; Keras'
+    ``ZeroPadding2D(1)`` + ``MaxPooling2D(3, 2)``: ``pad=0``).
+
+    The derivative goes through the *first* maximum of each window in row-major order, as in
+    torch and Keras (see ``max_pool_2x2``).
+    """
+    return _windows_3x3s2(x, pad).max(axis=-1)
+
+
+@max_pool_3x3s2.defjvp
+def _pool3_jvp(pad: float, primals: tuple[Array], tangents: tuple[Array]) -> tuple[Array, Array]:
+    (x,), (t,) = primals, tangents
+    win = _windows_3x3s2(x, pad)
+    first = jnp.argmax(win, axis=-1)[..., None]  # selected, not multiplied: pads may be -inf
+    pick = lambda w: jnp.take_along_axis(w, first, axis=-1)[..., 0]  # noqa: E731
+    return pick(win), pick(_windows_3x3s2(t, 0.0))

@@ -81,15 +81,34 @@ def _read_keras_h5(path: Path) -> RawWeights:
             raise WeightsError(f"{path} is an HDF5 file without Keras 'layer_names': not Keras weights")
         for layer in map(text, root.attrs["layer_names"]):
             group = root[layer]
-            arrays = [np.asarray(group[text(n)]) for n in group.attrs.get("weight_names", [])]
-            if not arrays:
-                continue
-            kernels = [a for a in arrays if a.ndim > 1]
-            biases = [a for a in arrays if a.ndim == 1]
-            if len(kernels) != 1 or len(biases) != 1:
-                raise WeightsError(f"{path}: layer {layer!r} holds {len(arrays)} arrays, expected a kernel and a bias")
-            raw[f"{layer}/kernel"], raw[f"{layer}/bias"] = kernels[0], biases[0]
+            names = [text(n) for n in group.attrs.get("weight_names", [])]
+            arrays = [np.asarray(group[n]) for n in names]
+            for role, a in zip(_keras_roles(path, layer, names, arrays), arrays):
+                raw[f"{layer}/{role}"] = a
     return RawWeights("keras_h5", raw)
+
+
+KERAS_BN_ROLES = ("gamma", "beta", "moving_mean", "moving_variance")  # Keras' BatchNormalization order
+
+
+def _keras_roles(path: Path, layer: str, names: list[str], arrays: list[np.ndarray]) -> list[str]:
+    """The role of each of a Keras layer's arrays (``kernel``, ``bias``, or batch norm's
+    ``gamma``, ``beta``, ``moving_mean``, ``moving_variance``): from the names where they say
+    (``conv1_bn/gamma:0``), else from their order and shapes, as Keras' own loader does
+    (the 2016 files name them ``block1_conv1_W_1:0``)."""
+    known = {"kernel", "bias", *KERAS_BN_ROLES}
+    tails = [n.rsplit("/", 1)[-1].split(":")[0] for n in names]
+    if all(t in known for t in tails) and len(set(tails)) == len(tails):
+        return tails
+    if any(a.ndim > 1 for a in arrays):  # a conv or dense layer: kernel, then bias
+        if len(arrays) > 2 or arrays[0].ndim < 2 or any(a.ndim != 1 for a in arrays[1:]):
+            raise WeightsError(f"{path}: layer {layer!r} holds {len(arrays)} arrays of shapes "
+                               f"{[a.shape for a in arrays]}, expected a kernel and a bias")
+        return ["kernel", "bias"][: len(arrays)]
+    if len(arrays) > len(KERAS_BN_ROLES):
+        raise WeightsError(f"{path}: layer {layer!r} holds {len(arrays)} vectors, expected at most "
+                           f"batch norm's {len(KERAS_BN_ROLES)}")
+    return list(KERAS_BN_ROLES[: len(arrays)])
 
 
 def _read_torch(path: Path) -> RawWeights:

@@ -68,3 +68,70 @@ def tiny_torch(seed: int = 0) -> TorchVGG:
     """The tiny VGG of the tests (32x32 in, 10 classes) in torch, random weights, eval mode."""
     torch.manual_seed(seed)
     return TorchVGG(TINY_CFG, num_classes=10, fc=16, grid=2).eval()
+
+
+class TorchBottleneck(nn.Module):
+    """torchvision's ``Bottleneck`` (v1.5: the stride in ``conv2``), module names as there."""
+
+    def __init__(self, cin: int, width: int, stride: int = 1, downsample: nn.Module | None = None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, width * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(width * 4)
+        self.relu = nn.ReLU(inplace=False)
+        self.downsample = downsample
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + identity)
+
+
+class TorchResNet(nn.Module):
+    """torchvision's ``ResNet`` with bottleneck blocks (ResNet-50 by default), module names as
+    there (timm's ``resnet50`` uses the same ones); random weights and random batch-norm
+    statistics (not the identity) so that folding them is tested."""
+
+    def __init__(self, blocks=(3, 4, 6, 3), widths=(64, 128, 256, 512), stem: int = 64, num_classes: int = 1000):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, stem, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem)
+        self.relu = nn.ReLU(inplace=False)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        cin = stem
+        for s, (n, width) in enumerate(zip(blocks, widths), 1):
+            stride = 1 if s == 1 else 2
+            layers = []
+            for b in range(n):
+                down = None
+                if b == 0 and (stride != 1 or cin != width * 4):
+                    down = nn.Sequential(nn.Conv2d(cin, width * 4, 1, stride=stride, bias=False), nn.BatchNorm2d(width * 4))
+                layers.append(TorchBottleneck(cin, width, stride if b == 0 else 1, down))
+                cin = width * 4
+            setattr(self, f"layer{s}", nn.Sequential(*layers))
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(cin, num_classes)
+        self.stages = len(blocks)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                with torch.no_grad():
+                    m.weight.uniform_(0.5, 1.0)
+                    m.bias.normal_(0, 0.1)
+                    m.running_mean.normal_(0, 0.1)
+                    m.running_var.uniform_(0.5, 1.5)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.normal_(m.bias, 0, 0.1)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        for s in range(1, self.stages + 1):
+            x = getattr(self, f"layer{s}")(x)
+        return self.fc(torch.flatten(self.avgpool(x), 1))
