@@ -20,7 +20,8 @@ from jaxplain.precision import PRECISIONS
 from jaxplain.reductions import REDUCTIONS
 from jaxplain.registry import METHODS, METRICS
 
-MODELS = ("vgg11", "vgg13", "vgg16", "vgg19")
+VGGS = ("vgg11", "vgg13", "vgg16", "vgg19")
+MODELS = (*VGGS, "resnet50")
 SYNTHETIC = "synthetic_vgg"
 
 
@@ -49,11 +50,12 @@ def _model_args(p: argparse.ArgumentParser) -> None:
         "--weights",
         default=None,
         help="'imagenet' (download the published file, the default), a weight file path, "
-        "or 'random' (seeded random weights, for trying the pipeline offline); synthetic_vgg: 'shipped' (default)",
+        "or 'random' (seeded random weights, for trying the pipeline offline); resnet50 also 'IMAGENET1K_V1' or "
+        "'IMAGENET1K_V2' (torchvision's releases; 'imagenet' is V2); synthetic_vgg: 'shipped' (default)",
     )
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     p.add_argument("--source", choices=("keras", "torchvision"), default=None,
-                   help="whose ImageNet weights and preprocessing (default: keras, or the file's own)")
+                   help="whose ImageNet weights and preprocessing (default: keras for VGG, torchvision for resnet50, or the file's own)")
 
 
 def _compile_cache() -> None:
@@ -76,6 +78,8 @@ def _load_model(args: argparse.Namespace):
     weights = None if args.weights == "random" else args.weights
     if args.model == SYNTHETIC:
         return models.synthetic_vgg(weights)
+    if args.model == "resnet50":
+        return models.resnet50(weights, args.source)
     return models.vgg(args.model, weights, args.source)
 
 
@@ -103,7 +107,7 @@ def _predict(args: argparse.Namespace) -> int:
     if not found.files:
         return 1
     model = _load_model(args)
-    if model.name != SYNTHETIC and model.layers[-1] != "predictions":
+    if model.name != SYNTHETIC and model.layers[-1] not in ("predictions", "fc"):
         raise JaxplainError("predict needs a model with its classifier (a weight file with the top)")
     if args.weights == "random":
         print("(random weights: the classes below are meaningless)")
@@ -516,7 +520,7 @@ def parser() -> argparse.ArgumentParser:
                         "(python -m benchmarks.compare adds Captum alongside).")
     be.add_argument("--methods", nargs="+", default=["gradient", "integrated_gradients", "smoothgrad", "guided_backprop"])
     be.add_argument("--batch", nargs="+", type=_positive, default=[1, 8])
-    be.add_argument("--model", default="vgg16", choices=MODELS)
+    be.add_argument("--model", default="vgg16", choices=VGGS)
     be.add_argument("--size", type=_positive, default=None, help="input side (torchvision head); default 224 (Keras head)")
     be.add_argument("--rounds", type=_positive, default=3)
     be.add_argument("--min-time", type=float, default=1.0, help="seconds each case is timed for at least")

@@ -334,3 +334,23 @@ def test_published_table():
     assert resnet_weights.release_of("torchvision", True, None) == "IMAGENET1K_V2"
     with pytest.raises(WeightsError, match="names torchvision's weights, not Keras'"):
         models.resnet50("IMAGENET1K_V1", source="keras")
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def test_cli_predict_and_explain_resnet50(tmp_path):
+    """``--model resnet50`` with seeded random weights: predict prints five classes; explain
+    writes a Grad-CAM (on ``layer4``, the model's default CAM layer)."""
+    from tests.test_cli import _stored, picture, run
+
+    img = picture(tmp_path / "cat.png", seed=2)
+    r = run("predict", img, "--model", "resnet50", "--weights", "random", home=tmp_path / "home")
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.splitlines()) == 7  # the random-weights note, the path, five classes
+    r = run("explain", img, "--model", "resnet50", "--weights", "random", "--method", "grad_cam",
+            "--out", tmp_path / "out", home=tmp_path / "home")
+    assert r.returncode == 0, r.stderr
+    (line,), stored = _stored(tmp_path / "out", "grad_cam")
+    cam = stored[line["row"]]
+    assert cam.ndim == 2 and np.isfinite(cam).all() and cam.max() > 0
