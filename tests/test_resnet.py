@@ -1,6 +1,7 @@
 """The ResNet port: names and shapes, taps and the swappable ReLU, batch-norm folding against an
 unfolded network written here, the 3x3 max pool against torch, and every weight-file error."""
 
+import dataclasses
 import hashlib
 
 import jax
@@ -39,7 +40,7 @@ def test_names_and_shapes(style, size):
     cfg = ResNetConfig(style=style)
     logits, acts = jax.eval_shape(make_apply(cfg), _struct(cfg), jax.ShapeDtypeStruct((*size, 3), jnp.float32))
     assert logits.shape == (1000,)
-    assert tuple(acts) == cfg.layers  # every layer, in forward order
+    assert sorted(acts) == sorted(cfg.layers) and len(cfg.layers) == 2 + 16 * 4 + 4 + 4 + 2  # (order: below)
     h, w = (_out(n, 7, 2, 3) for n in size)
     assert acts["conv1"].shape == (h, w, 64)
     h, w = _out(h, 3, 2, 1), _out(w, 3, 2, 1)
@@ -112,7 +113,7 @@ def _unfolded(raw, cfg, x):
 
 @pytest.mark.parametrize("style", ["torchvision", "keras"])
 def test_folding_equals_unfolded_batch_norm(style):
-    cfg = ResNetConfig(**{**SMALL.__dict__, "style": style})
+    cfg = dataclasses.replace(SMALL, style=style)
     raw = random_raw(cfg, seed=4)
     rng = np.random.default_rng(5)
     if style == "keras":  # Keras' convs have biases of their own
@@ -168,7 +169,8 @@ def test_every_relu_is_the_relu_argument(small):
         return jax.nn.relu(v)
 
     x = jnp.asarray(np.random.default_rng(4).normal(size=(32, 32, 3)).astype(np.float32))
-    want, _ = small.apply(small.params, x)
+    want, acts = small.apply(small.params, x)
+    assert tuple(acts) == small.layers == SMALL.layers  # every layer, in forward order
     got, _ = small.apply(small.params, x, relu=counting)
     assert len(calls) == 1 + 3 * sum(SMALL.blocks)  # the stem, two inside and one after each block
     np.testing.assert_array_equal(got, want)
@@ -260,7 +262,7 @@ def _write_keras_h5(path, arrays):
             names = [f"{k}:0" for k in arrays if k.split("/")[0] == layer]
             g.attrs["weight_names"] = np.array([n.encode() for n in names])
             for n in names:
-                g.create_dataset(n, data=np.asarray(arrays[n[:-2]]))
+                g.create_dataset(n, data=np.ascontiguousarray(arrays[n[:-2]]))
 
 
 def test_files_with_missing_batch_norm_statistics_are_refused(tmp_path):

@@ -35,10 +35,10 @@ def _randomise_keras(model, seed: int) -> None:
         w = layer.get_weights()
         if isinstance(layer, keras.layers.BatchNormalization):
             c = w[0].shape
-            layer.set_weights([rng.uniform(0.5, 1.0, c), rng.normal(0, 0.1, c), rng.normal(0, 0.1, c),
-                               rng.uniform(0.5, 1.5, c)])
+            new = [rng.uniform(0.5, 1.0, c), rng.normal(0, 0.1, c), rng.normal(0, 0.1, c), rng.uniform(0.5, 1.5, c)]
+            layer.set_weights([a.astype(np.float32) for a in new])
         elif len(w) == 2:
-            layer.set_weights([w[0], rng.normal(0, 0.1, w[1].shape)])
+            layer.set_weights([w[0], rng.normal(0, 0.1, w[1].shape).astype(np.float32)])
 
 
 @pytest.fixture(scope="module")
