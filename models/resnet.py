@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from flax import traversals
+from flax.nnx import traversals
 
 from jaxplain.errors import InputError
 from jaxplain.types import Array, PyTree, Relu
