@@ -14,8 +14,12 @@ from tests.keras_files import write_legacy_h5
 from tests.torch_reference import TorchResNet
 
 # max |ours - reference| <= TOL * max |reference logit|: float32 sums over up to 4608 products per
-# conv, 53 convs deep, and batch norm folded in float64 then rounded (measured: see the report).
+# conv, 53 convs deep, batch norm folded in float64 then rounded. Measured on this machine's CPU:
+# 3.4e-7 against Keras at 224x224, 6.9e-7 / 6.7e-7 against torch at 224x224 / 160x192.
 TOL = 1e-4
+
+# Keras' variables warn on NumPy 2's copy keyword, once per weight read: noise here.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 
 def _rel_err(got, want) -> float:
