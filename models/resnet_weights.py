@@ -223,7 +223,8 @@ def published(arch: str, tag: str) -> _w.Published:
 def cache_path(config: ResNetConfig, tag: str) -> Path:
     """Where the conversion of the published file ``tag`` for ``config`` is kept."""
     top = "top" if config.include_top else "notop"
-    return _w.home() / "converted" / f"{config.name}-{tag}-{top}-imagenet.safetensors"
+    name = tag if tag.startswith("keras") else f"{tag}-{top}"  # Keras' tags say it already
+    return _w.home() / "converted" / f"{config.name}-{name}-imagenet.safetensors"
 
 
 def load_cached(path: Path, config: ResNetConfig) -> Params:

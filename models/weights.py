@@ -1,4 +1,5 @@
-"""VGG weights: read Keras .h5, torch .pth and safetensors files; fetch, verify and cache them.
+"""Weight files: read Keras .h5, torch .pth and safetensors files; fetch, verify and cache them;
+VGG's key tables (ResNet's are in ``resnet_weights``, which reuses the readers, ``fetch`` and the cache).
 
 Every converter lists the keys it maps and fails on any it does not: a missing or unexpected key,
 or a shape that differs, raises a ``WeightsError`` naming the layer and both shapes. A local file

@@ -334,6 +334,11 @@ def test_published_table():
     assert resnet_weights.published("resnet50", "IMAGENET1K_V1").filename == "resnet50-0676ba61.pth"
     assert resnet_weights.published("resnet50", "IMAGENET1K_V2").url == "https://download.pytorch.org/models/resnet50-11ad3fa6.pth"
     assert resnet_weights.release_of("torchvision", True, None) == "IMAGENET1K_V2"
+    assert resnet_weights.release_of("keras", False, None) == "keras-notop"
+    names = {resnet_weights.cache_path(ResNetConfig(include_top=top, style=s), resnet_weights.release_of(s, top, None)).name
+             for s in ("keras", "torchvision") for top in (True, False)}
+    assert names == {"resnet50-keras-top-imagenet.safetensors", "resnet50-keras-notop-imagenet.safetensors",
+                     "resnet50-IMAGENET1K_V2-top-imagenet.safetensors", "resnet50-IMAGENET1K_V2-notop-imagenet.safetensors"}
     with pytest.raises(WeightsError, match="names torchvision's weights, not Keras'"):
         models.resnet50("IMAGENET1K_V1", source="keras")
 
