@@ -1,4 +1,4 @@
-"""The model zoo: Flax NNX VGGs that load the ImageNet weights people have.
+"""The model zoo: Flax NNX VGGs and ViT-B/16 that load the ImageNet weights people have.
 
 ``vgg16(weights=None | "imagenet" | path, source=None)`` returns a ``jaxplain.Model``:
 
@@ -12,6 +12,10 @@
 ``source`` picks the head semantics, the preprocessing and the resize: Keras' (Caffe BGR, flatten,
 224x224 only, nearest resize) or torchvision's (RGB mean/std, adaptive pool, any size from 32 up,
 resize and centre crop). ``build`` puts these facts on the ``Model``.
+
+``vit_b16(weights=None | "imagenet" | path, source=None)``: ViT-B/16 with timm's
+(``"timm"``, the default) or google-research's (``"google"``) weights; see ``models/vit.py``
+(``jaxplain.models.vit``: the configurable ``ViTConfig`` and the loaders).
 
 ``synthetic_vgg()``: the ground-truth benchmark's small VGG, trained on ``jaxplain.synthetic``
 images, its weights shipped inside the package (``models/synthetic.py``).
@@ -30,12 +34,13 @@ from jaxplain.types import Model
 from . import imagenet, weights as _weights
 from .synthetic import synthetic_vgg
 from .vgg import BLOCKS, VGG, VGGConfig, make_apply, random_params
+from .vit import VIT_B16, ViTConfig, vit_b16
 
 SOURCES = ("keras", "torchvision")
 
 __all__ = [
-    "BLOCKS", "VGG", "VGGConfig", "build", "imagenet", "synthetic_vgg", "vgg", "vgg11", "vgg13", "vgg16",
-    "vgg19",
+    "BLOCKS", "VGG", "VGGConfig", "VIT_B16", "ViTConfig", "build", "imagenet", "synthetic_vgg", "vgg", "vgg11",
+    "vgg13", "vgg16", "vgg19", "vit_b16",
 ]
 
 
