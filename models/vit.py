@@ -118,6 +118,23 @@ VIT_B16 = ViTConfig()
 # ---------------------------------------------------------------- the network
 
 
+class LayerNorm(nnx.Module):
+    """LayerNorm over the last axis (two-pass variance, as torch's), statistics in at least
+    float32 (a bfloat16 model keeps them exact), the result in the input's dtype."""
+
+    def __init__(self, width: int, eps: float):
+        self.eps = eps
+        self.scale = nnx.Param(jnp.ones((width,), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((width,), jnp.float32))
+
+    def __call__(self, x: Array) -> Array:
+        wide = x.astype(jnp.float64 if x.dtype == jnp.float64 else jnp.float32)
+        mu = jnp.mean(wide, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(wide - mu), axis=-1, keepdims=True)
+        y = ((wide - mu) * jax.lax.rsqrt(var + self.eps)).astype(x.dtype)
+        return y * self.scale[...] + self.bias[...]
+
+
 class Attention(nnx.Module):
     """Multi-head self-attention with a fused ``qkv`` projection (timm's ``Attention``)."""
 
@@ -150,10 +167,9 @@ class Block(nnx.Module):
     """A pre-norm transformer block: ``h + attn(norm1(h))``, then ``h + mlp(norm2(h))``."""
 
     def __init__(self, config: ViTConfig, *, rngs: nnx.Rngs):
-        norm = functools.partial(nnx.LayerNorm, config.width, epsilon=config.eps, use_fast_variance=False, rngs=rngs)
-        self.norm1 = norm()
+        self.norm1 = LayerNorm(config.width, config.eps)
         self.attn = Attention(config.width, config.heads, rngs=rngs)
-        self.norm2 = norm()
+        self.norm2 = LayerNorm(config.width, config.eps)
         self.mlp = Mlp(config.width, config.mlp, rngs=rngs)
 
     def __call__(self, h: Array, out: Callable[[str, Array], Array], name: str,
@@ -186,7 +202,7 @@ class ViT(nnx.Module):
         self.cls_token = nnx.Param(jnp.zeros((d,), jnp.float32))
         self.pos_embed = nnx.Param(jnp.zeros((config.tokens, d), jnp.float32))
         self.blocks = nnx.List([Block(config, rngs=rngs) for _ in range(config.depth)])
-        self.norm = nnx.LayerNorm(d, epsilon=config.eps, use_fast_variance=False, rngs=rngs)
+        self.norm = LayerNorm(d, config.eps)
         self.head = nnx.Linear(d, config.classes, rngs=rngs)
 
     def __call__(

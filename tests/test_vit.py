@@ -380,7 +380,7 @@ def test_published_table():
 
 
 def test_preprocess_inception():
-    got = imagenet.preprocess_inception(np.array([[[0, 127.5, 255]]], np.uint8).astype(np.float32))
+    got = imagenet.preprocess_inception(np.array([[[0, 127.5, 255]]], np.float32))
     np.testing.assert_allclose(got, [[[-1.0, 0.0, 1.0]]], atol=1e-6)
     assert vit_module.build(TINY, random_params(TINY), source="google").preprocess is imagenet.preprocess_inception
 
