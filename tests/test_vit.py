@@ -398,3 +398,25 @@ def test_timm_resize_is_248_bicubic_then_centre_crop_224():
     left, top, right, bottom = m.input_box((375, 500), (224, 224))
     np.testing.assert_allclose([left, top, right, bottom], [53 * 500 / 330, 12 * 375 / 248, 277 * 500 / 330, 236 * 375 / 248])
     assert vit_module.RESIZE["google"] is None and vit_module.INPUT_BOX["google"] is None
+
+
+def test_vgg_files_unchanged_by_the_npz_reader(tmp_path):
+    """The .npz detection leaves torch's zip and legacy files as they were, and the cache writer
+    still keys VGG's two-level parameters ``layer/param``."""
+    import torch
+
+    from tests.conftest import TINY as TINY_VGG
+    from tests.torch_reference import tiny_torch
+
+    sd = tiny_torch().state_dict()
+    torch.save(sd, tmp_path / "zip.pth")
+    torch.save(sd, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    assert weights.detect_format(tmp_path / "zip.pth") == weights.detect_format(tmp_path / "legacy.pth") == "torch"
+    params = models.random_params(TINY_VGG)
+    weights.save_params(params, tmp_path / "c.safetensors", "torchvision")
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "c.safetensors", "np") as f:
+        assert sorted(f.keys()) == sorted(f"{l}/{p}" for l, ps in params.items() for p in ps)
+    np.testing.assert_array_equal(weights.load_cached(tmp_path / "c.safetensors", TINY_VGG)["fc1"]["kernel"],
+                                  params["fc1"]["kernel"])

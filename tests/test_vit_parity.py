@@ -17,9 +17,12 @@ from jaxplain import models
 from jaxplain.models import vit as vit_module
 from tests.torch_vit import TorchViT, google_npz, numpy_state
 
-# max |ours - torch| <= TOL * max |torch|: float32 sums of up to 3072 products per layer, 2 to 12
-# blocks deep; measured errors are reported by the asserts' messages.
+# max |ours - torch| <= TOL * max |torch|: float32 sums of up to 3072 products per layer, 12 blocks
+# deep (the issue's bound). The 2-block ViT is held to TIGHT (measured: 4e-7 to 5e-7 on its logits),
+# ten times below the 1e-4 to 1.3e-4 that swapping the exact and tanh GELU makes there, so the
+# tests tell the two forms apart.
 TOL = 1e-4
+TIGHT = 1e-5
 
 SMALL = vit_module.ViTConfig(patch=16, depth=2, width=64, heads=4, mlp=128, classes=10, image_size=224,
                              name="vit_small_test")
@@ -69,33 +72,35 @@ def _check_small(net, d, fname, source):
     x = _images(2, 224, seed=1)
     with torch.no_grad():
         want = net(torch.from_numpy(x)).numpy()
-    _close(model(x.transpose(0, 2, 3, 1)), want)
+    _close(model(x.transpose(0, 2, 3, 1)), want, TIGHT)
     _, acts = model.apply(model.params, x[0].transpose(1, 2, 0))
     for i, blk in enumerate(net.blocks):
-        _close(acts[f"blocks.{i}.attn"], blk.attn.probs[0].numpy())
-        _close(acts[f"blocks.{i}"], net.tokens[i][0].numpy())
+        _close(acts[f"blocks.{i}.attn"], blk.attn.probs[0].numpy(), TIGHT)
+        _close(acts[f"blocks.{i}"], net.tokens[i][0].numpy(), TIGHT)
 
 
 def test_gelu_form_matters(small):
-    """The two GELU forms differ by more than the tolerance on these weights, so the test above
-    tells them apart."""
+    """The two GELU forms differ by more than five times TIGHT on these weights (measured: 9.7e-5
+    relative on this image), so the test above tells them apart."""
     net, d = small
+    net.set_gelu("none")
     model = vit_module.vit(SMALL, d / "small-timm.safetensors", source="google")  # tanh GELU
     x = _images(1, 224, seed=1)
     with torch.no_grad():
         want = net(torch.from_numpy(x)).numpy()
     got = np.asarray(model(x.transpose(0, 2, 3, 1)))
-    assert np.abs(got - want).max() > 10 * TOL * np.abs(want).max()
+    assert np.abs(got - want).max() > 5 * TIGHT * np.abs(want).max()
 
 
 def test_pth_file(small, tmp_path):
     net, _ = small
+    net.set_gelu("none")
     torch.save(net.state_dict(), tmp_path / "small.pth")
     model = vit_module.vit(SMALL, tmp_path / "small.pth")
     x = _images(1, 224, seed=2)
     with torch.no_grad():
         want = net(torch.from_numpy(x)).numpy()
-    _close(model(x.transpose(0, 2, 3, 1)), want)
+    _close(model(x.transpose(0, 2, 3, 1)), want, TIGHT)
 
 
 def test_vit_b16_matches_torch(tmp_path):
