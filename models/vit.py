@@ -435,7 +435,8 @@ def layout_of(raw: Mapping[str, np.ndarray]) -> str:
 
 
 def _strip_prefix(raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Older google checkpoints keep the parameters under ``opt/target/``."""
+    """Some google checkpoints keep the parameters under ``opt/target/`` (timm's npz loader looks
+    for it); a file with only such keys is read without the prefix."""
     prefix = "opt/target/"
     if raw and all(k.startswith(prefix) for k in raw):
         return {k[len(prefix):]: v for k, v in raw.items()}
@@ -516,7 +517,6 @@ def _set(tree: dict, path: tuple, value: np.ndarray) -> None:
 
 def convert(raw: Mapping[str, np.ndarray], config: ViTConfig, layout: str, origin: str = "file") -> dict[str, Any]:
     """Map a file's arrays onto ``config``'s parameters, refusing anything partial or extra."""
-    raw = _strip_prefix(dict(raw))
     params: dict[str, Any] = {}
     used: set[str] = set()
     for e in table(config, layout):

@@ -234,6 +234,10 @@ def test_npz_format_is_read_from_content(tiny_files, tmp_path):
     assert weights.detect_format(renamed) == "npz"
     assert weights.detect_format(d / "t.safetensors") == "safetensors"
     assert vit_module.vit(TINY, renamed).source == "google"
+    with np.load(d / "t.npz") as f:  # the same under the optimiser's "opt/target/" prefix
+        np.savez(tmp_path / "opt.npz", **{"opt/target/" + k: f[k] for k in f.files})
+    np.testing.assert_array_equal(np.asarray(vit_module.vit(TINY, tmp_path / "opt.npz").params["pos_embed"]),
+                                  np.asarray(vit_module.vit(TINY, renamed).params["pos_embed"]))
 
 
 def test_truncated_npz(tiny_files, tmp_path):
