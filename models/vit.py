@@ -493,10 +493,11 @@ def fit_config(config: ViTConfig, arch: FileArch, origin: str) -> ViTConfig:
     ours = {"patch": config.patch, "depth": config.depth, "width": config.width, "heads": config.heads, "mlp": config.mlp}
     differ = {k: v for k, v in arch._asdict().items() if k in ours and v is not None and v != ours[k]}
     if differ:
-        file = ", ".join(f"{k} {v}" for k, v in arch._asdict().items() if k in ours and v is not None)
+        labels = {"patch": "patch size", "depth": "depth", "width": "width", "heads": "heads", "mlp": "MLP width"}
+        file = ", ".join(f"{labels[k]} {v}" for k, v in arch._asdict().items() if k in ours and v is not None)
         raise WeightsError(
             f"the {origin} holds a ViT of {file}; {config.name} is a ViT of {config.describe()} "
-            f"(it differs in {', '.join(differ)})"
+            f"(it differs in {', '.join(labels[k] for k in differ)})"
         )
     changes: dict[str, int] = {}
     if arch.classes is not None:

@@ -255,7 +255,7 @@ def test_file_sets_input_size_and_classes(tmp_path):
     assert m.input_size == (48, 48) and m.apply(m.params, jnp.zeros((48, 48, 3), jnp.float32))[0].shape == (7,)
 
 
-@pytest.mark.parametrize("kw,differs", [({"patch": 16, "image_size": 32}, "patch"), ({"depth": 3}, "depth"),
+@pytest.mark.parametrize("kw,differs", [({"patch": 16, "image_size": 32}, "patch size"), ({"depth": 3}, "depth"),
                                         ({"width": 48, "heads": 4}, "width")])
 def test_another_architecture_is_refused(tmp_path, kw, differs):
     sd, _ = _timm_sd(**kw)
@@ -267,14 +267,14 @@ def test_another_architecture_is_refused(tmp_path, kw, differs):
         vit_module.vit(TINY, tmp_path / "o.npz")
 
 
-@pytest.mark.parametrize("patch,depth,differs", [(32, 12, "patch"), (16, 24, "depth")])
+@pytest.mark.parametrize("patch,depth,differs", [(32, 12, "patch size"), (16, 24, "depth")])
 def test_vit_b16_refuses_a_b32_or_a_deeper_file(tmp_path, patch, depth, differs):
     """A ViT-B/32 or ViT of depth 24 in google's layout (only the arrays that tell; the check comes
     before any key is looked up)."""
     f = {"embedding/kernel": np.zeros((patch, patch, 3, 768), np.float32)}
     f.update({f"Transformer/encoderblock_{i}/LayerNorm_0/scale": np.ones(768, np.float32) for i in range(depth)})
     np.savez(tmp_path / "other.npz", **f)
-    with pytest.raises(WeightsError, match=rf"file other.npz holds a ViT of patch {patch}, depth {depth}, width 768; "
+    with pytest.raises(WeightsError, match=rf"file other.npz holds a ViT of patch size {patch}, depth {depth}, width 768; "
                                            rf"vit_b16 is a ViT of patch size 16, depth 12.*differs in {differs}\)"):
         models.vit_b16(tmp_path / "other.npz")
 
