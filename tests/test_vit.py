@@ -18,7 +18,7 @@ from jaxplain import InputError, WeightsError, models
 from jaxplain.models import imagenet, weights
 from jaxplain.models import vit as vit_module
 from jaxplain.models.vit import ViTConfig, abstract_state, param_shapes, random_params
-from tests.test_weights import _Handler, server  # noqa: F401  (the 127.0.0.1 server fixture)
+from tests.test_weights import server  # noqa: F401  (the 127.0.0.1 server fixture)
 from tests.torch_vit import TorchViT, google_npz, numpy_state
 
 TINY = ViTConfig(patch=8, depth=4, width=32, heads=4, mlp=64, classes=10, image_size=32, name="tiny_vit")

@@ -6,7 +6,6 @@ The full ViT-B/16 is checked with one forward pass (its safetensors file), and i
 conversion parameter by parameter against the safetensors one; every other check runs on a
 2-block ViT of width 64 at 224x224 (196 patches, like B/16)."""
 
-import dataclasses
 
 import numpy as np
 import pytest
