@@ -424,3 +424,13 @@ def test_vgg_files_unchanged_by_the_npz_reader(tmp_path):
         assert sorted(f.keys()) == sorted(f"{l}/{p}" for l, ps in params.items() for p in ps)
     np.testing.assert_array_equal(weights.load_cached(tmp_path / "c.safetensors", TINY_VGG)["fc1"]["kernel"],
                                   params["fc1"]["kernel"])
+
+
+def test_bfloat16_precision_runs(tiny, x):
+    """The bfloat16 path casts the weights and the input; LayerNorm keeps float32 statistics. The
+    gradient stays within bfloat16's reach of the float32 one (8 mantissa bits, 6 blocks of
+    rounding: 0.1 of the largest entry)."""
+    ref = jaxplain.explain(tiny, np.asarray(x)[None], [3], "gradient", precision="float32")
+    low = jaxplain.explain(tiny, np.asarray(x)[None], [3], "gradient", precision="bfloat16")
+    assert low.dtype == np.float32 and np.isfinite(np.asarray(low)).all()
+    assert np.abs(np.asarray(low) - np.asarray(ref)).max() <= 0.1 * np.abs(np.asarray(ref)).max()
