@@ -1,4 +1,4 @@
-"""The model zoo: Flax NNX VGGs and ResNet-50 that load the ImageNet weights people have.
+"""The model zoo: Flax NNX VGGs, ResNet-50 and ViT-B/16 that load the ImageNet weights people have.
 
 ``vgg16(weights=None | "imagenet" | path, source=None)`` returns a ``jaxplain.Model``:
 
@@ -18,6 +18,10 @@ resize and centre crop). ``build`` puts these facts on the ``Model``.
 time; ``weights`` may also name torchvision's releases ``"IMAGENET1K_V1"``/``"IMAGENET1K_V2"``
 (``"imagenet"`` is V2, torchvision's default).
 
+``vit_b16(weights=None | "imagenet" | path, source=None)``: ViT-B/16 with timm's
+(``"timm"``, the default) or google-research's (``"google"``) weights; see ``models/vit.py``
+(``jaxplain.models.vit``: the configurable ``ViTConfig`` and the loaders).
+
 ``synthetic_vgg()``: the ground-truth benchmark's small VGG, trained on ``jaxplain.synthetic``
 images, its weights shipped inside the package (``models/synthetic.py``).
 """
@@ -36,12 +40,13 @@ from . import imagenet, resnet as _resnet, resnet_weights as _resnet_weights, we
 from .resnet import ResNet, ResNetConfig
 from .synthetic import synthetic_vgg
 from .vgg import BLOCKS, VGG, VGGConfig, make_apply, random_params
+from .vit import VIT_B16, ViTConfig, vit_b16
 
 SOURCES = ("keras", "torchvision")
 
 __all__ = [
-    "BLOCKS", "ResNet", "ResNetConfig", "VGG", "VGGConfig", "build", "build_resnet", "imagenet", "resnet50",
-    "synthetic_vgg", "vgg", "vgg11", "vgg13", "vgg16", "vgg19",
+    "BLOCKS", "ResNet", "ResNetConfig", "VGG", "VGGConfig", "VIT_B16", "ViTConfig", "build", "build_resnet",
+    "imagenet", "resnet50", "synthetic_vgg", "vgg", "vgg11", "vgg13", "vgg16", "vgg19", "vit_b16",
 ]
 
 

@@ -1,5 +1,6 @@
-"""Weight files: read Keras .h5, torch .pth and safetensors files; fetch, verify and cache them;
-VGG's key tables (ResNet's are in ``resnet_weights``, which reuses the readers, ``fetch`` and the cache).
+"""Weight files: read Keras .h5, torch .pth, safetensors and NumPy .npz files; fetch, verify and
+cache them; VGG's key tables (ResNet's are in ``resnet_weights``, ViT's in ``vit``, which reuse the
+readers, ``fetch`` and the cache).
 
 Every converter lists the keys it maps and fails on any it does not: a missing or unexpected key,
 or a shape that differs, raises a ``WeightsError`` naming the layer and both shapes. A local file
@@ -37,30 +38,42 @@ def home() -> Path:
 # ---------------------------------------------------------------- reading files
 
 
+def _first_zip_entry(head: bytes) -> str:
+    """The name of a zip file's first entry, from its local header (readable in a truncated file)."""
+    n = int.from_bytes(head[26:28], "little")
+    return head[30 : 30 + n].decode("utf8", "replace")
+
+
 def detect_format(path: str | os.PathLike) -> str:
-    """``"keras_h5"``, ``"torch"`` or ``"safetensors"``, from the file's first bytes."""
+    """``"keras_h5"``, ``"torch"``, ``"safetensors"`` or ``"npz"``, from the file's first bytes.
+
+    Both torch's zip format and NumPy's ``.npz`` are zip files: an ``.npz`` holds only ``.npy``
+    entries (its first entry's name, in the first bytes, says which), torch's a ``data.pkl``."""
     path = Path(path)
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
-            head = f.read(16)
+            head = f.read(1024)
     except OSError as e:
         raise WeightsError(f"cannot read weight file {path}: {e.strerror or e}") from None
     if head.startswith(b"\x89HDF\r\n\x1a\n"):
         return "keras_h5"
+    if head.startswith(b"PK\x03\x04") and _first_zip_entry(head).endswith(".npy"):
+        return "npz"
     if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
         return "torch"
     if len(head) >= 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < size:
         return "safetensors"
     raise WeightsError(
-        f"{path} is not a Keras HDF5, PyTorch or safetensors weight file (it starts with {head[:8]!r})"
+        f"{path} is not a Keras HDF5, PyTorch or safetensors weight file, nor a NumPy .npz "
+        f"(it starts with {head[:8]!r})"
     )
 
 
 class RawWeights(NamedTuple):
     """A weight file's contents as stored: no key renamed, no array converted.
 
-    ``fmt``: ``"keras_h5"``, ``"torch"`` or ``"safetensors"``; ``arrays``: file key -> array;
+    ``fmt``: ``"keras_h5"``, ``"torch"``, ``"safetensors"`` or ``"npz"``; ``arrays``: file key -> array;
     ``source``: the weight source recorded in the file's metadata (our safetensors), else None.
     """
 
@@ -139,10 +152,17 @@ def _read_safetensors(path: Path) -> RawWeights:
         return RawWeights("safetensors", {k: f.get_tensor(k) for k in f.keys()}, source)
 
 
+def _read_npz(path: Path) -> RawWeights:
+    """A NumPy ``.npz`` (google-research/vision_transformer's checkpoints): key -> array, no pickles."""
+    with np.load(path, allow_pickle=False) as f:  # an archive: detect_format saw its .npy entries
+        return RawWeights("npz", {k: f[k] for k in f.files})
+
+
 READERS: dict[str, Callable[[Path], RawWeights]] = {
     "keras_h5": _read_keras_h5,
     "torch": _read_torch,
     "safetensors": _read_safetensors,
+    "npz": _read_npz,
 }
 
 
@@ -154,7 +174,7 @@ def read_raw(path: str | os.PathLike) -> RawWeights:
         raw = READERS[fmt](path)
     except WeightsError:
         raise
-    except Exception as e:  # h5py, torch and safetensors each raise their own kinds
+    except Exception as e:  # h5py, torch, safetensors and numpy (zipfile) each raise their own kinds
         raise WeightsError(f"{path} is a corrupt or truncated {fmt} file: {type(e).__name__}: {e}") from None
     prefix = "module."  # DataParallel checkpoints
     if raw.arrays and all(k.startswith(prefix) for k in raw.arrays):
@@ -339,14 +359,26 @@ def file_info(raw: RawWeights) -> tuple[str, bool]:
 # ---------------------------------------------------------------- our cache format
 
 
-def save_params(params: Params, path: Path, source: str) -> None:
-    """Write ``params`` as safetensors keyed ``layer/param`` (``source`` in metadata), atomically."""
+def flat_keys(params: dict, prefix: str = "") -> dict[str, np.ndarray]:
+    """A nested dict of arrays flattened to ``"a/b/c"`` keys (``layer/param`` for VGG's two levels)."""
+    flat: dict[str, np.ndarray] = {}
+    for k, v in params.items():
+        if isinstance(v, dict):
+            flat.update(flat_keys(v, f"{prefix}{k}/"))
+        else:
+            flat[f"{prefix}{k}"] = np.asarray(v)
+    return flat
+
+
+def save_params(params: dict, path: Path, source: str) -> None:
+    """Write ``params`` as safetensors keyed ``layer/param`` (any depth: ``a/b/param``; ``source``
+    in metadata), atomically."""
     from safetensors.numpy import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        save_file({f"{l}/{p}": np.asarray(a) for l, ps in params.items() for p, a in ps.items()}, tmp, metadata={"source": source})
+        save_file(flat_keys(params), tmp, metadata={"source": source})
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
