@@ -17,7 +17,7 @@ without knowing the network:
 - **ReLU swapping** (guided backprop, deconvnet): the forward pass is traced to a jaxpr in which
   every call of ``jax.nn.relu`` (which ``flax.linen.relu`` and ``nnx.relu`` are), in the module
   or in any submodule, is replaced by the method's rectifier. A network with none, or with one
-  inside a loop or a custom derivative (``scan``, ``cond``, ``remat``, ``custom_vjp``), raises an
+  inside a loop, a branch or a custom derivative (``scan``, ``cond``, ``custom_vjp``), raises an
   ``InputError``: its rectifiers cannot be swapped. A ReLU written as ``jnp.maximum(x, 0)`` is
   not recognised and stays a plain ReLU.
 - **Batch**: modules are called on ``x[None]`` (``batched=False``: on ``x``) and the batch axis
@@ -46,7 +46,10 @@ from jaxplain.errors import InputError, JaxplainError
 from jaxplain.types import Array, Model, PyTree, Relu
 
 PROBE_SIZE = (224, 224)  # the size the layers are found at when input_size is None
-_INLINED = frozenset({"jit", "pjit", "closed_call", "core_call"})  # calls whose body the ReLU swap enters
+# Calls whose body the ReLU swap evaluates inline (primitive -> the parameter holding the body); a
+# rematerialised block loses its memory saving there, which a ReLU swap does not need.
+_INLINED = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr",
+            "remat2": "jaxpr", "checkpoint": "jaxpr"}
 
 
 class Output(NamedTuple):
@@ -238,13 +241,13 @@ def _eval_swapped(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any], relu: 
         if _is_relu(eqn):
             outs = [relu(ins[-1])]
             found.append("relu")
-        elif eqn.primitive.name in _INLINED and isinstance(eqn.params.get("jaxpr"), jcore.ClosedJaxpr):
-            inner = eqn.params["jaxpr"]
-            outs = _eval_swapped(inner.jaxpr, inner.consts, ins, relu, found)
+        elif isinstance(body := eqn.params.get(_INLINED.get(eqn.primitive.name, "")), (jcore.ClosedJaxpr, jcore.Jaxpr)):
+            inner, consts = (body.jaxpr, body.consts) if isinstance(body, jcore.ClosedJaxpr) else (body, ())
+            outs = _eval_swapped(inner, consts, ins, relu, found)
         else:
             if any(_has_relu(j) for j in jcore.jaxprs_in_params(eqn.params)):
-                raise InputError(f"a ReLU sits inside a {eqn.primitive.name!r} (a loop, a branch, a rematerialised "
-                                 "or custom-derivative block), where jaxplain cannot swap it: guided backprop and "
+                raise InputError(f"a ReLU sits inside a {eqn.primitive.name!r} (a loop, a branch or a custom-derivative "
+                                 "block), where jaxplain cannot swap it: guided backprop and "
                                  "deconvnet would be wrong")
             subfuns, params = eqn.primitive.get_bind_params(eqn.params)
             outs = eqn.primitive.bind(*subfuns, *ins, **params)

@@ -281,10 +281,22 @@ class MaximumNNX(nnx.Module):
         return self.head(jnp.maximum(self.conv(x), 0.0).mean(axis=(1, 2)))
 
 
+class LoopNNX(nnx.Module):
+    def __init__(self, rngs):
+        self.conv = nnx.Conv(3, 3, (3, 3), rngs=rngs)
+        self.head = nnx.Linear(3, 3, rngs=rngs)
+
+    def __call__(self, x):
+        h, _ = jax.lax.scan(lambda c, _: (jax.nn.relu(c) - 0.1, None), self.conv(x), None, length=2)
+        return self.head(h.mean(axis=(1, 2)))
+
+
 class RematCNN(nn.Module):
+    remat: bool = True
+
     @nn.compact
     def __call__(self, x):
-        x = nn.remat(LinenReLU)(name="act")(nn.Conv(4, (3, 3))(x))
+        x = (nn.remat(LinenReLU) if self.remat else LinenReLU)(name="act")(nn.Conv(4, (3, 3))(x))
         return nn.Dense(3)(x.mean(axis=(1, 2)))
 
 
@@ -297,6 +309,10 @@ def test_submodule_inside_a_transformation():
     plain, tapped = (jax.jit(m.apply)(m.params, x[0], t)[1] for t in ({}, {"act": tap}))
     close(tapped["act"], plain["act"] + tap)
     assert not np.allclose(tapped["Dense_0"], plain["Dense_0"])
+    # the ReLU inside the rematerialised block is swapped: guided backprop as without remat
+    plain_net = jaxplain.from_flax(RematCNN(remat=False), m.params)
+    xr = np.random.default_rng(2).normal(size=(1, 16, 16, 3)).astype(np.float32)
+    close(jaxplain.explain(m, xr, [1], "guided_backprop"), jaxplain.explain(plain_net, xr, [1], "guided_backprop"))
 
 
 @pytest.mark.parametrize("method", ["guided_backprop", "deconvnet"])
@@ -308,9 +324,9 @@ def test_rectifier_that_cannot_be_swapped(method):
     maximum = jaxplain.from_flax(MaximumNNX(nnx.Rngs(0)))
     with pytest.raises(InputError, match=r"MaximumNNX has no ReLU that jaxplain can swap.*jnp.maximum"):
         jaxplain.explain(maximum, x, [0], method)
-    remat = jaxplain.from_flax(RematCNN(), RematCNN().init(jax.random.key(0), x))
-    with pytest.raises(InputError, match=r"RematCNN: a ReLU sits inside a 'checkpoint'.*cannot swap it"):
-        jaxplain.explain(remat, x, [0], method)
+    loop = jaxplain.from_flax(LoopNNX(nnx.Rngs(0)))
+    with pytest.raises(InputError, match=r"LoopNNX: a ReLU sits inside a 'scan'.*cannot swap it"):
+        jaxplain.explain(loop, x, [0], method)
     # the gradient needs no swap
     assert np.isfinite(np.asarray(jaxplain.explain(gelu, x, [0], "gradient"))).all()
 
