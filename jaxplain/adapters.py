@@ -249,8 +249,8 @@ def _eval_swapped(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any], relu: 
                 raise InputError(f"a ReLU sits inside a {eqn.primitive.name!r} (a loop, a branch or a custom-derivative "
                                  "block), where jaxplain cannot swap it: guided backprop and "
                                  "deconvnet would be wrong")
-            subfuns, params = eqn.primitive.get_bind_params(eqn.params)
-            outs = eqn.primitive.bind(*subfuns, *ins, **params)
+            with eqn.ctx.manager:  # as jax's own eval_jaxpr binds an equation
+                outs = eqn.primitive.bind(*ins, **eqn.primitive.get_bind_params(eqn.params))
             outs = outs if eqn.primitive.multiple_results else [outs]
         env.update(zip(eqn.outvars, outs))
     return [read(v) for v in jaxpr.outvars]
