@@ -381,3 +381,71 @@ def test_readme_snippet():
     images = model.preprocess(np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8))
     cams = jaxplain.explain(model, images, "predicted", "grad_cam", layer="conv2")
     assert model.layers == ("conv1", "conv2", "head") and cams.shape == (4, 32, 32)
+
+
+class NNXBlock(nnx.Module):
+    def __init__(self, rngs):
+        self.conv = nnx.Conv(3, 3, (3, 3), rngs=rngs)
+
+    def __call__(self, x):
+        return x + nnx.relu(self.conv(x))
+
+
+class NNXStages(nnx.Module):
+    def __init__(self, rngs):
+        self.layer1 = nnx.List([NNXBlock(rngs), NNXBlock(rngs)])
+        self.head = nnx.Linear(3, 2, rngs=rngs)
+
+    def __call__(self, x):
+        for block in self.layer1:
+            x = block(x)
+        return self.head(x.mean(axis=(1, 2)))
+
+
+class LinenBlock(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return x + nn.relu(nn.Conv(3, (3, 3), name="conv")(x))
+
+
+class LinenStages(nn.Module):
+    def setup(self):
+        self.layer1 = [LinenBlock() for _ in range(2)]
+        self.head = nn.Dense(2)
+
+    def __call__(self, x):
+        for block in self.layer1:
+            x = block(x)
+        return self.head(x.mean(axis=(1, 2)))
+
+
+def test_nested_paths():
+    """Blocks in a list: the path with dots, each block after its own submodules."""
+    assert jaxplain.from_flax(NNXStages(nnx.Rngs(0)), input_size=(8, 8)).layers == (
+        "layer1.0.conv", "layer1.0", "layer1.1.conv", "layer1.1", "head")
+    variables = LinenStages().init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+    assert jaxplain.from_flax(LinenStages(), variables, input_size=(8, 8)).layers == (
+        "layer1_0.conv", "layer1_0", "layer1_1.conv", "layer1_1", "head")
+
+
+class Twice(nnx.Module):
+    """One image ``[H, W, C]`` in (no batch axis), the same conv called twice."""
+
+    def __init__(self, rngs):
+        self.conv = nnx.Conv(3, 3, (3, 3), rngs=rngs)
+        self.head = nnx.Linear(3, 2, rngs=rngs)
+
+    def __call__(self, x):
+        return self.head(self.conv(nnx.relu(self.conv(x))).mean(axis=(0, 1)))
+
+
+def test_unbatched_module_and_a_submodule_called_twice():
+    net = Twice(nnx.Rngs(0))
+    m = jaxplain.from_flax(net, batched=False, input_size=(8, 8))
+    assert m.layers == ("conv", "conv#2", "head")
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 8, 3)).astype(np.float32))
+    tap = jnp.ones((8, 8, 3), jnp.float32)
+    (logits, plain), (_, tapped) = (jax.jit(m.apply)(m.params, x, t) for t in ({}, {"conv#2": tap}))
+    close(logits, net(x))
+    close(tapped["conv"], plain["conv"])
+    close(tapped["conv#2"], plain["conv#2"] + tap)
