@@ -6,8 +6,10 @@ without knowing the network:
 - **Layers** are the outputs of the submodules' ``__call__``, named by their path with dots
   (``"layer4.2.conv3"``; Linen's auto names such as ``"Conv_0"``), in the order the forward
   pass produces them. A submodule called twice gives ``"name"`` then ``"name#2"``. An output that
-  is not one float array carrying the batch axis (a tuple, a batch-independent table) is not a
-  layer; naming it raises an ``InputError`` saying why.
+  is not one float array carrying the batch axis (a tuple, a batch-independent table), or that
+  is made inside a transformation of the forward pass (``nn.remat``, ``nn.scan``: the interceptor
+  sees only the inner call, in another trace), is not a layer; naming it raises an
+  ``InputError`` saying why.
 - **Taps and acts**, Linen: ``nn.intercept_methods`` adds the tap to each such output and
   records the sum. NNX has no interceptor, so ``apply`` works on a private copy of the graph
   (``nnx.merge`` of the weights it is given) whose submodules' classes are swapped for
@@ -16,7 +18,8 @@ without knowing the network:
   ``Module.perturb`` adds a tap but records no value: one mechanism gives both.)
 - **ReLU swapping** (guided backprop, deconvnet): the forward pass is traced to a jaxpr in which
   every call of ``jax.nn.relu`` (which ``flax.linen.relu`` and ``nnx.relu`` are), in the module
-  or in any submodule, is replaced by the method's rectifier. A network with none, or with one
+  or in any submodule, also inside jitted or rematerialised blocks, is replaced by the method's
+  rectifier. A network with none, or with one
   inside a loop, a branch or a custom derivative (``scan``, ``cond``, ``custom_vjp``), raises an
   ``InputError``: its rectifiers cannot be swapped. A ReLU written as ``jnp.maximum(x, 0)`` is
   not recognised and stays a plain ReLU.
@@ -79,8 +82,8 @@ class _Recorder:
 
     def call(self, path: str, thunk: Callable[[], Any]) -> Any:
         """``thunk()``, the call of the submodule at ``path``, with its output tapped and recorded.
-        A call of the same submodule inside it (a lifted transformation calling the module it
-        wraps) is the same layer: only the outer one counts."""
+        A call of the same submodule inside that call (a wrapper calling what it wraps) is the
+        same layer: only the outer one counts."""
         if path in self.running:
             return thunk()
         self.running.add(path)
@@ -122,7 +125,7 @@ Runner = Callable[[PyTree, Array, _Recorder], Any]  # (params, input with batch 
 
 
 def _linen_runner(module: Any) -> Runner:
-    """``run(variables, x, rec)``: ``module.apply`` with every submodule's ``__call__`` output passed through ``rec``."""
+    """``run(variables, x, rec)``: ``module.apply``, every submodule's ``__call__`` output passed through ``rec``."""
     import flax.linen as nn
 
     def run(variables: PyTree, x: Array, rec: _Recorder) -> Any:
@@ -246,8 +249,8 @@ def _eval_swapped(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any], relu: 
             outs = _eval_swapped(inner, consts, ins, relu, found)
         else:
             if any(_has_relu(j) for j in jcore.jaxprs_in_params(eqn.params)):
-                raise InputError(f"a ReLU sits inside a {eqn.primitive.name!r} (a loop, a branch or a custom-derivative "
-                                 "block), where jaxplain cannot swap it: guided backprop and "
+                raise InputError(f"a ReLU sits inside a {eqn.primitive.name!r} (a loop, a branch or a "
+                                 "custom-derivative block), where jaxplain cannot swap it: guided backprop and "
                                  "deconvnet would be wrong")
             with eqn.ctx.manager:  # as jax's own eval_jaxpr binds an equation
                 outs = eqn.primitive.bind(*ins, **eqn.primitive.get_bind_params(eqn.params))
@@ -321,7 +324,8 @@ def _choose(outputs: list[Output], layers: Sequence[str] | None, name: str) -> t
     return tuple(n for n in valid if n in asked)
 
 
-def _apply(run: Runner, layers: tuple[str, ...], batched: bool, name: str) -> Callable[..., tuple[Array, dict[str, Array]]]:
+def _apply(run: Runner, layers: tuple[str, ...], batched: bool, name: str) -> Callable[..., Any]:
+    """The contract's ``apply`` over ``run``, exposing ``layers``."""
     wanted = frozenset(layers)
 
     def forward(params: PyTree, x: Array, taps: Mapping[str, Array]) -> tuple[Array, dict[str, Array]]:
