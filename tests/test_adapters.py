@@ -449,3 +449,41 @@ def test_unbatched_module_and_a_submodule_called_twice():
     close(logits, net(x))
     close(tapped["conv"], plain["conv"])
     close(tapped["conv#2"], plain["conv#2"] + tap)
+
+
+class NNXNorm(nnx.Module):
+    def __init__(self, rngs):
+        self.conv = nnx.Conv(3, 4, (3, 3), rngs=rngs)
+        self.bn = nnx.BatchNorm(4, rngs=rngs)
+        self.drop = nnx.Dropout(0.5, rngs=rngs)
+        self.head = nnx.Linear(4, 2, rngs=rngs)
+
+    def __call__(self, x):
+        return self.head(self.drop(nnx.relu(self.bn(self.conv(x)))).mean(axis=(1, 2)))
+
+
+class LinenNorm(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.BatchNorm(use_running_average=True, name="bn")(nn.Conv(4, (3, 3), name="conv")(x)))
+        return nn.Dense(2, name="head")(x.mean(axis=(1, 2)))
+
+
+def test_batch_norm_uses_its_statistics():
+    """Random running statistics (not the identity); NNX put in inference mode (BatchNorm's running
+    averages, no dropout), Linen's batch_stats collection carried in params."""
+    rng = np.random.default_rng(0)
+    stats = {"mean": rng.normal(size=4).astype(np.float32), "var": rng.uniform(0.5, 2, size=4).astype(np.float32)}
+    x = rng.normal(size=(8, 8, 3)).astype(np.float32)
+    net = NNXNorm(nnx.Rngs(0))
+    net.bn.mean[...], net.bn.var[...] = jnp.asarray(stats["mean"]), jnp.asarray(stats["var"])
+    m = jaxplain.from_flax(net, input_size=(8, 8))
+    assert m.layers == ("conv", "bn", "drop", "head")
+    want = nnx.view(net, deterministic=True, use_running_average=True)(x[None])[0]
+    close(m.apply(m.params, x)[0], want)
+    variables = LinenNorm().init(jax.random.key(0), x[None])
+    variables = {**variables, "batch_stats": {"bn": stats}}
+    lm = jaxplain.from_flax(LinenNorm(), variables, input_size=(8, 8))
+    close(lm.apply(lm.params, x)[0], LinenNorm().apply(variables, x[None])[0])
+    assert not np.allclose(lm.apply(lm.params, x)[0], LinenNorm().apply({**variables, "batch_stats": {"bn": {
+        "mean": np.zeros(4, np.float32), "var": np.ones(4, np.float32)}}}, x[None])[0])
