@@ -1,5 +1,6 @@
 """jaxplain: compiled, vectorized explanations for JAX image models."""
 
+from jaxplain.adapters import from_flax as from_flax
 from jaxplain.layer_outputs import activations as activations
 from jaxplain.layer_outputs import channel_means as channel_means
 from jaxplain.layer_outputs import top_channels as top_channels
@@ -65,6 +66,7 @@ __all__ = [
     "channel_means",
     "eigen_cam",
     "feature_ablation",
+    "from_flax",
     "kernel_shap",
     "lime",
     "segments",
