@@ -24,9 +24,10 @@ from tests.torch_vit import TorchViT, numpy_state
 CFG = ViTConfig(patch=8, depth=2, width=32, heads=4, mlp=64, classes=10, image_size=32, name="twin_vit")
 G = CFG.grid  # 4: a 4x4 grid of patches, T = 17 tokens with the class token first
 TARGETS = np.array([3, 7])
-# float32 on both sides; the maps are products and sums of O(1) numbers over 2 blocks, and torch
-# and XLA order their reductions differently: measured worst differences are given per test.
-RTOL = 1e-4
+# float32 on both sides (the NumPy formulas in float64 on torch's float32 values); torch and XLA
+# order their reductions differently. Measured worst differences, as a fraction of the reference
+# map's largest magnitude, are given per test (all under 9e-7); the bound leaves 10x room.
+RTOL = 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -115,9 +116,9 @@ def ref(twin, xs):
 def test_the_twin_is_the_same_network(twin, xs, ref):
     net, model = twin
     want = net(torch.from_numpy(xs.transpose(0, 3, 1, 2).copy())).detach().numpy()
-    close(jaxplain.predict(model, xs), want, 1e-5)
+    close(jaxplain.predict(model, xs), want)  # measured: 7.4e-7 (logits and attention)
     _, acts = model.apply(model.params, jnp.asarray(xs[0]))
-    close(acts["blocks.1.attn"], ref[0]["probs"][1], 1e-5)
+    close(acts["blocks.1.attn"], ref[0]["probs"][1])
 
 
 # ---------------------------------------------------------------- token layers as a grid
@@ -143,7 +144,7 @@ def test_grid_view_shapes_and_taps(twin, xs):
 
 def test_grad_cam_on_a_token_layer_equals_torch(twin, xs, ref):
     """Grad-CAM on ``blocks.0`` (the default: the last block's input) against torch's gradients.
-    Measured: 2e-7 of the map's maximum (upsampled and not)."""
+    Measured: 6.9e-7 of the map's maximum (upsampled and not)."""
     _, model = twin
     for layer, block in (("blocks.0", 0), (None, 0)):
         got = jaxplain.explain(model, xs, TARGETS, "grad_cam", layer=layer)
@@ -183,7 +184,7 @@ def test_spatial_methods_run_on_token_layers(twin, xs, method, settings, shape):
 
 def test_layer_cam_on_a_token_layer_equals_torch(twin, xs, ref):
     """LayerCAM ``relu(sum_k relu(G_k) A_k)`` on the grid: per-position weights meet the same
-    reshape. Measured: 3e-7 of the maximum. (Not HiResCAM: a patch token of a pre-norm block's
+    reshape. Measured: 8.1e-7 of the maximum. (Not HiResCAM: a patch token of a pre-norm block's
     input reaches the logits only through the next block's LayerNorm, which is scale-invariant, so
     ``sum_k G_k A_k = 0`` at every patch: HiResCAM there is zero up to rounding, in torch too.)"""
     _, model = twin
@@ -199,7 +200,7 @@ def test_layer_cam_on_a_token_layer_equals_torch(twin, xs, ref):
 
 @pytest.mark.parametrize("fusion, discard", [("mean", 0.0), ("max", 0.0), ("min", 0.0), ("mean", 0.5), ("max", 0.9)])
 def test_attention_rollout_equals_numpy(twin, xs, ref, fusion, discard):
-    """Against the paper's formulas on torch's attention. Measured: under 3e-7 of the maximum."""
+    """Against the paper's formulas on torch's attention. Measured: 4.6e-7 of the maximum."""
     _, model = twin
     s = dict(head_fusion=fusion, discard_ratio=discard)
     small = jaxplain.explain(model, xs, None, "attention_rollout", upsample=False, **s)
@@ -217,7 +218,7 @@ def test_attention_rollout_ignores_the_target(twin, xs):
 
 
 def test_transformer_attribution_equals_numpy(twin, xs, ref):
-    """Against Chefer et al.'s rule on torch's attention and its gradients. Measured: 2e-7."""
+    """Against Chefer et al.'s rule on torch's attention and its gradients. Measured: 5.7e-7."""
     _, model = twin
     small = jaxplain.explain(model, xs, TARGETS, "transformer_attribution", upsample=False)
     big = jaxplain.explain(model, xs, TARGETS, "transformer_attribution")
@@ -231,7 +232,7 @@ def test_transformer_attribution_equals_numpy(twin, xs, ref):
 
 
 def test_one_block_of_attention(twin, xs, ref):
-    """``attention`` may name a subset of the declared layers."""
+    """``attention`` may name a subset of the declared layers. Measured: 8.6e-7."""
     _, model = twin
     got = jaxplain.explain(model, xs, TARGETS, "transformer_attribution", attention=["blocks.1.attn"], upsample=False)
     for i, r in enumerate(ref):
