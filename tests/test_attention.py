@@ -128,6 +128,7 @@ def test_grid_view_shapes_and_taps(twin, xs):
     _, model = twin
     view = grid_view(model)
     assert view.token_layers == {} and grid_view(view) is view and view.attention_layers == model.attention_layers
+    assert grid_view(model).apply is view.apply  # one function per model: explain's compiled calls are reused
     logits, acts = view.apply(view.params, jnp.asarray(xs[0]))
     raw = model.apply(model.params, jnp.asarray(xs[0]))[1]
     assert acts["patch_embed"].shape == (G, G, 32) and acts["blocks.1"].shape == (G, G, 32)
@@ -165,6 +166,14 @@ def test_the_last_blocks_patch_tokens_have_no_gradient(twin, xs, ref):
     for r in ref:
         assert not r["tokens_grad"][1][1:].any()
     assert not np.asarray(jaxplain.explain(model, xs, TARGETS, "grad_cam", layer="blocks.1")).any()
+
+
+def test_token_grid_under_bfloat16(twin, xs):
+    """The view's zero rows for the class token take the tap's dtype (strict promotion)."""
+    _, model = twin
+    a = np.asarray(jaxplain.explain(model, xs, TARGETS, "grad_cam", precision="bfloat16"))
+    b = np.asarray(jaxplain.explain(model, xs, TARGETS, "transformer_attribution", precision="bfloat16"))
+    assert a.shape == b.shape == (2, 32, 32) and np.isfinite(a).all() and np.isfinite(b).all()
 
 
 @pytest.mark.parametrize("method, settings, shape", [
