@@ -1,4 +1,4 @@
-"""Shared fixtures: strict dtype promotion, a private weight cache, tiny and full VGG references."""
+"""Shared fixtures: strict dtype promotion, a private weight cache, tiny and full VGG references, a tiny ViT."""
 
 import os
 

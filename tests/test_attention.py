@@ -276,6 +276,8 @@ def test_attention_layer_is_not_spatial(twin, xs):
     ("transformer_attribution", dict(attention=["blocks.7.attn"]), r"unknown layer 'blocks.7.attn'; twin_vit's layers"),
     ("attention_rollout", dict(grid=(8, 8)), r"has 17 tokens, too few for a 8x8 grid"),
     ("attention_rollout", dict(attention=[]), r"attention must name at least one attention layer"),
+    ("attention_rollout", dict(grid=(4,)), r"grid must be two positive ints \(gh, gw\), got \(4,\)"),
+    ("attention_rollout", dict(discard_ratio="0.5"), r"discard_ratio must be in \[0, 1\), got '0.5'"),
 ])
 def test_bad_settings(twin, xs, method, settings, msg):
     _, model = twin

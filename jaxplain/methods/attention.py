@@ -29,7 +29,10 @@ def _declared(name: str, attention: Sequence[str] | None, grid: tuple[int, int] 
     layers = (attention,) if isinstance(attention, str) else tuple(attention)
     if not layers:
         raise InputError(f"{name}: attention must name at least one attention layer")
-    return layers, (int(grid[0]), int(grid[1]))
+    g = tuple(grid) if isinstance(grid, (tuple, list)) else ()
+    if len(g) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in g):
+        raise InputError(f"{name}: grid must be two positive ints (gh, gw), got {grid!r}")
+    return layers, (g[0], g[1])
 
 
 def _checked(name: str, layer: str, a: Array, grid: tuple[int, int]) -> int:
@@ -80,10 +83,11 @@ def attention_rollout(apply: ApplyFn, params: PyTree, x: Array, target: Array, *
     the class token's row of ``R`` over the patch tokens. ``discard_ratio`` (not in the paper; the
     option of the widely used ``vit-explain`` code) zeroes that fraction of each fused matrix's
     smallest entries before the identity is added (the class token's self-attention kept).
-    Class-agnostic: ``target`` is not used.
+    Class-agnostic: ``target`` is not used. The map is not scaled (``vit-explain`` divides by
+    its maximum); its entries are the rollout's, which sum with the class token's own to one.
     """
     layers, grid = _declared("attention_rollout", attention, grid)
-    if not 0.0 <= discard_ratio < 1.0:
+    if isinstance(discard_ratio, bool) or not isinstance(discard_ratio, (int, float)) or not 0.0 <= discard_ratio < 1.0:
         raise InputError(f"discard_ratio must be in [0, 1), got {discard_ratio!r}")
     acts = apply(params, x)[1]
     missing = [n for n in layers if n not in acts]
