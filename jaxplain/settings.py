@@ -73,11 +73,11 @@ def assemble(static: dict[str, Any], arrays: dict[Path, Array]) -> dict[str, Any
 def resolve_for_model(fn: Callable, model: Model, image_shape: tuple[int, ...], settings: dict[str, Any],
                       images: Any = None) -> dict[str, Any]:
     """Settings that need the model, for ``fn`` and any method it wraps: a missing ``layer`` is
-    the last conv layer (the model's ``cam_layer``); layers and neurons are checked; a missing
-    ``attention`` is the model's attention layers and ``grid`` its token grid; ``baseline="black"`` (given or the
-    default) is the preprocessed black image; a method marked ``host_settings`` completes its
-    settings from the batch of ``images`` (segment label maps). ``settings`` must come from
-    ``registry.resolve``."""
+    the model's ``cam_layer`` or its last conv layer; layers and neurons are checked; a missing
+    ``attention`` is the model's attention layers and a missing ``grid`` its token grid;
+    ``baseline="black"`` (given or the default) is the preprocessed black image; a method marked
+    ``host_settings`` completes its settings from the batch of ``images`` (segment label maps).
+    ``settings`` must come from ``registry.resolve``."""
     settings = dict(settings)
     known = registry.settings_of(fn)
     host = getattr(fn, "host_settings", None)
