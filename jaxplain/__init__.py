@@ -16,6 +16,8 @@ from jaxplain.runner import explain as explain
 from jaxplain.evaluation import evaluate as evaluate
 from jaxplain.runner import predict as predict
 from jaxplain.features import visualize_features as visualize_features
+from jaxplain.methods.attention import attention_rollout as attention_rollout
+from jaxplain.methods.attention import transformer_attribution as transformer_attribution
 from jaxplain.methods.cam import eigen_cam as eigen_cam
 from jaxplain.methods.cam import grad_cam as grad_cam
 from jaxplain.methods.cam import grad_cam_pp as grad_cam_pp
@@ -63,6 +65,8 @@ __all__ = [
     "METHODS",
     "METRICS",
     "activations",
+    "attention_rollout",
+    "transformer_attribution",
     "channel_means",
     "eigen_cam",
     "feature_ablation",

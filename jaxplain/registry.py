@@ -8,7 +8,7 @@ import inspect
 from typing import Any, Callable, Mapping
 
 from jaxplain.errors import InputError
-from jaxplain.methods import cam, gradients, integrated, layer, perturb, regions, smooth, surrogate
+from jaxplain.methods import attention, cam, gradients, integrated, layer, perturb, regions, smooth, surrogate
 from jaxplain.methods.marks import wrapped
 from jaxplain.metrics import faithfulness, imputation, localisation, randomisation, robustness
 
@@ -42,6 +42,8 @@ METHODS: dict[str, Callable] = {
     "lime": surrogate.lime,
     "kernel_shap": surrogate.kernel_shap,
     "xrai": regions.xrai,
+    "attention_rollout": attention.attention_rollout,
+    "transformer_attribution": attention.transformer_attribution,
 }
 
 

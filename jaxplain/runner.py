@@ -23,6 +23,7 @@ from jaxplain.methods import chunks
 from jaxplain.methods.marks import uses_target
 from jaxplain.precision import with_precision
 from jaxplain.shapes import check_images, num_classes, params_struct
+from jaxplain.tokens import grid_view
 from jaxplain.types import Array, Model, PyTree, forward
 
 Targets = int | Sequence[int] | np.ndarray | Array | str | None
@@ -241,7 +242,9 @@ def prepare(fn: Callable, model: Model, images: Array, settings: dict[str, Any],
     One with a ``chunk`` setting runs chunk by chunk in a host loop where ``chunks.loop_mode()``
     says ``host``; there a method whose chunk counts images (``chunks.counts_images``) and whose
     chunk is not set gets ``chunks.host_chunk`` for ``per_call`` images per call and device
-    (default: all of ``images``). A method's ``cost_note`` is warned (``CostWarning``) here."""
+    (default: all of ``images``). A method's ``cost_note`` is warned (``CostWarning``) here.
+    A transformer's token layers are shown to the method as their patch grid (``tokens.grid_view``)."""
+    model = grid_view(model)
     n, image_shape = images.shape[0], tuple(images.shape[1:])
     settings = st.resolve_for_model(fn, model, image_shape, registry.resolve(fn, dict(settings)), images)
     note = getattr(fn, "cost_note", None)

@@ -73,10 +73,11 @@ def assemble(static: dict[str, Any], arrays: dict[Path, Array]) -> dict[str, Any
 def resolve_for_model(fn: Callable, model: Model, image_shape: tuple[int, ...], settings: dict[str, Any],
                       images: Any = None) -> dict[str, Any]:
     """Settings that need the model, for ``fn`` and any method it wraps: a missing ``layer`` is
-    the last conv layer; layers and neurons are checked; ``baseline="black"`` (given or the
-    default) is the preprocessed black image; a method marked ``host_settings`` completes its
-    settings from the batch of ``images`` (segment label maps). ``settings`` must come from
-    ``registry.resolve``."""
+    the model's ``cam_layer`` or its last conv layer; layers and neurons are checked; a missing
+    ``attention`` is the model's attention layers and a missing ``grid`` its token grid;
+    ``baseline="black"`` (given or the default) is the preprocessed black image; a method marked
+    ``host_settings`` completes its settings from the batch of ``images`` (segment label maps).
+    ``settings`` must come from ``registry.resolve``."""
     settings = dict(settings)
     known = registry.settings_of(fn)
     host = getattr(fn, "host_settings", None)
@@ -88,6 +89,10 @@ def resolve_for_model(fn: Callable, model: Model, image_shape: tuple[int, ...], 
         shape = check_layer(model, image_shape, settings["layer"], spatial=getattr(fn, "spatial_layer", False))
         if "neuron" in known:
             check_neuron(shape, settings.get("neuron"))
+    if "attention" in known:
+        settings["attention"] = attention_layers(fn, model, image_shape, settings.get("attention"))
+    if "grid" in known and settings.get("grid") is None:
+        settings["grid"] = model.token_grid
     baseline = settings.get("baseline", known.get("baseline"))  # a default of "black" too
     if isinstance(baseline, str) and baseline == "black":
         if model.preprocess is None:
@@ -98,6 +103,23 @@ def resolve_for_model(fn: Callable, model: Model, image_shape: tuple[int, ...], 
     if nested:
         settings[wrapped(fn)[1]] = resolve_for_model(nested[0], model, image_shape, nested[1], images)
     return settings
+
+
+def attention_layers(fn: Callable, model: Model, image_shape: tuple[int, ...],
+                     given: Any) -> tuple[str, ...]:
+    """The attention layers a method reads: ``given`` (checked) or the model's, or an ``InputError``."""
+    name = getattr(fn, "__name__", "this method")
+    if given is None:
+        if not model.attention_layers:
+            raise InputError(f"{name} needs a transformer's attention probabilities, and {model.name} declares no "
+                             f"attention layers (Model.attention_layers); its layers: {', '.join(model.layers)}")
+        return tuple(model.attention_layers)
+    layers = (given,) if isinstance(given, str) else tuple(given)
+    if not layers:
+        raise InputError(f"{name}: attention must name at least one attention layer")
+    for layer in layers:
+        check_layer(model, image_shape, layer)
+    return layers
 
 
 def image_keys(key: Any, n: int) -> Array | None:

@@ -35,11 +35,11 @@ def layer_shapes(model: Model, image_shape: tuple[int, ...]) -> dict[str, tuple[
 
 def default_layer(model: Model, image_shape: tuple[int, ...]) -> str:
     """The model's ``cam_layer``, else the last convolutional layer it names (the last spatial one
-    if none says conv)."""
+    if none says conv; attention layers, 3-D but not spatial, never)."""
     if model.cam_layer is not None:
         return model.cam_layer
     shapes = layer_shapes(model, image_shape)
-    spatial = [name for name in model.layers if len(shapes.get(name, ())) == 3]
+    spatial = [name for name in model.layers if len(shapes.get(name, ())) == 3 and name not in model.attention_layers]
     convs = [name for name in spatial if "conv" in name]
     if not (convs or spatial):
         raise InputError(f"{model.name} has no spatial layer [h, w, K]")
@@ -51,9 +51,17 @@ def check_layer(model: Model, image_shape: tuple[int, ...], layer: str, *, spati
     shapes = layer_shapes(model, image_shape)
     if layer not in shapes:
         raise InputError(f"unknown layer {layer!r}; {model.name}'s layers: {', '.join(model.layers)}")
+    if spatial and layer in model.attention_layers:
+        raise InputError(f"layer {layer!r} holds attention probabilities {shapes[layer]} [heads, T, T], not a spatial "
+                         f"layer [h, w, K]: CAM methods need one (a token layer such as {_token_hint(model)} is seen as "
+                         "its patch grid); attention_rollout and transformer_attribution read the attention")
     if spatial and len(shapes[layer]) != 3:
         raise InputError(f"layer {layer!r} has shape {shapes[layer]}: CAM methods need a spatial layer [h, w, K]")
     return shapes[layer]
+
+
+def _token_hint(model: Model) -> str:
+    return repr(model.cam_layer) if model.cam_layer else "a block's output"
 
 
 def num_classes(model: Model, image_shape: tuple[int, ...]) -> int:

@@ -62,7 +62,17 @@ class Model:
       channel_order: the order of the input channels after ``preprocess``, ``"RGB"`` or
         ``"BGR"`` (Caffe's and Keras' VGG weights).
       cam_layer: the layer CAM and layer methods use when none is asked for (ResNet's
-        ``"layer4"``); ``None``: the last layer named like a conv (the last spatial one if none is).
+        ``"layer4"``, ViT's next-to-last block); ``None``: the last layer named like a conv (the last
+        spatial one if none is, attention layers excluded).
+      token_grid: ``(gh, gw)``, the patch grid of a transformer's token layers (row-major
+        patches); ``None``: the model has no token layers.
+      token_layers: token layer ``[T, D]`` -> how many non-patch tokens lead it (a ViT's class
+        token: 1; its patch embedding: 0), ``T = prefix + gh * gw``. ``explain`` shows methods
+        these layers as their patch grid ``[gh, gw, D]`` (``jaxplain.tokens``).
+      attention_layers: the attention probability layers ``[heads, T, T]`` in forward order
+        (query rows, key columns, the class token first); never spatial. What
+        ``attention_rollout`` and ``transformer_attribution`` read (a tap there must be added to
+        the probabilities before they weight the values).
     """
 
     apply: ApplyFn
@@ -77,8 +87,12 @@ class Model:
     input_box: Callable[[tuple[int, int], tuple[int, int]], tuple[float, float, float, float]] | None = None
     channel_order: str = "RGB"
     cam_layer: str | None = None
+    token_grid: tuple[int, int] | None = None
+    token_layers: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    attention_layers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        _check_tokens(self)
         if self.channel_order not in ("RGB", "BGR"):
             raise InputError(f"channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}")
         if self.resize is not None and not callable(self.resize):
@@ -93,6 +107,26 @@ class Model:
 
     def replace(self, **changes: Any) -> "Model":
         return dataclasses.replace(self, **changes)
+
+
+def _check_tokens(model: Model) -> None:
+    """The token facts agree with each other and with ``layers``, or an ``InputError``."""
+    declared = [*model.token_layers, *model.attention_layers]
+    if declared and model.token_grid is None:
+        raise InputError(f"{model.name} declares token or attention layers ({', '.join(declared)}) but no token_grid (gh, gw)")
+    if model.token_grid is not None:
+        g = tuple(model.token_grid)
+        if len(g) != 2 or not all(isinstance(n, int) and n > 0 for n in g):
+            raise InputError(f"token_grid must be two positive ints (gh, gw), got {model.token_grid!r}")
+    unknown = [n for n in declared if n not in model.layers]
+    if unknown:
+        raise InputError(f"{model.name} declares token or attention layers it does not have: {', '.join(unknown)}")
+    both = sorted(set(model.token_layers) & set(model.attention_layers))
+    if both:
+        raise InputError(f"layers {', '.join(both)} are declared both token and attention layers")
+    bad = {n: p for n, p in model.token_layers.items() if not isinstance(p, int) or p < 0}
+    if bad:
+        raise InputError(f"token_layers maps each layer to its count of leading non-patch tokens (an int >= 0), got {bad}")
 
 
 @functools.lru_cache(maxsize=32)

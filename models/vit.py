@@ -13,6 +13,16 @@ Layer names follow timm:
 - ``norm``: the final LayerNorm's output ``[T, D]``; ``head``: the logits ``[K]`` (read from the
   class token).
 
+The Model declares these facts for the kernel: ``token_grid`` (the patch grid), ``token_layers``
+(``patch_embed``, every ``blocks.{i}`` and ``norm``, with 0, 1 and 1 leading class tokens), so
+``explain`` shows CAM and layer methods those layers as ``[grid, grid, D]`` (``jaxplain.tokens``);
+``attention_layers`` (every ``blocks.{i}.attn``, never spatial), read by ``attention_rollout`` and
+``transformer_attribution``; ``cam_layer``, the default CAM layer, ``blocks.{depth-2}``: the last
+block's *input* (as pytorch-grad-cam's ViT recipe takes ``blocks[-1].norm1``). The last block's
+output does not do: the head reads only the class token and LayerNorm is per token, so the
+gradient of every logit with respect to ``blocks.{depth-1}``'s patch tokens (and ``norm``'s) is
+exactly zero, and so is any gradient-based CAM there.
+
 Pre-norm blocks ``h + attn(norm1(h))``, ``h + mlp(norm2(h))`` with LayerNorm epsilon 1e-6 (timm's
 ViT and flax's LayerNorm both), attention scaled by ``head_dim ** -0.5``. The MLP's GELU is the exact
 (erf) form for timm's weights (torch's ``nn.GELU()``) and the tanh approximation for the original
@@ -623,6 +633,10 @@ def build(config: ViTConfig, params: dict, *, source: str) -> Model:
         name=config.name,
         source=source,
         min_size=config.image_size,
+        cam_layer=f"blocks.{config.depth - 2}" if config.depth > 1 else "patch_embed",  # see the module docstring
+        token_grid=(config.grid, config.grid),
+        token_layers={"patch_embed": 0, **{f"blocks.{i}": 1 for i in range(config.depth)}, "norm": 1},
+        attention_layers=tuple(f"blocks.{i}.attn" for i in range(config.depth)),
     )
 
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: strict dtype promotion, a private weight cache, tiny and full VGG references."""
+"""Shared fixtures: strict dtype promotion, a private weight cache, tiny and full VGG references, a tiny ViT."""
 
 import os
 
@@ -11,6 +11,8 @@ import pytest
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 from jaxplain.models import VGGConfig, build  # noqa: E402
+from jaxplain.models import ViTConfig as VITConfig  # noqa: E402
+from jaxplain.models.vit import build as build_vit, random_params as vit_params  # noqa: E402
 
 TINY = VGGConfig(blocks=(1, 1, 2), widths=(4, 8, 8), fc=16, classes=10, grid=2,
                  head="torchvision", name="tiny")
@@ -54,6 +56,16 @@ def tiny_pair(seed: int = 0):
 def tiny_model():
     """A VGG-shaped model for 32x32 inputs (3 blocks, 10 classes), random weights with O(1) logits."""
     return tiny_pair(seed=1)[1]
+
+
+TINY_VIT = VITConfig(patch=8, depth=2, width=32, heads=4, mlp=64, classes=10, image_size=32, name="tiny_vit")
+
+
+@pytest.fixture(scope="session")
+def tiny_vit():
+    """A ViT-shaped model for 32x32 inputs (2 blocks, a 4x4 grid of 8x8 patches, 10 classes), seeded
+    random weights: what the property tests run the attention methods on."""
+    return build_vit(TINY_VIT, vit_params(TINY_VIT, seed=1), source="timm")
 
 
 @pytest.fixture(scope="module")

@@ -27,8 +27,13 @@ SMALL = {
     "kernel_shap": dict(cells=(2, 3), samples=40, exact=False, chunk=5),  # sampled: 2^6 > 40 >= 6 segments
     "xrai": dict(segments="grid(cells=4)", base="integrated_gradients(steps=5, chunk=2)", baselines=(0.0, 0.5),
                  min_pixel_diff=4),
+    # Run on the tiny ViT (conftest's tiny_vit); explicit here because the direct calls bypass explain.
+    "attention_rollout": dict(attention=("blocks.0.attn", "blocks.1.attn"), grid=(4, 4), discard_ratio=0.25),
+    "transformer_attribution": dict(attention=("blocks.0.attn", "blocks.1.attn"), grid=(4, 4)),
 }
-MAPS = {"rise", "feature_ablation", "lime", "kernel_shap", "xrai"}  # one value per pixel: [B, H, W]
+# Methods that need a transformer's attention layers: the property tests run them on the tiny ViT.
+TRANSFORMER = {"attention_rollout", "transformer_attribution"}
+MAPS = {"rise", "feature_ablation", "lime", "kernel_shap", "xrai", *TRANSFORMER}  # one value per pixel: [B, H, W]
 # Methods that draw from their key whatever the baseline (masks, coalitions): test_keys keeps their baseline.
 KEYED_DRAWS = {"rise", "lime", "kernel_shap"}
 # Methods whose key only reaches a random base: test_keys gives them one.

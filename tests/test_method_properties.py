@@ -5,6 +5,7 @@ for one method of each kind."""
 import os
 import subprocess
 import sys
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +16,7 @@ import jaxplain
 from tests import compare
 from jaxplain.runner import prepare
 from jaxplain.registry import METHODS, resolve, settings_of
-from tests.method_settings import KEYED_DRAWS, RANDOM_BASE, expected_shape, images, settings_for
+from tests.method_settings import KEYED_DRAWS, RANDOM_BASE, TRANSFORMER, expected_shape, images, settings_for
 
 NAMES = sorted(METHODS)
 CHUNKED = [n for n in NAMES if "chunk" in settings_of(METHODS[n])]
@@ -26,18 +27,29 @@ def close(a, b, rtol=RTOL):
     compare.close(a, b, rtol)
 
 
+class Zoo(NamedTuple):
+    """The models the property tests run on: the tiny VGG, and the tiny ViT for the methods that
+    need attention layers (``TRANSFORMER``)."""
+
+    cnn: jaxplain.Model
+    vit: jaxplain.Model
+
+    def of(self, name: str) -> jaxplain.Model:
+        return self.vit if name in TRANSFORMER else self.cnn
+
+
 @pytest.fixture(scope="module")
-def data(tiny_model):
+def data(tiny_model, tiny_vit):
     x = images()
     targets = np.array([1, 4, 7])
-    return tiny_model, x, targets
+    return Zoo(tiny_model, tiny_vit), x, targets
 
 
 @pytest.fixture(scope="module")
 def reference(data):
     """explain() on the batch, per method, computed once."""
     m, x, t = data
-    return {n: jaxplain.explain(m, x, t, n, **settings_for(n, x)) for n in NAMES}
+    return {n: jaxplain.explain(m.of(n), x, t, n, **settings_for(n, x)) for n in NAMES}
 
 
 def _direct(m, x, t, name, jit, s):
@@ -66,6 +78,7 @@ def test_shape_dtype_finite(data, reference, name):
 @pytest.mark.parametrize("name", NAMES)
 def test_batch_equals_loop_and_jit_equals_eager(data, reference, name):
     m, x, t = data
+    m = m.of(name)
     s = settings_for(name, x)
     jitted = _direct(m, x[:2], t[:2], name, True, s)
     close(reference[name][:2], jitted)
@@ -82,7 +95,7 @@ def unchunked(data):
 
     def get(name):
         if name not in cache:
-            cache[name] = jaxplain.explain(m, x, t, name, **dict(settings_for(name, x), chunk=None))
+            cache[name] = jaxplain.explain(m.of(name), x, t, name, **dict(settings_for(name, x), chunk=None))
         return cache[name]
 
     return get
@@ -98,6 +111,7 @@ LOOPS = [("host", n) for n in CHUNKED] + [(loop, n) for loop in ("unroll", "scan
 @pytest.mark.parametrize("loop, name", LOOPS)
 def test_chunked_equals_unchunked(data, unchunked, name, loop, monkeypatch):
     m, x, t = data
+    m = m.of(name)
     s = settings_for(name, x)
     whole = unchunked(name)
     monkeypatch.setenv("JAXPLAIN_CHUNK_LOOP", loop)
@@ -108,6 +122,7 @@ def test_chunked_equals_unchunked(data, unchunked, name, loop, monkeypatch):
 
 def test_host_loop_donates_the_running_total(data, monkeypatch):
     m, x, t = data
+    m = m.cnn
     monkeypatch.setenv("JAXPLAIN_CHUNK_LOOP", "host")
     prep = prepare(METHODS["smoothgrad"], m, jnp.asarray(x), settings_for("smoothgrad", x))
     args = (m.params, jnp.asarray(x), jnp.asarray(t, jnp.int32), prep.keys, prep.per_image, prep.shared)
@@ -120,12 +135,13 @@ def test_host_loop_donates_the_running_total(data, monkeypatch):
 @pytest.mark.parametrize("name", NAMES)
 def test_batch_size_slices_equal_one_call(data, reference, name):
     m, x, t = data
-    close(jaxplain.explain(m, x, t, name, batch_size=2, **settings_for(name, x)), reference[name])
+    close(jaxplain.explain(m.of(name), x, t, name, batch_size=2, **settings_for(name, x)), reference[name])
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if "key" in settings_of(METHODS[n])])
 def test_keys(data, reference, name):
     m, x, t = data
+    m = m.of(name)
     s = settings_for(name, x)
     if "baseline" in settings_of(METHODS[name]) and name not in KEYED_DRAWS:  # the key only matters for a random
         # baseline (RISE draws its masks, LIME and KernelSHAP their coalitions, from the key whatever the baseline)
@@ -192,6 +208,7 @@ def test_sharded_over_8_devices_equals_one(reference, tmp_path):
 
 def test_second_call_does_not_retrace(data):
     m, x, t = data
+    m = m.cnn
     traces = []
 
     def counting(apply, params, v, target):

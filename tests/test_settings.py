@@ -99,7 +99,7 @@ def test_bad_batch_size(tiny_model, batch_size):
 
 
 def test_targets_none_only_for_methods_that_ignore_them(tiny_model):
-    with pytest.raises(InputError, match=r"targets=None is only for methods that ignore the target \(eigen_cam, "
+    with pytest.raises(InputError, match=r"targets=None is only for methods that ignore the target \(attention_rollout, eigen_cam, "
                                          r"neuron_gradient, neuron_integrated_gradients\); gradient explains a class"):
         jaxplain.explain(tiny_model, X, None, "gradient")
     with pytest.raises(InputError, match="smoothgrad explains a class"):
