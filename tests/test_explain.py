@@ -1,6 +1,7 @@
 """The front door: bad input is refused with a named problem, parsing, reduce, the full VGG16
 end to end, and ``jaxplain explain`` as a user runs it."""
 
+import json
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+import zarr
 from PIL import Image
 
 import jaxplain
@@ -157,11 +159,14 @@ def test_cli_explain(tmp_path):
                         "--method", "smoothgrad(samples=4)", "--precision", "float32", "--out", str(out)], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 1, r.stderr
     assert "top class" in r.stdout and "cat.png" in r.stdout
-    assert r.stderr.count("\n") == 1 and "dog.jpg" in r.stderr and "Traceback" not in r.stderr
-    a = np.load(out / "cat.npy")
+    failed = [line for line in r.stderr.splitlines() if line.startswith("jaxplain: failed")]
+    assert len(failed) == 1 and "dog.jpg" in failed[0] and "Traceback" not in r.stderr
+    assert r.stderr.splitlines()[-1] == "jaxplain: 1 explained, 0 skipped (already complete), 1 failed"
+    (line,) = [json.loads(l) for l in (out / "results.jsonl").read_text().splitlines()]
+    a = zarr.open_array(str(out / "smoothgrad" / "attributions.zarr"))[line["row"]]
     assert a.shape == (224, 224, 3) and a.dtype == np.float32 and np.isfinite(a).all()
-    png = np.asarray(Image.open(out / "cat.png"))
-    assert png.shape == (224, 224, 3)
+    png = np.asarray(Image.open(out / "smoothgrad" / "cat.png"))
+    assert png.shape == (150, 200, 3)  # over the picture at its own size
 
 
 def test_host_loop_sizes_an_unset_chunk_to_the_call(tiny_model, monkeypatch):
