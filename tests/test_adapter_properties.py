@@ -26,13 +26,13 @@ def data(request):
     w = random_weights(4)
     model = (jaxplain.from_flax(LinenCNN(), {"params": w}) if request.param == "linen"
              else jaxplain.from_flax(nnx_cnn(w)))
-    return model, images(), np.array([1, 4, 7])
+    return props.Zoo(model, model), images(), np.array([1, 4, 7])  # no attention layers: one model for all
 
 
 @pytest.fixture(scope="module")
 def reference(data):
     m, x, t = data
-    return {n: jaxplain.explain(m, x, t, n, **settings_for(n, x)) for n in NAMES}
+    return {n: jaxplain.explain(m.cnn, x, t, n, **settings_for(n, x)) for n in NAMES}
 
 
 @pytest.mark.parametrize("name", NAMES)
