@@ -21,7 +21,9 @@ from jaxplain.reductions import REDUCTIONS
 from jaxplain.registry import METHODS, METRICS
 
 VGGS = ("vgg11", "vgg13", "vgg16", "vgg19")
-MODELS = (*VGGS, "resnet50")
+MODELS = (*VGGS, "resnet50", "vit_b16")
+# Whose weights each model can load (the first is the default).
+SOURCES = {"resnet50": ("torchvision", "keras"), "vit_b16": ("timm", "google")}
 SYNTHETIC = "synthetic_vgg"
 
 
@@ -54,8 +56,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
         "'IMAGENET1K_V2' (torchvision's releases; 'imagenet' is V2); synthetic_vgg: 'shipped' (default)",
     )
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    p.add_argument("--source", choices=("keras", "torchvision"), default=None,
-                   help="whose ImageNet weights and preprocessing (default: keras for VGG, torchvision for resnet50, or the file's own)")
+    p.add_argument("--source", choices=("keras", "torchvision", "timm", "google"), default=None,
+                   help="whose ImageNet weights and preprocessing: keras or torchvision for VGG (default keras) "
+                   "and resnet50 (default torchvision), timm (default) or google for vit_b16; a file's own by default")
 
 
 def _compile_cache() -> None:
@@ -80,6 +83,8 @@ def _load_model(args: argparse.Namespace):
         return models.synthetic_vgg(weights)
     if args.model == "resnet50":
         return models.resnet50(weights, args.source)
+    if args.model == "vit_b16":
+        return models.vit_b16(weights, args.source)
     return models.vgg(args.model, weights, args.source)
 
 
@@ -107,7 +112,7 @@ def _predict(args: argparse.Namespace) -> int:
     if not found.files:
         return 1
     model = _load_model(args)
-    if model.name != SYNTHETIC and model.layers[-1] not in ("predictions", "fc"):
+    if model.name != SYNTHETIC and model.layers[-1] not in ("predictions", "fc", "head"):
         raise JaxplainError("predict needs a model with its classifier (a weight file with the top)")
     if args.weights == "random":
         print("(random weights: the classes below are meaningless)")
@@ -508,7 +513,7 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", default=None, choices=(*MODELS, SYNTHETIC),
                     help="default: synthetic_vgg without images, vgg16 with")
     ev.add_argument("--weights", default=None, help="as for explain (default imagenet; synthetic_vgg: shipped)")
-    ev.add_argument("--source", choices=("keras", "torchvision"), default=None)
+    ev.add_argument("--source", choices=("keras", "torchvision", "timm", "google"), default=None, help="as for explain")
     ev.add_argument("-n", type=_positive, default=200, help="synthetic images (default 200)")
     ev.add_argument("--seed", type=int, default=0, help="seed of the synthetic images and of random methods and metrics")
     ev.add_argument("--batch-size", type=_positive, default=32, help="images per compiled call (default 32)")
@@ -543,6 +548,11 @@ def _defaults(args: argparse.Namespace) -> argparse.Namespace:
     if getattr(args, "command", None) == "evaluate":
         args.model = args.model or ("vgg16" if args.images else SYNTHETIC)
         args.weights = args.weights or ("shipped" if args.model == SYNTHETIC else "imagenet")
+    source = getattr(args, "source", None)
+    if source is not None and args.model in MODELS:
+        allowed = SOURCES.get(args.model, ("keras", "torchvision"))
+        if source not in allowed:
+            raise InputError(f"--source {source} has no {args.model} weights; {args.model} takes {' or '.join(allowed)}")
         if args.metrics is None:
             from jaxplain.registry import settings_of
 

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxplain.errors import InputError
+from jaxplain.tokens import grid_view
 from jaxplain.types import Array, Model
 
 
@@ -29,8 +30,9 @@ def params_struct(model: Model) -> tuple:
 
 
 def layer_shapes(model: Model, image_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
-    """Every layer's activation shape for one image of ``image_shape`` (traced, not compiled)."""
-    return _shapes(model.apply, params_struct(model), tuple(image_shape))[1]
+    """Every layer's activation shape for one image of ``image_shape`` (traced, not compiled), as
+    the methods see it: a token layer as its patch grid (``tokens.grid_view``)."""
+    return _shapes(grid_view(model).apply, params_struct(model), tuple(image_shape))[1]
 
 
 def default_layer(model: Model, image_shape: tuple[int, ...]) -> str:

@@ -143,6 +143,19 @@ def test_grid_view_shapes_and_taps(twin, xs):
         view.apply(view.params, jnp.asarray(xs[0]), taps={"blocks.0": jnp.zeros((17, 32))})
 
 
+def test_settings_see_the_grid(twin, xs):
+    """The command line resolves a method's settings on the model before explain runs: the layer
+    checks there see token layers as their grid too (the default CAM layer and a named one)."""
+    from jaxplain.settings import resolve_for_model
+    from jaxplain.shapes import layer_shapes
+
+    _, model = twin
+    assert layer_shapes(model, xs.shape[1:])["blocks.0"] == (G, G, 32)
+    for layer in (None, "blocks.1"):
+        s = resolve_for_model(jaxplain.grad_cam, model, xs.shape[1:], {"layer": layer})
+        assert s["layer"] == (layer or model.cam_layer)
+
+
 def test_grad_cam_on_a_token_layer_equals_torch(twin, xs, ref):
     """Grad-CAM on ``blocks.0`` (the default: the last block's input) against torch's gradients.
     Measured: 6.9e-7 of the map's maximum (upsampled and not)."""

@@ -434,3 +434,16 @@ def test_bfloat16_precision_runs(tiny, x):
     low = jaxplain.explain(tiny, np.asarray(x)[None], [3], "gradient", precision="bfloat16")
     assert low.dtype == np.float32 and np.isfinite(np.asarray(low)).all()
     assert np.abs(np.asarray(low) - np.asarray(ref)).max() <= 0.1 * np.abs(np.asarray(ref)).max()
+
+
+def test_cli_vit_b16(tmp_path):
+    """``--model vit_b16`` with seeded random weights predicts five classes; a source without ViT
+    weights is one line before any model is built."""
+    from tests.test_cli import picture, run
+
+    img = picture(tmp_path / "cat.png", seed=2)
+    r = run("predict", img, "--model", "vit_b16", "--weights", "random", home=tmp_path / "home")
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.splitlines()) == 7  # the random-weights note, the path, five classes
+    r = run("explain", img, "--model", "vit_b16", "--source", "keras", "--out", tmp_path / "out", home=tmp_path / "home")
+    assert r.returncode == 2 and r.stderr == "jaxplain: error: --source keras has no vit_b16 weights; vit_b16 takes timm or google\n"
