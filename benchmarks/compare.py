@@ -1,6 +1,6 @@
 """``jaxplain bench`` with Captum alongside, on the same weights and device, alternating:
-``python -m benchmarks.compare --methods gradient grad_cam --batch 1 8 [--json out.json]``
-(the same options as ``jaxplain bench``; Score-CAM's peer is pytorch-grad-cam's algorithm)."""
+``python -m benchmarks.compare --methods gradient grad_cam --batch 1 8 [--model resnet50] [--json out.json]``
+(the same options as ``jaxplain bench``; the peers are in ``benchmarks/peers.py``)."""
 
 import os
 import sys
@@ -12,13 +12,13 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.5")
 
-from benchmarks.peers import captum_peer  # noqa: E402
+from benchmarks.peers import captum_pair  # noqa: E402
 from jaxplain import cli  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     args = cli.parser().parse_args(["bench", *(sys.argv[1:] if argv is None else argv)])
-    return cli.bench_command(args, peer=captum_peer)
+    return cli.bench_command(args, pair=captum_pair)
 
 
 if __name__ == "__main__":

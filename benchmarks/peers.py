@@ -1,6 +1,8 @@
 """The peers' code for the side-by-side benchmarks: Captum's equivalent of each method (and
-pytorch-grad-cam's Score-CAM algorithm), run on a torch copy of the same weights and device.
-Used by ``benchmarks/test_vs_captum.py`` and ``python -m benchmarks.compare``."""
+pytorch-grad-cam's Score-CAM algorithm, and its Grad-CAM with a ``reshape_transform`` for a ViT's
+token layer, which Captum's ``LayerGradCam`` does not read as a grid), run on a torch twin with
+the same weights on the same device (``benchmarks/pairs.py``). Used by
+``benchmarks/test_vs_captum.py`` and ``python -m benchmarks.compare``."""
 
 from __future__ import annotations
 
@@ -45,8 +47,10 @@ def captum_call(net: Any, name: str, batch: int, settings: dict[str, Any], size:
         run = lambda: ca.GuidedBackprop(net).attribute(x, target=t)  # noqa: E731
     elif name == "deconvnet":
         run = lambda: ca.Deconvolution(net).attribute(x, target=t)  # noqa: E731
-    elif name == "grad_cam":  # at the last conv layer's (post-ReLU) output, upsampled like ours
-        layer = net.features[-2]
+    elif name == "grad_cam" and hasattr(net, "blocks"):  # a ViT: jaxplain's default layer, blocks.{depth-2}
+        run = lambda: vit_grad_cam(net, x, t, len(net.blocks) - 2, size)  # noqa: E731
+    elif name == "grad_cam":  # VGG: the last conv layer's (post-ReLU) output; ResNet: layer4; upsampled like ours
+        layer = net.layer4 if hasattr(net, "layer4") else net.features[-2]
         run = lambda: ca.LayerAttribution.interpolate(  # noqa: E731
             ca.LayerGradCam(net, layer).attribute(x, target=t, relu_attributions=True), size, "bilinear")
     elif name == "occlusion":  # Captum's default: one perturbation per forward call
@@ -67,6 +71,30 @@ def captum_call(net: Any, name: str, batch: int, settings: dict[str, Any], size:
     return call
 
 
+def vit_grad_cam(net: Any, x: Any, t: Any, block: int, size: tuple[int, int]) -> Any:
+    """pytorch-grad-cam's Grad-CAM on a ViT block's output with its ``reshape_transform`` (class
+    token dropped, patch tokens as their grid): ``[B, 1, H, W]``. ``net`` records each block's
+    output in ``net.tokens`` (``tests/torch_vit.py``)."""
+    logits = net(x)
+    tokens = net.tokens[block]
+    grads, = torch.autograd.grad(logits.gather(1, t[:, None]).sum(), tokens)
+    b, n, d = tokens.shape
+    g = int(round((n - 1) ** 0.5))
+    act, grad = tokens[:, 1:].reshape(b, g, g, d), grads[:, 1:].reshape(b, g, g, d)
+    cam = torch.relu((act * grad.mean((1, 2), keepdim=True)).sum(-1, keepdim=True)).permute(0, 3, 1, 2)
+    return torch.nn.functional.interpolate(cam.detach(), size, mode="bilinear", align_corners=False)
+
+
+def has_counterpart(net: Any, name: str) -> bool:
+    """Whether ``name`` has a peer here on ``net``: guided backprop and deconvnet need ReLU modules
+    (a ViT has none, and jaxplain refuses them there too); Score-CAM's peer is written for VGG."""
+    if name not in CAPTUM_METHODS:
+        return False
+    if name in ("guided_backprop", "deconvnet"):
+        return any(isinstance(m, torch.nn.ReLU) for m in net.modules())
+    return name != "score_cam" or hasattr(net, "features")
+
+
 def measure_captum(net: Any, name: str, batch: int, settings: dict[str, Any], size: tuple[int, int],
                    rounds: int = 3, min_time: float = 1.0) -> dict[str, Any]:
     times = _time(captum_call(net, name, batch, settings, size), rounds, min_time)  # call() synchronises
@@ -77,21 +105,25 @@ def measure_captum(net: Any, name: str, batch: int, settings: dict[str, Any], si
             "captum_rounds": len(times), "torch": torch.__version__}
 
 
-def captum_peer(model: Any, *, rounds: int = 3, min_time: float = 1.0) -> Callable[[Any], dict[str, Any] | None]:
-    """The peer timing for ``jaxplain.bench.run``: Captum on a torch copy of ``model``'s weights,
-    on the GPU when JAX runs on one; ``None`` for methods without a counterpart."""
+def torch_device() -> str:
+    """The GPU when JAX runs on one, else the CPU."""
     import jax
-    import numpy as np
 
-    from benchmarks.torch_vgg import torch_vgg
+    return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
 
-    device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
-    net = torch_vgg(model.name, jax.tree.map(np.asarray, model.params), device=device)
+
+def captum_pair(args: Any) -> tuple[Any, Callable[[Any], dict[str, Any] | None]]:
+    """For ``jaxplain.cli.bench_command``: the jaxplain model of ``args`` (``--model``, ``--size``)
+    and the peer timing for ``jaxplain.bench.run``, Captum on the torch twin with the same weights
+    on the same device; the peer gives ``None`` for methods without a counterpart."""
+    from benchmarks.pairs import pair
+
+    model, net = pair(args.model, torch_device(), args.size)
     size = model.input_size or (224, 224)
 
     def peer(case: Any) -> dict[str, Any] | None:
-        if case.name not in CAPTUM_METHODS:
+        if not has_counterpart(net, case.name):
             return None
-        return measure_captum(net, case.name, case.batch, case.settings, size, rounds=rounds, min_time=min_time)
+        return measure_captum(net, case.name, case.batch, case.settings, size, rounds=args.rounds, min_time=args.min_time)
 
-    return peer
+    return model, peer

@@ -2,7 +2,7 @@
 # One prepared benchmark run for an accelerator host: the pytest-benchmark suite (--quick), then
 # VGG16 at 224x224 side by side with Captum (Score-CAM: pytorch-grad-cam's
 # algorithm in torch) at the usual settings, batch 1/8/32; the other methods;
-# IG with each chunk loop; bfloat16; a folder run end to end against the kernel alone.
+# ResNet-50 and ViT-B/16 beside Captum and IG's memory; IG with each chunk loop; bfloat16; a folder run end to end against the kernel alone.
 # Usage: bash benchmarks/run_all.sh OUTDIR   (needs jaxplain installed; captum/torch for the Captum column)
 set -uo pipefail
 out=${1:?usage: run_all.sh OUTDIR}
@@ -22,6 +22,15 @@ timeout "${QUICK_LIMIT:-240}" python3 -m pytest benchmarks/ --quick -q -p no:cac
 timeout "${CAPTUM_LIMIT:-240}" python3 -m benchmarks.compare --batch 1 8 32 --min-time 0.5 \
   --methods gradient gradient_x_input guided_backprop deconvnet grad_cam "integrated_gradients(steps=50)" "smoothgrad(samples=50)" occlusion score_cam \
   --json "$out/vs_captum.json" 2>&1 | grep -v Warning | tee "$out/vs_captum.txt"
+# ResNet-50 and ViT-B/16 beside Captum on torch twins with the same weights (saliency, IG, Grad-CAM;
+# guided backprop on ResNet-50), then IG's peak memory in fresh processes
+for m in resnet50 vit_b16; do
+  timeout "${BEYOND_LIMIT:-300}" python3 -m benchmarks.compare --model $m --batch 1 8 32 --min-time 0.5 \
+    --methods gradient "integrated_gradients(steps=50)" grad_cam $([ $m = resnet50 ] && echo guided_backprop) \
+    --json "$out/vs_captum_$m.json" 2>&1 | grep -v Warning | tee "$out/vs_captum_$m.txt"
+  timeout "${MEMORY_LIMIT:-120}" python3 -m benchmarks.ig_memory --model $m --batch 8 --json "$out/ig_memory_$m.json" \
+    2>&1 | tee "$out/ig_memory_$m.txt"
+done
 timeout "${REST_LIMIT:-150}" python3 -m jaxplain.cli bench --batch 8 32 --min-time 0.5 \
   --methods "expected_gradients(samples=32)" "blur_ig(steps=100)" "vargrad(samples=50)" "guided_ig(steps=200)" rise \
   --json "$out/rest.json" 2>&1 | tee "$out/rest.txt"

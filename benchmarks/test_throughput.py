@@ -12,12 +12,12 @@ from jaxplain import bench, models
 from jaxplain.methods.chunks import loop_mode
 
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=4)
 def model(name):
     if name == "tiny":
         cfg = models.VGGConfig(blocks=(1, 1, 2), widths=(4, 8, 8), fc=16, classes=10, grid=2, head="torchvision", name="tiny")
         return models.build(cfg, models.random_params(cfg), source="torchvision").replace(input_size=(32, 32))
-    return models.vgg16()
+    return {"resnet50": models.resnet50, "vit_b16": models.vit_b16}.get(name, models.vgg16)()
 
 
 @pytest.mark.parametrize("model_name,spec,batch", cases())

@@ -105,6 +105,7 @@ def _images(paths: Sequence[str], model) -> tuple[list[int], list[np.ndarray]]:
 def _predict(args: argparse.Namespace) -> int:
     from jaxplain import inputs
     from jaxplain.models.imagenet import decode
+    from jaxplain.pipeline import softmax
 
     found = inputs.expand(args.images)
     for problem in found.problems:
@@ -127,8 +128,7 @@ def _predict(args: argparse.Namespace) -> int:
             if logits.shape[-1] == 1000:
                 top = [(name, wnid, p) for wnid, name, p in decode(logits, top=args.top)[0]]
             else:
-                probs = np.exp(logits[0] - logits[0].max())
-                probs /= probs.sum()
+                probs = softmax(logits[0])
                 top = [(names[c] if names else str(c), str(c), probs[c]) for c in np.argsort(-probs)[: args.top]]
             for rank, (name, ident, p) in enumerate(top, 1):
                 print(f"  {rank}. {name:<32} {ident}  {p:.4f}")
@@ -239,8 +239,6 @@ def _explain(args: argparse.Namespace) -> int:
 
         distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     import jax
-
-    from jaxplain import distributed
 
     writer = jax.process_index() == 0
     lock = outputs.Lock(out / f".lock.p{jax.process_index()}", f"into {out}")
@@ -402,18 +400,32 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def bench_command(args: argparse.Namespace, peer: Callable | None = None) -> int:
-    """``jaxplain bench``; ``peer(model, rounds=, min_time=)``, if given, returns the peer timing
-    of ``bench.run`` (``python -m benchmarks.compare`` passes Captum's)."""
+def _bench_model(args: argparse.Namespace):
+    """The model ``bench`` times: seeded random weights (speed does not depend on their values)."""
+    from jaxplain import models
+
+    if args.model == "resnet50":
+        model = models.resnet50(None)
+    elif args.model == "vit_b16":
+        return models.vit_b16(None)
+    else:
+        model = models.vgg(args.model, None, "torchvision" if args.size else "keras")
+    return model.replace(input_size=(args.size, args.size)) if args.size else model
+
+
+def bench_command(args: argparse.Namespace, pair: Callable | None = None) -> int:
+    """``jaxplain bench``; ``pair(args)``, if given, returns ``(model, peer)``: the model to time
+    and the peer timing of ``bench.run`` on a twin with the same weights (``python -m
+    benchmarks.compare`` passes Captum's)."""
     import json
 
-    from jaxplain import bench, models
+    from jaxplain import bench
 
-    model = models.vgg(args.model, None, "torchvision" if args.size else "keras")
-    if args.size:
-        model = model.replace(input_size=(args.size, args.size))
+    if args.size and args.model == "vit_b16":
+        raise InputError("--size: vit_b16 takes 224x224 inputs only (its position embeddings are for a 14x14 grid)")
+    model, peer = pair(args) if pair else (_bench_model(args), None)
     rows = bench.run(model, args.methods, args.batch, precision=args.precision, rounds=args.rounds,
-                     min_time=args.min_time, peer=peer(model, rounds=args.rounds, min_time=args.min_time) if peer else None)
+                     min_time=args.min_time, peer=peer)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         info = {k: rows[0][k] for k in ("platform", "device_kind", "device_count", "jax", "jaxlib", "host")}
@@ -525,8 +537,9 @@ def parser() -> argparse.ArgumentParser:
                         "(python -m benchmarks.compare adds Captum alongside).")
     be.add_argument("--methods", nargs="+", default=["gradient", "integrated_gradients", "smoothgrad", "guided_backprop"])
     be.add_argument("--batch", nargs="+", type=_positive, default=[1, 8])
-    be.add_argument("--model", default="vgg16", choices=VGGS)
-    be.add_argument("--size", type=_positive, default=None, help="input side (torchvision head); default 224 (Keras head)")
+    be.add_argument("--model", default="vgg16", choices=MODELS, help="with seeded random weights (default vgg16)")
+    be.add_argument("--size", type=_positive, default=None, help="input side (VGG: torchvision's head; resnet50); "
+                    "default 224 (VGG: Keras' head)")
     be.add_argument("--rounds", type=_positive, default=3)
     be.add_argument("--min-time", type=float, default=1.0, help="seconds each case is timed for at least")
     be.add_argument("--precision", choices=PRECISIONS, help="the model's arithmetic (default: JAX's)")

@@ -215,7 +215,8 @@ def completed(out: Path) -> tuple[set[tuple[str, str]], dict[str, int]]:
     return done, rows
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Class probabilities of ``logits [..., K]`` (float64 in, float64 out)."""
     z = np.exp(logits - logits.max(-1, keepdims=True))
     return z / z.sum(-1, keepdims=True)
 
@@ -358,7 +359,7 @@ def run(model: Model, files: Sequence[Path], names: Sequence[str], jobs_: Sequen
         images = np.stack([loaded.image for _, loaded in group])
         x = model.preprocess(images)
         logits = np.asarray(predict(model, x, batch_size=batch_size), np.float64)
-        probs = _softmax(logits)
+        probs = softmax(logits)
         targets = logits.argmax(-1) if target == "predicted" else np.full(len(group), int(target))
         tops = []
         for p in probs:

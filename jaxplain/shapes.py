@@ -42,7 +42,7 @@ def default_layer(model: Model, image_shape: tuple[int, ...]) -> str:
         return model.cam_layer
     shapes = layer_shapes(model, image_shape)
     spatial = [name for name in model.layers if len(shapes.get(name, ())) == 3 and name not in model.attention_layers]
-    convs = [name for name in spatial if "conv" in name]
+    convs = [name for name in spatial if "conv" in name.lower()]  # Linen: "Conv_0"
     if not (convs or spatial):
         raise InputError(f"{model.name} has no spatial layer [h, w, K]")
     return (convs or spatial)[-1]
