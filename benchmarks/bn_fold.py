@@ -28,9 +28,9 @@ class ConvBN(nnx.Module):
     """A bias-free convolution followed by inference-mode batch norm (running statistics)."""
 
     def __init__(self, conv: nnx.Conv, raw: dict[str, np.ndarray], eps: float):
-        self.conv = conv
+        self.conv = nnx.Conv(conv.in_features, conv.out_features, conv.kernel_size, strides=conv.strides,
+                             padding=conv.padding, use_bias=False, rngs=nnx.Rngs(0))
         self.conv.kernel.value = jnp.asarray(raw["kernel"])
-        self.conv.bias = None
         c = raw["gamma"].shape[0]
         self.bn = nnx.BatchNorm(c, use_running_average=True, epsilon=eps, rngs=nnx.Rngs(0))
         self.bn.scale.value, self.bn.bias.value = jnp.asarray(raw["gamma"]), jnp.asarray(raw["beta"])

@@ -3,7 +3,8 @@ fresh process on the same twin weights (``benchmarks/pairs.py``), so neither cou
 
     python -m benchmarks.ig_memory --model resnet50 --batch 8 [--json out.json]
 
-Each runs the call twice (the first compiles) and reports the second: on a CPU, the resident
+jaxplain runs the call twice (the first compiles) and reports the second, Captum (nothing to
+compile) its first: on a CPU, the resident
 set size sampled every millisecond during the call, less the size just before it (what the call
 adds), and the process's lifetime peak (compilation included); on a GPU also the device's peak
 bytes in use (JAX's ``peak_bytes_in_use``, torch's ``max_memory_allocated``).
@@ -60,7 +61,8 @@ def one(model_name: str, framework: str, batch: int) -> dict:
         xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(device)
         tt = torch.from_numpy(t).to(device)
         run = lambda: IntegratedGradients(net).attribute(xt, baselines=0.0, target=tt, n_steps=STEPS)  # noqa: E731
-    run()  # compiles (jaxplain), warms the allocators (both)
+    if framework == "jaxplain":
+        run()  # compiles
     before, seen, done = _rss(), [], threading.Event()
 
     def sample() -> None:
