@@ -1,4 +1,6 @@
-"""Pooling layers with the reference frameworks' semantics and a fast CPU lowering."""
+"""What the zoo's networks share: pooling layers with the reference frameworks' semantics and a
+fast CPU lowering, the tap-and-record step of the Model contract, and the pure ``apply`` of an
+NNX network from its graph and parameter shapes."""
 
 from __future__ import annotations
 
@@ -8,7 +10,40 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxplain.types import Array
+from typing import Callable, Mapping
+
+from flax import nnx
+
+from jaxplain.types import ApplyFn, Array, PyTree, Relu
+
+
+def recorder(taps: Mapping[str, Array] | None) -> tuple[Callable[[str, Array], Array], dict[str, Array]]:
+    """``(out, acts)``: ``out(name, h)`` adds ``taps[name]`` (if given) to the layer's output
+    ``h``, records the sum in ``acts[name]`` and returns it."""
+    taps = taps or {}
+    acts: dict[str, Array] = {}
+
+    def out(name: str, h: Array) -> Array:
+        if name in taps:
+            h = h + taps[name]
+        acts[name] = h
+        return h
+
+    return out, acts
+
+
+def nnx_apply(graphdef: nnx.GraphDef, shapes: nnx.State) -> ApplyFn:
+    """The pure ``apply(params, x, taps=None, relu=None)`` of the NNX network of ``graphdef``
+    with parameters ``params``, a nested pure dict in ``shapes``' paths."""
+
+    def apply(
+        params: PyTree, x: Array, taps: Mapping[str, Array] | None = None, relu: Relu | None = None
+    ) -> tuple[Array, dict[str, Array]]:
+        state = jax.tree.map(lambda s: s, shapes)
+        nnx.replace_by_pure_dict(state, params)
+        return nnx.merge(graphdef, state)(x, taps, relu)
+
+    return apply
 
 
 def _windows(x: Array) -> Array:

@@ -34,8 +34,8 @@ from flax import nnx
 from flax.nnx import traversals
 
 from jaxplain.errors import InputError
-from jaxplain.types import Array, PyTree, Relu
-from .layers import max_pool_3x3s2
+from jaxplain.types import ApplyFn, Array, PyTree, Relu
+from .layers import max_pool_3x3s2, nnx_apply, recorder
 
 STYLES = ("torchvision", "keras")
 EPS = {"torchvision": 1e-5, "keras": 1.001e-5}  # batch norm epsilon of each framework's ResNet
@@ -159,17 +159,10 @@ class ResNet(nnx.Module):
         self, x: Array, taps: Mapping[str, Array] | None = None, relu: Relu | None = None
     ) -> tuple[Array, dict[str, Array]]:
         cfg, relu = self.config, relu or jax.nn.relu
-        taps = taps or {}
         if min(x.shape[-3:-1]) < cfg.min_size:
             raise InputError(f"{cfg.name} needs an input of at least {cfg.min_size}x{cfg.min_size}, "
                              f"got {x.shape[-3]}x{x.shape[-2]}")
-        acts: dict[str, Array] = {}
-
-        def out(name: str, h: Array) -> Array:
-            if name in taps:
-                h = h + taps[name]
-            acts[name] = h
-            return h
+        out, acts = recorder(taps)
 
         h = out("conv1", relu(self.conv1(x)))
         h = out("maxpool", max_pool_3x3s2(h, 0.0 if cfg.style == "keras" else -np.inf))
@@ -257,19 +250,15 @@ def random_params(config: ResNetConfig, seed: int = 0) -> Params:
     return fold_params(random_raw(config, seed), config.eps)
 
 
-def make_apply(config: ResNetConfig):
+def make_apply(config: ResNetConfig) -> ApplyFn:
     """The pure ``apply(params, x, taps=None, relu=None)`` of a ResNet of this config; ``params``
     is flat, ``{"conv1": {"kernel", "bias"}, "layer1.0.conv1": ..., "fc": ...}``."""
-    graphdef, shapes = abstract_state(config)
+    nested = nnx_apply(*abstract_state(config))
 
     def apply(
         params: PyTree, x: Array, taps: Mapping[str, Array] | None = None, relu: Relu | None = None
     ) -> tuple[Array, dict[str, Array]]:
-        state = jax.tree.map(lambda s: s, shapes)
-        nested = traversals.unflatten_mapping(
-            {(*layer.split("."), p): a for layer, ps in params.items() for p, a in ps.items()}
-        )
-        nnx.replace_by_pure_dict(state, nested)
-        return nnx.merge(graphdef, state)(x, taps, relu)
+        tree = traversals.unflatten_mapping({(*layer.split("."), p): a for layer, ps in params.items() for p, a in ps.items()})
+        return nested(tree, x, taps, relu)
 
     return apply

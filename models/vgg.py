@@ -19,8 +19,8 @@ import numpy as np
 from flax import nnx
 
 from jaxplain.errors import InputError
-from jaxplain.types import Array, PyTree, Relu
-from .layers import adaptive_avg_pool, max_pool_2x2
+from jaxplain.types import ApplyFn, Array, PyTree, Relu
+from .layers import adaptive_avg_pool, max_pool_2x2, nnx_apply, recorder
 
 BLOCKS = {
     "vgg11": (1, 1, 2, 2, 2),
@@ -107,14 +107,7 @@ class VGG(nnx.Module):
         self, x: Array, taps: Mapping[str, Array] | None = None, relu: Relu | None = None
     ) -> tuple[Array, dict[str, Array]]:
         cfg, relu = self.config, relu or jax.nn.relu
-        taps = taps or {}
-        acts: dict[str, Array] = {}
-
-        def out(name: str, h: Array) -> Array:
-            if name in taps:
-                h = h + taps[name]
-            acts[name] = h
-            return h
+        out, acts = recorder(taps)
 
         h = x
         for b, n in enumerate(cfg.blocks, 1):
@@ -180,15 +173,6 @@ def random_params(config: VGGConfig, seed: int = 0) -> dict[str, dict[str, np.nd
     return params
 
 
-def make_apply(config: VGGConfig):
+def make_apply(config: VGGConfig) -> ApplyFn:
     """The pure ``apply(params, x, taps=None, relu=None)`` of a VGG of this config."""
-    graphdef, shapes = abstract_state(config)
-
-    def apply(
-        params: PyTree, x: Array, taps: Mapping[str, Array] | None = None, relu: Relu | None = None
-    ) -> tuple[Array, dict[str, Array]]:
-        state = jax.tree.map(lambda s: s, shapes)
-        nnx.replace_by_pure_dict(state, params)
-        return nnx.merge(graphdef, state)(x, taps, relu)
-
-    return apply
+    return nnx_apply(*abstract_state(config))

@@ -64,9 +64,10 @@ from flax import nnx
 from PIL import Image
 
 from jaxplain.errors import InputError, WeightsError
-from jaxplain.types import Array, Model, PyTree, Relu
+from jaxplain.types import ApplyFn, Array, Model, PyTree, Relu
 
 from . import imagenet, weights as _weights
+from .layers import nnx_apply, recorder
 
 SOURCES = ("timm", "google")
 
@@ -225,14 +226,7 @@ class ViT(nnx.Module):
                 f"{cfg.name} needs one {cfg.image_size}x{cfg.image_size}x3 image (its position "
                 f"embeddings are for a {cfg.grid}x{cfg.grid} grid of patches), got shape {x.shape}"
             )
-        taps = taps or {}
-        acts: dict[str, Array] = {}
-
-        def out(name: str, h: Array) -> Array:
-            if name in taps:
-                h = h + taps[name]
-            acts[name] = h
-            return h
+        out, acts = recorder(taps)
 
         gelu = functools.partial(jax.nn.gelu, approximate=cfg.gelu_approximate)
         h = out("patch_embed", self.patch_embed(x).reshape(cfg.grid**2, cfg.width))
@@ -292,18 +286,9 @@ def random_params(config: ViTConfig, seed: int = 0) -> dict[str, Any]:
     return {k: draw(k, s) for k, s in param_shapes(config).items()}
 
 
-def make_apply(config: ViTConfig):
+def make_apply(config: ViTConfig) -> ApplyFn:
     """The pure ``apply(params, x, taps=None, relu=None)`` of a ViT of this config."""
-    graphdef, shapes = abstract_state(config)
-
-    def apply(
-        params: PyTree, x: Array, taps: Mapping[str, Array] | None = None, relu: Relu | None = None
-    ) -> tuple[Array, dict[str, Array]]:
-        state = jax.tree.map(lambda s: s, shapes)
-        nnx.replace_by_pure_dict(state, params)
-        return nnx.merge(graphdef, state)(x, taps, relu)
-
-    return apply
+    return nnx_apply(*abstract_state(config))
 
 
 # ---------------------------------------------------------------- weight layouts

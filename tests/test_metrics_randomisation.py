@@ -222,7 +222,7 @@ def test_against_quantus_mprt(case, monkeypatch):
 
 
 @pytest.mark.parametrize("change, settings, message", [
-    ({"params": [1.0]}, {"key": 0}, r"cannot be randomised layer by layer: its params are not a dict keyed by layer"),
+    ({"params": [1.0]}, {"key": 0}, r"cannot be randomised layer by layer: none of its layers names weights in model.params"),
     ({"layers": ("a", "b")}, {"key": 0}, r"cannot be randomised layer by layer"),
     ({}, {"key": 0, "mode": "bottom_up"}, r"mode must be one of 'cascading', 'independent', 'full', got 'bot"),
     ({}, {}, r"model_randomisation draws random weights: pass key="),
@@ -244,3 +244,26 @@ def test_a_constant_randomised_map_counts_as_no_similarity(tiny_model):
     zero = lambda apply, params, x, target: jnp.zeros_like(x)  # noqa: E731
     out = jaxplain.evaluate(tiny_model, x, 0, a, "model_randomisation", method=zero, mode="full", key=0)
     assert (np.asarray(out["spearman"]) == 0).all() and (np.asarray(out["score"]) == 0).all()
+
+
+def test_a_vit_is_randomised_block_by_block(tiny_vit):
+    """A ViT's weights are nested (``params["blocks"][i]``): its stages are the blocks named by
+    their dotted layer names, top down, each block's attention inside its block (never a stage of
+    its own), and a cascading stage replaces exactly the weights of the layers above it."""
+    from jaxplain.metrics.randomisation import randomised_layers, stage_params
+
+    assert randomised_layers(tiny_vit) == ["patch_embed", "blocks.0", "blocks.1", "norm", "head"]
+    stages = dict(stage_params(tiny_vit, {"key": 3, "mode": "cascading"}))
+    assert list(stages) == ["head", "norm", "blocks.1", "blocks.0", "patch_embed"]
+    p, q = tiny_vit.params, stages["blocks.1"]
+    changed = lambda a, b: not np.array_equal(np.asarray(a), np.asarray(b))  # noqa: E731
+    for part in ("head", "norm"):
+        assert all(jax.tree.leaves(jax.tree.map(changed, p[part], q[part])))
+    assert all(jax.tree.leaves(jax.tree.map(changed, p["blocks"][1], q["blocks"][1])))
+    for part in ("patch_embed", "cls_token", "pos_embed"):
+        assert not any(jax.tree.leaves(jax.tree.map(changed, p[part], q[part])))
+    assert not any(jax.tree.leaves(jax.tree.map(changed, p["blocks"][0], q["blocks"][0])))
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    a = jaxplain.explain(tiny_vit, x, [1, 2], "gradient")
+    r = jaxplain.evaluate(tiny_vit, x, [1, 2], a, "model_randomisation", key=3)
+    assert np.asarray(r["spearman"]).shape == (2, 5) and np.isfinite(np.asarray(r["spearman"])).all()

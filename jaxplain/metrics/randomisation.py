@@ -35,15 +35,52 @@ MODES = ("cascading", "independent", "full")
 _WEIGHTS = 2**32 - 1  # fold_in index of the weights' key: no image's (evaluate folds in image indices)
 
 
+def _path(params: Any, name: str) -> tuple | None:
+    """The keys that lead from ``params`` to layer ``name``'s weights: ``(name,)`` for a flat dict
+    (``"layer4.2.conv3"``), or ``name``'s dotted parts walked through nested dicts, an integer
+    part as an int key (``"blocks.3"`` -> ``("blocks", 3)``); ``None`` if it has none."""
+    if not isinstance(params, Mapping):
+        return None
+    if name in params:
+        return (name,)
+    node, path = params, []
+    for part in name.split("."):
+        if not isinstance(node, Mapping):
+            return None
+        key = int(part) if part.isdigit() and int(part) in node else part
+        if key not in node:
+            return None
+        node = node[key]
+        path.append(key)
+    return tuple(path)
+
+
+def _get(params: PyTree, path: tuple) -> PyTree:
+    for k in path:
+        params = params[k]
+    return params
+
+
+def _put(params: PyTree, path: tuple, value: PyTree) -> PyTree:
+    """``params`` with the subtree at ``path`` replaced (dicts along the path copied)."""
+    if not path:
+        return value
+    return {**params, path[0]: _put(params[path[0]], path[1:], value)}
+
+
 def randomised_layers(model: Model) -> list[str]:
-    """The layers whose weights are randomised: those of ``model.layers`` (forward order) whose
-    name is a key of ``model.params``."""
-    if isinstance(model.params, Mapping):
-        names = [name for name in model.layers if name in model.params]
-        if names:
-            return names
-    raise InputError(f"{model.name} cannot be randomised layer by layer: its params are not a dict keyed by "
-                     f"layer name (none of model.layers is a key of model.params)")
+    """The layers whose weights are randomised: those of ``model.layers`` (forward order) with
+    weights of their own in ``model.params`` (a key of a flat dict, or a dotted path into nested
+    ones: a ViT's ``blocks.3``), less any layer inside another such layer (``blocks.3.attn``
+    within ``blocks.3``)."""
+    paths = {name: _path(model.params, name) for name in model.layers}
+    found = [name for name, p in paths.items() if p is not None]
+    inner = {n for n in found for m in found if m != n and paths[n][:len(paths[m])] == paths[m]}
+    names = [n for n in found if n not in inner]
+    if names:
+        return names
+    raise InputError(f"{model.name} cannot be randomised layer by layer: none of its layers names weights in "
+                     f"model.params (a key of a dict, or a dotted path into nested dicts)")
 
 
 def _one_key(key: Any) -> Array:
@@ -89,13 +126,21 @@ def stage_params(model: Model, settings: Mapping[str, Any]) -> list[tuple[str, P
     if mode not in MODES:
         raise InputError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
     names = randomised_layers(model)
-    fresh = random_weights({name: model.params[name] for name in names},
+    paths = {name: _path(model.params, name) for name in names}
+    fresh = random_weights({name: _get(model.params, paths[name]) for name in names},
                            jax.random.fold_in(_one_key(settings.get("key")), _WEIGHTS))
+
+    def with_fresh(layers: list[str]) -> PyTree:
+        params = model.params
+        for n in layers:
+            params = _put(params, paths[n], fresh[n])
+        return params
+
     if mode == "full":
-        return [("all", {**model.params, **fresh})]
+        return [("all", with_fresh(names))]
     top_down = names[::-1]
     chosen = [top_down[: s + 1] if mode == "cascading" else [name] for s, name in enumerate(top_down)]
-    return [(name, {**model.params, **{n: fresh[n] for n in layers}}) for name, layers in zip(top_down, chosen)]
+    return [(name, with_fresh(layers)) for name, layers in zip(top_down, chosen)]
 
 
 def magnitude(attribution: Array) -> Array:
