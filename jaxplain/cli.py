@@ -561,16 +561,16 @@ def _defaults(args: argparse.Namespace) -> argparse.Namespace:
     if getattr(args, "command", None) == "evaluate":
         args.model = args.model or ("vgg16" if args.images else SYNTHETIC)
         args.weights = args.weights or ("shipped" if args.model == SYNTHETIC else "imagenet")
-    source = getattr(args, "source", None)
-    if source is not None and args.model in MODELS:
-        allowed = SOURCES.get(args.model, ("keras", "torchvision"))
-        if source not in allowed:
-            raise InputError(f"--source {source} has no {args.model} weights; {args.model} takes {' or '.join(allowed)}")
         if args.metrics is None:
             from jaxplain.registry import settings_of
 
             masked = not args.images or bool(args.masks)
             args.metrics = [k for k, f in METRICS.items() if masked or "mask" not in settings_of(f)]
+    source = getattr(args, "source", None)
+    if source is not None and getattr(args, "model", None) in MODELS:
+        allowed = SOURCES.get(args.model, ("keras", "torchvision"))
+        if source not in allowed:
+            raise InputError(f"--source {source} has no {args.model} weights; {args.model} takes {' or '.join(allowed)}")
     return args
 
 
