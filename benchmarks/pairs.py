@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from jaxplain import models
+from jaxplain.cli import bench_model
 from jaxplain.types import Model
 
 NEW = ("resnet50", "vit_b16")
@@ -27,9 +28,7 @@ def pair(name: str, device: str = "cpu", size: int | None = None) -> tuple[Model
     if name not in NEW:
         from benchmarks.torch_vgg import torch_vgg
 
-        model = models.vgg(name, None, "torchvision" if size else "keras")
-        if size:
-            model = model.replace(input_size=(size, size))
+        model = bench_model(name, size)
         return model, torch_vgg(model.name, jax.tree.map(np.asarray, model.params), device=device)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as d:

@@ -23,7 +23,9 @@ from jaxplain.registry import METHODS, METRICS
 VGGS = ("vgg11", "vgg13", "vgg16", "vgg19")
 MODELS = (*VGGS, "resnet50", "vit_b16")
 # Whose weights each model can load (the first is the default).
-SOURCES = {"resnet50": ("torchvision", "keras"), "vit_b16": ("timm", "google")}
+SOURCES = {**{v: ("keras", "torchvision") for v in VGGS}, "resnet50": ("torchvision", "keras"),
+           "vit_b16": ("timm", "google")}
+SOURCE_NAMES = tuple(dict.fromkeys(s for names in SOURCES.values() for s in names))  # --source's choices
 SYNTHETIC = "synthetic_vgg"
 
 
@@ -56,7 +58,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
         "'IMAGENET1K_V2' (torchvision's releases; 'imagenet' is V2); synthetic_vgg: 'shipped' (default)",
     )
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    p.add_argument("--source", choices=("keras", "torchvision", "timm", "google"), default=None,
+    p.add_argument("--source", choices=SOURCE_NAMES, default=None,
                    help="whose ImageNet weights and preprocessing: keras or torchvision for VGG (default keras) "
                    "and resnet50 (default torchvision), timm (default) or google for vit_b16; a file's own by default")
 
@@ -400,17 +402,19 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _bench_model(args: argparse.Namespace):
-    """The model ``bench`` times: seeded random weights (speed does not depend on their values)."""
+def bench_model(name: str, size: int | None = None):
+    """The model ``bench`` times, ``name`` of ``MODELS`` at input side ``size`` (default 224; VGG
+    then takes Keras' head, else torchvision's): seeded random weights (speed does not depend on
+    their values)."""
     from jaxplain import models
 
-    if args.model == "resnet50":
+    if name == "resnet50":
         model = models.resnet50(None)
-    elif args.model == "vit_b16":
-        return models.vit_b16(None)
+    elif name == "vit_b16":
+        model = models.vit_b16(None)
     else:
-        model = models.vgg(args.model, None, "torchvision" if args.size else "keras")
-    return model.replace(input_size=(args.size, args.size)) if args.size else model
+        model = models.vgg(name, None, "torchvision" if size else "keras")
+    return model.replace(input_size=(size, size)) if size else model
 
 
 def bench_command(args: argparse.Namespace, pair: Callable | None = None) -> int:
@@ -423,7 +427,7 @@ def bench_command(args: argparse.Namespace, pair: Callable | None = None) -> int
 
     if args.size and args.model == "vit_b16":
         raise InputError("--size: vit_b16 takes 224x224 inputs only (its position embeddings are for a 14x14 grid)")
-    model, peer = pair(args) if pair else (_bench_model(args), None)
+    model, peer = pair(args) if pair else (bench_model(args.model, args.size), None)
     rows = bench.run(model, args.methods, args.batch, precision=args.precision, rounds=args.rounds,
                      min_time=args.min_time, peer=peer)
     if args.json:
@@ -525,7 +529,7 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", default=None, choices=(*MODELS, SYNTHETIC),
                     help="default: synthetic_vgg without images, vgg16 with")
     ev.add_argument("--weights", default=None, help="as for explain (default imagenet; synthetic_vgg: shipped)")
-    ev.add_argument("--source", choices=("keras", "torchvision", "timm", "google"), default=None, help="as for explain")
+    ev.add_argument("--source", choices=SOURCE_NAMES, default=None, help="as for explain")
     ev.add_argument("-n", type=_positive, default=200, help="synthetic images (default 200)")
     ev.add_argument("--seed", type=int, default=0, help="seed of the synthetic images and of random methods and metrics")
     ev.add_argument("--batch-size", type=_positive, default=32, help="images per compiled call (default 32)")
@@ -568,7 +572,7 @@ def _defaults(args: argparse.Namespace) -> argparse.Namespace:
             args.metrics = [k for k, f in METRICS.items() if masked or "mask" not in settings_of(f)]
     source = getattr(args, "source", None)
     if source is not None and getattr(args, "model", None) in MODELS:
-        allowed = SOURCES.get(args.model, ("keras", "torchvision"))
+        allowed = SOURCES[args.model]
         if source not in allowed:
             raise InputError(f"--source {source} has no {args.model} weights; {args.model} takes {' or '.join(allowed)}")
     return args

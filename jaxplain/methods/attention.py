@@ -46,6 +46,15 @@ def _checked(name: str, layer: str, a: Array, grid: tuple[int, int]) -> int:
     return prefix
 
 
+def _prefix(name: str, layers: tuple[str, ...], acts: dict, grid: tuple[int, int]) -> int:
+    """Every layer of ``layers`` checked in ``acts`` (arrays or shapes): the number of leading
+    non-patch tokens, or an ``InputError`` naming the unknown or misshapen layer."""
+    missing = [n for n in layers if n not in acts]
+    if missing:
+        raise InputError(f"{name}: unknown layer {missing[0]!r}; the model's layers: {', '.join(acts)}")
+    return [_checked(name, n, acts[n], grid) for n in layers][0]
+
+
 def _map(row: Array, prefix: int, grid: tuple[int, int], x: Array, upsample: bool) -> Array:
     """The class token's row ``[T]`` over the patches, ``[gh, gw]`` or resized to the input."""
     m = row[prefix:].reshape(grid)
@@ -98,15 +107,11 @@ def attention_rollout(apply: ApplyFn, params: PyTree, x: Array, target: Array, *
     if isinstance(discard_ratio, bool) or not isinstance(discard_ratio, (int, float)) or not 0.0 <= discard_ratio < 1.0:
         raise InputError(f"discard_ratio must be in [0, 1), got {discard_ratio!r}")
     acts = apply(params, x)[1]
-    missing = [n for n in layers if n not in acts]
-    if missing:
-        raise InputError(f"attention_rollout: unknown layer {missing[0]!r}; the model's layers: {', '.join(acts)}")
-    prefix = _checked("attention_rollout", layers[0], acts[layers[0]], grid)
+    prefix = _prefix("attention_rollout", layers, acts, grid)
     t, dtype = acts[layers[0]].shape[-1], acts[layers[0]].dtype
     eye = jnp.eye(t, dtype=dtype)
     row = _class_row(t, dtype)
     for name in reversed(layers):  # e_0 A'_L ... A'_1
-        _checked("attention_rollout", name, acts[name], grid)
         a = discard_lowest(fuse_heads(acts[name], head_fusion), discard_ratio)
         a = 0.5 * a + 0.5 * eye
         row = row @ (a / jnp.sum(a, axis=-1, keepdims=True))
@@ -137,12 +142,7 @@ def transformer_attribution(apply: ApplyFn, params: PyTree, x: Array, target: Ar
     """
     layers, grid = _declared("transformer_attribution", attention, grid)
     probe = jax.eval_shape(lambda: apply(params, x)[1])
-    missing = [n for n in layers if n not in probe]
-    if missing:
-        raise InputError(f"transformer_attribution: unknown layer {missing[0]!r}; the model's layers: {', '.join(probe)}")
-    prefix = _checked("transformer_attribution", layers[0], probe[layers[0]], grid)
-    for name in layers:
-        _checked("transformer_attribution", name, probe[name], grid)
+    prefix = _prefix("transformer_attribution", layers, probe, grid)
 
     def score(taps: dict[str, Array]) -> tuple[Array, dict[str, Array]]:
         logits, acts = apply(params, x, taps=taps)

@@ -73,12 +73,17 @@ def randomised_layers(model: Model) -> list[str]:
     weights of their own in ``model.params`` (a key of a flat dict, or a dotted path into nested
     ones: a ViT's ``blocks.3``), less any layer inside another such layer (``blocks.3.attn``
     within ``blocks.3``)."""
+    return list(_layer_paths(model))
+
+
+def _layer_paths(model: Model) -> dict[str, tuple]:
+    """``randomised_layers`` with the path to each one's weights (``_path``)."""
     paths = {name: _path(model.params, name) for name in model.layers}
     found = [name for name, p in paths.items() if p is not None]
     inner = {n for n in found for m in found if m != n and paths[n][:len(paths[m])] == paths[m]}
-    names = [n for n in found if n not in inner]
-    if names:
-        return names
+    layers = {n: paths[n] for n in found if n not in inner}
+    if layers:
+        return layers
     raise InputError(f"{model.name} cannot be randomised layer by layer: none of its layers names weights in "
                      f"model.params (a key of a dict, or a dotted path into nested dicts)")
 
@@ -125,8 +130,8 @@ def stage_params(model: Model, settings: Mapping[str, Any]) -> list[tuple[str, P
     mode = settings.get("mode", "cascading")
     if mode not in MODES:
         raise InputError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
-    names = randomised_layers(model)
-    paths = {name: _path(model.params, name) for name in names}
+    paths = _layer_paths(model)
+    names = list(paths)
     fresh = random_weights({name: _get(model.params, paths[name]) for name in names},
                            jax.random.fold_in(_one_key(settings.get("key")), _WEIGHTS))
 
