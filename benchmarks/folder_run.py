@@ -80,7 +80,9 @@ def kernel_seconds(model, x: np.ndarray, method: str, batch: int) -> float:
 def folder_seconds(model, model_name: str, folder: Path, out: Path, method: str, batch: int) -> tuple[float, Any]:
     """Seconds for ``jaxplain explain folder --method method --batch-size batch --out out`` on the
     built ``model`` (``cli._explain``'s steps after loading it), and the run's counts."""
-    from jaxplain import cli, inputs, pipeline
+    from jaxplain import cli
+    from jaxplain.runs import inputs
+    from jaxplain.runs import loop as pipeline
 
     args = cli.parser().parse_args(["explain", str(folder), "--model", model_name,
                                     "--weights", "shipped" if model_name == cli.SYNTHETIC else "random",

@@ -31,7 +31,7 @@ import jaxplain
 from jaxplain import models
 from jaxplain.errors import ToleranceWarning
 from jaxplain.methods.integrated import integrated_gradients, rule_nodes
-from jaxplain.runner import prepare
+from jaxplain.engine.runner import prepare
 
 GL_STEPS = (16, 25, 32, 50, 64, 100)
 TRAPEZOID_STEPS = (9, 17, 33, 65)  # nested: one set of slopes at 65 nodes serves all

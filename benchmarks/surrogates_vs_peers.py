@@ -63,7 +63,7 @@ import numpy as np  # noqa: E402
 
 import jaxplain  # noqa: E402
 from jaxplain import METHODS, bench, registry  # noqa: E402
-from jaxplain.methods import chunks  # noqa: E402
+from jaxplain import chunks  # noqa: E402
 
 METHOD_NAMES = ("feature_ablation", "lime", "kernel_shap", "xrai")
 DEFAULTS = {  # per model: batch, segments, samples (lime, kernel_shap), XRAI's IG steps, rounds

@@ -9,7 +9,7 @@ import pytest
 
 from benchmarks.cases import cases
 from jaxplain import bench, models
-from jaxplain.methods.chunks import loop_mode
+from jaxplain.chunks import loop_mode
 
 
 @functools.lru_cache(maxsize=4)

@@ -1,6 +1,6 @@
 """jaxplain: compiled, vectorized explanations for JAX image models."""
 
-from jaxplain.adapters import from_flax as from_flax
+from jaxplain.adapters.flax import from_flax as from_flax
 from jaxplain.layer_outputs import activations as activations
 from jaxplain.layer_outputs import channel_means as channel_means
 from jaxplain.layer_outputs import top_channels as top_channels
@@ -12,9 +12,9 @@ from jaxplain.errors import JaxplainError as JaxplainError
 from jaxplain.errors import MissingDependency as MissingDependency
 from jaxplain.errors import ToleranceWarning as ToleranceWarning
 from jaxplain.errors import WeightsError as WeightsError
-from jaxplain.runner import explain as explain
-from jaxplain.evaluation import evaluate as evaluate
-from jaxplain.runner import predict as predict
+from jaxplain.engine.runner import explain as explain
+from jaxplain.engine.evaluation import evaluate as evaluate
+from jaxplain.engine.runner import predict as predict
 from jaxplain.features import visualize_features as visualize_features
 from jaxplain.methods.attention import attention_rollout as attention_rollout
 from jaxplain.methods.attention import transformer_attribution as transformer_attribution
@@ -46,12 +46,12 @@ from jaxplain.methods.surrogate import Fit as Fit
 from jaxplain.methods.surrogate import feature_ablation as feature_ablation
 from jaxplain.methods.surrogate import kernel_shap as kernel_shap
 from jaxplain.methods.surrogate import lime as lime
-from jaxplain.methods.regions import xrai as xrai
-from jaxplain.methods.regions import Xrai as Xrai
+from jaxplain.methods.xrai import xrai as xrai
+from jaxplain.methods.xrai import Xrai as Xrai
 from jaxplain.segmentation import segments as segments
 from jaxplain.methods.smooth import squaregrad as squaregrad
 from jaxplain.methods.smooth import vargrad as vargrad
-from jaxplain.precision import with_precision as with_precision
+from jaxplain.engine.precision import with_precision as with_precision
 from jaxplain.reductions import reduce as reduce
 from jaxplain.registry import METHODS as METHODS
 from jaxplain.registry import METRICS as METRICS

@@ -15,10 +15,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxplain import registry
-from jaxplain.runner import prepare
-from jaxplain.methods.chunks import loop_mode
+from jaxplain.engine.runner import prepare
+from jaxplain.chunks import loop_mode
 from jaxplain.methods.perturb import occlusion_windows
-from jaxplain.precision import with_precision
+from jaxplain.engine.precision import with_precision
 from jaxplain.types import Model
 
 # Settings a user would run each method with (the anchors' usual values).
@@ -122,7 +122,7 @@ class Case:
 
 def compile_case(model: Model, method: str, batch: int, *, precision: str | None = None, **settings: Any) -> Case:
     """Compile ``method`` for ``batch`` random images at the model's input size (compile timed),
-    the model computing in ``precision`` (``jaxplain.precision``)."""
+    the model computing in ``precision`` (``jaxplain.engine.precision``)."""
     model = with_precision(model, precision)
     fn, parsed = registry.parse(method)
     name = fn.__name__

@@ -14,9 +14,9 @@ from scipy import stats
 
 from jaxplain import registry
 from jaxplain.errors import InputError
-from jaxplain.evaluation import evaluate
-from jaxplain.methods.marks import output_of, wrapped
-from jaxplain.runner import explain
+from jaxplain.engine.evaluation import evaluate
+from jaxplain.marks import output_of, wrapped
+from jaxplain.engine.runner import explain
 from jaxplain.types import Array, Model
 
 

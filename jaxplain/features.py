@@ -17,8 +17,8 @@ import numpy as np
 import optax
 
 from jaxplain.errors import InputError
-from jaxplain.methods.checks import positive_int
-from jaxplain.shapes import check_layer
+from jaxplain.checks import positive_int
+from jaxplain.engine.shapes import check_layer
 from jaxplain.types import ApplyFn, Array, Model, PyTree
 
 # Square root of ImageNet's RGB colour covariance (the constant Lucid uses), columns normalised.

@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxplain.errors import InputError
-from jaxplain.runner import check_batch_size, run_batches
-from jaxplain.shapes import check_images, check_layer
+from jaxplain.engine.runner import check_batch_size, run_batches
+from jaxplain.engine.shapes import check_images, check_layer
 from jaxplain.types import Array, Model, forward
 
 

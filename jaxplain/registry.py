@@ -8,8 +8,8 @@ import inspect
 from typing import Any, Callable, Mapping
 
 from jaxplain.errors import InputError
-from jaxplain.methods import attention, cam, gradients, integrated, layer, perturb, regions, smooth, surrogate
-from jaxplain.methods.marks import wrapped
+from jaxplain.methods import attention, cam, gradients, integrated, layer, perturb, xrai, smooth, surrogate
+from jaxplain.marks import wrapped
 from jaxplain.metrics import faithfulness, imputation, localisation, randomisation, robustness
 
 METHODS: dict[str, Callable] = {
@@ -41,7 +41,7 @@ METHODS: dict[str, Callable] = {
     "feature_ablation": surrogate.feature_ablation,
     "lime": surrogate.lime,
     "kernel_shap": surrogate.kernel_shap,
-    "xrai": regions.xrai,
+    "xrai": xrai.xrai,
     "attention_rollout": attention.attention_rollout,
     "transformer_attribution": attention.transformer_attribution,
 }

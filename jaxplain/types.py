@@ -68,7 +68,7 @@ class Model:
         patches); ``None``: the model has no token layers.
       token_layers: token layer ``[T, D]`` -> how many non-patch tokens lead it (a ViT's class
         token: 1; its patch embedding: 0), ``T = prefix + gh * gw``. ``explain`` shows methods
-        these layers as their patch grid ``[gh, gw, D]`` (``jaxplain.tokens``).
+        these layers as their patch grid ``[gh, gw, D]`` (``jaxplain.engine.tokens``).
       attention_layers: the attention probability layers ``[heads, T, T]`` in forward order
         (query rows, key columns, the class token first); never spatial. What
         ``attention_rollout`` and ``transformer_attribution`` read (a tap there must be added to

@@ -73,7 +73,7 @@ def heatmap(m: np.ndarray, cmap: str | None = None, signed: bool = False, percen
 
 def as_map(attribution: np.ndarray, kind: str, reduction: str = "abs_max") -> np.ndarray:
     """One image's attribution -> the ``[h, w]`` float map a picture draws, by the method's output
-    ``kind`` (``jaxplain.methods.marks.output_of``): ``"pixels"`` ``[H, W, C]`` reduced over channels
+    ``kind`` (``jaxplain.marks.output_of``): ``"pixels"`` ``[H, W, C]`` reduced over channels
     by ``reduction`` (``jaxplain.reduce``); ``"map"`` ``[h, w]`` (CAMs, RISE, surrogates) as it is;
     ``"layer"`` (a layer's shape) is not a picture and is refused."""
     a = np.asarray(attribution)

@@ -15,7 +15,7 @@ Layer names follow timm:
 
 The Model declares these facts for the kernel: ``token_grid`` (the patch grid), ``token_layers``
 (``patch_embed``, every ``blocks.{i}`` and ``norm``, with 0, 1 and 1 leading class tokens), so
-``explain`` shows CAM and layer methods those layers as ``[grid, grid, D]`` (``jaxplain.tokens``);
+``explain`` shows CAM and layer methods those layers as ``[grid, grid, D]`` (``jaxplain.engine.tokens``);
 ``attention_layers`` (every ``blocks.{i}.attn``, never spatial), read by ``attention_rollout`` and
 ``transformer_attribution``; ``cam_layer``, the default CAM layer, ``blocks.{depth-2}``: the last
 block's *input* (as pytorch-grad-cam's ViT recipe takes ``blocks[-1].norm1``). The last block's

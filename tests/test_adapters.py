@@ -134,7 +134,7 @@ def reference_apply(params, x, taps=None, relu=None):
 
 def reference_model(weights: dict) -> Model:
     return Model(apply=reference_apply, params=jax.device_put(weights), layers=LAYERS,
-                 preprocess=jaxplain.adapters.scale_to_unit, input_size=None, name="by-hand")
+                 preprocess=jaxplain.adapters.flax.scale_to_unit, input_size=None, name="by-hand")
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import jaxplain
 from jaxplain import InputError
 from jaxplain.models import vit as vit_module
 from jaxplain.models.vit import ViTConfig
-from jaxplain.tokens import grid_view
+from jaxplain.engine.tokens import grid_view
 from tests.torch_vit import TorchViT, numpy_state
 
 CFG = ViTConfig(patch=8, depth=2, width=32, heads=4, mlp=64, classes=10, image_size=32, name="twin_vit")
@@ -146,8 +146,8 @@ def test_grid_view_shapes_and_taps(twin, xs):
 def test_settings_see_the_grid(twin, xs):
     """The command line resolves a method's settings on the model before explain runs: the layer
     checks there see token layers as their grid too (the default CAM layer and a named one)."""
-    from jaxplain.settings import resolve_for_model
-    from jaxplain.shapes import layer_shapes
+    from jaxplain.engine.settings import resolve_for_model
+    from jaxplain.engine.shapes import layer_shapes
 
     _, model = twin
     assert layer_shapes(model, xs.shape[1:])["blocks.0"] == (G, G, 32)

@@ -146,7 +146,7 @@ def test_a_rerun_skips_what_is_complete_and_refuses_other_settings(tmp_path, syn
 
 
 def test_a_second_run_into_the_same_folder_is_refused(tmp_path, monkeypatch, capsys):
-    from jaxplain import outputs
+    from jaxplain.runs import outputs
 
     monkeypatch.setattr(cli, "_load_model", lambda args: pytest.fail("the model was loaded"))
     img = photo(tmp_path / "a.png", (20, 20))
@@ -289,7 +289,7 @@ def test_writes_no_writer_started_are_done_by_the_waiting_thread():
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    from jaxplain import pipeline
+    from jaxplain.runs import loop as pipeline
 
     release, ran = threading.Event(), []
     with ThreadPoolExecutor(max_workers=1) as pool:

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 import jaxplain
-from jaxplain.derived import derived
+from jaxplain.engine.derived import derived
 from tests.conftest import tiny_pair
 
 X = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)

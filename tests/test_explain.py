@@ -70,7 +70,7 @@ def test_bad_methods_and_settings(tiny_model, method, settings, match):
 
 
 def test_bad_input_is_refused_before_compiling(tiny_model, monkeypatch):
-    ex = sys.modules["jaxplain.runner"]  # the module of jaxplain.explain
+    ex = sys.modules["jaxplain.engine.runner"]  # the module of jaxplain.explain
 
     def no_compile(*a, **k):
         raise AssertionError("reached the compiled call")
@@ -174,8 +174,8 @@ def test_host_loop_sizes_an_unset_chunk_to_the_call(tiny_model, monkeypatch):
     (half as many for methods of forward passes only);
     a chunk the user sets, and a chunk that counts something else (Grad-CAM++'s activation
     elements), are left alone; scan keeps the method's default."""
-    from jaxplain.runner import prepare
-    from jaxplain.methods import chunks
+    from jaxplain.engine.runner import prepare
+    from jaxplain import chunks
 
     assert [chunks.host_chunk(b, 224 * 224) for b in (1, 2, 8, 16, 64)] == [16, 8, 2, 1, 1]
     monkeypatch.setenv("JAXPLAIN_CHUNK_LOOP", "host")
@@ -208,7 +208,7 @@ def test_host_loop_computes_kept_values_once(tiny_model, monkeypatch, method, mo
     ``keep`` turned off. Results agree."""
     import importlib
 
-    from jaxplain.runner import _batched, prepare
+    from jaxplain.engine.runner import _batched, prepare
 
     monkeypatch.setenv("JAXPLAIN_CHUNK_LOOP", "host")
     fn, settings = registry.parse(method)

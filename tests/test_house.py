@@ -59,6 +59,15 @@ def test_kernel_imports_point_one_way():
 
 
 def test_no_module_shares_a_public_functions_name():
-    mods = {n.rsplit(".", 1)[-1] for n in _modules()}
-    functions = {n for n in jaxplain.__all__ if callable(getattr(jaxplain, n)) and not isinstance(getattr(jaxplain, n), type)}
-    assert not mods & functions, mods & functions
+    """A package's public function never has the name of one of its submodules (``jaxplain.explain``
+    must not be both a function and a module): the import would shadow one by the other."""
+    import importlib
+
+    for package in [n for n in _modules() if (ROOT / pathlib.Path(*n.split(".")[1:]) / "__init__.py").is_file()
+                    or n == "jaxplain"]:
+        ns = importlib.import_module(package)
+        subs = {n.rsplit(".", 1)[-1] for n in _modules() if n.rsplit(".", 1)[0] == package and n != package}
+        functions = {n for n in getattr(ns, "__all__", dir(ns)) if not n.startswith("_") and callable(getattr(ns, n, None))
+                     and not isinstance(getattr(ns, n), type) and getattr(getattr(ns, n), "__module__", None) != package}
+        clash = {n for n in subs & functions if not isinstance(getattr(ns, n), type(importlib))}
+        assert not clash, (package, clash)

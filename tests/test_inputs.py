@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from jaxplain import inputs
+from jaxplain.runs import inputs
 
 
 def photo(path):

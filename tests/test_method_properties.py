@@ -14,7 +14,7 @@ import pytest
 
 import jaxplain
 from tests import compare
-from jaxplain.runner import prepare
+from jaxplain.engine.runner import prepare
 from jaxplain.registry import METHODS, resolve, settings_of
 from tests.method_settings import KEYED_DRAWS, RANDOM_BASE, TRANSFORMER, expected_shape, images, settings_for
 
@@ -159,7 +159,7 @@ SHARDED = r"""
 import os, sys, numpy as np, jax
 sys.path.insert(0, os.getcwd())
 import jaxplain
-from jaxplain.runner import prepare
+from jaxplain.engine.runner import prepare
 from tests.conftest import tiny_pair
 from tests.method_settings import expected_shape, images, settings_for
 assert len(jax.devices()) == 8, jax.devices()

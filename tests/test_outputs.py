@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import zarr
 
-from jaxplain import outputs
+from jaxplain.runs import outputs
 from jaxplain.errors import InputError
 
 

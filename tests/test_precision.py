@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import jaxplain
-from jaxplain.runner import prepare
+from jaxplain.engine.runner import prepare
 from jaxplain.registry import METHODS
 from tests.method_settings import images
 

@@ -7,7 +7,7 @@ import pytest
 from saliency.core import xrai as pair
 
 import jaxplain
-from jaxplain.methods.regions import xrai_masks
+from jaxplain.methods.xrai import xrai_masks
 
 
 def _rectangles(rng, n, h, w):
@@ -79,7 +79,7 @@ def test_explain_default_base_is_ig_over_black_and_white(tiny_model):
 
 def test_xrai_is_drawn_as_a_map_whatever_its_base(tiny_model):
     """XRAI returns a map [H, W] even when its base returns pixels: pictures draw it as a map."""
-    from jaxplain.methods.marks import output_of
+    from jaxplain.marks import output_of
     from jaxplain.registry import resolve
 
     for base in ("integrated_gradients", "gradient", "layer_gradient_x_activation"):

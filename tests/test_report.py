@@ -1,4 +1,4 @@
-"""The HTML report (jaxplain.report): a fake run folder written here, the pages parsed with html.parser
+"""The HTML report (jaxplain.runs.report): a fake run folder written here, the pages parsed with html.parser
 (every relative link resolves, rows per page, method order, escaping), then opened in headless Chromium
 (a screenshot, and the number of heat-map images that loaded, read from the DOM after load)."""
 
@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxplain import InputError, report, viz
+from jaxplain import InputError, viz
+from jaxplain.runs import report
 
 METHODS = ["saliency", "grad_cam"]  # run.json's order, deliberately not alphabetical
 ODD = "odd name #1 50% ?<b>&'\"é.png"  # spaces, '#', '%', '?', '<', quotes, non-ASCII

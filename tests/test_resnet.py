@@ -15,7 +15,7 @@ from jaxplain import InputError, WeightsError, models
 from jaxplain.models import ResNetConfig, build_resnet, imagenet, resnet_weights, weights
 from jaxplain.models.layers import max_pool_3x3s2
 from jaxplain.models.resnet import fold_bn, fold_params, make_apply, param_shapes, random_raw
-from jaxplain.shapes import default_layer
+from jaxplain.engine.shapes import default_layer
 from tests.test_weights import server  # noqa: F401  (the 127.0.0.1 file server)
 
 SMALL = ResNetConfig(blocks=(1, 2, 1, 1), widths=(4, 8, 8, 16), stem=8, classes=10, name="resnet_small")

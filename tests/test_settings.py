@@ -8,7 +8,7 @@ import pytest
 
 import jaxplain
 from jaxplain import InputError, registry
-from jaxplain.settings import freeze, thaw
+from jaxplain.engine.settings import freeze, thaw
 
 X = np.random.default_rng(0).normal(size=(3, 32, 32, 3)).astype(np.float32)
 T = np.array([1, 4, 7])

@@ -9,7 +9,7 @@ from PIL import Image
 
 from jaxplain import InputError, registry, viz
 from jaxplain.io import load_for_model
-from jaxplain.methods.marks import output_of
+from jaxplain.marks import output_of
 from jaxplain.models import imagenet
 from jaxplain.types import Model
 

@@ -17,7 +17,7 @@ from jaxplain.errors import InputError
 from jaxplain.types import ApplyFn, Array, PyTree
 
 from .cam import resize
-from .marks import output, targetless
+from jaxplain.marks import output, targetless
 
 FUSIONS = ("mean", "max", "min")
 

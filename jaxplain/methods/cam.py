@@ -17,10 +17,10 @@ import numpy as np
 from jaxplain.errors import InputError
 from jaxplain.types import ApplyFn, Array, PyTree
 
-from .chunks import counts_images, keep, sum_chunks
+from jaxplain.chunks import counts_images, keep, sum_chunks
 from .gradients import guided_backprop
 from .layer import activation, layer_gradient
-from .marks import output, targetless
+from jaxplain.marks import output, targetless
 
 Weights = Callable[[Array, Array], Array]
 

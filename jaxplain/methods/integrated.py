@@ -13,10 +13,10 @@ from jaxplain.errors import InputError, ToleranceWarning
 from jaxplain.types import ApplyFn, Array, PyTree
 
 from .blur import blur_difference, gaussian_blur
-from .checks import positive_int, real
-from .chunks import counts_images, sum_chunks
+from jaxplain.checks import positive_int, real
+from jaxplain.chunks import counts_images, sum_chunks
 from .gradients import score
-from .marks import per_image
+from jaxplain.marks import per_image
 
 RULES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
 BASELINES = ("zeros", "black", "blur", "uniform")

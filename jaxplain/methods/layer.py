@@ -15,8 +15,8 @@ from jaxplain.errors import InputError
 from jaxplain.types import ApplyFn, Array, PyTree, Relu
 
 from .integrated import Refined, integrate, resolve_baseline
-from .chunks import counts_images, keep
-from .marks import output, per_image, targetless
+from jaxplain.chunks import counts_images, keep
+from jaxplain.marks import output, per_image, targetless
 
 Neuron = int | tuple[int, ...]
 

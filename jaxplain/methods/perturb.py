@@ -13,8 +13,8 @@ import numpy as np
 from jaxplain.errors import InputError
 from jaxplain.types import ApplyFn, Array, PyTree
 
-from .chunks import counts_images, keep, sum_chunks
-from .marks import output, per_image
+from jaxplain.chunks import counts_images, keep, sum_chunks
+from jaxplain.marks import output, per_image
 
 
 SCORES = ("logit", "softmax")

@@ -10,10 +10,10 @@ import jax.numpy as jnp
 from jaxplain.errors import InputError
 from jaxplain.types import ApplyFn, Array, PyTree
 
-from .checks import positive_int, real
-from .chunks import counts_images, keep, sum_chunks
+from jaxplain.checks import positive_int, real
+from jaxplain.chunks import counts_images, keep, sum_chunks
 from .gradients import gradient
-from .marks import method_function, wraps_method
+from jaxplain.marks import method_function, wraps_method
 
 
 def _moments(

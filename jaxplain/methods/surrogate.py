@@ -23,9 +23,9 @@ from jaxplain.errors import InputError
 from jaxplain.types import ApplyFn, Array, Model, PyTree
 
 from .blur import gaussian_blur
-from .checks import as_key, like_image, positive_int, real
-from .chunks import along, counts_images, keep
-from .marks import host_settings, output, per_image
+from jaxplain.checks import as_key, like_image, positive_int, real
+from jaxplain.chunks import along, counts_images, keep
+from jaxplain.marks import host_settings, output, per_image
 from .perturb import target_score
 
 MAX_EXACT = 20  # kernel_shap enumerates at most 2**20 coalitions

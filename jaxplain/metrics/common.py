@@ -11,8 +11,8 @@ import numpy as np
 from scipy import ndimage
 
 from jaxplain.errors import InputError
-from jaxplain.methods.checks import like_image
-from jaxplain.methods.chunks import along
+from jaxplain.checks import like_image
+from jaxplain.chunks import along
 from jaxplain.types import ApplyFn, Array, PyTree
 
 SCORES = ("probability", "logit")

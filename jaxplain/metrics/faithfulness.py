@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxplain.errors import InputError
-from jaxplain.methods.checks import positive_int, real
-from jaxplain.methods.chunks import counts_images, keep
-from jaxplain.methods.marks import better, per_image
+from jaxplain.checks import positive_int, real
+from jaxplain.chunks import counts_images, keep
+from jaxplain.marks import better, per_image
 from jaxplain.types import ApplyFn, Array, PyTree
 
 from .common import attribution_map, check_order, ranks, require_key, region_sums, scorer, scores_along, substrate

@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxplain.errors import InputError
-from jaxplain.methods.checks import positive_int, real
-from jaxplain.methods.chunks import along, counts_images
-from jaxplain.methods.marks import better, per_image
+from jaxplain.checks import positive_int, real
+from jaxplain.chunks import along, counts_images
+from jaxplain.marks import better, per_image
 from jaxplain.types import ApplyFn, Array, PyTree
 
 from .common import check_order, check_score, pixel_map, ranks, require_key, score_of

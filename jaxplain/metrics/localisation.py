@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxplain.errors import InputError
-from jaxplain.methods.marks import better, per_image, targetless
+from jaxplain.marks import better, per_image, targetless
 from jaxplain.types import ApplyFn, Array, PyTree
 
 from .common import pixel_map, ranks

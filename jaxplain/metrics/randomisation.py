@@ -24,8 +24,8 @@ import jax.numpy as jnp
 
 from jaxplain.errors import InputError
 from jaxplain.methods.gradients import gradient
-from jaxplain.methods.checks import as_key
-from jaxplain.methods.marks import better, method_function, per_image, staged, wraps_method
+from jaxplain.checks import as_key
+from jaxplain.marks import better, method_function, per_image, staged, wraps_method
 from jaxplain.types import ApplyFn, Array, Model, PyTree
 
 from .common import pixel_map

@@ -15,10 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxplain.errors import InputError
-from jaxplain.methods.checks import positive_int, real
-from jaxplain.methods.chunks import along, counts_images, keep
+from jaxplain.checks import positive_int, real
+from jaxplain.chunks import along, counts_images, keep
 from jaxplain.methods.gradients import gradient
-from jaxplain.methods.marks import better, method_function, per_image, wraps_method
+from jaxplain.marks import better, method_function, per_image, wraps_method
 from jaxplain.types import ApplyFn, Array, PyTree
 
 from .common import pixels, require_key, scorer, substrate

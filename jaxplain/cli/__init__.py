@@ -16,7 +16,7 @@ from typing import Any, Callable, NoReturn, Sequence
 import numpy as np
 
 from jaxplain.errors import InputError, JaxplainError
-from jaxplain.precision import PRECISIONS
+from jaxplain.engine.precision import PRECISIONS
 from jaxplain.reductions import REDUCTIONS
 from jaxplain.registry import METHODS, METRICS
 
@@ -105,9 +105,9 @@ def _images(paths: Sequence[str], model) -> tuple[list[int], list[np.ndarray]]:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from jaxplain import inputs
+    from jaxplain.runs import inputs
     from jaxplain.models.imagenet import decode
-    from jaxplain.pipeline import softmax
+    from jaxplain.runs.loop import softmax
 
     found = inputs.expand(args.images)
     for problem in found.problems:
@@ -154,7 +154,8 @@ def _output_folder(out: str) -> Path:
 def _check_explain_args(args: argparse.Namespace) -> tuple[list, Any, Path]:
     """Everything about ``explain``'s arguments that can be checked without a model: the jobs,
     the target, the output folder (created)."""
-    from jaxplain import pipeline, viz
+    from jaxplain import viz
+    from jaxplain.runs import loop as pipeline
 
     if args.coordinator and (args.num_processes is None or args.process_id is None):
         raise InputError("--coordinator needs --num-processes and --process-id")
@@ -190,7 +191,7 @@ def _model_record(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _class_names(model) -> list[str] | None:
-    from jaxplain.shapes import num_classes
+    from jaxplain.engine.shapes import num_classes
 
     k = num_classes(model, (*(model.input_size or (224, 224)), 3))
     if model.name == SYNTHETIC:
@@ -227,7 +228,9 @@ class _Signals:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from jaxplain import inputs, outputs, pipeline
+    from jaxplain.runs import inputs
+    from jaxplain.runs import outputs
+    from jaxplain.runs import loop as pipeline
 
     jobs, target, out = _check_explain_args(args)
     found = inputs.expand(args.images, exclude=out)  # never the results of an earlier run
@@ -254,13 +257,15 @@ def _explain_locked(args: argparse.Namespace, jobs: list, target: Any, out: Path
                     writer: bool) -> int:
     import jax
 
-    from jaxplain import distributed, inputs, pipeline
+    from jaxplain import distributed
+    from jaxplain.runs import inputs
+    from jaxplain.runs import loop as pipeline
 
     pipeline.prepare(out, config, overwrite=args.overwrite, writer=False)  # refuses results of other settings
     counts = pipeline.Counts()
     if found.files:
-        from jaxplain.settings import resolve_for_model
-        from jaxplain.shapes import num_classes
+        from jaxplain.engine.settings import resolve_for_model
+        from jaxplain.engine.shapes import num_classes
 
         model = _load_model(args)
         h, w = model.input_size or (224, 224)
@@ -287,7 +292,7 @@ def _explain_locked(args: argparse.Namespace, jobs: list, target: Any, out: Path
     if writer and not counts.stopped:
         pipeline.join(out)
         if args.report:
-            from jaxplain import report
+            from jaxplain.runs import report
 
             print(f"report: {report.write(out)}")
     failed = counts.failed + (len(found.problems) if writer else 0)
@@ -300,7 +305,9 @@ def _explain_locked(args: argparse.Namespace, jobs: list, target: Any, out: Path
 
 
 def _report(args: argparse.Namespace) -> int:
-    from jaxplain import outputs, pipeline, report
+    from jaxplain.runs import outputs
+    from jaxplain.runs import loop as pipeline
+    from jaxplain.runs import report
 
     out = Path(args.out)
     if not (out / pipeline.RUN).is_file():

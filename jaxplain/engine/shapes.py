@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxplain.errors import InputError
-from jaxplain.tokens import grid_view
+from jaxplain.engine.tokens import grid_view
 from jaxplain.types import Array, Model
 
 

@@ -19,8 +19,8 @@ from jaxplain import segmentation
 from jaxplain.errors import InputError
 from jaxplain.types import ApplyFn, Array, Model, PyTree
 
-from .checks import as_key, real
-from .marks import host_settings, method_function, output, per_image, wraps_method
+from jaxplain.checks import as_key, real
+from jaxplain.marks import host_settings, method_function, output, per_image, wraps_method
 
 SCALES = (50, 100, 150, 250, 500, 1200)  # PAIR's Felzenszwalb scales, sigma 0.8, min size 150, at 224x224
 ALGORITHMS = ("full", "fast")

@@ -16,14 +16,14 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxplain import registry
-from jaxplain import settings as st
-from jaxplain.derived import derived
+from jaxplain.engine import settings as st
+from jaxplain.engine.derived import derived
 from jaxplain.errors import CostWarning, InputError
-from jaxplain.methods import chunks
-from jaxplain.methods.marks import uses_target
-from jaxplain.precision import with_precision
-from jaxplain.shapes import check_images, num_classes, params_struct
-from jaxplain.tokens import grid_view
+from jaxplain import chunks
+from jaxplain.marks import uses_target
+from jaxplain.engine.precision import with_precision
+from jaxplain.engine.shapes import check_images, num_classes, params_struct
+from jaxplain.engine.tokens import grid_view
 from jaxplain.types import Array, Model, PyTree, forward
 
 Targets = int | Sequence[int] | np.ndarray | Array | str | None
@@ -170,7 +170,7 @@ def run_batches(call: Callable[..., PyTree], params: PyTree, batch: tuple, n: in
     devices = tuple(jax.local_devices())  # in a multi-process run, each process uses its own
     size = _call_size(size)
     mesh = _mesh(devices) if len(devices) > 1 else None
-    if mesh is not None:  # replicated once per weights' values (jaxplain.derived)
+    if mesh is not None:  # replicated once per weights' values (jaxplain.engine.derived)
         params = derived(("replicated", mesh), params, lambda p: jax.device_put(p, NamedSharding(mesh, PartitionSpec())))
         shard = NamedSharding(mesh, PartitionSpec("b"))
     outs = []
@@ -314,7 +314,7 @@ def explain(
     samples, windows, masks) is sized to put about sixteen 224x224 images through each call,
     eight for forward passes only (``chunks.host_chunk``); results do not depend on it.
     ``precision``: ``"float32"``, ``"tensorfloat32"`` or ``"bfloat16"`` for the model's arithmetic
-    (``jaxplain.precision``); ``None`` is JAX's default. ``progress``: a progress bar of compiled
+    (``jaxplain.engine.precision``); ``None`` is JAX's default. ``progress``: a progress bar of compiled
     calls on stderr. Returns ``[B, ...]`` float32 (for the gradient family ``[B, H, W, C]``), or
     the method's tuple (``return_delta=True``) with a leading ``B`` on each part.
     """

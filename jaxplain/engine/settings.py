@@ -17,8 +17,8 @@ import numpy as np
 from jaxplain import registry
 from jaxplain.errors import InputError
 from jaxplain.methods.layer import check_neuron
-from jaxplain.methods.marks import inner, wrapped
-from jaxplain.shapes import check_layer, default_layer
+from jaxplain.marks import inner, wrapped
+from jaxplain.engine.shapes import check_layer, default_layer
 from jaxplain.types import Array, Model
 
 Path = tuple[str, ...]

@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 
-from jaxplain.derived import derived
+from jaxplain.engine.derived import derived
 from jaxplain.errors import InputError
 from jaxplain.types import Array, Model, PyTree, Relu
 

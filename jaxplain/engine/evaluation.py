@@ -12,10 +12,10 @@ import numpy as np
 from jaxplain import registry
 from jaxplain.errors import InputError
 from jaxplain.metrics.localisation import check_mask
-from jaxplain.precision import with_precision
-from jaxplain.runner import Targets, run, target_ids
-from jaxplain.settings import resolve_for_model
-from jaxplain.shapes import check_images
+from jaxplain.engine.precision import with_precision
+from jaxplain.engine.runner import Targets, run, target_ids
+from jaxplain.engine.settings import resolve_for_model
+from jaxplain.engine.shapes import check_images
 from jaxplain.types import Array, Model
 
 

@@ -11,7 +11,7 @@ result once, resume where a run stopped.
 - Writer threads (at the lowest priority) draw each map over the original picture at its own size
   (carried back through the model's resize or crop), write the PNG overlay and thumbnails atomically, then append the
   image's ``results.jsonl`` line; the attributions go to one zarr array per method
-  (``jaxplain.outputs``).
+  (``jaxplain.runs.outputs``).
 - A rerun skips every (image, method) its ``results.jsonl`` names; ``stop()`` (a signal) ends the
   run after the batch in flight, whose results are written.
 """
@@ -30,11 +30,12 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from jaxplain import outputs, registry, viz
+from jaxplain import registry, viz
+from jaxplain.runs import outputs
 from jaxplain.errors import InputError, JaxplainError
 from jaxplain.io import load_for_model
-from jaxplain.methods.marks import output_of
-from jaxplain.runner import explain, predict
+from jaxplain.marks import output_of
+from jaxplain.engine.runner import explain, predict
 from jaxplain.types import Model
 
 RESULTS = "results.jsonl"

@@ -1,0 +1,3 @@
+"""Any JAX model as a jaxplain Model."""
+
+from jaxplain.adapters.flax import from_flax as from_flax

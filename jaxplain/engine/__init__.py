@@ -1,0 +1,1 @@
+"""The one front door: explain(), evaluate() and predict() share this engine."""

@@ -1,0 +1,1 @@
+"""Data-set runs: a folder of pictures explained, streamed, resumed and reported."""
