@@ -81,8 +81,9 @@ def folder_seconds(model, model_name: str, folder: Path, out: Path, method: str,
     """Seconds for ``jaxplain explain folder --method method --batch-size batch --out out`` on the
     built ``model`` (``cli._explain``'s steps after loading it), and the run's counts."""
     from jaxplain import cli
-    from jaxplain.runs import inputs
+    from jaxplain.runs import inputs, record
     from jaxplain.runs import loop as pipeline
+    from jaxplain.runs.join import join
 
     args = cli.parser().parse_args(["explain", str(folder), "--model", model_name,
                                     "--weights", "shipped" if model_name == cli.SYNTHETIC else "random",
@@ -92,14 +93,14 @@ def folder_seconds(model, model_name: str, folder: Path, out: Path, method: str,
     with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
         jobs, target, out_dir = cli._check_explain_args(args)
         found = inputs.expand(args.images)
-        config = pipeline.configuration(cli._model_record(args), jobs, target=target, dtype=args.dtype,
+        config = record.configuration(cli._model_record(args), jobs, target=target, dtype=args.dtype,
                                         reduce=args.reduce, colormaps={"unsigned": args.cmap, "signed": args.signed_cmap})
-        pipeline.prepare(out_dir, config, overwrite=args.overwrite, writer=False)
-        config = pipeline.prepare(out_dir, config, overwrite=args.overwrite, writer=True)
+        record.prepare(out_dir, config, overwrite=args.overwrite, writer=False)
+        config = record.prepare(out_dir, config, overwrite=args.overwrite, writer=True)
         counts = pipeline.run(model, found.files, inputs.output_names(found.files), jobs, out=out_dir, config=config,
                               target=target, class_names=cli._class_names(model), batch_size=args.batch_size,
                               precision=args.precision, threads=args.decode_threads)
-        pipeline.join(out_dir)
+        join(out_dir)
     seconds = time.perf_counter() - start
     if counts.failed or counts.done != len(found.files):
         raise RuntimeError(f"the folder run failed on some pictures ({counts}):\n{said.getvalue()[-2000:]}")

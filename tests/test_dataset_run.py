@@ -85,14 +85,14 @@ def test_a_folder_with_good_and_bad_files(folder, synthetic, tmp_path):
     out = tmp_path / "out"
     r = run("explain", d, tmp_path / "missing", "--model", "synthetic_vgg", "--method", "gradient",
             "--method", "grad_cam", "--out", out, "--batch-size", "3", "--dtype", "float16", home=tmp_path)
-    assert r.returncode == 1, r.stderr  # some failed
+    assert r.returncode == 4, r.stderr  # all done, some inputs unreadable
     assert "Traceback" not in r.stderr
     failed = [l for l in r.stderr.splitlines() if l.startswith("jaxplain: failed")]
     assert len(failed) == len(bad) + 1, r.stderr  # one line each, the missing path too
     for name in [*bad, "missing"]:
         assert sum(name in l for l in failed) == 1, (name, failed)
     assert r.stderr.strip().splitlines()[-1] == (
-        f"jaxplain: {len(good)} explained, 0 skipped (already complete), {len(bad) + 1} failed")
+        f"jaxplain: complete, {len(bad) + 1} unreadable: {len(good)} explained, 0 skipped (already complete), 0 failed")
     records = lines(out)
     assert len(records) == 2 * len(good)
     assert {(r["input"], r["method"]) for r in records} == {(str(p), m) for p in good for m in ("gradient", "grad_cam")}
@@ -141,7 +141,9 @@ def test_a_rerun_skips_what_is_complete_and_refuses_other_settings(tmp_path, syn
     assert "samples" in changed.stderr and "--overwrite" in changed.stderr
     replaced = run(*args, "--method", "smoothgrad(samples=8)", "--overwrite", home=tmp_path)
     assert replaced.returncode == 0, replaced.stderr
-    assert [r["method"] for r in lines(out)] == ["smoothgrad"] * 5 and not (out / "gradient").exists()
+    kept = lines(out)  # only the conflicting method replaced: gradient's results stay
+    assert sorted((r["method"], r["settings"].get("samples")) for r in kept) == [("gradient", None)] * 5 + [("smoothgrad", 8)] * 5
+    assert all((out / r["overlay"]).is_file() for r in kept) and len(list((out / "gradient").glob("*.png"))) == 5
     assert cli.main(["report", str(out)]) == 0 and (out / "index.html").is_file()
 
 
@@ -299,3 +301,191 @@ def test_writes_no_writer_started_are_done_by_the_waiting_thread():
         assert ran == [("queued", threading.current_thread().name)]  # done here, not by the writer
         release.set()
         pipeline._finish([(busy, (release.wait,))])  # one already running is waited for
+
+
+# --- the folder as a user sees it across runs (in process: cli.main, the shipped synthetic VGG) ---
+
+
+@pytest.fixture()
+def jx(monkeypatch, capsys):
+    """``jx(*argv) -> (exit status, stdout, stderr)`` of ``jaxplain explain ...`` (synthetic_vgg) in this process."""
+    monkeypatch.setenv("JAXPLAIN_COMPILE_CACHE", "0")
+
+    def call(*argv):
+        capsys.readouterr()
+        code = cli.main(["explain", *map(str, argv), "--model", "synthetic_vgg"])
+        got = capsys.readouterr()
+        return code, got.out, got.err
+
+    return call
+
+
+def test_two_runs_into_one_folder_keep_both_pictures(tmp_path, jx):
+    a = photo(tmp_path / "in" / "a" / "cat.png", (40, 60), 1)
+    b = photo(tmp_path / "in" / "b" / "cat.png", (60, 40), 2)
+    out = tmp_path / "o"
+    assert jx(a, "--out", out)[0] == 0
+    first = lines(out)[0]
+    kept = {k: (out / first[k]).read_bytes() for k in ("overlay", "thumb", "picture")}
+    code, _, err = jx(b, "--out", out, "--report")
+    assert code == 0, err
+    records = {r["input"]: r for r in lines(out)}
+    assert set(records) == {str(a), str(b)}
+    for k in ("overlay", "thumb", "picture"):
+        assert records[str(a)][k] != records[str(b)][k]  # a name of its own in the folder
+        assert (out / records[str(a)][k]).read_bytes() == kept[k]  # a's pictures untouched
+    assert Image.open(out / records[str(b)]["overlay"]).size == (40, 60)  # b's own, at b's size
+    again = jx(a, b, "--out", out)  # both at once: each keeps the name it has
+    assert again[0] == 0 and "0 explained, 2 skipped" in again[2]
+    assert {r["input"]: r["overlay"] for r in lines(out)} == {k: r["overlay"] for k, r in records.items()}
+
+
+def test_a_resume_with_the_methods_in_another_order_is_accepted(tmp_path, jx):
+    img = photo(tmp_path / "a.png", (30, 30))
+    out = tmp_path / "o"
+    one, two = "smoothgrad(samples=2)", "smoothgrad(samples=3)"
+    assert jx(img, "--out", out, "--method", one, "--method", two)[0] == 0
+    code, _, err = jx(img, "--out", out, "--method", two, "--method", one)
+    assert code == 0, err
+    assert "0 explained, 1 skipped (already complete)" in err
+    assert sorted((r["method"], r["settings"]["samples"]) for r in lines(out)) == [("smoothgrad", 2),
+                                                                                   ("smoothgrad-2", 3)]
+
+
+def test_help_says_the_attributions_are_zarr():
+    text = cli.parser().format_help()
+    assert "NPY" not in text and "zarr" in text
+
+
+def test_float16_overflow_is_counted_not_silent(tmp_path, jx, monkeypatch):
+    from jaxplain.runs import loop
+
+    real = loop.explain
+    monkeypatch.setattr(loop, "explain", lambda *a, **k: np.asarray(real(*a, **k)) * 0 + np.float32(1e6))
+    img = photo(tmp_path / "a.png", (30, 30))
+    code, _, err = jx(img, "--out", tmp_path / "o", "--dtype", "float16")
+    n = 64 * 64 * 3
+    assert f"{n} values" in err and "float16" in err, err
+    assert code == 0
+
+
+def test_the_top5_is_predicted_at_the_run_precision(tmp_path, jx, synthetic):
+    from jaxplain.engine.precision import with_precision
+    from jaxplain.engine.runner import predict
+
+    img = photo(tmp_path / "a.png", (50, 50), 3)
+    assert jx(img, "--out", tmp_path / "o", "--precision", "bfloat16")[0] == 0
+    x = synthetic.preprocess(load_image(img, synthetic)[None])
+    low = np.asarray(predict(with_precision(synthetic, "bfloat16"), x), np.float64)[0]
+    full = np.asarray(predict(with_precision(synthetic, "float32"), x), np.float64)[0]
+    p_low, p_full = np.exp(low - low.max()) / np.exp(low - low.max()).sum(), np.exp(full - full.max()) / np.exp(full - full.max()).sum()
+    top = lines(tmp_path / "o")[0]["top5"][0]
+    assert abs(p_low[top["class"]] - p_full[top["class"]]) > 1e-5  # the two precisions can be told apart
+    assert top["p"] == pytest.approx(p_low[top["class"]], abs=2e-6)
+
+
+def test_bad_setting_values_are_refused_before_any_image_and_not_recorded(tmp_path, jx):
+    img = photo(tmp_path / "a.png", (30, 30))
+    out = tmp_path / "o"
+    code, stdout, err = jx(img, "--out", out, "--method", "integrated_gradients(steps=0)")
+    assert code == 2 and err.count("\n") == 1 and "steps" in err, err
+    assert "failed" not in err and not (out / "results.jsonl").exists()
+    assert "steps" not in ((out / "run.json").read_text() if (out / "run.json").exists() else "")
+    code, _, err = jx(img, "--out", out, "--method", "integrated_gradients(steps=4)")
+    assert code == 0 and "1 explained" in err, err
+
+
+def test_a_method_recorded_without_results_does_not_block_a_rerun(tmp_path, jx):
+    img = photo(tmp_path / "a.png", (30, 30))
+    out = tmp_path / "o"
+    assert jx(img, "--out", out, "--method", "gradient")[0] == 0
+    record = json.loads((out / "run.json").read_text())
+    record["methods"].append({"label": "smoothgrad", "name": "smoothgrad", "settings": {"samples": 2, "key": 0}})
+    (out / "run.json").write_text(json.dumps(record))  # as a run killed before its first smoothgrad result leaves it
+    code, _, err = jx(img, "--out", out, "--method", "gradient", "--method", "smoothgrad(samples=3)")
+    assert code == 0 and "1 explained" in err, err
+    assert [m["settings"] for m in json.loads((out / "run.json").read_text())["methods"] if m["label"] == "smoothgrad"] \
+        == [{"samples": 3, "key": 0}]
+
+
+def test_a_changed_picture_is_explained_again(tmp_path, jx, synthetic):
+    d = tmp_path / "in"
+    p1, p2 = photo(d / "p1.png", (40, 40), 1), photo(d / "p2.png", (40, 40), 2)
+    out = tmp_path / "o"
+    assert jx(d, "--out", out)[0] == 0
+    photo(p1, (52, 36), 7)  # edited in place: other pixels, other size
+    os.utime(p1, ns=(p1.stat().st_atime_ns, p1.stat().st_mtime_ns + 10**9))
+    code, stdout, err = jx(d, "--out", out)
+    assert code == 0 and "1 explained, 1 skipped" in err, err
+    assert "changed" in stdout and str(p1) in stdout
+    latest = {r["input"]: r for r in lines(out)}  # a later line wins
+    assert latest[str(p1)]["size"] == [52, 36]
+    store = zarr.open_array(str(out / "gradient" / "attributions.zarr"))[:]
+    want = reference(synthetic, p1, "gradient")
+    np.testing.assert_allclose(store[latest[str(p1)]["row"]], want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+    from jaxplain.runs import report
+
+    assert report.read_results(out / "results.jsonl")[(os.path.realpath(p1), "gradient")]["size"] == [52, 36]
+
+
+def test_random_methods_key_on_the_method_and_the_picture(tmp_path, jx, synthetic):
+    from jaxplain import baselines
+
+    img = photo(tmp_path / "a.png", (30, 30), 4)
+    out = tmp_path / "o"
+    assert jx(img, "--out", out, "--method", "smoothgrad(samples=2)", "--seed", "5")[0] == 0
+    key = baselines.per_image(baselines.named(5, "smoothgrad", {"samples": 2}), [baselines.path_id(os.path.realpath(img))])
+    x = synthetic.preprocess(load_image(img, synthetic)[None])
+    want = np.asarray(jaxplain.explain(synthetic, x, "predicted", "smoothgrad", samples=2, key=key))[0]
+    got = zarr.open_array(str(out / "smoothgrad" / "attributions.zarr"))[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+
+
+def test_writers_run_at_the_run_priority(tmp_path, jx, monkeypatch):
+    """Writers at nice 19 starve on a busy machine (a SIGTERM waited minutes for them): they run
+    at the priority of the run."""
+    from jaxplain import viz
+    from jaxplain.runs import loop
+
+    seen, real = [], viz.thumbnail
+    monkeypatch.setattr(viz, "thumbnail", lambda *a, **k: seen.append(
+        os.getpriority(os.PRIO_PROCESS, __import__("threading").get_native_id())) or real(*a, **k))
+    d = tmp_path / "in"
+    for i in range(3):
+        photo(d / f"p{i}.png", (30, 30), i)
+    assert jx(d, "--out", tmp_path / "o", "--batch-size", "1")[0] == 0
+    assert seen and set(seen) == {os.getpriority(os.PRIO_PROCESS, 0)}
+
+
+def test_a_target_is_not_claimed_for_a_method_that_ignores_it(tmp_path, jx):
+    img = photo(tmp_path / "a.png", (30, 30))
+    code, stdout, err = jx(img, "--out", tmp_path / "o", "--target", "3", "--method", "gradient", "--method", "eigen_cam")
+    assert code == 0, err
+    assert "explained class 3 with gradient" in stdout and "eigen_cam (which ignores the target)" in stdout, stdout
+    assert {r["method"]: r["target"] for r in lines(tmp_path / "o")} == {"gradient": 3, "eigen_cam": None}
+
+
+def test_a_complete_folder_with_unreadable_files_says_so(tmp_path, jx):
+    d = tmp_path / "in"
+    photo(d / "good.png", (30, 30))
+    (d / "bad.png").write_text("not a picture")
+    out = tmp_path / "o"
+    for _ in range(2):
+        code, _, err = jx(d, "--out", out, "--report")
+        assert code == 4, err
+        assert err.strip().splitlines()[-1].startswith("jaxplain: complete, 1 unreadable"), err
+    assert "0 explained, 1 skipped" in err
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert "bad.png" in page and "unreadable" in page
+
+
+def test_report_refuses_to_replace_a_users_index_html_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "_load_model", lambda args: pytest.fail("the model was loaded"))
+    img = photo(tmp_path / "a.png", (20, 20))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "index.html").write_text("<html>mine</html>")
+    assert cli.main(["explain", str(img), "--out", str(out), "--model", "synthetic_vgg", "--report"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "index.html" in err
+    assert (out / "index.html").read_text() == "<html>mine</html>"

@@ -49,3 +49,30 @@ def test_one_writer_per_folder(tmp_path):
         outputs.Lock(tmp_path / ".lock", "into out")
     held.release()
     outputs.Lock(tmp_path / ".lock", "into out").release()  # free again
+
+
+def test_atomic_write_syncs_the_file_and_its_folder_before_and_after_the_rename(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    synced, real = [], os.fsync
+
+    def spy(fd):
+        synced.append("folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    outputs.write_atomic(tmp_path / "new" / "x.bin", b"data")
+    assert synced[0] == "file" and "folder" in synced  # the bytes, then the rename
+    assert (tmp_path / "new" / "x.bin").read_bytes() == b"data"
+
+
+def test_atomic_write_follows_the_umask(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        outputs.write_atomic(tmp_path / "x", b"1")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "x").stat().st_mode & 0o777 == 0o644

@@ -215,9 +215,9 @@ def test_small_runs_bad_input_and_stale_pages(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="page_size"):
         report.write(out, page_size=0)
     lines = (out / "results.jsonl").read_text().splitlines()
+    whole = report.read_results(out / "results.jsonl")
     (out / "results.jsonl").write_text("\n".join([lines[0], "{not json", *lines[1:]]))
-    with pytest.raises(InputError, match="line 2 is not valid JSON"):
-        report.write(out)
+    assert report.read_results(out / "results.jsonl") == whole  # one policy: a bad line is skipped
     (out / "results.jsonl").unlink()  # no result yet: an empty report
     assert "0 images" in report.write(out).read_text(encoding="utf-8")
     with pytest.raises(InputError, match="run.json does not exist"):
@@ -274,3 +274,29 @@ def test_chromium_loads_every_heat_map(run, tmp_path, page):
     finally:
         probe.unlink()
     assert f"loaded {expected} of {expected + 1}" in dom, dom[-500:]  # the broken tag counted, not loaded
+
+
+def test_a_bad_line_anywhere_is_skipped_as_the_run_skips_it(tmp_path):
+    from jaxplain.runs import outputs
+
+    path = tmp_path / "results.jsonl"
+    good = [{"input": "a.png", "method": "gradient", "thumb": "t"}, {"input": "b.png", "method": "gradient", "thumb": "u"}]
+    path.write_text(json.dumps(good[0]) + "\n{broken\n" + json.dumps(good[1]) + "\n")
+    assert [r["input"] for r in report.read_results(path).values()] == [r["input"] for r in outputs.read_lines(path)]
+
+
+def test_a_users_own_index_html_is_not_replaced(tmp_path, monkeypatch):
+    monkeypatch.setattr(viz, "colormap", _ramp)
+    out, _ = _make_run(tmp_path, 3)
+    (out / "index.html").write_text("<html>my own page</html>")
+    with pytest.raises(InputError, match="index.html"):
+        report.write(out)
+    assert (out / "index.html").read_text() == "<html>my own page</html>"
+    (out / "index.html").unlink()
+    old = os.umask(0o022)
+    try:
+        report.write(out)
+        report.write(out)  # over a report of ours: fine
+    finally:
+        os.umask(old)
+    assert (out / "index.html").stat().st_mode & 0o777 == 0o644

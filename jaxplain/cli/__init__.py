@@ -1,7 +1,8 @@
 """The ``jaxplain`` command line: predict and explain images with a model of the zoo.
 
 Every argument is checked before a model is loaded; an error is one line on stderr (exit 2),
-a bad image one "skipped" line while the others go on (exit 1)."""
+a bad image one "failed" line while the others go on. ``explain``'s exit status: 0 all done, 1 some
+work failed (a method or a write), 4 all done but some inputs unreadable, 128 + N stopped by signal N."""
 
 from __future__ import annotations
 
@@ -155,7 +156,7 @@ def _check_explain_args(args: argparse.Namespace) -> tuple[list, Any, Path]:
     """Everything about ``explain``'s arguments that can be checked without a model: the jobs,
     the target, the output folder (created)."""
     from jaxplain import viz
-    from jaxplain.runs import loop as pipeline
+    from jaxplain.runs import record, report
 
     if args.coordinator and (args.num_processes is None or args.process_id is None):
         raise InputError("--coordinator needs --num-processes and --process-id")
@@ -163,7 +164,14 @@ def _check_explain_args(args: argparse.Namespace) -> tuple[list, Any, Path]:
         raise InputError("--num-processes and --process-id need --coordinator HOST:PORT")
     if args.coordinator and not 0 <= args.process_id < args.num_processes:
         raise InputError(f"--process-id must be in [0, {args.num_processes}), got {args.process_id}")
-    jobs = pipeline.jobs(args.method or ["gradient"], args.seed)
+    out = _output_folder(args.out)
+    try:
+        recorded = (record.read(out) or {}).get("methods", [])
+    except InputError:
+        if not args.overwrite:
+            raise
+        recorded = []
+    jobs = record.jobs(args.method or ["gradient"], args.seed, recorded)
     if args.target == "predicted":
         target = "predicted"
     else:
@@ -175,7 +183,9 @@ def _check_explain_args(args: argparse.Namespace) -> tuple[list, Any, Path]:
             raise InputError(f"--target must be a class index >= 0, got {target}")
     for name in (args.cmap, args.signed_cmap):
         viz.colormap(name)
-    return jobs, target, _output_folder(args.out)
+    if args.report:
+        report.check_writable(out)
+    return jobs, target, out
 
 
 def _model_record(args: argparse.Namespace) -> dict[str, Any]:
@@ -228,16 +238,14 @@ class _Signals:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from jaxplain.runs import inputs
-    from jaxplain.runs import outputs
-    from jaxplain.runs import loop as pipeline
+    from jaxplain.runs import inputs, outputs, record
 
     jobs, target, out = _check_explain_args(args)
     found = inputs.expand(args.images, exclude=out)  # never the results of an earlier run
     for problem in found.problems:
         print(f"jaxplain: failed {problem.argument}: {problem.message}", file=sys.stderr)
     model_record = _model_record(args)
-    config = pipeline.configuration(model_record, jobs, target=target, dtype=args.dtype, reduce=args.reduce,
+    config = record.configuration(model_record, jobs, target=target, dtype=args.dtype, reduce=args.reduce,
                                     colormaps={"unsigned": args.cmap, "signed": args.signed_cmap})
     if args.coordinator:
         from jaxplain import distributed
@@ -258,23 +266,22 @@ def _explain_locked(args: argparse.Namespace, jobs: list, target: Any, out: Path
     import jax
 
     from jaxplain import distributed
-    from jaxplain.runs import inputs
+    from jaxplain.runs import inputs, record
     from jaxplain.runs import loop as pipeline
+    from jaxplain.runs.join import join
 
-    pipeline.prepare(out, config, overwrite=args.overwrite, writer=False)  # refuses results of other settings
+    record.prepare(out, config, overwrite=args.overwrite, writer=False)  # refuses results of other settings
     counts = pipeline.Counts()
     if found.files:
-        from jaxplain.engine.settings import resolve_for_model
         from jaxplain.engine.shapes import num_classes
 
         model = _load_model(args)
         h, w = model.input_size or (224, 224)
-        for job in jobs:  # an unknown layer or neuron fails here, before any image
-            resolve_for_model(job.fn, model, (h, w, 3), job.settings)
+        pipeline.check_jobs(model, jobs, (h, w, 3))  # a layer, a neuron or a value refused here, before any image
         k = num_classes(model, (h, w, 3))
         if target != "predicted" and target >= k:
             raise InputError(f"--target {target} is outside [0, {k}) for {model.name}")
-        config = pipeline.prepare(out, config, overwrite=args.overwrite, writer=writer)
+        config = record.prepare(out, config, overwrite=args.overwrite, writer=writer)
         distributed.barrier("jaxplain-prepared")
         if args.weights == "random":
             print("(random weights: the classes below are meaningless)")
@@ -289,32 +296,42 @@ def _explain_locked(args: argparse.Namespace, jobs: list, target: Any, out: Path
         if counts.stopped and signals.received is not None:
             counts.stopped = signals.received
     distributed.barrier("jaxplain-finished")
+    if writer:
+        record.settle(out)  # the record names only methods with results
     if writer and not counts.stopped:
-        pipeline.join(out)
+        join(out)
         if args.report:
             from jaxplain.runs import report
 
             print(f"report: {report.write(out)}")
-    failed = counts.failed + (len(found.problems) if writer else 0)
+    unreadable = counts.unreadable + (len(found.problems) if writer else 0)
     part = f" (process {jax.process_index()})" if jax.process_count() > 1 else ""
-    print(f"jaxplain{part}: {counts.done} explained, {counts.skipped} skipped (already complete), {failed} failed"
-          f"{'; stopped by a signal: rerun the command to finish' if counts.stopped else ''}", file=sys.stderr)
+    said = f"{counts.done} explained, {counts.skipped} skipped (already complete), {counts.failed} failed"
+    if counts.redone:
+        said += f" ({counts.redone} explained again: changed since their results)"
+    if counts.stopped:
+        said += f"{f', {unreadable} unreadable' if unreadable else ''}; stopped by a signal: rerun the command to finish"
+    elif unreadable and not counts.failed:
+        said = f"complete, {unreadable} unreadable: {said}"
+    elif unreadable:
+        said += f", {unreadable} unreadable"
+    print(f"jaxplain{part}: {said}", file=sys.stderr)
     if counts.stopped:
         return 128 + int(counts.stopped)
-    return 1 if failed else 0
+    return 1 if counts.failed else 4 if unreadable else 0
 
 
 def _report(args: argparse.Namespace) -> int:
-    from jaxplain.runs import outputs
-    from jaxplain.runs import loop as pipeline
-    from jaxplain.runs import report
+    from jaxplain.runs import outputs, record, report
+    from jaxplain.runs.join import join
 
     out = Path(args.out)
-    if not (out / pipeline.RUN).is_file():
-        raise InputError(f"{args.out}: no jaxplain run here (no {pipeline.RUN})")
+    if not (out / record.RUN).is_file():
+        raise InputError(f"{args.out}: no jaxplain run here (no {record.RUN})")
+    report.check_writable(out)
     lock = outputs.Lock(out / ".lock.p0", f"into {out}")
     try:
-        pipeline.join(out)
+        join(out)
         print(f"report: {report.write(out, page_size=args.page_size)}")
     finally:
         lock.release()
@@ -402,9 +419,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     result = {"model": model.name, "data": data, "method_seconds": method_seconds,
               "cells": [{"method": c.method, "metric": c.metric, "mean": c.mean, "low": c.low, "high": c.high,
                          "seconds": c.seconds, "scores": c.scores.tolist()} for c in cells]}
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(out)
+    from jaxplain.runs.outputs import write_atomic
+
+    write_atomic(out, json.dumps(result, indent=1).encode())
     print(f"wrote {out}")
     return 1 if failed else 0
 
@@ -479,7 +496,7 @@ examples:
 
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="jaxplain", description="Explain image classifiers: predict classes, write heat maps "
-                "(PNG) and raw attributions (NPY), and measure speed.")
+                "(PNG) and raw attributions (zarr arrays), and measure speed.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     pr = sub.add_parser("predict", help="print the top ImageNet classes of each image",
                         description="Print the top ImageNet classes of each image.")
@@ -498,10 +515,12 @@ def parser() -> argparse.ArgumentParser:
                     "several methods (default gradient; list below)")
     ex.add_argument("--target", default="predicted", help="'predicted' (the top class, the default) or a class index")
     ex.add_argument("--out", required=True, help="folder for the results (created)")
-    ex.add_argument("--report", action="store_true", help="write OUT/index.html: pictures, top-5 and heat maps")
+    ex.add_argument("--report", action="store_true", help="write OUT/index.html: pictures, top-5 and heat maps "
+                    "(only over a report of ours)")
     ex.add_argument("--dtype", default="float32", choices=("float32", "float16"), help="of the stored attributions")
     ex.add_argument("--overwrite", action="store_true",
-                    help="replace results in OUT made with other settings (default: refuse to mix them)")
+                    help="replace the results in OUT that conflict with this run (a method's other settings; all of them "
+                    "for another model, target, dtype, reduction or colour map); others stay (default: refuse)")
     ex.add_argument("--batch-size", type=_positive, default=8, help="images per compiled call (default 8)")
     ex.add_argument("--seed", type=int, default=0, help="seed of random methods; each image's key also folds in its "
                     "file's path, so results do not depend on --batch-size or the other inputs (default 0)")

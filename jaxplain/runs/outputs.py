@@ -1,8 +1,8 @@
 """What a data-set run leaves in its folder: atomic files, the ``results.jsonl`` index, and one
 chunked zarr array of attributions per method.
 
-Every file is written under a temporary name and renamed, and a ``results.jsonl`` line is
-appended (and flushed to disk) only after the files it names are complete, so the JSONL is the
+Every file is written under a temporary name, synced to disk and renamed (``write_atomic``), and
+a ``results.jsonl`` line is appended (and synced) only after the files it names are complete, so the JSONL is the
 run's index: a result it does not name does not exist, whatever a crash left behind. The
 attributions are a zarr array ``[rows, *shape]`` chunked one image per chunk (one file each,
 written whole), opened in NumPy with ``zarr.open_array("OUT/gradient/attributions.zarr")[:]``;
@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -23,14 +24,38 @@ from jaxplain.errors import InputError
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """``data`` into ``path`` (folders created) under a temporary name, then renamed: a reader
-    sees the old file or the whole new one, never half of it."""
+    """``data`` into ``path`` (folders created), the one atomic writer of the package: written
+    under a temporary name (mode 0666 less the umask, as ``open`` makes files), synced to disk,
+    renamed, and the folder synced, so a reader (or a machine back from a power cut) sees the
+    old file or the whole new one, never an empty or half one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _sync_folder(path.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (where the system lets a folder be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def picture_bytes(rgb: np.ndarray, kind: str = "PNG", **options: Any) -> bytes:
@@ -105,12 +130,17 @@ def open_rows(path: str | os.PathLike, shape: tuple[int, ...], dtype: str, rows:
     return zarr.create_array(str(path), shape=(rows, *shape), chunks=(1, *shape), dtype=dtype, fill_value=0)
 
 
-def write_rows(arr, first: int, values: np.ndarray) -> None:
-    """``values [n, *shape]`` into rows ``first .. first + n`` of ``arr``, growing it."""
+def write_rows(arr, first: int, values: np.ndarray) -> np.ndarray:
+    """``values [n, *shape]`` into rows ``first .. first + n`` of ``arr``, growing it. Returns
+    ``[n]``: per row, the finite values that the store's dtype turned into ±inf (float16 beyond
+    ±65504)."""
     end = first + len(values)
     if arr.shape[0] < end:
         arr.resize((end, *arr.shape[1:]))
-    arr[first:end] = values.astype(arr.dtype)
+    stored = values.astype(arr.dtype)
+    arr[first:end] = stored
+    lost = np.isfinite(values) & ~np.isfinite(stored)
+    return lost.reshape(len(values), -1).sum(-1)
 
 
 class Lock:

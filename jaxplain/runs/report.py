@@ -12,7 +12,6 @@ import json
 import math
 import os
 import pathlib
-import tempfile
 import urllib.parse
 from typing import NamedTuple
 
@@ -20,6 +19,9 @@ from PIL import Image
 
 from jaxplain import viz
 from jaxplain.errors import InputError
+from jaxplain.runs import outputs, record
+
+MARK = "<title>jaxplain report"  # what tells a page of ours from a user's
 
 
 class Row(NamedTuple):
@@ -30,27 +32,32 @@ class Row(NamedTuple):
 
 
 def read_results(path: pathlib.Path) -> dict[tuple[str, str], dict]:
-    """``results.jsonl`` -> ``{(input, method): result}``; a later line for the same pair wins, a last line
-    that does not parse (a run killed mid-write) is ignored, a missing file is no result yet; any other
-    bad line raises InputError."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        return {}
+    """``results.jsonl`` -> ``{(path, method): result}``, read as the run reads it
+    (``outputs.read_lines``: a line that does not parse is left out, a missing file has none); a
+    line without ``input`` and ``method`` is no result; a later line for the same pair wins (a
+    picture explained again after it changed)."""
     out = {}
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            result = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines):
-                break
-            raise InputError(f"{path} line {number} is not valid JSON") from None
-        if not isinstance(result, dict) or not {"input", "method"} <= result.keys():
-            raise InputError(f"{path} line {number} is not a result (needs 'input' and 'method')")
-        out[(result.get("path", result["input"]), result["method"])] = result
+    for result in outputs.read_lines(path):
+        if {"input", "method"} <= result.keys():
+            out[(result.get("path", result["input"]), result["method"])] = result
     return out
+
+
+def is_ours(path: pathlib.Path) -> bool:
+    """Whether the page at ``path`` is a report this module wrote (its title says so)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return MARK.encode() in head
+
+
+def check_writable(out: pathlib.Path) -> None:
+    """Refuse to write a report where ``out/index.html`` is a page of someone else's."""
+    index = _page_path(out, 1)
+    if index.exists() and not is_ours(index):
+        raise InputError(f"{index} is not a jaxplain report: it is left as it is; move it away to write the report")
 
 
 def _rows(results: dict[tuple[str, str], dict]) -> list[Row]:
@@ -197,29 +204,26 @@ def _row(out: pathlib.Path, folder: pathlib.Path, row: Row, labels: list[str]) -
     return f"<tr>{''.join(cells)}</tr>"
 
 
-def _page(out: pathlib.Path, run: dict, chunk: list[Row], count: int, page: int, pages: int) -> str:
+def _unreadable(unread: dict[str, str]) -> str:
+    """The inputs that could not be read, listed under the table."""
+    if not unread:
+        return ""
+    items = "".join(f"<li>{_attr(path)}: {_attr(why)}</li>" for path, why in sorted(unread.items()))
+    return f'<section class="unreadable"><h2>{len(unread)} unreadable input{"s" * (len(unread) > 1)}</h2><ul>{items}</ul></section>'
+
+
+def _page(out: pathlib.Path, run: dict, chunk: list[Row], count: int, page: int, pages: int,
+          unread: dict[str, str] | None = None) -> str:
     folder = _page_path(out, page).parent
     labels = [m["label"] for m in run.get("methods", [])]
     nav = _nav(out, page, pages)
     head = "".join(f"<th>{_attr(label)}</th>" for label in labels)
     body = "\n".join(_row(out, folder, row, labels) for row in chunk)
-    title = f"jaxplain report{f' (page {page} of {pages})' if pages > 1 else ''}"
+    title = f"{MARK[len('<title>'):]}{f' (page {page} of {pages})' if pages > 1 else ''}"
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
             f"<style>{_CSS}</style></head><body>{_header(run, count)}{nav}"
             f"<table><thead><tr><th>picture</th><th>top-5</th>{head}</tr></thead>\n<tbody>\n{body}\n</tbody></table>"
-            f"{nav}</body></html>\n")
-
-
-def _atomic_write(path: pathlib.Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+            f"{nav}{_unreadable(unread or {}) if page == 1 else ''}</body></html>\n")
 
 
 def write(out: str | os.PathLike, *, page_size: int = 50) -> pathlib.Path:
@@ -236,13 +240,15 @@ def write(out: str | os.PathLike, *, page_size: int = 50) -> pathlib.Path:
         raise InputError(f"{out / 'run.json'} is not valid JSON ({e})") from None
     if not isinstance(run, dict) or not all(isinstance(m, dict) and "label" in m for m in run.get("methods", [])):
         raise InputError(f"{out / 'run.json'} is not a run description (methods need a 'label')")
+    check_writable(out)
     table = _rows(read_results(out / "results.jsonl"))
+    unread = record.failed(out)
     pages = max(1, math.ceil(len(table) / page_size))
     for page in range(1, pages + 1):
         chunk = table[(page - 1) * page_size: page * page_size]
-        _atomic_write(_page_path(out, page), _page(out, run, chunk, len(table), page, pages))
+        outputs.write_atomic(_page_path(out, page), _page(out, run, chunk, len(table), page, pages, unread).encode("utf-8"))
     written = {_page_path(out, p) for p in range(2, pages + 1)}
     for stale in (out / "report").glob("page-*.html"):  # pages of an earlier, longer report
-        if stale not in written:
+        if stale not in written and is_ours(stale):
             stale.unlink()
     return _page_path(out, 1)

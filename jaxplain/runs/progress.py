@@ -1,0 +1,49 @@
+"""A run's progress: a tqdm bar on a terminal, a plain line every few seconds in a log."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+
+class Progress:
+    """A tqdm bar on a terminal; otherwise a plain line every ``every`` seconds (and at the end).
+    ``counts`` has a ``failed`` attribute (the failures so far)."""
+
+    def __init__(self, total: int, counts: Any, every: float = 10.0):
+        self.total, self.counts, self.every, self.start, self.last, self.seen = total, counts, every, time.time(), 0.0, 0
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True, desc="explaining")
+
+    def say(self, line: str) -> None:
+        """A result's line on stdout; a failure's or warning's (``jaxplain: ...``) on stderr."""
+        stream = sys.stderr if line.startswith("jaxplain:") else sys.stdout
+        if self.bar is not None:
+            self.bar.write(line, file=stream)
+        else:
+            print(line, file=stream, flush=True)
+
+    def update(self, n: int) -> None:
+        self.seen += n
+        if self.bar is not None:
+            self.bar.update(n)
+            self.bar.set_postfix(failed=self.counts.failed, refresh=False)
+            return
+        now = time.time()
+        if now - self.last >= self.every or self.seen >= self.total:
+            self.last = now
+            rate = self.seen / max(now - self.start, 1e-9)
+            left = (self.total - self.seen) / rate if rate > 0 else float("inf")
+            eta = f"{int(left // 60)}m{int(left % 60):02d}s" if np.isfinite(left) else "?"
+            print(f"jaxplain: {self.seen}/{self.total} images, {rate:.2f} images/s, {self.counts.failed} failed, "
+                  f"about {eta} left", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
