@@ -164,9 +164,8 @@ def _check_explain_args(args: argparse.Namespace) -> tuple[list, Any, Path]:
         raise InputError("--num-processes and --process-id need --coordinator HOST:PORT")
     if args.coordinator and not 0 <= args.process_id < args.num_processes:
         raise InputError(f"--process-id must be in [0, {args.num_processes}), got {args.process_id}")
-    out = _output_folder(args.out)
-    try:
-        recorded = (record.read(out) or {}).get("methods", [])
+    try:  # the methods the folder has: one with the same settings keeps its label
+        recorded = (record.read(Path(args.out)) or {}).get("methods", []) if Path(args.out).is_dir() else []
     except InputError:
         if not args.overwrite:
             raise
@@ -183,6 +182,7 @@ def _check_explain_args(args: argparse.Namespace) -> tuple[list, Any, Path]:
             raise InputError(f"--target must be a class index >= 0, got {target}")
     for name in (args.cmap, args.signed_cmap):
         viz.colormap(name)
+    out = _output_folder(args.out)
     if args.report:
         report.check_writable(out)
     return jobs, target, out
@@ -477,6 +477,9 @@ EXPLAIN_EPILOG = f"""methods (settings in parentheses, e.g. --method "integrated
 reductions (--reduce, how a [H, W, C] attribution becomes the picture's map; CAMs and RISE
 are maps already):
 {_columns(REDUCTIONS)}
+
+exit status: 0 all done; 1 some work failed (a method or a write); 2 an argument error; 4 all done,
+but some inputs unreadable (listed in the report); 130 or 143 stopped by a signal (rerun to finish)
 
 examples:
   jaxplain explain cat.jpg --method grad_cam --out out/
