@@ -1,5 +1,5 @@
 """ViT weights: the key tables of timm's safetensors, google-research's ``.npz`` and our cache
-(``table`` lists every key of each, with its shape; see ``vit``'s docstring), the published
+(``table`` lists every key of each, with its shape; the layouts are described in ``vit.py``), the published
 ImageNet files, and the loaders ``vit(config, weights, source)`` and ``vit_b16(weights, source)``.
 """
 

@@ -283,7 +283,7 @@ def _explain_locked(args: argparse.Namespace, jobs: list, target: Any, out: Path
         signals = _Signals()
         try:
             counts = pipeline.run(model, found.files, inputs.output_names(found.files), jobs, out=out, config=config,
-                                  target=target, class_names=_class_names(model), batch_size=args.batch_size,
+                                  target=target, class_names=_class_names(model, args.model), batch_size=args.batch_size,
                                   precision=args.precision, stop=lambda: signals.received is not None,
                                   threads=args.decode_threads)
         finally:
