@@ -14,7 +14,7 @@ from jaxplain.models.vgg import BLOCKS, VGGConfig
 
 def state_dict(params: dict, config: VGGConfig) -> dict[str, np.ndarray]:
     """Our parameters in torchvision's keys and layouts (the inverse of the importer)."""
-    from jaxplain.models.weights import table
+    from jaxplain.models.vgg_weights import table
 
     out: dict[str, np.ndarray] = {}
     cin = config.widths[-1]

@@ -25,6 +25,7 @@ Any input from 32x32 up works (global average pool).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Mapping
 
 import jax
@@ -34,7 +35,9 @@ from flax import nnx
 from flax.nnx import traversals
 
 from jaxplain.errors import InputError
-from jaxplain.types import ApplyFn, Array, PyTree, Relu
+from jaxplain.types import ApplyFn, Array, Model, PyTree, Relu
+
+from . import imagenet
 from .layers import max_pool_3x3s2, nnx_apply, recorder
 
 STYLES = ("torchvision", "keras")
@@ -262,3 +265,32 @@ def make_apply(config: ResNetConfig) -> ApplyFn:
         return nested(tree, x, taps, relu)
 
     return apply
+
+
+@functools.cache
+def _apply(config: ResNetConfig):
+    return make_apply(config)
+
+
+def build(config: ResNetConfig, params: dict, *, source: str, resize_ratio: float = 256 / 224) -> Model:
+    """A ResNet ``Model`` from a configuration and its folded parameters (flat dict ``layer ->
+    param``), with ``source``'s preprocessing, resize and channel order; ``resize_ratio``:
+    torchvision's resize over crop (256/224; IMAGENET1K_V2: 232/224)."""
+    resize, box = imagenet.RESIZE[source], imagenet.INPUT_BOX[source]
+    if source == "torchvision" and resize_ratio != 256 / 224:
+        resize = functools.partial(imagenet.resize_torchvision, ratio=resize_ratio)
+        box = functools.partial(imagenet.box_torchvision, ratio=resize_ratio)
+    return Model(
+        apply=_apply(config),
+        params=jax.device_put(params),
+        layers=config.layers,
+        preprocess=imagenet.PREPROCESS[source],
+        resize=resize,
+        input_box=box,
+        channel_order=imagenet.CHANNEL_ORDER[source],
+        input_size=None,
+        name=config.name,
+        source=source,
+        min_size=config.min_size,
+        cam_layer=config.cam_layer,
+    )

@@ -1,4 +1,11 @@
-"""ResNet-50 weights: torchvision ``.pth``, timm safetensors, Keras ``.h5``; batch norm folded.
+"""ResNet-50 weights: torchvision ``.pth``, timm safetensors, Keras ``.h5``; batch norm folded;
+and the loader.
+
+``resnet50(weights, source)``: seeded random weights (``None``), the published file of ``source``
+(``"imagenet"``; ``source="torchvision"``, the default, or ``"keras"``; timm's ``resnet50.*``
+safetensors load as torchvision's) or a local file, batch norm folded at load time; ``weights``
+may also name torchvision's releases ``"IMAGENET1K_V1"``/``"IMAGENET1K_V2"`` (``"imagenet"`` is
+V2, torchvision's default).
 
 Key layouts (``table`` lists every key of each, with its shape):
 
@@ -21,10 +28,11 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from jaxplain.errors import WeightsError
+from jaxplain.errors import InputError, WeightsError
+from jaxplain.types import Model
 
 from . import weights as _w
-from .resnet import Params, ResNetConfig, fold_bn
+from .resnet import Params, ResNetConfig, build, fold_bn, random_params
 
 SOURCES = ("torchvision", "keras")
 RELEASES = ("IMAGENET1K_V1", "IMAGENET1K_V2")  # torchvision's names for its two ResNet-50 files
@@ -248,3 +256,46 @@ def release_of_file(path: str | os.PathLike) -> str | None:
     name = Path(path).name
     return next((t for (_, t), p in PUBLISHED.items() if p.filename == name and t in RELEASES), None)
 
+
+# ---------------------------------------------------------------- the loader
+
+
+def resnet50(
+    weights: str | os.PathLike | None = None,
+    source: str | None = None,
+    *,
+    include_top: bool | None = None,
+    seed: int = 0,
+    cache: bool = True,
+) -> Model:
+    """ResNet-50 with the weights asked for (see the module docstring). ``source`` picks the
+    variant with the preprocessing: ``"torchvision"`` (stride in the 3x3 conv) or ``"keras"``
+    (stride in the first 1x1 conv, Caffe BGR input). ``seed`` seeds random weights (with random
+    batch-norm statistics, folded); ``cache=False`` neither reads nor writes the converted copy
+    of downloaded weights."""
+    if source is not None and source not in SOURCES:
+        raise InputError(f"unknown weight source {source!r}; expected one of {SOURCES}")
+    release = weights if isinstance(weights, str) and weights in RELEASES else None
+    is_published = weights == "imagenet" or release is not None
+    raw = _w.read_raw(weights) if weights is not None and not is_published else None
+    if raw is not None:  # a local file: read once, here, and converted in memory (never cached)
+        file_source, has_top = file_info(raw)
+        if source is not None and source != file_source:  # the source also picks the architecture
+            raise WeightsError(f"{os.path.basename(weights)} holds {file_source} ResNet weights; "
+                               f"source={source!r} would run them in another network variant")
+        source = file_source
+        include_top = has_top if include_top is None else include_top
+        release = release_of_file(weights)
+    source = source or "torchvision"
+    include_top = True if include_top is None else include_top
+    config = ResNetConfig(include_top=include_top, style=source, name="resnet50")
+    ratio = RESIZE_RATIO.get(release or "IMAGENET1K_V1", 256 / 224)
+
+    if weights is None:
+        return build(config, random_params(config, seed), source=source)
+    if raw is not None:
+        params = convert_raw(raw, config, origin=f"file {os.path.basename(weights)}")
+        return build(config, params, source=source, resize_ratio=ratio)
+    tag = release_of(source, include_top, release)
+    params = load_published(config, tag, source, cache=cache)
+    return build(config, params, source=source, resize_ratio=RESIZE_RATIO.get(tag, 256 / 224))

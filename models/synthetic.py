@@ -3,13 +3,13 @@
 ``synthetic_vgg(weights="shipped" | None | path)`` returns a ``jaxplain.Model`` for 64x64 images
 of ``jaxplain.synthetic.CLASSES``: ``"shipped"`` loads ``synthetic_vgg.safetensors`` (inside the
 package, no download), ``None`` gives seeded random weights, a path a safetensors file of the same
-layout (what ``train_synthetic`` writes).
+layout (what ``benchmarks/train_synthetic.py`` writes).
 
 The network: VGG blocks (1, 1, 2, 2) of widths (12, 24, 48, 48), each a 2x2 max pool after its
 convs, then fc1 and fc2 of 128 and 8 logits (the 4x4x48 map flattened; 191,696 weights).
 The shipped weights (``synthetic_vgg.safetensors``, 0.77 MB) were trained with::
 
-    python -m jaxplain.models.train_synthetic --out models/synthetic_vgg.safetensors
+    python -m benchmarks.train_synthetic --out models/synthetic_vgg.safetensors
 
 with its defaults: seed 0 (initial weights, batch order, flips); 32,000 training images
 ``make(32000, seed=0)``, the first epoch of four without distractors; Adam, batch 32, learning rate
@@ -33,7 +33,7 @@ from jaxplain.errors import InputError
 from jaxplain.synthetic import CLASSES
 from jaxplain.types import Array, Model
 
-from . import weights as _weights
+from . import vgg_weights
 from .vgg import VGGConfig, make_apply, random_params
 
 CONFIG = VGGConfig(blocks=(1, 1, 2, 2), widths=(12, 24, 48, 48), fc=128, classes=len(CLASSES),
@@ -74,9 +74,9 @@ def synthetic_vgg(weights: str | os.PathLike | None = "shipped", *, seed: int = 
     else:
         if isinstance(weights, str) and weights == "shipped":
             with resources.as_file(shipped_path()) as path:
-                params = _weights.load_file(path, CONFIG)
+                params = vgg_weights.load_file(path, CONFIG)
         else:
-            params = _weights.load_file(weights, CONFIG)
+            params = vgg_weights.load_file(weights, CONFIG)
     return Model(
         apply=apply_fn(),
         params=jax.device_put(params),

@@ -12,6 +12,7 @@ Dropout is inference-only and therefore absent.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Mapping
 
 import jax
@@ -19,7 +20,9 @@ import numpy as np
 from flax import nnx
 
 from jaxplain.errors import InputError
-from jaxplain.types import ApplyFn, Array, PyTree, Relu
+from jaxplain.types import ApplyFn, Array, Model, PyTree, Relu
+
+from . import imagenet
 from .layers import adaptive_avg_pool, max_pool_2x2, nnx_apply, recorder
 
 BLOCKS = {
@@ -176,3 +179,26 @@ def random_params(config: VGGConfig, seed: int = 0) -> dict[str, dict[str, np.nd
 def make_apply(config: VGGConfig) -> ApplyFn:
     """The pure ``apply(params, x, taps=None, relu=None)`` of a VGG of this config."""
     return nnx_apply(*abstract_state(config))
+
+
+@functools.cache
+def _apply(config: VGGConfig):
+    return make_apply(config)
+
+
+def build(config: VGGConfig, params: dict, *, source: str) -> Model:
+    """A ``Model`` from a configuration and its parameters (nested dict ``layer -> param``), with
+    ``source``'s preprocessing, resize (and the region of the picture it keeps) and channel order."""
+    return Model(
+        apply=_apply(config),
+        params=jax.device_put(params),
+        layers=config.layers,
+        preprocess=imagenet.PREPROCESS[source],
+        resize=imagenet.RESIZE[source],
+        input_box=imagenet.INPUT_BOX[source],
+        channel_order=imagenet.CHANNEL_ORDER[source],
+        input_size=config.input_size,
+        name=config.name,
+        source=source,
+        min_size=config.min_size,
+    )

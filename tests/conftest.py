@@ -44,12 +44,12 @@ def _private_home(tmp_path, monkeypatch):
 
 def tiny_pair(seed: int = 0):
     """The tiny VGG in torch and the same weights in jaxplain (through the torchvision importer)."""
-    from jaxplain.models import weights
+    from jaxplain.models import vgg_weights
     from tests.torch_reference import tiny_torch
 
     net = tiny_torch(seed)
     raw = {k: v.detach().numpy() for k, v in net.state_dict().items()}
-    return net, build(TINY, weights.convert(raw, TINY, "torchvision"), source="torchvision")
+    return net, build(TINY, vgg_weights.convert(raw, TINY, "torchvision"), source="torchvision")
 
 
 @pytest.fixture(scope="session")

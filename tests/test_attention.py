@@ -17,6 +17,7 @@ import torch.nn.functional as F
 import jaxplain
 from jaxplain import InputError
 from jaxplain.models import vit as vit_module
+from jaxplain.models import vit_weights
 from jaxplain.models.vit import ViTConfig
 from jaxplain.engine.tokens import grid_view
 from tests.torch_vit import TorchViT, numpy_state
@@ -34,7 +35,7 @@ RTOL = 1e-5
 def twin():
     torch.manual_seed(5)
     net = TorchViT(patch=8, depth=2, width=32, heads=4, mlp=64, classes=10, image_size=32).eval()
-    params = vit_module.convert(numpy_state(net), CFG, "timm")
+    params = vit_weights.convert(numpy_state(net), CFG, "timm")
     return net, vit_module.build(CFG, params, source="timm")
 
 

@@ -182,7 +182,7 @@ def test_against_quantus_mprt(case, monkeypatch):
     leave the ranks alone. To 1e-6 (measured 1.3e-7): torch and XLA float32 gradients differ only
     in the last bits, which could swap near-tied ranks."""
     import quantus
-    from jaxplain.models.weights import convert, table
+    from jaxplain.models.vgg_weights import convert, table
 
     net, model, x, targets, a = case
     torch_key = {(e.layer, e.param): e.key for e in table(TINY, "torchvision")}

@@ -15,8 +15,9 @@ from safetensors.numpy import save_file
 
 import jaxplain
 from jaxplain import InputError, WeightsError, models
-from jaxplain.models import imagenet, weights
+from jaxplain.models import imagenet, vgg_weights, weights
 from jaxplain.models import vit as vit_module
+from jaxplain.models import vit_weights
 from jaxplain.models.vit import ViTConfig, abstract_state, param_shapes, random_params
 from tests.test_weights import server  # noqa: F401  (the 127.0.0.1 server fixture)
 from tests.torch_vit import TorchViT, google_npz, numpy_state
@@ -207,8 +208,8 @@ def tiny_files(tmp_path_factory):
 
 def test_both_layouts_give_the_same_parameters(tiny_files):
     d, sd = tiny_files
-    a = vit_module.vit(TINY, d / "t.safetensors")
-    b = vit_module.vit(TINY, d / "t.npz")
+    a = vit_weights.vit(TINY, d / "t.safetensors")
+    b = vit_weights.vit(TINY, d / "t.npz")
     assert (a.source, b.source) == ("timm", "google")
     for u, v in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
         np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
@@ -221,9 +222,9 @@ def test_both_layouts_give_the_same_parameters(tiny_files):
 def test_google_table_against_the_npz_keys(tiny_files):
     """Every key of the layout is used, each once (the loader's table against the test's writer)."""
     _, sd = tiny_files
-    keys = [k for e in vit_module.table(TINY, "google") for k in e.keys]
+    keys = [k for e in vit_weights.table(TINY, "google") for k in e.keys]
     assert sorted(keys) == sorted(google_npz(sd, 4)) and len(keys) == len(set(keys)) == 8 + 4 * 16
-    keys = [k for e in vit_module.table(TINY, "timm") for k in e.keys]
+    keys = [k for e in vit_weights.table(TINY, "timm") for k in e.keys]
     assert sorted(keys) == sorted(sd) and len(keys) == 4 + 4 * 12 + 4
 
 
@@ -233,11 +234,11 @@ def test_npz_format_is_read_from_content(tiny_files, tmp_path):
     renamed.write_bytes((d / "t.npz").read_bytes())
     assert weights.detect_format(renamed) == "npz"
     assert weights.detect_format(d / "t.safetensors") == "safetensors"
-    assert vit_module.vit(TINY, renamed).source == "google"
+    assert vit_weights.vit(TINY, renamed).source == "google"
     with np.load(d / "t.npz") as f:  # the same under the optimiser's "opt/target/" prefix
         np.savez(tmp_path / "opt.npz", **{"opt/target/" + k: f[k] for k in f.files})
-    np.testing.assert_array_equal(np.asarray(vit_module.vit(TINY, tmp_path / "opt.npz").params["pos_embed"]),
-                                  np.asarray(vit_module.vit(TINY, renamed).params["pos_embed"]))
+    np.testing.assert_array_equal(np.asarray(vit_weights.vit(TINY, tmp_path / "opt.npz").params["pos_embed"]),
+                                  np.asarray(vit_weights.vit(TINY, renamed).params["pos_embed"]))
 
 
 def test_truncated_npz(tiny_files, tmp_path):
@@ -245,13 +246,13 @@ def test_truncated_npz(tiny_files, tmp_path):
     data = (d / "t.npz").read_bytes()
     (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
     with pytest.raises(WeightsError, match="corrupt or truncated npz"):
-        vit_module.vit(TINY, tmp_path / "cut.npz")
+        vit_weights.vit(TINY, tmp_path / "cut.npz")
 
 
 def test_file_sets_input_size_and_classes(tmp_path):
     sd, _ = _timm_sd(image_size=48, classes=7)
     save_file(sd, tmp_path / "w48.safetensors")
-    m = vit_module.vit(TINY, tmp_path / "w48.safetensors")
+    m = vit_weights.vit(TINY, tmp_path / "w48.safetensors")
     assert m.input_size == (48, 48) and m.apply(m.params, jnp.zeros((48, 48, 3), jnp.float32))[0].shape == (7,)
 
 
@@ -261,10 +262,10 @@ def test_another_architecture_is_refused(tmp_path, kw, differs):
     sd, _ = _timm_sd(**kw)
     save_file(sd, tmp_path / "o.safetensors")
     with pytest.raises(WeightsError, match=rf"file o.safetensors holds a ViT of .*tiny_vit is a ViT of patch size 8.*differs in {differs}"):
-        vit_module.vit(TINY, tmp_path / "o.safetensors")
+        vit_weights.vit(TINY, tmp_path / "o.safetensors")
     np.savez(tmp_path / "o.npz", **google_npz(sd, 4))
     with pytest.raises(WeightsError, match=rf"differs in {differs}"):
-        vit_module.vit(TINY, tmp_path / "o.npz")
+        vit_weights.vit(TINY, tmp_path / "o.npz")
 
 
 @pytest.mark.parametrize("patch,depth,differs", [(32, 12, "patch size"), (16, 24, "depth")])
@@ -283,30 +284,30 @@ def test_missing_key(tiny_files, tmp_path):
     _, sd = tiny_files
     save_file({k: v for k, v in sd.items() if k != "blocks.2.attn.proj.bias"}, tmp_path / "m.safetensors")
     with pytest.raises(WeightsError, match=r"parameter blocks.2.attn.proj.bias: the file m.safetensors has no 'blocks.2.attn.proj.bias'"):
-        vit_module.vit(TINY, tmp_path / "m.safetensors")
+        vit_weights.vit(TINY, tmp_path / "m.safetensors")
     g = google_npz(sd, 4)
     del g["Transformer/encoderblock_1/MultiHeadDotProductAttention_1/value/kernel"]
     np.savez(tmp_path / "m.npz", **g)
     with pytest.raises(WeightsError, match=r"blocks.1.attn.qkv.kernel: .*no 'Transformer/encoderblock_1/MultiHeadDotProductAttention_1/value/kernel'"):
-        vit_module.vit(TINY, tmp_path / "m.npz")
+        vit_weights.vit(TINY, tmp_path / "m.npz")
 
 
 def test_unexpected_key_and_pre_logits(tiny_files, tmp_path):
     _, sd = tiny_files
     save_file({**sd, "fc_norm.weight": np.ones(32, np.float32)}, tmp_path / "x.safetensors")
     with pytest.raises(WeightsError, match="unexpected keys in the file x.safetensors: fc_norm.weight"):
-        vit_module.vit(TINY, tmp_path / "x.safetensors")
+        vit_weights.vit(TINY, tmp_path / "x.safetensors")
     g = {**google_npz(sd, 4), "pre_logits/kernel": np.zeros((32, 32), np.float32), "pre_logits/bias": np.zeros(32, np.float32)}
     np.savez(tmp_path / "x.npz", **g)
     with pytest.raises(WeightsError, match="pre_logits/bias, pre_logits/kernel.*ImageNet-21k pre-training"):
-        vit_module.vit(TINY, tmp_path / "x.npz")
+        vit_weights.vit(TINY, tmp_path / "x.npz")
 
 
 def test_wrong_shape_names_parameter_and_both_shapes(tiny_files, tmp_path):
     _, sd = tiny_files
     save_file({**sd, "blocks.0.mlp.fc2.bias": np.zeros(33, np.float32)}, tmp_path / "s.safetensors")
     with pytest.raises(WeightsError, match=r"blocks.0.mlp.fc2.bias: 'blocks.0.mlp.fc2.bias' has shape \(33,\).*expects \(32,\)"):
-        vit_module.vit(TINY, tmp_path / "s.safetensors")
+        vit_weights.vit(TINY, tmp_path / "s.safetensors")
 
 
 def test_files_of_other_networks(tiny_files, tmp_path):
@@ -315,7 +316,7 @@ def test_files_of_other_networks(tiny_files, tmp_path):
 
     save_file({k: v.numpy() for k, v in tiny_torch().state_dict().items()}, tmp_path / "vgg.safetensors")
     with pytest.raises(WeightsError, match="not ViT weights"):
-        vit_module.vit(TINY, tmp_path / "vgg.safetensors")
+        vit_weights.vit(TINY, tmp_path / "vgg.safetensors")
     for name in ("t.safetensors", "t.npz"):
         with pytest.raises(WeightsError, match="not VGG weights"):
             models.vgg16(d / name)
@@ -332,7 +333,7 @@ def test_unknown_source():
 def _publish(monkeypatch, name, source, fname, data, digest=True):
     pub = weights.Published(fname, "https://unreachable.invalid/" + fname, "sha256",
                             hashlib.sha256(data).hexdigest() if digest else "")
-    monkeypatch.setitem(vit_module.PUBLISHED, (name, source), pub)
+    monkeypatch.setitem(vit_weights.PUBLISHED, (name, source), pub)
 
 
 @pytest.mark.parametrize("fname,source", [("t.safetensors", "timm"), ("t.npz", "google")])
@@ -341,18 +342,18 @@ def test_download_verify_convert_cache(tiny_files, server, monkeypatch, fname, s
     data = (d / fname).read_bytes()
     server.files["pub-" + fname] = data
     _publish(monkeypatch, "tiny_vit", source, "pub-" + fname, data)
-    model = vit_module.vit(TINY, "imagenet", source)
+    model = vit_weights.vit(TINY, "imagenet", source)
     assert model.source == source
     cached = weights.home() / "converted" / f"tiny_vit-{source}-imagenet.safetensors"
     assert cached.exists()
     server.files.clear()  # the second load reads the converted copy: no network, no download
     (weights.home() / "downloads" / ("pub-" + fname)).unlink()
     monkeypatch.setitem(weights.READERS, "npz", None)
-    again = vit_module.vit(TINY, "imagenet", source)
+    again = vit_weights.vit(TINY, "imagenet", source)
     assert again.source == source
     for u, v in zip(jax.tree.leaves(model.params), jax.tree.leaves(again.params)):
         np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
-    assert vit_module.vit(TINY, cached).source == source  # the cache remembers its source
+    assert vit_weights.vit(TINY, cached).source == source  # the cache remembers its source
 
 
 def test_download_hash_mismatch(tiny_files, server, monkeypatch):  # noqa: F811
@@ -361,7 +362,7 @@ def test_download_hash_mismatch(tiny_files, server, monkeypatch):  # noqa: F811
     server.files["pub.npz"] = data[:-1] + bytes([data[-1] ^ 1])
     _publish(monkeypatch, "tiny_vit", "google", "pub.npz", data)
     with pytest.raises(jaxplain.DownloadError, match="expected .*nothing was saved"):
-        vit_module.vit(TINY, "imagenet", "google")
+        vit_weights.vit(TINY, "imagenet", "google")
 
 
 def test_unrecorded_digest_warns(tiny_files, server, monkeypatch):  # noqa: F811
@@ -370,14 +371,14 @@ def test_unrecorded_digest_warns(tiny_files, server, monkeypatch):  # noqa: F811
     server.files["pub.safetensors"] = data
     _publish(monkeypatch, "tiny_vit", "timm", "pub.safetensors", data, digest=False)
     with pytest.warns(UserWarning, match="no published sha256 is recorded for pub.safetensors"):
-        vit_module.vit(TINY, "imagenet")
+        vit_weights.vit(TINY, "imagenet")
 
 
 def test_published_table():
-    assert vit_module.published("vit_b16", "timm").filename == "vit_base_patch16_224.augreg2_in21k_ft_in1k.safetensors"
-    assert vit_module.published("vit_b16", "google").filename == "ViT-B_16-224.npz"
+    assert vit_weights.published("vit_b16", "timm").filename == "vit_base_patch16_224.augreg2_in21k_ft_in1k.safetensors"
+    assert vit_weights.published("vit_b16", "google").filename == "ViT-B_16-224.npz"
     with pytest.raises(WeightsError, match="no published ImageNet weights for tiny_vit from timm"):
-        vit_module.published("tiny_vit", "timm")
+        vit_weights.published("tiny_vit", "timm")
 
 
 # ---------------------------------------------------------------- preprocessing and resize
@@ -422,7 +423,7 @@ def test_vgg_files_unchanged_by_the_npz_reader(tmp_path):
 
     with safe_open(tmp_path / "c.safetensors", "np") as f:
         assert sorted(f.keys()) == sorted(f"{l}/{p}" for l, ps in params.items() for p in ps)
-    np.testing.assert_array_equal(weights.load_cached(tmp_path / "c.safetensors", TINY_VGG)["fc1"]["kernel"],
+    np.testing.assert_array_equal(vgg_weights.load_cached(tmp_path / "c.safetensors", TINY_VGG)["fc1"]["kernel"],
                                   params["fc1"]["kernel"])
 
 

@@ -14,6 +14,7 @@ from safetensors.numpy import save_file
 
 from jaxplain import models
 from jaxplain.models import vit as vit_module
+from jaxplain.models import vit_weights
 from tests.torch_vit import TorchViT, google_npz, numpy_state
 
 # max |ours - torch| <= TOL * max |torch|: float32 sums of up to 3072 products per layer, 12 blocks
@@ -66,7 +67,7 @@ def test_small_vit_logits_attention_and_tokens_match_torch(small, fname, source,
 
 
 def _check_small(net, d, fname, source):
-    model = vit_module.vit(SMALL, d / fname)
+    model = vit_weights.vit(SMALL, d / fname)
     assert model.source == source and model.input_size == (224, 224) and model.channel_order == "RGB"
     x = _images(2, 224, seed=1)
     with torch.no_grad():
@@ -83,7 +84,7 @@ def test_gelu_form_matters(small):
     relative on this image), so the test above tells them apart."""
     net, d = small
     net.set_gelu("none")
-    model = vit_module.vit(SMALL, d / "small-timm.safetensors", source="google")  # tanh GELU
+    model = vit_weights.vit(SMALL, d / "small-timm.safetensors", source="google")  # tanh GELU
     x = _images(1, 224, seed=1)
     with torch.no_grad():
         want = net(torch.from_numpy(x)).numpy()
@@ -95,7 +96,7 @@ def test_pth_file(small, tmp_path):
     net, _ = small
     net.set_gelu("none")
     torch.save(net.state_dict(), tmp_path / "small.pth")
-    model = vit_module.vit(SMALL, tmp_path / "small.pth")
+    model = vit_weights.vit(SMALL, tmp_path / "small.pth")
     x = _images(1, 224, seed=2)
     with torch.no_grad():
         want = net(torch.from_numpy(x)).numpy()

@@ -10,7 +10,7 @@ import torch
 from safetensors.numpy import save_file
 
 from jaxplain import DownloadError, WeightsError, models
-from jaxplain.models import VGGConfig, weights
+from jaxplain.models import VGGConfig, vgg_weights, weights
 from tests.conftest import TINY
 from tests.torch_reference import TorchVGG
 
@@ -37,7 +37,7 @@ def files(tmp_path_factory):
         f.attrs["layer_names"] = np.array([b"input_1"] + [n.encode() for n in names])
         f.create_group("input_1").attrs["weight_names"] = np.array([], dtype="S1")
         for i, n in enumerate(names):
-            w = sd16[f"features.{weights.table(VGG16_NOTOP, 'torchvision')[2 * i].key.split('.')[1]}.weight"]
+            w = sd16[f"features.{vgg_weights.table(VGG16_NOTOP, 'torchvision')[2 * i].key.split('.')[1]}.weight"]
             g = f.create_group(n)
             g.attrs["weight_names"] = np.array([f"{n}_W_1:0".encode(), f"{n}_b_1:0".encode()])
             g.create_dataset(f"{n}_W_1:0", data=w.numpy().transpose(2, 3, 1, 0))
@@ -120,7 +120,7 @@ def test_wrong_shape_names_layer_and_both_shapes(tmp_path):
     params["fc2/kernel"] = np.zeros((16, 17), np.float32)
     save_file(params, tmp_path / "t.safetensors")
     with pytest.raises(WeightsError, match=r"layer fc2: kernel 'fc2/kernel' has shape \(16, 17\).*expects \(16, 16\)"):
-        weights.load_file(tmp_path / "t.safetensors", TINY)
+        vgg_weights.load_file(tmp_path / "t.safetensors", TINY)
 
 
 def test_local_files_are_read_directly_and_never_cached(files, tmp_path):
@@ -162,7 +162,7 @@ def test_torch_conversion_layouts():
     assert got.dtype == np.float32 and got.flags.c_contiguous
     np.testing.assert_array_equal(got, lin.T.astype(np.float32))
     fc1 = rng.normal(size=(65, 6 * 3 * 3)).astype(np.float32)  # out, C*g*g with C=6, g=3 (C,H,W)
-    got = weights._fc1_from_chw(6, 3)(fc1)
+    got = vgg_weights._fc1_from_chw(6, 3)(fc1)
     c, h, w, o = 5, 2, 1, 64  # ours reads the flatten of (H, W, C): row (h*3 + w)*6 + c
     assert got.shape == (54, 65) and got[(h * 3 + w) * 6 + c, o] == fc1[o, c * 9 + h * 3 + w]
     bias = rng.normal(size=7).astype(np.float32)
@@ -204,7 +204,7 @@ def server(monkeypatch):
 
 def _publish(monkeypatch, arch, source, top, name, data):
     pub = weights.Published(name, "https://unreachable.invalid/" + name, "md5", hashlib.md5(data).hexdigest())
-    monkeypatch.setitem(weights.PUBLISHED, (arch, source, top), pub)
+    monkeypatch.setitem(vgg_weights.PUBLISHED, (arch, source, top), pub)
     return pub
 
 
@@ -267,8 +267,8 @@ def test_hand_placed_file_is_verified(monkeypatch):
 
 
 def test_published_table():
-    assert weights.published("vgg16", "keras", True).digest == "64373286793e3c8b2b4e3219cbf3544b"
-    assert weights.published("vgg16", "keras", False).digest == "6d6bbae143d832006294945121d1f1fc"
-    assert weights.published("vgg16", "torchvision", False).filename == "vgg16-397923af.pth"
+    assert vgg_weights.published("vgg16", "keras", True).digest == "64373286793e3c8b2b4e3219cbf3544b"
+    assert vgg_weights.published("vgg16", "keras", False).digest == "6d6bbae143d832006294945121d1f1fc"
+    assert vgg_weights.published("vgg16", "torchvision", False).filename == "vgg16-397923af.pth"
     with pytest.raises(WeightsError, match="no published ImageNet weights for vgg11 from keras"):
-        weights.published("vgg11", "keras", True)
+        vgg_weights.published("vgg11", "keras", True)

@@ -21,13 +21,7 @@ from jaxplain.engine.precision import PRECISIONS
 from jaxplain.reductions import REDUCTIONS
 from jaxplain.registry import METHODS, METRICS
 
-VGGS = ("vgg11", "vgg13", "vgg16", "vgg19")
-MODELS = (*VGGS, "resnet50", "vit_b16")
-# Whose weights each model can load (the first is the default).
-SOURCES = {**{v: ("keras", "torchvision") for v in VGGS}, "resnet50": ("torchvision", "keras"),
-           "vit_b16": ("timm", "google")}
-SOURCE_NAMES = tuple(dict.fromkeys(s for names in SOURCES.values() for s in names))  # --source's choices
-SYNTHETIC = "synthetic_vgg"
+SYNTHETIC = "synthetic_vgg"  # evaluate's model without images (the models, their weights and sources: models/zoo.py)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,21 +41,29 @@ def _positive(text: str) -> int:
     return value
 
 
+def _zoo_help(field: str) -> str:
+    """Each model of the zoo with its named weights or its sources (the default first)."""
+    from jaxplain.models.zoo import ZOO
+
+    return "; ".join(f"{name}: {', '.join(getattr(e, field))}" for name, e in ZOO.items() if getattr(e, field))
+
+
 def _model_args(p: argparse.ArgumentParser) -> None:
+    from jaxplain.models.zoo import ZOO, source_names
+
     p.add_argument("images", nargs="+", metavar="INPUT",
                    help="image files, folders (searched recursively), globs, or @list.txt (a path per line)")
-    p.add_argument("--model", default="vgg16", choices=(*MODELS, SYNTHETIC))
+    p.add_argument("--model", default="vgg16", choices=tuple(ZOO))
     p.add_argument(
         "--weights",
         default=None,
-        help="'imagenet' (download the published file, the default), a weight file path, "
-        "or 'random' (seeded random weights, for trying the pipeline offline); resnet50 also 'IMAGENET1K_V1' or "
-        "'IMAGENET1K_V2' (torchvision's releases; 'imagenet' is V2); synthetic_vgg: 'shipped' (default)",
+        help="the model's named weights (the first is the default; 'imagenet' downloads the published file), "
+        f"a weight file path, or 'random' (seeded random weights, for trying the pipeline offline): {_zoo_help('weights')}",
     )
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    p.add_argument("--source", choices=SOURCE_NAMES, default=None,
-                   help="whose ImageNet weights and preprocessing: keras or torchvision for VGG (default keras) "
-                   "and resnet50 (default torchvision), timm (default) or google for vit_b16; a file's own by default")
+    p.add_argument("--source", choices=source_names(), default=None,
+                   help=f"whose weights and preprocessing (the first is the default; a file's own by default): "
+                   f"{_zoo_help('sources')}")
 
 
 def _compile_cache() -> None:
@@ -78,17 +80,16 @@ def _compile_cache() -> None:
 
 
 def _load_model(args: argparse.Namespace):
-    from jaxplain import models
+    """The zoo's ``args.model`` with ``args.weights`` (``random``: seeded random weights) from ``args.source``."""
+    from jaxplain.models import zoo
+    from jaxplain.models.weights import OfflineError
 
     _compile_cache()
     weights = None if args.weights == "random" else args.weights
-    if args.model == SYNTHETIC:
-        return models.synthetic_vgg(weights)
-    if args.model == "resnet50":
-        return models.resnet50(weights, args.source)
-    if args.model == "vit_b16":
-        return models.vit_b16(weights, args.source)
-    return models.vgg(args.model, weights, args.source)
+    try:
+        return zoo.load(args.model, weights, args.source)
+    except OfflineError as e:
+        raise e.with_argument("--weights") from None
 
 
 def _images(paths: Sequence[str], model) -> tuple[list[int], list[np.ndarray]]:
@@ -107,7 +108,6 @@ def _images(paths: Sequence[str], model) -> tuple[list[int], list[np.ndarray]]:
 
 def _predict(args: argparse.Namespace) -> int:
     from jaxplain.runs import inputs
-    from jaxplain.models.imagenet import decode
     from jaxplain.runs.loop import softmax
 
     found = inputs.expand(args.images)
@@ -116,11 +116,9 @@ def _predict(args: argparse.Namespace) -> int:
     if not found.files:
         return 1
     model = _load_model(args)
-    if model.name != SYNTHETIC and model.layers[-1] not in ("predictions", "fc", "head"):
-        raise JaxplainError("predict needs a model with its classifier (a weight file with the top)")
+    labels = _labels(model, args.model)
     if args.weights == "random":
         print("(random weights: the classes below are meaningless)")
-    names = _class_names(model)
     failed = len(found.problems)
     for path in found.files:
         ok, arrays = _images([str(path)], model)
@@ -128,13 +126,10 @@ def _predict(args: argparse.Namespace) -> int:
         for img in arrays:
             logits = np.asarray(model(model.preprocess(img[None])), np.float64)
             print(path)
-            if logits.shape[-1] == 1000:
-                top = [(name, wnid, p) for wnid, name, p in decode(logits, top=args.top)[0]]
-            else:
-                probs = softmax(logits[0])
-                top = [(names[c] if names else str(c), str(c), probs[c]) for c in np.argsort(-probs)[: args.top]]
-            for rank, (name, ident, p) in enumerate(top, 1):
-                print(f"  {rank}. {name:<32} {ident}  {p:.4f}")
+            probs = softmax(logits[0])
+            for rank, c in enumerate(np.argsort(-probs, kind="stable")[: args.top], 1):
+                ident, name = labels[c] if labels else (str(c), str(c))  # ImageNet's: (wnid, name)
+                print(f"  {rank}. {name:<32} {ident}  {probs[c]:.4f}")
     return 1 if failed else 0
 
 
@@ -190,29 +185,36 @@ def _check_explain_args(args: argparse.Namespace) -> tuple[list, Any, Path]:
 
 def _model_record(args: argparse.Namespace) -> dict[str, Any]:
     """What identifies the weights of a run (a file by its path, size and time)."""
+    from jaxplain.models.zoo import entry
+
     record: dict[str, Any] = {"name": args.model, "weights": args.weights, "source": args.source}
-    if args.weights not in ("imagenet", "random", "shipped"):
+    named = (*entry(args.model).weights, "random")
+    if args.weights not in named:
         path = Path(args.weights)
         if not path.is_file():
-            raise InputError(f"--weights {args.weights}: no such file (or 'imagenet', 'random')")
+            raise InputError(f"--weights {args.weights}: no such file (or {', '.join(map(repr, named))})")
         stat = path.stat()
         record.update(weights=str(path.resolve()), bytes=stat.st_size, modified=stat.st_mtime_ns)
     return record
 
 
-def _class_names(model) -> list[str] | None:
+def _labels(model, name: str | None = None) -> tuple[tuple[str, str], ...] | None:
+    """``(id, name)`` of each of ``model``'s classes from the zoo's line ``name`` (default
+    ``model.name``); ``None`` where the zoo has none or its classifier has another count (a weight
+    file's own head). A model without a classifier is an ``InputError``."""
     from jaxplain.engine.shapes import num_classes
+    from jaxplain.models.zoo import ZOO
 
     k = num_classes(model, (*(model.input_size or (224, 224)), 3))
-    if model.name == SYNTHETIC:
-        from jaxplain.synthetic import CLASSES
+    e = ZOO.get(name or model.name)
+    labels = e.labels() if e else ()
+    return labels if len(labels) == k else None
 
-        return list(CLASSES)
-    if k == 1000:
-        from jaxplain.models.imagenet import classes
 
-        return [name for _, name in classes()]
-    return None
+def _class_names(model, name: str | None = None) -> list[str] | None:
+    """The names of ``model``'s classes (see ``_labels``)."""
+    labels = _labels(model, name)
+    return [n for _, n in labels] if labels else None
 
 
 class _Signals:
@@ -288,7 +290,7 @@ def _explain_locked(args: argparse.Namespace, jobs: list, target: Any, out: Path
         signals = _Signals()
         try:
             counts = pipeline.run(model, found.files, inputs.output_names(found.files), jobs, out=out, config=config,
-                                  target=target, class_names=_class_names(model), batch_size=args.batch_size,
+                                  target=target, class_names=_class_names(model, args.model), batch_size=args.batch_size,
                                   precision=args.precision, stop=lambda: signals.received is not None,
                                   threads=args.decode_threads)
         finally:
@@ -372,8 +374,6 @@ def _check_evaluate_args(args: argparse.Namespace) -> Path:
     if args.masks and len(args.masks) != len(args.images):
         n, k = len(args.images), len(args.masks)
         raise InputError(f"--masks gives {k} mask{'s' * (k > 1)} for {n} image{'s' * (n > 1)}: one mask per image, in order")
-    if args.model == SYNTHETIC and args.weights not in ("shipped", "random"):
-        raise InputError("--weights for synthetic_vgg is 'shipped' or 'random'")
     check_specs(args.methods, args.metrics, has_masks=not args.images or bool(args.masks))
     out = Path(args.json)
     if out.is_dir():
@@ -393,10 +393,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     _compile_cache()
     if args.images:
-        if args.model == SYNTHETIC:
-            model = models.synthetic_vgg(None if args.weights == "random" else "shipped")
-        else:
-            model = _load_model(args)
+        model = _load_model(args)
         found, arrays, masks = _images_and_masks(args.images, args.masks, model)
         failed = len(args.images) - len(found)
         if not found:
@@ -427,18 +424,22 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def bench_model(name: str, size: int | None = None):
-    """The model ``bench`` times, ``name`` of ``MODELS`` at input side ``size`` (default 224; VGG
-    then takes Keras' head, else torchvision's): seeded random weights (speed does not depend on
-    their values)."""
-    from jaxplain import models
+    """The model ``bench`` times, the zoo's ``name`` at input side ``size`` (default its own; a
+    size takes the zoo's ``any_size`` source, VGG's torchvision head): seeded random weights
+    (speed does not depend on their values)."""
+    from jaxplain.models import zoo
 
-    if name == "resnet50":
-        model = models.resnet50(None)
-    elif name == "vit_b16":
-        model = models.vit_b16(None)
-    else:
-        model = models.vgg(name, None, "torchvision" if size else "keras")
+    _check_size(name, size)
+    model = zoo.load(name, None, zoo.entry(name).any_size if size else None)
     return model.replace(input_size=(size, size)) if size else model
+
+
+def _check_size(name: str, size: int | None) -> None:
+    """An ``InputError`` if ``bench --size`` asks a model of a fixed input size for another."""
+    from jaxplain.models.zoo import entry
+
+    if size and entry(name).any_size is None:
+        raise InputError(f"--size: {name} takes its own input size only (no weights of it take other sizes)")
 
 
 def bench_command(args: argparse.Namespace, pair: Callable | None = None) -> int:
@@ -449,8 +450,7 @@ def bench_command(args: argparse.Namespace, pair: Callable | None = None) -> int
 
     from jaxplain import bench
 
-    if args.size and args.model == "vit_b16":
-        raise InputError("--size: vit_b16 takes 224x224 inputs only (its position embeddings are for a 14x14 grid)")
+    _check_size(args.model, args.size)
     model, peer = pair(args) if pair else (bench_model(args.model, args.size), None)
     rows = bench.run(model, args.methods, args.batch, precision=args.precision, rounds=args.rounds,
                      min_time=args.min_time, peer=peer)
@@ -498,6 +498,8 @@ examples:
 
 
 def parser() -> argparse.ArgumentParser:
+    from jaxplain.models.zoo import ZOO, source_names
+
     p = _Parser(prog="jaxplain", description="Explain image classifiers: predict classes, write heat maps "
                 "(PNG) and raw attributions (zarr arrays), and measure speed.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -555,10 +557,9 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--metrics", nargs="+", default=None, metavar="METRIC", help="default: all (those needing masks "
                     "only with masks)")
     ev.add_argument("--masks", nargs="+", metavar="MASK", help="one ground-truth mask picture per image (white = the object)")
-    ev.add_argument("--model", default=None, choices=(*MODELS, SYNTHETIC),
-                    help="default: synthetic_vgg without images, vgg16 with")
-    ev.add_argument("--weights", default=None, help="as for explain (default imagenet; synthetic_vgg: shipped)")
-    ev.add_argument("--source", choices=SOURCE_NAMES, default=None, help="as for explain")
+    ev.add_argument("--model", default=None, choices=tuple(ZOO), help="default: synthetic_vgg without images, vgg16 with")
+    ev.add_argument("--weights", default=None, help="as for explain (default: the model's first named weights)")
+    ev.add_argument("--source", choices=source_names(), default=None, help="as for explain")
     ev.add_argument("-n", type=_positive, default=200, help="synthetic images (default 200)")
     ev.add_argument("--seed", type=int, default=0, help="seed of the synthetic images and of random methods and metrics")
     ev.add_argument("--batch-size", type=_positive, default=32, help="images per compiled call (default 32)")
@@ -570,9 +571,9 @@ def parser() -> argparse.ArgumentParser:
                         "(python -m benchmarks.compare adds Captum alongside).")
     be.add_argument("--methods", nargs="+", default=["gradient", "integrated_gradients", "smoothgrad", "guided_backprop"])
     be.add_argument("--batch", nargs="+", type=_positive, default=[1, 8])
-    be.add_argument("--model", default="vgg16", choices=MODELS, help="with seeded random weights (default vgg16)")
+    be.add_argument("--model", default="vgg16", choices=tuple(ZOO), help="with seeded random weights (default vgg16)")
     be.add_argument("--size", type=_positive, default=None, help="input side (VGG: torchvision's head; resnet50); "
-                    "default 224 (VGG: Keras' head)")
+                    "default the model's own (VGG: 224, Keras' head)")
     be.add_argument("--rounds", type=_positive, default=3)
     be.add_argument("--min-time", type=float, default=1.0, help="seconds each case is timed for at least")
     be.add_argument("--precision", choices=PRECISIONS, help="the model's arithmetic (default: JAX's)")
@@ -587,23 +588,24 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 def _defaults(args: argparse.Namespace) -> argparse.Namespace:
     """Defaults that depend on other arguments (the weights of a model, ``evaluate``'s model and metrics)."""
-    if getattr(args, "command", None) in ("predict", "explain"):
-        args.weights = args.weights or ("shipped" if args.model == SYNTHETIC else "imagenet")
-        if args.model == SYNTHETIC and args.weights == "imagenet":
-            raise InputError("--weights for synthetic_vgg is 'shipped', 'random' or a safetensors file")
+    from jaxplain.models import zoo
+
     if getattr(args, "command", None) == "evaluate":
         args.model = args.model or ("vgg16" if args.images else SYNTHETIC)
-        args.weights = args.weights or ("shipped" if args.model == SYNTHETIC else "imagenet")
+    if getattr(args, "command", None) in ("predict", "explain", "evaluate"):
+        known = zoo.entry(args.model).weights
+        args.weights = args.weights or known[0]
+        if args.weights in {w for e in zoo.ZOO.values() for w in e.weights} - set(known):  # another model's
+            raise InputError(f"--weights for {args.model} is {' or '.join(map(repr, (*known, 'random')))}, "
+                             "or a weight file's path")
+    if getattr(args, "command", None) == "evaluate":
         if args.metrics is None:
             from jaxplain.registry import settings_of
 
             masked = not args.images or bool(args.masks)
             args.metrics = [k for k, f in METRICS.items() if masked or "mask" not in settings_of(f)]
-    source = getattr(args, "source", None)
-    if source is not None and getattr(args, "model", None) in MODELS:
-        allowed = SOURCES[args.model]
-        if source not in allowed:
-            raise InputError(f"--source {source} has no {args.model} weights; {args.model} takes {' or '.join(allowed)}")
+    if getattr(args, "source", None) is not None:
+        zoo.check_source(args.model, args.source)
     return args
 
 

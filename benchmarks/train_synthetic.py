@@ -1,6 +1,6 @@
 """Train the synthetic benchmark's VGG (``models/synthetic.py``) and write its weights.
 
-    python -m jaxplain.models.train_synthetic --out models/synthetic_vgg.safetensors
+    python -m benchmarks.train_synthetic --out models/synthetic_vgg.safetensors   # from the repository root
 
 Seeded throughout: the training and test sets are ``jaxplain.synthetic.make`` with their seeds,
 the initial weights ``vgg.random_params(seed)``, the batch order and the flips (each image is
@@ -27,9 +27,9 @@ import optax
 from jaxplain import synthetic
 from jaxplain.types import Array, PyTree
 
-from . import weights as _weights
-from .synthetic import CONFIG, SOURCE, apply_fn, preprocess
-from .vgg import random_params
+from jaxplain.models import weights as _weights
+from jaxplain.models.synthetic import CONFIG, SOURCE, apply_fn, preprocess
+from jaxplain.models.vgg import random_params
 
 
 class Settings(NamedTuple):
