@@ -28,11 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxplain import baselines, viz
 from jaxplain.engine.precision import with_precision
 from jaxplain.engine.runner import explain, predict
+from jaxplain.engine.settings import resolve_for_model
 from jaxplain.errors import InputError, JaxplainError
 from jaxplain.io import load_for_model
 from jaxplain.marks import uses_target
@@ -111,11 +114,6 @@ def check_jobs(model: Model, jobs_: Sequence[Job], image_shape: tuple[int, int, 
     """Every job's settings against the model, before any image: layers and neurons, then the
     method traced (``jax.eval_shape``, nothing computed) on one image, so that a value it refuses
     (``steps=0``) is one error now, not a failure per image."""
-    import jax
-    import jax.numpy as jnp
-
-    from jaxplain.engine.settings import resolve_for_model
-
     for job in jobs_:
         settings = resolve_for_model(job.fn, model, image_shape, job.settings)
         extra = {"key": jax.random.key(0)} if job.random else {}
