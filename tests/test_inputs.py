@@ -1,5 +1,6 @@
 """INPUT arguments: files, folders, globs and @lists, each file once; distinct output names."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -52,3 +53,58 @@ def test_output_names_never_collide(tmp_path):
     assert names == ["cat.jpg", "cat.png", "a.b.png", "a.b", "a.png", "y/c", "c", "dog"]
     assert len(set(names)) == len(names)
     assert inputs.output_names([Path("/p/q/one.png")]) == ["one"]
+
+
+def test_an_input_inside_the_output_folder_is_a_problem_that_says_why(tmp_path):
+    """``jaxplain explain photos --out photos``: every file lies in the output folder; the argument
+    names nothing left to explain, and the problem says so (not a silent empty run)."""
+    d = tmp_path / "photos"
+    photo(d / "a.png"), photo(d / "b.png")
+    found = inputs.expand([str(d)], exclude=d)
+    assert found.files == []
+    assert [p.argument for p in found.problems] == [str(d)]
+    assert f"its 2 image files are inside the output folder {d}" in found.problems[0].message
+    one = inputs.expand([str(d / "a.png")], exclude=d)  # a file named inside it
+    assert "its image file is inside the output folder" in one.problems[0].message
+    # Only part of an argument inside: the rest explained, no problem (an earlier run's results).
+    photo(tmp_path / "c.png")
+    assert inputs.expand([str(tmp_path)], exclude=d) == ([tmp_path / "c.png"], [])
+
+
+def test_an_unreadable_subfolder_is_a_problem(tmp_path, monkeypatch):
+    """A subfolder that cannot be listed (permissions; simulated, as root reads everything) is
+    reported with its name, and the readable files still come."""
+    d = tmp_path / "d"
+    a = photo(d / "a.png")
+    photo(d / "locked" / "b.png")
+    real = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    found = inputs.expand([str(d)])
+    assert found.files == [a]
+    assert [p.argument for p in found.problems] == [str(d)]
+    assert found.problems[0].message == (f"cannot read the folder {d / 'locked'} (Permission denied): its images "
+                                         "were left out")
+
+
+def test_explain_into_its_own_input_folder_says_so_and_fails(tmp_path, capsys, monkeypatch):
+    """The command line, as a user types it: ``explain photos --out photos`` and ``explain . --out .``
+    name the excluded files and exit 1 (no model is loaded: there is nothing to explain)."""
+    from jaxplain import cli
+
+    d = tmp_path / "photos"
+    photo(d / "a.png"), photo(d / "b.png")
+    assert cli.main(["explain", str(d), "--out", str(d), "--model", "synthetic_vgg"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == (f"jaxplain: failed {d}: its 2 image files are inside the output folder {d}, whose files a run "
+                      "never reads (they could be its own results): nothing left to explain; write the results "
+                      "elsewhere (--out)")
+    assert err[-1] == "jaxplain: 0 explained, 0 skipped (already complete), 1 failed"
+    monkeypatch.chdir(d)
+    assert cli.main(["explain", ".", "--out", ".", "--model", "synthetic_vgg"]) == 1
+    assert "failed .: its 2 image files are inside the output folder ." in capsys.readouterr().err

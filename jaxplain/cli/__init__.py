@@ -301,7 +301,7 @@ def _explain_locked(args: argparse.Namespace, jobs: list, target: Any, out: Path
           f"{'; stopped by a signal: rerun the command to finish' if counts.stopped else ''}", file=sys.stderr)
     if counts.stopped:
         return 128 + int(counts.stopped)
-    return 1 if failed else 0
+    return 1 if failed or not found.files else 0  # nothing to explain is no success
 
 
 def _report(args: argparse.Namespace) -> int:
