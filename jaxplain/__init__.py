@@ -8,6 +8,7 @@ from jaxplain.errors import CostWarning as CostWarning
 from jaxplain.errors import DownloadError as DownloadError
 from jaxplain.errors import ImageError as ImageError
 from jaxplain.errors import InputError as InputError
+from jaxplain.errors import InputWarning as InputWarning
 from jaxplain.errors import JaxplainError as JaxplainError
 from jaxplain.errors import MissingDependency as MissingDependency
 from jaxplain.errors import ToleranceWarning as ToleranceWarning
@@ -94,6 +95,7 @@ __all__ = [
     "DownloadError",
     "ImageError",
     "InputError",
+    "InputWarning",
     "JaxplainError",
     "MissingDependency",
     "Fit",

@@ -327,21 +327,22 @@ DEFAULT_METHODS = ("gradient", "gradient_x_input", "integrated_gradients", "smoo
 
 def _images_and_masks(paths: Sequence[str], mask_paths: Sequence[str] | None, model) -> tuple[list[int], list[np.ndarray], Any]:
     """``(positions, images, masks [N, H, W] or None)`` of the images that load, with their masks
-    (white = the object, brought to the input by the model's resize); the rest reported, one line each."""
+    (white = the object, of its picture's size, brought to the input by the model's resize); the rest
+    reported, one line each."""
     import jax.numpy as jnp
 
-    from jaxplain.io import load_image
+    from jaxplain.io import load_for_model, load_mask
 
     found, arrays, masks = [], [], []
     for i, path in enumerate(paths):
         try:
-            img = load_image(path, model)
-            mask = load_image(mask_paths[i], model).max(-1) > 127 if mask_paths else None
+            loaded = load_for_model(path, model)
+            mask = load_mask(mask_paths[i], loaded, model) if mask_paths else None
         except JaxplainError as e:
             print(f"jaxplain: failed {e}", file=sys.stderr)
             continue
         found.append(i)
-        arrays.append(img)
+        arrays.append(loaded.image)
         masks.append(mask)
     return found, arrays, jnp.asarray(np.stack(masks)) if mask_paths and found else None
 
