@@ -1,5 +1,6 @@
 """jaxplain: compiled, vectorized explanations for JAX image models."""
 
+from jaxplain import distributed as distributed
 from jaxplain.adapters.flax import from_flax as from_flax
 from jaxplain.layer_outputs import activations as activations
 from jaxplain.layer_outputs import channel_means as channel_means
@@ -91,6 +92,7 @@ __all__ = [
     "top_channels",
     "visualize_features",
     "xgrad_cam",
+    "distributed",
     "CostWarning",
     "DownloadError",
     "ImageError",
