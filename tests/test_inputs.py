@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from jaxplain.runs import inputs
@@ -108,3 +109,36 @@ def test_explain_into_its_own_input_folder_says_so_and_fails(tmp_path, capsys, m
     monkeypatch.chdir(d)
     assert cli.main(["explain", ".", "--out", ".", "--model", "synthetic_vgg"]) == 1
     assert "failed .: its 2 image files are inside the output folder ." in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- images handed to the API (engine.shapes.check_images)
+
+
+def test_pixel_values_for_a_normalising_model_are_warned(tiny_model, recwarn):
+    """0-255 floats into a model whose preprocess normalises (torchvision's: pixels 0..255 become
+    [-2.118, 2.640]): explain, evaluate and predict warn; the same pictures preprocessed do not,
+    nor does anything for a model without a preprocess."""
+    import warnings
+
+    import jaxplain
+
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype(np.uint8)
+    raw = pixels.astype(np.float32)
+    lo, hi = -0.485 / 0.229, (1 - 0.406) / 0.225  # torchvision's normalisation of 0 and 255
+    message = (rf"images range over \[{raw.min():.4g}, {raw.max():.4g}\], far outside \[{lo:.4g}, {hi:.4g}\], "
+               r"what .*'s preprocess makes of pixels 0..255: pass model.preprocess\(pixels\) \(uint8 RGB\)")
+    with pytest.warns(jaxplain.InputWarning, match=message):
+        jaxplain.predict(tiny_model, raw)
+    with pytest.warns(jaxplain.InputWarning, match=message):
+        jaxplain.explain(tiny_model, raw, 0, "gradient")
+    with pytest.warns(jaxplain.InputWarning, match=message):
+        jaxplain.evaluate(tiny_model, raw, 0, np.ones((2, 32, 32, 3), np.float32), "deletion(steps=4)")
+    recwarn.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", jaxplain.InputWarning)
+        x = tiny_model.preprocess(pixels)
+        jaxplain.predict(tiny_model, x)
+        jaxplain.explain(tiny_model, x, 0, "gradient")
+        jaxplain.predict(tiny_model, x * 4)  # beyond the range, not far beyond it
+        jaxplain.predict(tiny_model, np.random.default_rng(1).normal(0, 3, raw.shape).astype(np.float32))
+        jaxplain.predict(tiny_model.replace(preprocess=None), raw)
