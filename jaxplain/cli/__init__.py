@@ -547,6 +547,13 @@ def parser() -> argparse.ArgumentParser:
     be = sub.add_parser("bench", help="measure images/s, %% of the matmul peak and memory",
                         description="Measure images/s, the fraction of a matmul probe's FLOP/s and memory per method "
                         "(python -m benchmarks.compare adds Captum alongside).")
+    bench_args(be)
+    be.set_defaults(run=bench_command)
+    return p
+
+
+def bench_args(be: argparse.ArgumentParser) -> None:
+    """``bench``'s options, on its subcommand and on ``python -m benchmarks.compare``'s own parser."""
     be.add_argument("--methods", nargs="+", default=["gradient", "integrated_gradients", "smoothgrad", "guided_backprop"])
     be.add_argument("--batch", nargs="+", type=_positive, default=[1, 8])
     be.add_argument("--model", default="vgg16", choices=MODELS, help="with seeded random weights (default vgg16)")
@@ -556,8 +563,6 @@ def parser() -> argparse.ArgumentParser:
     be.add_argument("--min-time", type=float, default=1.0, help="seconds each case is timed for at least")
     be.add_argument("--precision", choices=PRECISIONS, help="the model's arithmetic (default: JAX's)")
     be.add_argument("--json", help="write every measured field here")
-    be.set_defaults(run=bench_command)
-    return p
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
