@@ -2,6 +2,7 @@
 ``python -m benchmarks.compare --methods gradient grad_cam --batch 1 8 [--model resnet50] [--json out.json]``
 (the same options as ``jaxplain bench``; the peers are in ``benchmarks/peers.py``)."""
 
+import argparse
 import os
 import sys
 
@@ -16,8 +17,15 @@ from benchmarks.peers import captum_pair  # noqa: E402
 from jaxplain import cli  # noqa: E402
 
 
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.compare", description="Measure jaxplain's images/s beside "
+                                "Captum's on the same weights and device, alternating (jaxplain bench's options).")
+    cli.bench_args(p)
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = cli.parser().parse_args(["bench", *(sys.argv[1:] if argv is None else argv)])
+    args = parser().parse_args(sys.argv[1:] if argv is None else argv)
     return cli.bench_command(args, pair=captum_pair)
 
 

@@ -1,5 +1,6 @@
 """jaxplain: compiled, vectorized explanations for JAX image models."""
 
+from jaxplain import distributed as distributed
 from jaxplain.adapters.flax import from_flax as from_flax
 from jaxplain.layer_outputs import activations as activations
 from jaxplain.layer_outputs import channel_means as channel_means
@@ -8,6 +9,7 @@ from jaxplain.errors import CostWarning as CostWarning
 from jaxplain.errors import DownloadError as DownloadError
 from jaxplain.errors import ImageError as ImageError
 from jaxplain.errors import InputError as InputError
+from jaxplain.errors import InputWarning as InputWarning
 from jaxplain.errors import JaxplainError as JaxplainError
 from jaxplain.errors import MissingDependency as MissingDependency
 from jaxplain.errors import ToleranceWarning as ToleranceWarning
@@ -90,10 +92,12 @@ __all__ = [
     "top_channels",
     "visualize_features",
     "xgrad_cam",
+    "distributed",
     "CostWarning",
     "DownloadError",
     "ImageError",
     "InputError",
+    "InputWarning",
     "JaxplainError",
     "MissingDependency",
     "Fit",

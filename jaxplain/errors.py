@@ -25,6 +25,11 @@ class CostWarning(UserWarning):
     """A setting will make a method far more expensive than usual; the message says how much."""
 
 
+class InputWarning(UserWarning):
+    """An input is used but looks wrong: a picture far from square or of several frames, images
+    whose values are far from what the model's preprocessing gives."""
+
+
 class ToleranceWarning(UserWarning):
     """Integrated gradients to a ``tolerance`` stopped at its ``max_steps`` above the tolerance."""
 

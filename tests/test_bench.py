@@ -67,3 +67,14 @@ def test_the_package_bench_needs_no_torch():
     out = subprocess.run([sys.executable, "-c", "import sys, jaxplain.bench, jaxplain.cli; "
                           "assert 'torch' not in sys.modules and 'captum' not in sys.modules"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_compare_help_names_itself(capsys):
+    """``python -m benchmarks.compare --help`` calls itself that, not ``jaxplain bench``, with bench's options."""
+    from benchmarks import compare
+
+    with pytest.raises(SystemExit) as exit:
+        compare.main(["--help"])
+    out = capsys.readouterr().out
+    assert exit.value.code == 0 and out.startswith("usage: python -m benchmarks.compare ")
+    assert "jaxplain bench [" not in out and "--methods" in out and "--precision" in out

@@ -8,6 +8,8 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
+from PIL import Image
 
 WORKER = r"""
 import json, os, sys
@@ -58,3 +60,38 @@ def test_two_processes_cover_every_image_once(tmp_path, tiny_model):
         x = np.random.default_rng(i).normal(size=(1, 32, 32, 3)).astype(np.float32)
         want = np.asarray(jaxplain.explain(tiny_model, x, 3, "integrated_gradients(steps=8)"))[0]
         np.testing.assert_allclose(np.load(tmp_path / w), want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+
+
+def test_reachable_after_import_jaxplain():
+    """The README calls ``jaxplain.distributed.initialize`` after ``import jaxplain`` (a fresh process:
+    in this one another test may have imported the module)."""
+    code = "import jaxplain; print(jaxplain.distributed.my_share.__name__, jaxplain.distributed.initialize.__name__)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert r.returncode == 0 and r.stdout.split() == ["my_share", "initialize"], r.stderr[-2000:]
+
+
+def test_an_unreachable_coordinator_is_one_error_naming_it(tmp_path, monkeypatch, capsys):
+    """Nothing listens on the port: a bounded wait, then an InputError naming the address (JAX alone
+    waits 5 minutes, then aborts the process with a C++ stack trace); jax is left uninitialised."""
+    import jax
+
+    from jaxplain import InputError, cli, distributed
+
+    address = f"127.0.0.1:{_port()}"  # bound, then closed: nothing listens there
+    with pytest.raises(InputError, match=rf"coordinator {address}: nothing answered there in 0.5 s \(Connection refused\)"
+                                         "; start process 0 first and check the address"):
+        distributed.initialize(address, 2, 1, timeout=0.5)
+    assert jax.process_count() == 1
+    with pytest.raises(InputError, match="coordinator 'nowhere': not HOST:PORT"):
+        distributed.initialize("nowhere", 2, 1, timeout=0.5)
+    # The command line: the wait from the environment, one line, exit 2.
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "a.png")
+    monkeypatch.setenv("JAXPLAIN_COORDINATOR_TIMEOUT", "0.5")
+    code = cli.main(["explain", str(tmp_path / "a.png"), "--out", str(tmp_path / "out"), "--model", "synthetic_vgg",
+                     "--coordinator", address, "--num-processes", "2", "--process-id", "1"])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"jaxplain: error: coordinator {address}: nothing answered")
+    monkeypatch.setenv("JAXPLAIN_COORDINATOR_TIMEOUT", "soon")
+    with pytest.raises(InputError, match="JAXPLAIN_COORDINATOR_TIMEOUT='soon': not a number of seconds"):
+        distributed.initialize(address, 2, 1)

@@ -295,3 +295,85 @@ def test_just_above_max_image_pixels_is_refused(tmp_path):
     # The same header at a small size gets past the size check and fails for lack of data.
     with pytest.raises(ImageError, match="small.png: not a readable image"):
         read_image(_png_header(tmp_path / "small.png", side // 100, side // 100))
+
+
+# ---------------------------------------------------------------- degenerate pictures and masks
+
+
+def _random_picture(path, h, w, seed=0, **save):
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3)).astype(np.uint8)).save(path, **save)
+    return path
+
+
+@pytest.mark.parametrize("h, w", [(1, 1), (3, 240), (1, 60000), (240, 7)])
+def test_pictures_under_the_minimum_side_are_refused(tmp_path, h, w):
+    from jaxplain.io import MIN_SIDE
+
+    assert MIN_SIDE == 8
+    path = _random_picture(tmp_path / "small.png", h, w)
+    with pytest.raises(ImageError, match=rf"small.png: a {h}x{w} picture \(height x width\) is refused: a side under 8 "
+                                         r"pixels has too little to explain once stretched to 224x224"):
+        load_for_model(path)
+
+
+def test_pictures_far_from_square_are_warned(tmp_path, recwarn):
+    from jaxplain import InputWarning
+
+    path = _random_picture(tmp_path / "wide.png", 20, 400)
+    with pytest.warns(InputWarning, match=r"wide.png: a 20x400 picture \(height x width\), sides more than 10 times "
+                                          r"apart: squashed to 224x224$"):
+        load_for_model(path)
+    # torchvision's resize (shorter side to 256: 256x5120) and centre crop keep 224/256 x 224/5120 of it.
+    kept = (224 / 256) * (224 / int(256 * 400 / 20))
+    with pytest.warns(InputWarning, match=rf"the model's crop keeps {kept:.0%} of it$"):
+        load_for_model(path, _tv_model())
+    recwarn.clear()
+    for h, w in [(8, 80), (300, 40)]:  # 10:1 and 7.5:1: used as they are, without a word
+        load_for_model(_random_picture(tmp_path / f"{h}x{w}.png", h, w))
+    assert not [w for w in recwarn if issubclass(w.category, InputWarning)]
+
+
+@pytest.mark.parametrize("name, what", [("anim.gif", "an animated GIF of 3 frames"),
+                                        ("pages.tif", "a multipage TIFF of 3 pages")])
+def test_several_frames_first_used_with_a_warning(tmp_path, name, what):
+    from jaxplain import InputWarning
+
+    frames = [np.random.default_rng(s).integers(0, 256, (12, 16, 3)).astype(np.uint8) for s in range(3)]
+    if name.endswith(".gif"):  # a GIF of one colour per frame: its palette keeps the colours exact
+        frames = [np.full((12, 16, 3), (40 * s, 200 - 50 * s, 90), np.uint8) for s in range(3)]
+    pictures = [Image.fromarray(f) for f in frames]
+    path = tmp_path / name
+    pictures[0].save(path, save_all=True, append_images=pictures[1:])
+    with pytest.warns(InputWarning, match=rf"{name}: {what}; only the first is used"):
+        got = np.asarray(read_image(path))
+    np.testing.assert_array_equal(got, frames[0])
+
+
+def test_a_mask_of_another_size_is_refused(tmp_path):
+    from jaxplain.io import load_mask
+
+    picture = load_for_model(_random_picture(tmp_path / "p.png", 32, 48), size=(16, 16))
+    small = np.zeros((10, 10), np.uint8)
+    Image.fromarray(small).save(tmp_path / "small.png")
+    with pytest.raises(ImageError, match=r"small.png: a 10x10 mask for a 32x48 picture \(height x width\): a mask must "
+                                         "be its picture's size, pixel for pixel"):
+        load_mask(tmp_path / "small.png", picture, size=(16, 16))
+    mask = np.zeros((32, 48), np.uint8)
+    mask[8:24, 24:] = 255  # the right half of the middle rows
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    got = load_mask(tmp_path / "m.png", picture, size=(16, 16))
+    want = np.zeros((16, 16), bool)
+    want[4:12, 8:] = True  # 32 -> 16 rows (x1/2), 48 -> 16 columns (x1/3): the same region
+    np.testing.assert_array_equal(got, want)
+
+
+def test_evaluate_refuses_a_mask_of_another_size(tmp_path, capsys):
+    from jaxplain import cli
+
+    pic = _random_picture(tmp_path / "p.png", 40, 50)
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "m.png")
+    code = cli.main(["evaluate", str(pic), "--masks", str(tmp_path / "m.png"), "--model", "synthetic_vgg", "--weights",
+                     "random", "--methods", "gradient", "--metrics", "pointing_game", "--json", str(tmp_path / "e.json")])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 2 and err[0].startswith(f"jaxplain: failed {tmp_path / 'm.png'}: a 20x20 mask for a 40x50 picture")
+    assert err[-1] == "jaxplain: error: none of the images could be read"

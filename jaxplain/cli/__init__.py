@@ -320,7 +320,7 @@ def _explain_locked(args: argparse.Namespace, jobs: list, target: Any, out: Path
     print(f"jaxplain{part}: {said}", file=sys.stderr)
     if counts.stopped:
         return 128 + int(counts.stopped)
-    return 1 if counts.failed else 4 if unreadable else 0
+    return 1 if counts.failed or not found.files else 4 if unreadable else 0  # nothing to explain is no success
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -346,21 +346,22 @@ DEFAULT_METHODS = ("gradient", "gradient_x_input", "integrated_gradients", "smoo
 
 def _images_and_masks(paths: Sequence[str], mask_paths: Sequence[str] | None, model) -> tuple[list[int], list[np.ndarray], Any]:
     """``(positions, images, masks [N, H, W] or None)`` of the images that load, with their masks
-    (white = the object, brought to the input by the model's resize); the rest reported, one line each."""
+    (white = the object, of its picture's size, brought to the input by the model's resize); the rest
+    reported, one line each."""
     import jax.numpy as jnp
 
-    from jaxplain.io import load_image
+    from jaxplain.io import load_for_model, load_mask
 
     found, arrays, masks = [], [], []
     for i, path in enumerate(paths):
         try:
-            img = load_image(path, model)
-            mask = load_image(mask_paths[i], model).max(-1) > 127 if mask_paths else None
+            loaded = load_for_model(path, model)
+            mask = load_mask(mask_paths[i], loaded, model) if mask_paths else None
         except JaxplainError as e:
             print(f"jaxplain: failed {e}", file=sys.stderr)
             continue
         found.append(i)
-        arrays.append(img)
+        arrays.append(loaded.image)
         masks.append(mask)
     return found, arrays, jnp.asarray(np.stack(masks)) if mask_paths and found else None
 
@@ -569,6 +570,13 @@ def parser() -> argparse.ArgumentParser:
     be = sub.add_parser("bench", help="measure images/s, %% of the matmul peak and memory",
                         description="Measure images/s, the fraction of a matmul probe's FLOP/s and memory per method "
                         "(python -m benchmarks.compare adds Captum alongside).")
+    bench_args(be)
+    be.set_defaults(run=bench_command)
+    return p
+
+
+def bench_args(be: argparse.ArgumentParser) -> None:
+    """``bench``'s options, on its subcommand and on ``python -m benchmarks.compare``'s own parser."""
     be.add_argument("--methods", nargs="+", default=["gradient", "integrated_gradients", "smoothgrad", "guided_backprop"])
     be.add_argument("--batch", nargs="+", type=_positive, default=[1, 8])
     be.add_argument("--model", default="vgg16", choices=tuple(ZOO), help="with seeded random weights (default vgg16)")
@@ -578,8 +586,6 @@ def parser() -> argparse.ArgumentParser:
     be.add_argument("--min-time", type=float, default=1.0, help="seconds each case is timed for at least")
     be.add_argument("--precision", choices=PRECISIONS, help="the model's arithmetic (default: JAX's)")
     be.add_argument("--json", help="write every measured field here")
-    be.set_defaults(run=bench_command)
-    return p
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001

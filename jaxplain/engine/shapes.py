@@ -4,13 +4,14 @@ and the checks that images, layers and neurons fit the model."""
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxplain.errors import InputError
+from jaxplain.errors import InputError, InputWarning
 from jaxplain.engine.tokens import grid_view
 from jaxplain.types import Array, Model
 
@@ -96,4 +97,24 @@ def check_images(model: Model, images: Any) -> Array:
     if not bool(jnp.isfinite(a).all()):
         bad = np.unique(np.nonzero(~np.isfinite(np.asarray(a)))[0])
         raise InputError(f"images {bad.tolist()[:8]} contain NaN or infinite pixels")
+    _check_range(model, float(a.min()), float(a.max()))
     return a
+
+
+def _check_range(model: Model, low: float, high: float) -> None:
+    """An ``InputWarning`` when images span ``[low, high]`` far outside (by more than 4 times its
+    width) the range ``model.preprocess`` gives a black and a white picture: 0-255 pixel values
+    handed to a model that expects them normalised (noise around a normalised picture stays
+    inside). No check without a preprocess."""
+    if getattr(model, "preprocess", None) is None:
+        return
+    pixels = np.array([[[[0, 0, 0]]], [[[255, 255, 255]]]], np.uint8)  # [2, 1, 1, 3]: black, white
+    try:
+        ref = np.asarray(model.preprocess(pixels), np.float64)
+    except Exception:  # noqa: BLE001  (a preprocess that cannot take a 1x1 picture: no check)
+        return
+    lo, hi = float(ref.min()), float(ref.max())
+    if low < lo - 4 * (hi - lo) or high > hi + 4 * (hi - lo):
+        warnings.warn(f"images range over [{low:.4g}, {high:.4g}], far outside [{lo:.4g}, {hi:.4g}], what "
+                      f"{model.name}'s preprocess makes of pixels 0..255: pass model.preprocess(pixels) (uint8 RGB)",
+                      InputWarning, stacklevel=4)

@@ -200,15 +200,22 @@ def lime(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, segments: s
     return Fit(coef[labels], coef, intercept, r2) if return_fit else coef[labels]
 
 
-def _shapley_matrix(m: int) -> np.ndarray:
-    """``[M, 2^M]``: row ``i`` holds each coalition's weight in player ``i``'s Shapley value
-    (coalition ``s`` has player ``j`` when bit ``j`` of ``s`` is set):
-    ``|S|! (M - |S| - 1)! / M!`` for ``S + {i}`` and minus that for ``S``, ``i`` not in ``S``."""
-    s = np.arange(2**m)
-    bits = (s[None, :] >> np.arange(m)[:, None]) & 1  # [M, 2^M]
-    size = bits.sum(0)
+def _exact_shapley(y: Array, m: int) -> Array:
+    """``[M]`` Shapley values of the game ``y [2^M]`` (coalition ``s`` has player ``j`` when bit
+    ``j`` of ``s`` is set): ``phi_i = sum_{S without i} |S|! (M - |S| - 1)! / M! (y[S + i] - y[S])``.
+
+    Each player's marginal differences are taken before the weighted sum (the scores centred
+    pair by pair): the offset all coalitions share (a logit near 20) cancels exactly, not in a
+    float32 sum over ``2^M`` weighted scores (which lost 2-4% at ``M = 20``)."""
+    size = (np.arange(2 ** (m - 1))[:, None] >> np.arange(m - 1)[None, :] & 1).sum(1)  # |S| of each S without i
     w = np.array([math.factorial(k) * math.factorial(m - k - 1) / math.factorial(m) for k in range(m)])
-    return np.where(bits == 1, w[np.maximum(size - 1, 0)], -w[np.minimum(size, m - 1)])
+    weights = jnp.asarray(w[size], jnp.float32)  # [2^(M-1)], the same order for every player (below)
+
+    def player(i: int) -> Array:
+        pairs = y.reshape(2 ** (m - 1 - i), 2, 2**i)  # [higher bits, bit i, lower bits]
+        return (pairs[:, 1] - pairs[:, 0]).reshape(-1) @ weights
+
+    return jnp.stack([player(i) for i in range(m)])
 
 
 def _kernel_coalition(key: Array, present: Array) -> Array:
@@ -255,7 +262,7 @@ def kernel_shap(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, segm
     if exact:
         bits = jnp.asarray((np.arange(2**m)[:, None] >> np.arange(m)[None, :]) & 1, jnp.float32)  # [2^M, M]
         y = _outputs(f, x, fill, labels, lambda i: bits[i], 2**m, chunk)
-        phi = jnp.where(present, jnp.asarray(_shapley_matrix(m), jnp.float32) @ y, 0.0)
+        phi = jnp.where(present, _exact_shapley(y, m), 0.0)
         size = np.arange(1, 2**m - 1)
         size = ((size[:, None] >> np.arange(m)[None, :]) & 1).sum(1)
         kernel = (m - 1) / (np.array([math.comb(m, k) for k in size]) * size * (m - size))  # the Shapley kernel

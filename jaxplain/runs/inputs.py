@@ -4,7 +4,8 @@ A folder is searched recursively for image files (by suffix, case ignored); a gl
 ``[``; ``**`` crosses folders) keeps the files it matches; ``@list.txt`` reads one path per line
 (blank lines and ``#`` comments skipped; relative paths from the current folder). The result is
 sorted within each argument, in argument order, each file once. An argument that names nothing
-is a ``Problem``: the command reports it and goes on with the others.
+(or only files inside the run's own output folder), and a subfolder that cannot be read, is a
+``Problem``: the command reports it and goes on with the others.
 """
 
 from __future__ import annotations
@@ -36,6 +37,18 @@ def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
+def _folder(path: Path) -> tuple[list[Path], list[str]]:
+    """The image files below ``path`` (sorted) and a message per folder that could not be listed."""
+    found, unreadable = [], []
+
+    def note(e: OSError) -> None:
+        unreadable.append(f"cannot read the folder {e.filename} ({e.strerror or e}): its images were left out")
+
+    for folder, _, names in os.walk(path, onerror=note):
+        found.extend(Path(folder) / n for n in names if _is_image(Path(n)) and os.path.isfile(os.path.join(folder, n)))
+    return sorted(found), unreadable
+
+
 def _one(argument: str) -> tuple[list[Path], str | None]:
     if argument.startswith("@"):
         listing = Path(argument[1:])
@@ -50,8 +63,10 @@ def _one(argument: str) -> tuple[list[Path], str | None]:
         return matched, None if matched else "no file matches this pattern"
     path = Path(argument)
     if path.is_dir():
-        found = sorted(p for p in path.rglob("*") if p.is_file() and _is_image(p))
-        return found, None if found else f"a folder with no image files ({', '.join(IMAGE_SUFFIXES[:4])}, ...)"
+        found, unreadable = _folder(path)
+        if unreadable or found:
+            return found, "; ".join(unreadable) or None
+        return found, f"a folder with no image files ({', '.join(IMAGE_SUFFIXES[:4])}, ...)"
     if not path.exists():
         return [], "no such file or folder"
     return [path], None
@@ -59,21 +74,29 @@ def _one(argument: str) -> tuple[list[Path], str | None]:
 
 def expand(arguments: Sequence[str], exclude: str | os.PathLike | None = None) -> Found:
     """Every file the ``arguments`` name, once (by resolved path), and the arguments naming none;
-    files below the folder ``exclude`` (the run's own output folder) are left out."""
+    files below the folder ``exclude`` (the run's own output folder) are left out, and an argument
+    whose files all lie there is a problem that says so."""
     files, problems, seen = [], [], set()
     below = os.path.join(os.path.realpath(exclude), "") if exclude is not None else None
     for argument in arguments:
         paths, problem = _one(argument)
+        kept = [p for p in paths if below is None or not os.path.realpath(p).startswith(below)]
+        if paths and not kept:
+            problem = "; ".join(filter(None, [problem, _all_excluded(len(paths), exclude)]))
         if problem:
             problems.append(Problem(argument, problem))
-        for p in paths:
+        for p in kept:
             key = os.path.realpath(p)
-            if below is not None and key.startswith(below):
-                continue
             if key not in seen:
                 seen.add(key)
                 files.append(p)
     return Found(files, problems)
+
+
+def _all_excluded(n: int, out: str | os.PathLike) -> str:
+    files = f"its {n} image files are" if n > 1 else "its image file is"
+    return (f"{files} inside the output folder {out}, whose files a run never reads (they could be its own "
+            "results): nothing left to explain; write the results elsewhere (--out)")
 
 
 def output_names(files: Sequence[Path]) -> list[str]:
