@@ -105,7 +105,7 @@ def test_explain_into_its_own_input_folder_says_so_and_fails(tmp_path, capsys, m
     assert err[0] == (f"jaxplain: failed {d}: its 2 image files are inside the output folder {d}, whose files a run "
                       "never reads (they could be its own results): nothing left to explain; write the results "
                       "elsewhere (--out)")
-    assert err[-1] == "jaxplain: 0 explained, 0 skipped (already complete), 1 failed"
+    assert err[-1] == "jaxplain: nothing to explain, 1 input refused (above): 0 explained, 0 skipped (already complete), 0 failed"
     monkeypatch.chdir(d)
     assert cli.main(["explain", ".", "--out", ".", "--model", "synthetic_vgg"]) == 1
     assert "failed .: its 2 image files are inside the output folder ." in capsys.readouterr().err

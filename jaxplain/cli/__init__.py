@@ -313,6 +313,8 @@ def _explain_locked(args: argparse.Namespace, jobs: list, target: Any, out: Path
         said += f" ({counts.redone} explained again: changed since their results)"
     if counts.stopped:
         said += f"{f', {unreadable} unreadable' if unreadable else ''}; stopped by a signal: rerun the command to finish"
+    elif not found.files:
+        said = f"nothing to explain, {unreadable} input{'s' if unreadable != 1 else ''} refused (above): {said}"
     elif unreadable and not counts.failed:
         said = f"complete, {unreadable} unreadable: {said}"
     elif unreadable:
@@ -577,6 +579,8 @@ def parser() -> argparse.ArgumentParser:
 
 def bench_args(be: argparse.ArgumentParser) -> None:
     """``bench``'s options, on its subcommand and on ``python -m benchmarks.compare``'s own parser."""
+    from jaxplain.models.zoo import ZOO
+
     be.add_argument("--methods", nargs="+", default=["gradient", "integrated_gradients", "smoothgrad", "guided_backprop"])
     be.add_argument("--batch", nargs="+", type=_positive, default=[1, 8])
     be.add_argument("--model", default="vgg16", choices=tuple(ZOO), help="with seeded random weights (default vgg16)")
