@@ -119,7 +119,7 @@ def _predict(args: argparse.Namespace) -> int:
         raise JaxplainError("predict needs a model with its classifier (a weight file with the top)")
     if args.weights == "random":
         print("(random weights: the classes below are meaningless)")
-    names = _class_names(model)
+    names = class_names(model)
     failed = len(found.problems)
     for path in found.files:
         ok, arrays = _images([str(path)], model)
@@ -151,7 +151,7 @@ def _output_folder(out: str) -> Path:
     return path
 
 
-def _check_explain_args(args: argparse.Namespace) -> tuple[list, Any, Path]:
+def check_explain_args(args: argparse.Namespace) -> tuple[list, Any, Path]:
     """Everything about ``explain``'s arguments that can be checked without a model: the jobs,
     the target, the output folder (created)."""
     from jaxplain import viz
@@ -178,7 +178,7 @@ def _check_explain_args(args: argparse.Namespace) -> tuple[list, Any, Path]:
     return jobs, target, _output_folder(args.out)
 
 
-def _model_record(args: argparse.Namespace) -> dict[str, Any]:
+def model_record(args: argparse.Namespace) -> dict[str, Any]:
     """What identifies the weights of a run (a file by its path, size and time)."""
     record: dict[str, Any] = {"name": args.model, "weights": args.weights, "source": args.source}
     if args.weights not in ("imagenet", "random", "shipped"):
@@ -190,7 +190,7 @@ def _model_record(args: argparse.Namespace) -> dict[str, Any]:
     return record
 
 
-def _class_names(model) -> list[str] | None:
+def class_names(model) -> list[str] | None:
     from jaxplain.engine.shapes import num_classes
 
     k = num_classes(model, (*(model.input_size or (224, 224)), 3))
@@ -232,12 +232,12 @@ def _explain(args: argparse.Namespace) -> int:
     from jaxplain.runs import outputs
     from jaxplain.runs import loop as pipeline
 
-    jobs, target, out = _check_explain_args(args)
+    jobs, target, out = check_explain_args(args)
     found = inputs.expand(args.images, exclude=out)  # never the results of an earlier run
     for problem in found.problems:
         print(f"jaxplain: failed {problem.argument}: {problem.message}", file=sys.stderr)
-    model_record = _model_record(args)
-    config = pipeline.configuration(model_record, jobs, target=target, dtype=args.dtype, reduce=args.reduce,
+    record = model_record(args)
+    config = pipeline.configuration(record, jobs, target=target, dtype=args.dtype, reduce=args.reduce,
                                     colormaps={"unsigned": args.cmap, "signed": args.signed_cmap})
     if args.coordinator:
         from jaxplain import distributed
@@ -281,7 +281,7 @@ def _explain_locked(args: argparse.Namespace, jobs: list, target: Any, out: Path
         signals = _Signals()
         try:
             counts = pipeline.run(model, found.files, inputs.output_names(found.files), jobs, out=out, config=config,
-                                  target=target, class_names=_class_names(model), batch_size=args.batch_size,
+                                  target=target, class_names=class_names(model), batch_size=args.batch_size,
                                   precision=args.precision, stop=lambda: signals.received is not None,
                                   threads=args.decode_threads)
         finally:

@@ -18,6 +18,7 @@ result once, resume where a run stopped.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import threading
@@ -256,6 +257,18 @@ class Progress:
             print(f"jaxplain: {self.seen}/{self.total} images, {rate:.2f} images/s, {self.counts.failed} failed, "
                   f"about {eta} left", file=sys.stderr, flush=True)
 
+    def calls(self, label: str, done: int, total: int) -> None:
+        """Within a batch: ``label``'s explain has made ``done`` of its ``total`` compiled calls
+        (one per chunk on the CPU), so a long batch shows it is moving."""
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{label} {done}/{total} calls", refresh=True)
+            return
+        now = time.time()
+        if now - self.last >= self.every:
+            self.last = now
+            print(f"jaxplain: {self.seen}/{self.total} images, {label}: {done}/{total} calls of this batch",
+                  file=sys.stderr, flush=True)
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
@@ -381,7 +394,7 @@ def run(model: Model, files: Sequence[Path], names: Sequence[str], jobs_: Sequen
             start = time.perf_counter()
             try:
                 attr = explain(model, x[need], targets[need], job.fn, batch_size=batch_size, precision=precision,
-                               **job.settings, **extra)
+                               progress=functools.partial(progress.calls, job.label), **job.settings, **extra)
             except JaxplainError as e:  # a method that refuses these images: the others go on
                 for k in need:
                     failures[k].append(f"{job.label}: {e}")
