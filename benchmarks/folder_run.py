@@ -9,7 +9,7 @@ a few grayscale) into a temporary folder, then times, after compiling both on a 
   pictures already decoded and preprocessed in memory, ``B`` at a time (``"predicted"`` runs the
   forward pass too, as the folder run does for its top-5);
 - the folder run: what ``jaxplain explain FOLDER --method M --batch-size B --out OUT`` does
-  (``cli._explain``'s calls, the command's defaults) into a fresh folder each time: decoding,
+  (``jaxplain explain``'s calls, the command's defaults) into a fresh folder each time: decoding,
   overlays at each picture's own size, thumbnails, the zarr store and ``results.jsonl``.
 
 Each round times both, the order alternating (the machine is noisy); images/s are over all rounds.
@@ -79,7 +79,7 @@ def kernel_seconds(model, x: np.ndarray, method: str, batch: int) -> float:
 
 def folder_seconds(model, model_name: str, folder: Path, out: Path, method: str, batch: int) -> tuple[float, Any]:
     """Seconds for ``jaxplain explain folder --method method --batch-size batch --out out`` on the
-    built ``model`` (``cli._explain``'s steps after loading it), and the run's counts."""
+    built ``model`` (``jaxplain explain``'s steps after loading it), and the run's counts."""
     from jaxplain import cli
     from jaxplain.runs import inputs, record
     from jaxplain.runs import loop as pipeline
@@ -91,14 +91,14 @@ def folder_seconds(model, model_name: str, folder: Path, out: Path, method: str,
     said = io.StringIO()
     start = time.perf_counter()
     with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
-        jobs, target, out_dir = cli._check_explain_args(args)
+        jobs, target, out_dir = cli.check_explain_args(args)
         found = inputs.expand(args.images)
-        config = record.configuration(cli._model_record(args), jobs, target=target, dtype=args.dtype,
+        config = record.configuration(cli.model_record(args), jobs, target=target, dtype=args.dtype,
                                         reduce=args.reduce, colormaps={"unsigned": args.cmap, "signed": args.signed_cmap})
         record.prepare(out_dir, config, overwrite=args.overwrite, writer=False)
         config = record.prepare(out_dir, config, overwrite=args.overwrite, writer=True)
         counts = pipeline.run(model, found.files, inputs.output_names(found.files), jobs, out=out_dir, config=config,
-                              target=target, class_names=cli._class_names(model), batch_size=args.batch_size,
+                              target=target, class_names=cli.class_names(model), batch_size=args.batch_size,
                               precision=args.precision, threads=args.decode_threads)
         join(out_dir)
     seconds = time.perf_counter() - start

@@ -31,7 +31,7 @@ import jaxplain
 from jaxplain import models
 from jaxplain.errors import ToleranceWarning
 from jaxplain.methods.integrated import integrated_gradients, rule_nodes
-from jaxplain.engine.runner import prepare
+from jaxplain.engine.runner import prepare, resolved
 
 GL_STEPS = (16, 25, 32, 50, 64, 100)
 TRAPEZOID_STEPS = (9, 17, 33, 65)  # nested: one set of slopes at 65 nodes serves all
@@ -65,7 +65,7 @@ def slopes(m: jaxplain.Model, x: np.ndarray, t: np.ndarray, alphas: np.ndarray, 
 
 def timed(m: jaxplain.Model, x: np.ndarray, t: np.ndarray, **settings):
     """explain's output for IG with ``settings`` and the seconds of its run, compiled ahead."""
-    prep = prepare(integrated_gradients, m, jnp.asarray(x), settings)
+    prep = prepare(integrated_gradients, m, jnp.asarray(x), resolved(integrated_gradients, m, jnp.asarray(x), settings))
     run, _ = prep.call.compile(m.params, jnp.asarray(x), jnp.asarray(t, jnp.int32), prep.keys, prep.per_image, prep.shared)
     start = time.perf_counter()
     out = jax.block_until_ready(run())

@@ -14,7 +14,7 @@ import torch
 from captum import attr as ca
 
 from jaxplain import registry
-from jaxplain.bench import USUAL, _time
+from jaxplain.bench import USUAL, timings
 from jaxplain.methods.perturb import per_axis
 from tests.grad_cam_reference import score_cam as torch_score_cam
 
@@ -97,7 +97,7 @@ def has_counterpart(net: Any, name: str) -> bool:
 
 def measure_captum(net: Any, name: str, batch: int, settings: dict[str, Any], size: tuple[int, int],
                    rounds: int = 3, min_time: float = 1.0) -> dict[str, Any]:
-    times = _time(captum_call(net, name, batch, settings, size), rounds, min_time)  # call() synchronises
+    times = timings(captum_call(net, name, batch, settings, size), rounds, min_time)  # call() synchronises
     sec = statistics.median(times)
     cuda = next(net.parameters()).device.type == "cuda"
     mem = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

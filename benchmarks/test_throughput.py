@@ -8,6 +8,7 @@ import jax
 import pytest
 
 from benchmarks.cases import cases
+import jaxplain
 from jaxplain import bench, models
 from jaxplain.chunks import loop_mode
 
@@ -48,3 +49,24 @@ def test_compile(benchmark, device, spec):
     benchmark.group = "compile vgg16"
     result = benchmark.pedantic(lambda: bench.compile_case(m, spec, 8), rounds=1, iterations=1)
     benchmark.extra_info.update(device, method=spec, batch=8, flops_per_call=result.flops)
+
+
+@pytest.mark.quick
+@pytest.mark.parametrize("n,batch_size", [(1, 8), (1, 1)])
+def test_short_run(benchmark, device, n, batch_size):
+    """A run smaller than its batch size through ``jaxplain.explain``: VGG16's gradient of ``n``
+    images at ``batch_size`` computes ``runner.call_images(n, batch_size)`` images, so one image
+    at batch 8 costs about what it costs at batch 1 (it cost the whole batch when every call was
+    padded to ``batch_size``)."""
+    from jaxplain.engine.runner import call_images
+
+    m = model("vgg16")
+    x = jax.random.normal(jax.random.key(1), (n, 224, 224, 3))
+    benchmark.group = "vgg16 gradient, short run"
+    call = lambda: jax.block_until_ready(jaxplain.explain(m, x, 0, "gradient", batch_size=batch_size))  # noqa: E731
+    call()
+    benchmark.pedantic(call, rounds=3, iterations=1, warmup_rounds=0)
+    sec = benchmark.stats.stats.median
+    benchmark.extra_info.update(device, model="vgg16", method="gradient", images=n, batch_size=batch_size,
+                                images_computed=call_images(n, batch_size), images_per_s=n / sec, dtype="float32",
+                                chunk_loop=loop_mode())

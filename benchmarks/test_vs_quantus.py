@@ -8,7 +8,7 @@ import statistics
 import pytest
 
 from jaxplain import METRICS
-from jaxplain.bench import _time
+from jaxplain.bench import timings
 
 pytest.importorskip("quantus")
 from benchmarks.metrics_vs_quantus import PAIRS, build_model, calls, make_inputs  # noqa: E402
@@ -30,7 +30,7 @@ def test_vs_quantus(benchmark, device, name):
     c.ours()  # compile
     benchmark.pedantic(c.ours, rounds=3, iterations=1)
     ours = len(inp.x) / benchmark.stats.stats.median
-    theirs = len(inp.x) / statistics.median(_time(c.theirs, 3))
+    theirs = len(inp.x) / statistics.median(timings(c.theirs, 3))
     benchmark.extra_info.update(device, metric=name, quantus=c.pair.quantus, batch=len(inp.x),
                                 settings=repr(c.ours_settings), quantus_settings=repr(c.quantus_settings),
                                 images_per_s=ours, quantus_images_per_s=theirs, vs_quantus=ours / theirs)

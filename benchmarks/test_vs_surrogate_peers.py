@@ -9,7 +9,7 @@ import statistics
 import pytest
 
 from jaxplain import METHODS
-from jaxplain.bench import _time
+from jaxplain.bench import timings
 
 pytest.importorskip("captum")
 pytest.importorskip("lime")
@@ -41,7 +41,7 @@ def test_vs_surrogate_peer(benchmark, device, method, peer):
     benchmark.pedantic(pair.ours, rounds=3, iterations=1)
     b = len(data.x)
     ours = b / benchmark.stats.stats.median
-    theirs = b / statistics.median(_time(other.run, 3))
+    theirs = b / statistics.median(timings(other.run, 3))
     benchmark.extra_info.update(device, method=method, peer=peer, batch=b, segments=data.m,
                                 settings=repr({k: v for k, v in pair.ours_settings.items() if k != "segments"}),
                                 peer_settings=repr(other.settings), passes_per_image=pair.passes,

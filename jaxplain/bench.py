@@ -14,10 +14,9 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxplain import registry
-from jaxplain.engine.runner import prepare
+from jaxplain import marks, registry
+from jaxplain.engine.runner import prepare, resolved
 from jaxplain.chunks import loop_mode
-from jaxplain.methods.perturb import occlusion_windows
 from jaxplain.engine.precision import with_precision
 from jaxplain.types import Model
 
@@ -37,31 +36,10 @@ USUAL: dict[str, dict[str, Any]] = {
 
 def passes(name: str, settings: dict[str, Any], shape: tuple[int, int, int] = (224, 224, 3)) -> int:
     """Model passes per image a method makes for images of ``shape`` (forward+backward for the
-    gradient family, forward only for the perturbation family; for passes/s)."""
-    defaults = registry.settings_of(registry.lookup(name))
-    s = {**defaults, **settings}
-    if name in ("smoothgrad", "squaregrad", "vargrad"):
-        base = s["base"] if isinstance(s["base"], str) else "gradient"
-        return s["samples"] * passes(base, dict(s.get("base_settings") or {}), shape)
-    if name == "occlusion":
-        return 1 + occlusion_windows(shape, s["window"], s["strides"])
-    if name in ("feature_ablation", "lime", "kernel_shap"):
-        cells = s["cells"] if isinstance(s["cells"], tuple) else (s["cells"], s["cells"])
-        m = s.get("max_segments") or (cells[0] * cells[1] if isinstance(s["segments"], str) else 0)
-        if name == "feature_ablation":
-            return 1 + m
-        if name == "lime":
-            return s["samples"]
-        samples = s["samples"] or 2 * m + 2048
-        return 2**m if (s["exact"] if s["exact"] is not None else 2**m <= samples) else samples + 2
-    if name == "xrai":
-        base, settings = registry.parse(s["base"]) if isinstance(s["base"], str) else (s["base"], {})
-        k = len(s["baselines"]) if isinstance(s["baselines"], (tuple, list)) else 1
-        return k * passes(base.__name__, {**settings, **dict(s.get("base_settings") or {})}, shape)
-    for k in ("steps", "samples", "masks"):
-        if k in s and isinstance(s[k], int):
-            return s[k]
-    return 1
+    gradient family, forward only for the perturbation family; for passes/s): its ``cost`` mark
+    (``jaxplain.marks.cost``) on its settings, checked and completed by ``registry.resolve``."""
+    fn, parsed = registry.parse(name)
+    return marks.passes(fn, registry.resolve(fn, {**parsed, **settings}), shape)
 
 
 def device_info() -> dict[str, Any]:
@@ -76,7 +54,7 @@ def device_info() -> dict[str, Any]:
     }
 
 
-def _time(fn: Callable[[], Any], rounds: int, min_time: float = 0.0) -> list[float]:
+def timings(fn: Callable[[], Any], rounds: int, min_time: float = 0.0) -> list[float]:
     """Seconds per call after one warm call: at least ``rounds`` calls and ``min_time`` seconds
     (at most 100 calls). ``fn`` must finish its work before returning (block or synchronise)."""
     fn()  # warm
@@ -94,7 +72,7 @@ def matmul_peak(dtype: Any = jnp.float32, n: int | None = None, rounds: int = 5)
     n = n or (2048 if jax.default_backend() == "cpu" else 8192)
     a = jax.random.normal(jax.random.key(0), (n, n), dtype)
     f = jax.jit(lambda x: x @ x)
-    return 2 * n**3 / min(_time(lambda: jax.block_until_ready(f(a)), rounds))
+    return 2 * n**3 / min(timings(lambda: jax.block_until_ready(f(a)), rounds))
 
 
 def peak_memory() -> tuple[int, str]:
@@ -135,7 +113,7 @@ def compile_case(model: Model, method: str, batch: int, *, precision: str | None
     if "references" in known:
         settings.setdefault("references", images[:1] * 0.5)
     targets = jnp.zeros((batch,), jnp.int32)
-    prep = prepare(fn, model, images, settings)
+    prep = prepare(fn, model, images, resolved(fn, model, images, settings))
     t = time.perf_counter()
     run, flops = prep.call.compile(model.params, images, targets, prep.keys, prep.per_image, prep.shared)
     compile_s = time.perf_counter() - t
@@ -144,7 +122,7 @@ def compile_case(model: Model, method: str, batch: int, *, precision: str | None
 
 def measure(case: Case, peak_flops: float, rounds: int = 3, min_time: float = 1.0) -> dict[str, Any]:
     """Steady-state timing of a compiled case, with the derived figures."""
-    times = _time(lambda: jax.block_until_ready(case.call()), rounds, min_time)
+    times = timings(lambda: jax.block_until_ready(case.call()), rounds, min_time)
     sec = statistics.median(times)
     mem, mem_kind = peak_memory()
     return {

@@ -13,6 +13,10 @@
   the metrics that re-explain).
 - ``@host_settings(resolve)``: settings computed on the host from the batch before compiling
   (``resolve(model, images, settings, defaults) -> settings``: segment label maps of the pictures).
+- ``@cost(passes)``: model passes per image, ``passes(settings, image_shape) -> int`` of the
+  method's settings (defaults filled, resolved: a wrapped ``base`` is a function);
+  ``forward_only=True`` where no pass goes backward. Unmarked: one pass. ``explain`` warns
+  before a call of too many (``jaxplain.engine.cost``); ``bench`` reports passes/s from it.
 - ``@staged(stages)``: a metric ``evaluate`` runs once per stage, each time with other weights
   (``stages(model, settings) -> [(name, params), ...]``), stacking the outputs (randomisation checks).
 """
@@ -88,6 +92,33 @@ def host_settings(resolve: Callable[..., dict[str, Any]]) -> Callable[[Callable]
         return fn
 
     return mark
+
+
+Passes = Callable[[dict[str, Any], tuple[int, ...]], int]
+
+
+def cost(passes: Passes, *, forward_only: bool = False) -> Callable[[Callable], Callable]:
+    """Mark a method's model passes per image: ``passes(settings, image_shape)``, ``settings``
+    all of the method's (defaults filled in) as ``registry.resolve`` leaves them; each pass a
+    forward and a backward one unless ``forward_only``."""
+
+    def mark(fn: Callable) -> Callable:
+        fn.cost = passes
+        fn.forward_only = forward_only
+        return fn
+
+    return mark
+
+
+def passes(fn: Callable, settings: dict[str, Any], image_shape: tuple[int, ...]) -> int:
+    """Model passes per image that ``fn`` makes with ``settings`` (resolved; missing ones take
+    their defaults) on one image of ``image_shape``: its ``cost`` mark, else 1."""
+    mark = getattr(fn, "cost", None)
+    if mark is None:
+        return 1
+    defaults = {name: p.default for name, p in inspect.signature(fn).parameters.items()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    return int(mark({**defaults, **settings}, tuple(image_shape)))
 
 
 Stages = Callable[[Any, dict[str, Any]], list[tuple[str, Any]]]

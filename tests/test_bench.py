@@ -78,3 +78,33 @@ def test_compare_help_names_itself(capsys):
     out = capsys.readouterr().out
     assert exit.value.code == 0 and out.startswith("usage: python -m benchmarks.compare ")
     assert "jaxplain bench [" not in out and "--methods" in out and "--precision" in out
+
+
+def _private_names(path) -> list[str]:
+    """``from jaxplain... import _x`` and ``m._x`` of a module ``m`` imported from jaxplain in ``path``."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    modules, found = set(), []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "jaxplain":
+            for alias in node.names:
+                if alias.name.startswith("_"):
+                    found.append(f"from {node.module} import {alias.name}")
+                modules.add(alias.asname or alias.name)
+        elif isinstance(node, ast.Import):
+            modules.update(a.asname or a.name for a in node.names if a.name.split(".")[0] == "jaxplain")
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules
+                and node.attr.startswith("_") and not node.attr.startswith("__")):
+            found.append(f"{node.value.id}.{node.attr}")
+    return found
+
+
+def test_the_benchmarks_use_no_private_name_of_the_package():
+    """The benchmark suite reaches the kernel and the command line through public names only."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+    found = {p.name: _private_names(p) for p in sorted(root.glob("*.py"))}
+    assert not {name: names for name, names in found.items() if names}

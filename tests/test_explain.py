@@ -174,8 +174,11 @@ def test_host_loop_sizes_an_unset_chunk_to_the_call(tiny_model, monkeypatch):
     (half as many for methods of forward passes only);
     a chunk the user sets, and a chunk that counts something else (Grad-CAM++'s activation
     elements), are left alone; scan keeps the method's default."""
-    from jaxplain.engine.runner import prepare
+    from jaxplain.engine.runner import prepare as prepare_resolved, resolved
     from jaxplain import chunks
+
+    def prepare(fn, model, x, settings, **kw):
+        return prepare_resolved(fn, model, x, resolved(fn, model, x, settings), **kw)
 
     assert [chunks.host_chunk(b, 224 * 224) for b in (1, 2, 8, 16, 64)] == [16, 8, 2, 1, 1]
     monkeypatch.setenv("JAXPLAIN_CHUNK_LOOP", "host")
@@ -208,7 +211,7 @@ def test_host_loop_computes_kept_values_once(tiny_model, monkeypatch, method, mo
     ``keep`` turned off. Results agree."""
     import importlib
 
-    from jaxplain.engine.runner import _batched, prepare
+    from jaxplain.engine.runner import _batched, prepare, resolved
 
     monkeypatch.setenv("JAXPLAIN_CHUNK_LOOP", "host")
     fn, settings = registry.parse(method)
@@ -217,7 +220,7 @@ def test_host_loop_computes_kept_values_once(tiny_model, monkeypatch, method, mo
     forward = (forward[0] if isinstance(forward, (list, tuple)) else forward)["flops"]
 
     def run() -> tuple[float, np.ndarray, int]:
-        prep = prepare(fn, tiny_model, x, settings)
+        prep = prepare(fn, tiny_model, x, resolved(fn, tiny_model, x, settings))
         go, flops = prep.call.compile(tiny_model.params, x, t, prep.keys, prep.per_image, prep.shared)
         return flops, np.asarray(go()), len(prep.call.steps())
 
@@ -229,3 +232,77 @@ def test_host_loop_computes_kept_values_once(tiny_model, monkeypatch, method, mo
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * np.abs(b).max())
     _batched.cache_clear()
     np.testing.assert_allclose(again - kept, (calls - 1) * passes * forward, rtol=0.1)
+
+
+def test_a_short_call_is_padded_to_a_power_of_two(tiny_model, monkeypatch):
+    """A run smaller than ``batch_size`` (and the last slice of a longer one) computes the next
+    power of two of its images, not the whole batch: 1 image at batch 8 costs one image. The
+    results are those of one image per call."""
+    from jaxplain.engine import runner
+
+    assert [runner.call_images(k, 8) for k in range(1, 9)] == [1, 2, 4, 4, 8, 8, 8, 8]
+    assert [runner.call_images(k, 6) for k in (1, 3, 5, 6)] == [1, 4, 6, 6]  # never beyond the batch
+    sizes = []
+    call = runner.Calls.__call__
+    monkeypatch.setattr(runner.Calls, "__call__", lambda self, p, images, *a, **k: sizes.append(images.shape[0])
+                        or call(self, p, images, *a, **k))
+    x = np.random.default_rng(3).normal(size=(11, 32, 32, 3)).astype(np.float32)
+    t = np.arange(11) % 10
+    for n, want in ((1, [1]), (3, [4]), (11, [8, 4])):
+        sizes.clear()
+        got = np.asarray(jaxplain.explain(tiny_model, x[:n], t[:n], "integrated_gradients(steps=4)", batch_size=8))
+        assert sizes == want
+        one = np.concatenate([jaxplain.explain(tiny_model, x[i:i + 1], t[i:i + 1], "integrated_gradients(steps=4)")
+                              for i in range(n)])
+        np.testing.assert_allclose(got, one, rtol=1e-5, atol=1e-6 * np.abs(one).max())  # batching reorders sums
+
+
+def test_progress_is_called_after_every_compiled_call(tiny_model, monkeypatch):
+    """``progress=f`` hears ``f(done, total)`` after each compiled call: on the host loop one per
+    chunk (IG of 8 steps in chunks of 2: 4 calls a batch), so a long batch reports as it goes."""
+    monkeypatch.setenv("JAXPLAIN_CHUNK_LOOP", "host")
+    heard = []
+    jaxplain.explain(tiny_model, np.concatenate([X, X[:1]]), 0, "integrated_gradients(steps=8, chunk=2)", batch_size=2,
+                     progress=lambda done, total: heard.append((done, total)))
+    assert heard == [(i, 8) for i in range(1, 9)]  # two batches of four calls
+    with pytest.raises(InputError, match="progress must be True, False or a function"):
+        jaxplain.explain(tiny_model, X, 0, "gradient", progress="yes")
+
+
+def test_a_folder_run_reports_each_chunk(tmp_path, monkeypatch):
+    """``jaxplain explain FOLDER`` says how far a batch is, chunk by chunk: the first line comes
+    after the first compiled call, not after the batch (here stderr is no terminal: lines)."""
+    from tests.test_dataset_run import photo, run
+
+    photo(tmp_path / "in" / "a.png", (64, 64))
+    monkeypatch.setenv("JAXPLAIN_CHUNK_LOOP", "host")
+    r = run("explain", tmp_path / "in", "--model", "synthetic_vgg", "--method", "integrated_gradients(steps=8, chunk=2)",
+            "--batch-size", "1", "--out", tmp_path / "out", home=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "jaxplain: 0/1 images, integrated_gradients: 1/4 calls of this batch" in r.stderr, r.stderr
+
+
+def test_a_costly_call_is_warned_before_it_compiles(tiny_model, monkeypatch):
+    """IG with 100000 steps is 100000 gradient passes per image: ``explain`` says so, with the
+    FLOP count, before anything compiles; every method at its defaults stays below the line."""
+    import warnings
+
+    from jaxplain import marks
+    from jaxplain.engine import cost, runner
+
+    def no_compile(*a, **k):
+        raise AssertionError("reached the compiled call")
+
+    monkeypatch.setattr(runner, "prepare", no_compile)
+    with pytest.warns(jaxplain.CostWarning, match=r"integrated_gradients makes 100000 model passes per image "
+                                                  r"\(200000 for 2 images, about .* FLOP"):
+        with pytest.raises(AssertionError, match="reached the compiled call"):
+            jaxplain.explain(tiny_model, X, 0, "integrated_gradients(steps=100000)")
+    monkeypatch.undo()
+    for name, fn in registry.METHODS.items():
+        if {"steps", "samples", "masks"} & set(registry.settings_of(fn)):
+            assert hasattr(fn, "cost"), name  # its passes grow with a setting: it declares them
+        assert marks.passes(fn, registry.resolve(fn, {}), (224, 224, 3)) <= cost.WARN_PASSES, name
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", jaxplain.CostWarning)
+        jaxplain.explain(tiny_model, X, 0, "integrated_gradients")

@@ -14,7 +14,7 @@ import pytest
 
 import jaxplain
 from tests import compare
-from jaxplain.engine.runner import prepare
+from jaxplain.engine.runner import prepare, resolved
 from jaxplain.registry import METHODS, resolve, settings_of
 from tests.method_settings import KEYED_DRAWS, RANDOM_BASE, TRANSFORMER, expected_shape, images, settings_for
 
@@ -115,7 +115,7 @@ def test_chunked_equals_unchunked(data, unchunked, name, loop, monkeypatch):
     s = settings_for(name, x)
     whole = unchunked(name)
     monkeypatch.setenv("JAXPLAIN_CHUNK_LOOP", loop)
-    call = prepare(METHODS[name], m, jnp.asarray(x), s).call
+    call = prepare(METHODS[name], m, jnp.asarray(x), resolved(METHODS[name], m, jnp.asarray(x), s)).call
     assert bool(call.starts) == (loop == "host")  # the host loop really loops over chunks
     close(jaxplain.explain(m, x, t, name, **s), whole)
 
@@ -124,7 +124,7 @@ def test_host_loop_donates_the_running_total(data, monkeypatch):
     m, x, t = data
     m = m.cnn
     monkeypatch.setenv("JAXPLAIN_CHUNK_LOOP", "host")
-    prep = prepare(METHODS["smoothgrad"], m, jnp.asarray(x), settings_for("smoothgrad", x))
+    prep = prepare(METHODS["smoothgrad"], m, jnp.asarray(x), resolved(METHODS["smoothgrad"], m, jnp.asarray(x), settings_for("smoothgrad", x)))
     args = (m.params, jnp.asarray(x), jnp.asarray(t, jnp.int32), prep.keys, prep.per_image, prep.shared)
     acc = prep.call.first(*args)
     out = prep.call.mid(*args, acc, jnp.int32(3))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import jaxplain
-from jaxplain.engine.runner import prepare
+from jaxplain.engine.runner import prepare, resolved
 from jaxplain.registry import METHODS
 from tests.method_settings import images
 
@@ -13,7 +13,7 @@ from tests.method_settings import images
 def _hlo(model, name, precision):
     m = jaxplain.with_precision(model, precision)
     x = jnp.asarray(images(2))
-    prep = prepare(METHODS[name], m, x, {})
+    prep = prepare(METHODS[name], m, x, resolved(METHODS[name], m, x, {}))
     return prep.call.first.lower(m.params, x, jnp.zeros(2, jnp.int32), prep.keys, prep.per_image, prep.shared).as_text()
 
 

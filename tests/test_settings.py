@@ -135,3 +135,47 @@ def test_resolve_is_what_the_registry_checks():
     assert resolved["base"] is jaxplain.gradient_x_input and resolved["base_settings"] == {}
     with pytest.raises(InputError, match="base must be a method function here"):  # a direct call: no registry
         jaxplain.vargrad(None, None, jnp.zeros((2, 2, 3)), 0, base="gradient", key=jax.random.key(0))
+
+
+def _count_resolutions(monkeypatch) -> dict[str, list]:
+    """Record the function each call of ``registry.resolve`` and ``resolve_for_model`` resolves
+    (nested calls for a wrapped method record the wrapped one)."""
+    import importlib
+
+    st = importlib.import_module("jaxplain.engine.settings")
+    ev = importlib.import_module("jaxplain.engine.evaluation")
+    seen: dict[str, list] = {"registry": [], "model": []}
+    by_registry, for_model = registry.resolve, st.resolve_for_model
+
+    def counted_registry(fn, settings):
+        seen["registry"].append(fn)
+        return by_registry(fn, settings)
+
+    def counted_model(fn, *a, **k):
+        seen["model"].append(fn)
+        return for_model(fn, *a, **k)
+
+    monkeypatch.setattr(registry, "resolve", counted_registry)
+    monkeypatch.setattr(st, "resolve_for_model", counted_model)
+    monkeypatch.setattr(ev, "resolve_for_model", counted_model)
+    return seen
+
+
+@pytest.mark.parametrize("method", ["integrated_gradients(steps=4)", "grad_cam"])
+def test_explain_resolves_settings_once(tiny_model, monkeypatch, method):
+    """One ``explain`` call checks its settings (``registry.resolve``) once and resolves them for
+    the model once, over several batches too."""
+    fn = registry.parse(method)[0]
+    seen = _count_resolutions(monkeypatch)
+    jaxplain.explain(tiny_model, X, T, method, batch_size=2)
+    assert seen["registry"].count(fn) == 1 and seen["model"].count(fn) == 1
+
+
+@pytest.mark.parametrize("metric", ["deletion(steps=4)", "model_randomisation"])
+def test_evaluate_resolves_settings_once(tiny_model, monkeypatch, metric):
+    """The same for ``evaluate``; a staged metric (one run per stage of weights) too."""
+    fn = registry.parse_metric(metric)[0]
+    a = np.random.default_rng(2).normal(size=X.shape).astype(np.float32)
+    seen = _count_resolutions(monkeypatch)
+    jaxplain.evaluate(tiny_model, X, T, a, metric, key=0)
+    assert seen["registry"].count(fn) == 1 and seen["model"].count(fn) == 1

@@ -51,7 +51,7 @@ def test_a_new_zoo_line_is_a_model_of_the_command_line(new_model, tmp_path, caps
     assert [line.split()[1:3] for line in out[1:]] == [[f"class{c}", f"id{c}"] for c in want]
     p = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
     np.testing.assert_allclose([float(line.split()[-1]) for line in out[1:]], p[want], atol=5e-5)  # printed to 4 places
-    assert cli._class_names(model) == [n for _, n in LABELS]
+    assert cli.class_names(model) == [n for _, n in LABELS]
 
 
 def test_a_new_zoo_line_is_benched_and_checked(new_model, capsys):

@@ -147,7 +147,7 @@ def _output_folder(out: str) -> Path:
     return path
 
 
-def _check_explain_args(args: argparse.Namespace) -> tuple[list, Any, Path]:
+def check_explain_args(args: argparse.Namespace) -> tuple[list, Any, Path]:
     """Everything about ``explain``'s arguments that can be checked without a model: the jobs,
     the target, the output folder (created)."""
     from jaxplain import viz
@@ -183,7 +183,7 @@ def _check_explain_args(args: argparse.Namespace) -> tuple[list, Any, Path]:
     return jobs, target, out
 
 
-def _model_record(args: argparse.Namespace) -> dict[str, Any]:
+def model_record(args: argparse.Namespace) -> dict[str, Any]:
     """What identifies the weights of a run (a file by its path, size and time)."""
     from jaxplain.models.zoo import entry
 
@@ -211,10 +211,10 @@ def _labels(model, name: str | None = None) -> tuple[tuple[str, str], ...] | Non
     return labels if len(labels) == k else None
 
 
-def _class_names(model, name: str | None = None) -> list[str] | None:
+def class_names(model, name: str | None = None) -> list[str] | None:
     """The names of ``model``'s classes (see ``_labels``)."""
-    labels = _labels(model, name)
-    return [n for _, n in labels] if labels else None
+    found = _labels(model, name)
+    return [n for _, n in found] if found else None
 
 
 class _Signals:
@@ -242,12 +242,12 @@ class _Signals:
 def _explain(args: argparse.Namespace) -> int:
     from jaxplain.runs import inputs, outputs, record
 
-    jobs, target, out = _check_explain_args(args)
+    jobs, target, out = check_explain_args(args)
     found = inputs.expand(args.images, exclude=out)  # never the results of an earlier run
     for problem in found.problems:
         print(f"jaxplain: failed {problem.argument}: {problem.message}", file=sys.stderr)
-    model_record = _model_record(args)
-    config = record.configuration(model_record, jobs, target=target, dtype=args.dtype, reduce=args.reduce,
+    weights = model_record(args)
+    config = record.configuration(weights, jobs, target=target, dtype=args.dtype, reduce=args.reduce,
                                     colormaps={"unsigned": args.cmap, "signed": args.signed_cmap})
     if args.coordinator:
         from jaxplain import distributed
@@ -290,7 +290,7 @@ def _explain_locked(args: argparse.Namespace, jobs: list, target: Any, out: Path
         signals = _Signals()
         try:
             counts = pipeline.run(model, found.files, inputs.output_names(found.files), jobs, out=out, config=config,
-                                  target=target, class_names=_class_names(model, args.model), batch_size=args.batch_size,
+                                  target=target, class_names=class_names(model, args.model), batch_size=args.batch_size,
                                   precision=args.precision, stop=lambda: signals.received is not None,
                                   threads=args.decode_threads)
         finally:

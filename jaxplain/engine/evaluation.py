@@ -71,9 +71,9 @@ def evaluate(
         settings["mask"] = check_mask(images, settings.get("mask"), getattr(fn, "__name__", "this metric"))
     kw = dict(batch_size=batch_size, precision=precision, progress=progress)
     stages = getattr(fn, "stages", None)
-    if stages is not None:
-        weights = stages(model, {**registry.settings_of(fn), **settings})
-        settings = resolve_for_model(fn, model, tuple(images.shape[1:]), settings, images)  # once, not per stage
+    weights = stages(model, {**registry.settings_of(fn), **settings}) if stages is not None else None
+    settings = resolve_for_model(fn, model, tuple(images.shape[1:]), settings, images)  # once per call, not per stage
+    if weights is not None:
         return run_stages(fn, weights, model, images, targets, {**settings, "attribution": a}, **kw)
     return dict(run(fn, model, images, targets, {**settings, "attribution": a}, **kw))
 
@@ -86,7 +86,7 @@ def run_stages(fn: Callable, stages: list[tuple[str, Any]], model: Model, images
     ``apply``, settings and shapes; only the weights, an argument, differ). ``"predicted"``
     targets are the original model's, found once. Each output is stacked to ``[B, S]``;
     ``"score"`` is the last stage's; the names come back under ``fn.stage_label`` as ``[S]``.
-    ``images`` are checked (``check_images``)."""
+    ``images`` are checked (``check_images``), ``settings`` resolved (``resolve_for_model``)."""
     if isinstance(targets, str):
         targets = np.asarray(target_ids(with_precision(model, precision), images, targets, batch_size))
     outs = [run(fn, model.replace(params=params), images, targets, settings, batch_size=batch_size,

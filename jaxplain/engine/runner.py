@@ -17,6 +17,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxplain import registry
 from jaxplain.engine import settings as st
+from jaxplain.engine.cost import warn_if_costly
 from jaxplain.engine.derived import derived
 from jaxplain.errors import CostWarning, InputError
 from jaxplain import chunks
@@ -164,9 +165,21 @@ def _call_size(size: int) -> int:
     return _per_device(size) * len(jax.local_devices())
 
 
+def call_images(k: int, size: int) -> int:
+    """The images a call of ``run_batches`` computes for ``k`` real ones, ``size`` at most (a
+    multiple of the devices, ``_call_size``): the devices times the smallest power of two that
+    holds ``k`` spread over them, capped at ``size``. A short call (a run smaller than the batch,
+    the last slice of one) pays for at most twice its images, and a batch size needs at most
+    ``log2(size) + 2`` compiled programs."""
+    devices = len(jax.local_devices())
+    per_device = -(-k // devices)
+    return min(size, devices * (1 << (per_device - 1).bit_length()))
+
+
 def run_batches(call: Callable[..., PyTree], params: PyTree, batch: tuple, n: int, size: int) -> PyTree:
-    """Call ``call(params, *part)`` on fixed-size slices of ``batch`` (pytrees whose leaves have
-    a leading axis ``n``; ``None`` passes through) and join the results."""
+    """Call ``call(params, *part)`` on slices of ``size`` images of ``batch`` (pytrees whose
+    leaves have a leading axis ``n``; ``None`` passes through), a shorter slice padded to
+    ``call_images``, and join the results."""
     devices = tuple(jax.local_devices())  # in a multi-process run, each process uses its own
     size = _call_size(size)
     mesh = _mesh(devices) if len(devices) > 1 else None
@@ -175,7 +188,7 @@ def run_batches(call: Callable[..., PyTree], params: PyTree, batch: tuple, n: in
         shard = NamedSharding(mesh, PartitionSpec("b"))
     outs = []
     for lo, hi in _slices(n, size):
-        part = jax.tree.map(lambda a: _pad(a[lo:hi], size), batch)
+        part = jax.tree.map(lambda a, k=call_images(hi - lo, size): _pad(a[lo:hi], k), batch)
         if mesh is not None:
             part = jax.tree.map(lambda a: jax.device_put(a, shard), part)
         out = call(params, *part)
@@ -233,12 +246,20 @@ class Prepared(NamedTuple):
     static: dict[str, Any]
 
 
+def resolved(fn: Callable, model: Model, images: Array, settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` as given checked (``registry.resolve``) and resolved for ``model`` and
+    ``images`` (``settings.resolve_for_model``): what ``prepare`` and ``run`` take. For callers
+    that start from a method and its settings (``bench``, tests); ``explain`` does the same."""
+    return st.resolve_for_model(fn, model, tuple(images.shape[1:]), registry.resolve(fn, dict(settings)), images)
+
+
 def prepare(fn: Callable, model: Model, images: Array, settings: dict[str, Any],
             per_call: int | None = None) -> Prepared:
-    """Everything ``explain`` needs to run ``fn`` on ``images``: settings checked
-    (``registry.resolve``) and resolved for the model, per-image keys, array settings passed as
-    arguments (one per image where the method marks them so and they have a batch axis), the rest
-    closed over; ``call(params, images, targets, keys, per_image, shared)`` runs the jitted method.
+    """Everything ``explain`` needs to run ``fn`` on ``images`` with ``settings`` resolved once
+    for the call (``resolved``: checked and resolved for the model): per-image keys, array
+    settings passed as arguments (one per image where the method marks them so and they have a
+    batch axis), the rest closed over; ``call(params, images, targets, keys, per_image, shared)``
+    runs the jitted method.
     One with a ``chunk`` setting runs chunk by chunk in a host loop where ``chunks.loop_mode()``
     says ``host``; there a method whose chunk counts images (``chunks.counts_images``) and whose
     chunk is not set gets ``chunks.host_chunk`` for ``per_call`` images per call and device
@@ -246,7 +267,7 @@ def prepare(fn: Callable, model: Model, images: Array, settings: dict[str, Any],
     A transformer's token layers are shown to the method as their patch grid (``tokens.grid_view``)."""
     model = grid_view(model)
     n, image_shape = images.shape[0], tuple(images.shape[1:])
-    settings = st.resolve_for_model(fn, model, image_shape, registry.resolve(fn, dict(settings)), images)
+    settings = dict(settings)
     note = getattr(fn, "cost_note", None)
     message = note(model, image_shape, settings) if note else None
     if message:
@@ -284,10 +305,37 @@ def _check_target_use(fn: Callable, settings: dict[str, Any], targets: Targets) 
                          f"{'explains' if kind == 'methods' else 'scores'} a class: pass class indices or 'predicted'")
 
 
+Progress = bool | Callable[[int, int], Any]
+
+
 def _progress_bar(total: int, desc: str) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="call", file=sys.stderr, leave=False, dynamic_ncols=True)
+
+
+def check_progress(progress: Any) -> None:
+    if not (isinstance(progress, bool) or callable(progress)):
+        raise InputError(f"progress must be True, False or a function called with (done, total), got {progress!r}")
+
+
+def _ticker(progress: Progress, total: int, desc: str) -> tuple[Tick | None, Callable[[], None]]:
+    """``(tick, close)``: ``tick()``, called after each compiled call has finished, moves a bar
+    on stderr (``progress=True``) or calls ``progress(done, total)`` (counts of compiled calls)."""
+    if progress is False:
+        return None, lambda: None
+    bar = _progress_bar(total, desc) if progress is True else None
+    done = 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if bar is not None:
+            bar.update()
+        else:
+            progress(done, total)
+
+    return tick, bar.close if bar is not None else (lambda: None)
 
 
 def explain(
@@ -298,7 +346,7 @@ def explain(
     *,
     batch_size: int | None = None,
     precision: str | None = None,
-    progress: bool = False,
+    progress: Progress = False,
     **settings: Any,
 ) -> PyTree:
     """Explain ``model``'s ``targets`` on a batch of preprocessed ``images [B, H, W, C]``.
@@ -309,39 +357,44 @@ def explain(
     an array setting the method takes per image (a ``baseline``) may be one for all images or one
     per image ``[B, ...]``. ``key`` (a ``jax.random`` key or an int seed) is split per image by
     its index, so results do not depend on ``batch_size`` or device count; ``B`` keys give each
-    image its own. ``batch_size`` images go through each compiled call (the last call padded). On
+    image its own. ``batch_size`` images go through each compiled call; a shorter call (the last,
+    or all of a run smaller than ``batch_size``) is padded only to the next power of two. On
     the CPU's host loop an unset ``chunk`` of a method that sums over images (IG points, noise
     samples, windows, masks) is sized to put about sixteen 224x224 images through each call,
     eight for forward passes only (``chunks.host_chunk``); results do not depend on it.
     ``precision``: ``"float32"``, ``"tensorfloat32"`` or ``"bfloat16"`` for the model's arithmetic
-    (``jaxplain.engine.precision``); ``None`` is JAX's default. ``progress``: a progress bar of compiled
-    calls on stderr. Returns ``[B, ...]`` float32 (for the gradient family ``[B, H, W, C]``), or
+    (``jaxplain.engine.precision``); ``None`` is JAX's default. ``progress``: ``True`` for a progress
+    bar of compiled calls on stderr, or a function called as ``progress(done, total)`` after each
+    compiled call (one per chunk on the CPU's host loop, so it moves within a call's seconds even
+    when one batch takes minutes). Returns ``[B, ...]`` float32 (for the gradient family ``[B, H, W, C]``), or
     the method's tuple (``return_delta=True``) with a leading ``B`` on each part.
     """
     fn, parsed = registry.parse(method)
     settings = registry.resolve(fn, {**parsed, **settings})
-    return run(fn, model, check_images(model, images), targets, settings, batch_size=batch_size, precision=precision,
-               progress=progress)
+    images = check_images(model, images)
+    settings = st.resolve_for_model(fn, model, tuple(images.shape[1:]), settings, images)
+    return run(fn, model, images, targets, settings, batch_size=batch_size, precision=precision, progress=progress)
 
 
 def run(fn: Callable, model: Model, images: Array, targets: Targets, settings: dict[str, Any], *,
-        batch_size: int | None = None, precision: str | None = None, progress: bool = False) -> PyTree:
-    """``fn`` (a method, or a metric with its ``attribution`` among the ``settings``, which
-    ``registry.resolve`` has checked) on every image of ``images`` (checked by ``check_images``):
-    what ``explain`` and ``evaluate`` share."""
+        batch_size: int | None = None, precision: str | None = None, progress: Progress = False) -> PyTree:
+    """``fn`` (a method, or a metric with its ``attribution`` among the ``settings``) on every
+    image of ``images`` (checked by ``check_images``): what ``explain`` and ``evaluate`` share.
+    ``settings`` are resolved once by the caller (``registry.resolve``, then
+    ``settings.resolve_for_model``, as ``resolved`` does) and used as they are."""
     check_batch_size(batch_size)
+    check_progress(progress)
     _check_target_use(fn, settings, targets)
     model = with_precision(model, precision)
     n = images.shape[0]
+    warn_if_costly(fn, model, tuple(images.shape[1:]), settings, n)  # before anything compiles
     ids = target_ids(model, images, targets, batch_size)
     size = batch_size or n
-    prep = prepare(fn, model, images, settings, _per_device(size))
-    bar = _progress_bar(len(_slices(n, _call_size(size))) * len(prep.call.steps()),
-                        f"{getattr(fn, '__name__', 'method')} on {n} image{'s' * (n > 1)}") if progress else None
-    tick = bar.update if bar is not None else None
+    prep = prepare(fn, model, images, settings, _per_device(call_images(min(n, size), _call_size(size))))
+    tick, close = _ticker(progress, len(_slices(n, _call_size(size))) * len(prep.call.steps()),
+                          f"{getattr(fn, '__name__', 'method')} on {n} image{'s' * (n > 1)}")
     try:
         return run_batches(lambda p, x, t, k, mine: prep.call(p, x, t, k, mine, prep.shared, tick), model.params,
                            (images, ids, prep.keys, prep.per_image), n, size)
     finally:
-        if bar is not None:
-            bar.close()
+        close()

@@ -19,6 +19,7 @@ from jaxplain.errors import InputError
 from jaxplain.methods.layer import check_neuron
 from jaxplain.marks import inner, wrapped
 from jaxplain.engine.shapes import check_layer, default_layer
+from jaxplain.engine.tokens import grid_view
 from jaxplain.types import Array, Model
 
 Path = tuple[str, ...]
@@ -77,7 +78,10 @@ def resolve_for_model(fn: Callable, model: Model, image_shape: tuple[int, ...], 
     ``attention`` is the model's attention layers and a missing ``grid`` its token grid;
     ``baseline="black"`` (given or the default) is the preprocessed black image; a method marked
     ``host_settings`` completes its settings from the batch of ``images`` (segment label maps).
-    ``settings`` must come from ``registry.resolve``."""
+    ``settings`` must come from ``registry.resolve``. A transformer's token layers are checked
+    as their patch grid (``tokens.grid_view``), as the method sees them. ``explain`` and
+    ``evaluate`` call this once per call and pass the result on."""
+    model = grid_view(model)
     settings = dict(settings)
     known = registry.settings_of(fn)
     host = getattr(fn, "host_settings", None)

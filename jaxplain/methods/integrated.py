@@ -16,7 +16,7 @@ from .blur import blur_difference, gaussian_blur
 from jaxplain.checks import positive_int, real
 from jaxplain.chunks import counts_images, sum_chunks
 from .gradients import score
-from jaxplain.marks import per_image
+from jaxplain.marks import cost, per_image
 
 RULES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
 BASELINES = ("zeros", "black", "blur", "uniform")
@@ -270,6 +270,12 @@ def integrate(name: str, f: Callable[[Array], Array], start: Array, end: Array, 
     return (attr, jnp.sum(attr) - (f(end) - f(start))) if return_delta else attr
 
 
+def path_passes(settings: dict, image_shape: tuple[int, ...]) -> int:
+    """Gradients per image of a path method: ``steps``, or at most ``max_steps`` to a ``tolerance``."""
+    return settings["max_steps"] if settings.get("tolerance") is not None else settings["steps"]
+
+
+@cost(path_passes)
 @per_image(baseline=3)
 @counts_images
 def integrated_gradients(
@@ -303,6 +309,7 @@ def integrated_gradients(
                      tolerance=tolerance, max_steps=max_steps, per_round=per_round)
 
 
+@cost(lambda s, _: s["samples"])
 @counts_images
 def expected_gradients(
     apply: ApplyFn,
@@ -341,6 +348,7 @@ def expected_gradients(
     return sum_chunks(part, (idx, alphas), chunk) / samples
 
 
+@cost(lambda s, _: s["steps"])
 @counts_images
 def blur_ig(
     apply: ApplyFn,
@@ -376,6 +384,7 @@ def blur_ig(
     return -sum_chunks(part, xs, chunk)
 
 
+@cost(lambda s, _: s["steps"])
 @per_image(baseline=3)
 def guided_ig(
     apply: ApplyFn,

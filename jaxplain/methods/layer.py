@@ -14,9 +14,9 @@ import jax.numpy as jnp
 from jaxplain.errors import InputError
 from jaxplain.types import ApplyFn, Array, PyTree, Relu
 
-from .integrated import Refined, integrate, resolve_baseline
+from .integrated import Refined, integrate, path_passes, resolve_baseline
 from jaxplain.chunks import counts_images, keep
-from jaxplain.marks import output, per_image, targetless
+from jaxplain.marks import cost, output, per_image, targetless
 
 Neuron = int | tuple[int, ...]
 
@@ -72,6 +72,7 @@ def layer_gradient_x_activation(apply: ApplyFn, params: PyTree, x: Array, target
 
 
 @output("layer")
+@cost(path_passes)
 @per_image(baseline=3)
 @counts_images
 def layer_integrated_gradients(apply: ApplyFn, params: PyTree, x: Array, target: Array, *,
@@ -110,6 +111,7 @@ def neuron_gradient(apply: ApplyFn, params: PyTree, x: Array, target: Array, *,
 
 
 @targetless
+@cost(path_passes)
 @per_image(baseline=3)
 @counts_images
 def neuron_integrated_gradients(apply: ApplyFn, params: PyTree, x: Array, target: Array, *,

@@ -14,7 +14,7 @@ from jaxplain.errors import InputError
 from jaxplain.types import ApplyFn, Array, PyTree
 
 from jaxplain.chunks import counts_images, keep, sum_chunks
-from jaxplain.marks import output, per_image
+from jaxplain.marks import cost, output, per_image
 
 
 SCORES = ("logit", "softmax")
@@ -57,6 +57,7 @@ def occlusion_windows(shape: tuple[int, int, int], window: int | tuple[int, ...]
     return math.prod(math.ceil(max(size - a, 0) / b) + 1 for size, a, b in zip(shape, win, st))
 
 
+@cost(lambda s, shape: 1 + occlusion_windows(shape, s["window"], s["strides"]), forward_only=True)
 @per_image(baseline=3)
 @counts_images(forward_only=True)
 def occlusion(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, window: int | tuple[int, ...] = (15, 15),
@@ -137,6 +138,7 @@ def rise_masks(key: Array, n: int, shape: tuple[int, int], cells: int = 7, p: fl
 
 
 @output("map")
+@cost(lambda s, _: s["masks"], forward_only=True)
 @per_image(baseline=3)
 @counts_images(forward_only=True)
 def rise(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, masks: int = 4000, cells: int = 7,

@@ -13,7 +13,7 @@ from jaxplain.types import ApplyFn, Array, PyTree
 from jaxplain.checks import positive_int, real
 from jaxplain.chunks import counts_images, keep, sum_chunks
 from .gradients import gradient
-from jaxplain.marks import method_function, wraps_method
+from jaxplain.marks import cost, method_function, passes, wraps_method
 
 
 def _moments(
@@ -62,7 +62,13 @@ def _moments(
     return mean, var + mean * mean, var
 
 
+def _noise_passes(settings: dict, image_shape: tuple[int, ...]) -> int:
+    """The base's passes once per noise sample."""
+    return settings["samples"] * passes(settings["base"], dict(settings["base_settings"] or {}), image_shape)
+
+
 @wraps_method
+@cost(_noise_passes)
 @counts_images
 def smoothgrad(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, base: str | Callable = gradient,
                samples: int = 50, sigma: float = 0.15, key: Array | None = None, chunk: int | None = 16,
@@ -73,6 +79,7 @@ def smoothgrad(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, base:
 
 
 @wraps_method
+@cost(_noise_passes)
 @counts_images
 def squaregrad(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, base: str | Callable = gradient,
                samples: int = 50, sigma: float = 0.15, key: Array | None = None, chunk: int | None = 16,
@@ -83,6 +90,7 @@ def squaregrad(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, base:
 
 
 @wraps_method
+@cost(_noise_passes)
 @counts_images
 def vargrad(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, base: str | Callable = gradient,
             samples: int = 50, sigma: float = 0.15, key: Array | None = None, chunk: int | None = 16,

@@ -25,7 +25,7 @@ from jaxplain.types import ApplyFn, Array, Model, PyTree
 from .blur import gaussian_blur
 from jaxplain.checks import as_key, like_image, positive_int, real
 from jaxplain.chunks import along, counts_images, keep
-from jaxplain.marks import host_settings, output, per_image
+from jaxplain.marks import cost, host_settings, output, per_image
 from .perturb import target_score
 
 MAX_EXACT = 20  # kernel_shap enumerates at most 2**20 coalitions
@@ -100,7 +100,25 @@ def _outputs(f, x: Array, fill: Array, labels: Array, coalition, n: int, chunk: 
     return along(one, n, chunk)
 
 
+def _features(settings: dict, image_shape: tuple[int, ...]) -> int:
+    """The segments of a surrogate's settings: ``max_segments`` (``explain`` counts a label
+    map's), else the grid's cells."""
+    if settings.get("max_segments"):
+        return int(settings["max_segments"])
+    cells = settings["cells"] if isinstance(settings["cells"], (tuple, list)) else (settings["cells"],) * 2
+    return cells[0] * cells[1]
+
+
+def _shap_passes(settings: dict, image_shape: tuple[int, ...]) -> int:
+    """Every coalition when exact, else the samples and the two ends."""
+    m = _features(settings, image_shape)
+    samples = settings["samples"] or 2 * m + 2048
+    exact = settings["exact"] if settings["exact"] is not None else 2**m <= samples
+    return 2**m if exact else samples + 2
+
+
 @output("map")
+@cost(lambda s, shape: 1 + _features(s, shape), forward_only=True)
 @per_image(baseline=3, segments=2)
 @host_settings(segmentation.resolve)
 @counts_images(forward_only=True)
@@ -155,6 +173,7 @@ def _lime_host(model: Model, images: Array, settings: dict[str, Any], defaults: 
 
 
 @output("map")
+@cost(lambda s, _: s["samples"], forward_only=True)
 @per_image(baseline=3, segments=2, coalitions=2)
 @host_settings(_lime_host)
 @counts_images(forward_only=True)
@@ -233,6 +252,7 @@ def _kernel_coalition(key: Array, present: Array) -> Array:
 
 
 @output("map")
+@cost(_shap_passes, forward_only=True)
 @per_image(baseline=3, segments=2)
 @host_settings(segmentation.resolve)
 @counts_images(forward_only=True)

@@ -20,7 +20,7 @@ from jaxplain.errors import InputError
 from jaxplain.types import ApplyFn, Array, Model, PyTree
 
 from jaxplain.checks import as_key, real
-from jaxplain.marks import host_settings, method_function, output, per_image, wraps_method
+from jaxplain.marks import cost, host_settings, method_function, output, passes, per_image, wraps_method
 
 SCALES = (50, 100, 150, 250, 500, 1200)  # PAIR's Felzenszwalb scales, sigma 0.8, min size 150, at 224x224
 ALGORITHMS = ("full", "fast")
@@ -228,6 +228,17 @@ def _fast(attr: Array, masks: Array, min_pixel_diff: int) -> tuple[Array, Array]
     return step_of, gains
 
 
+def _passes(settings: dict, image_shape: tuple[int, ...]) -> int:
+    """The base's passes once per baseline where it takes one; none for a given ``base_attribution``."""
+    if settings["base_attribution"] is not None:
+        return 0
+    base, given = settings["base"], settings["baselines"]
+    k = 1 if isinstance(given, str) or np.ndim(given) in (0, 3) else len(given)
+    k = k if "baseline" in inspect.signature(base).parameters else 1
+    return k * passes(base, dict(settings["base_settings"] or {}), image_shape)
+
+
+@cost(_passes)
 @output("map")
 @per_image(segments=None, base_attribution=None)
 @host_settings(resolve)

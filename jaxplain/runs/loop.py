@@ -19,6 +19,7 @@ methods, write every result once.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -259,7 +260,7 @@ def run(model: Model, files: Sequence[Path], names: Sequence[str], jobs_: Sequen
             start = time.perf_counter()
             try:
                 attr = explain(model, x[need], targets[need], job.fn, batch_size=batch_size, precision=precision,
-                               **job.settings, **extra)
+                               progress=functools.partial(progress.calls, job.label), **job.settings, **extra)
             except JaxplainError as e:  # a method that refuses these images: the others go on
                 for k in need:
                     failures[k].append(f"{job.label}: {e}")
