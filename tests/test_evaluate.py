@@ -136,3 +136,59 @@ def test_every_metric_scores_each_image_and_slices_agree(tiny_model, grads, name
         np.testing.assert_allclose(np.asarray(parts[k]), np.asarray(whole[k]), atol=1e-5, err_msg=k) if k != "layers" \
             else np.testing.assert_array_equal(parts[k], whole[k])
     assert getattr(fn, "better", None) in ({"higher", "lower"} if name != "road" else {None})
+
+
+def test_interval_of_binary_scores_is_wilsons():
+    """0/1 scores (pointing game hits) get Wilson's score interval, written here from its formula:
+    inside [0, 1] where Student's t leaves it (9 hits of 10: t's upper bound is above 1)."""
+    s = np.array([1.0] * 9 + [0.0])
+    n, p, z = 10, 0.9, stats.norm.ppf(0.975)
+    centre = (p + z**2 / (2 * n)) / (1 + z**2 / n)
+    half = z / (1 + z**2 / n) * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2))
+    np.testing.assert_allclose(comparison.interval(s), (0.9, centre - half, centre + half), rtol=1e-12)
+    assert comparison.interval(s)[2] < 1 < s.mean() + stats.t.ppf(0.975, 9) * stats.sem(s)
+    low, high = comparison.interval(np.ones(20))[1:]
+    assert 0.8 < low < 1 and high == 1  # all hits: not the t-interval's empty [1, 1]
+    np.testing.assert_allclose(comparison.interval(np.append(s, np.nan)), comparison.interval(s), rtol=1e-12)
+
+
+def test_compare_keys_follow_the_key_policy_not_list_positions(tiny_model):
+    """A random method's and metric's scores do not depend on what else is in the lists, nor on
+    their order: each key is baselines.named(seed or the spec's key, name, settings), folded per
+    image by its identity, as computed here by hand; ``key=`` inside a spec is that root."""
+    from jaxplain import baselines
+
+    sg, mu = "smoothgrad(samples=2)", "mu_fidelity(samples=4, grid_size=4)"
+    _, alone = comparison.compare(tiny_model, X, "predicted", [sg], [mu], seed=4)
+    _, among = comparison.compare(tiny_model, X, "predicted", ["gradient", sg], ["deletion(steps=4)", mu], seed=4)
+    np.testing.assert_array_equal(alone[0].scores, among[3].scores)
+    ids = np.array([7, 1, 9, 3, 5])
+    _, keyed = comparison.compare(tiny_model, X, "predicted", ["smoothgrad(samples=2, key=3)"],
+                                  ["mu_fidelity(samples=4, grid_size=4, key=1)"], ids=ids)
+    a = jaxplain.explain(tiny_model, X, "predicted", "smoothgrad", samples=2,
+                         key=baselines.per_image(baselines.named(3, "smoothgrad", {"samples": 2}), ids))
+    want = jaxplain.evaluate(tiny_model, X, "predicted", a, "mu_fidelity", samples=4, grid_size=4,
+                             key=baselines.per_image(baselines.named(1, "mu_fidelity", {"samples": 4, "grid_size": 4}), ids))
+    np.testing.assert_allclose(keyed[0].scores, want["score"], atol=1e-6)
+    assert np.abs(keyed[0].scores - alone[0].scores).max() > 1e-6
+
+
+def test_max_sensitivity_chunks_the_methods_passes(tiny_model):
+    """A re-explaining metric keeps about ``chunk`` model passes per image at a time, the method's
+    own included: integrated gradients (chunk 16 of its own) is handed chunk 4, and the scores
+    equal the one-shot computation (chunk=None) to float32 rounding."""
+    from jaxplain.methods.integrated import integrated_gradients
+
+    seen = []
+
+    def ig(apply, params, x, target, *, steps=8, chunk=16):
+        seen.append(chunk)
+        return integrated_gradients(apply, params, x, target, steps=steps, chunk=chunk)
+
+    a = jaxplain.explain(tiny_model, X[:2], "predicted", "integrated_gradients", steps=8)
+    one = jaxplain.evaluate(tiny_model, X[:2], "predicted", a, "max_sensitivity", method=ig, samples=3, key=0, chunk=None)
+    assert set(seen) == {16}
+    seen.clear()
+    parts = jaxplain.evaluate(tiny_model, X[:2], "predicted", a, "max_sensitivity", method=ig, samples=3, key=0, chunk=4)
+    assert seen and set(seen) == {4}
+    np.testing.assert_allclose(parts["sensitivities"], one["sensitivities"], rtol=1e-4, atol=1e-6)
