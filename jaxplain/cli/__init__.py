@@ -591,12 +591,14 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--masks", nargs="+", metavar="MASK", help="one ground-truth mask picture per image (white = the object)")
     ev.add_argument("--model", default=None, choices=(*MODELS, SYNTHETIC),
                     help="default: synthetic_vgg without images, vgg16 with")
-    ev.add_argument("--weights", default=None, help="as for explain (default imagenet; synthetic_vgg: shipped)")
+    ev.add_argument("--weights", default=None, help="as for explain (default imagenet; synthetic_vgg: shipped, or "
+                    "random: the control, also for the synthetic benchmark)")
     ev.add_argument("--source", choices=SOURCE_NAMES, default=None, help="as for explain")
     ev.add_argument("-n", type=_positive, default=200, help="synthetic images (default 200)")
     ev.add_argument("--seed", type=int, default=0, help="seed of the synthetic images and of random methods and metrics")
     ev.add_argument("--batch-size", type=_positive, default=32, help="images per compiled call (default 32)")
-    ev.add_argument("--json", default="evaluation.json", help="where to write every score (default evaluation.json)")
+    ev.add_argument("--json", default="evaluation.json", help="where to write every score, each cell as it finishes; "
+                    "the same command again finishes a stopped run (default evaluation.json)")
     ev.add_argument("--debug", action="store_true", help="show the traceback of an error")
     ev.set_defaults(run=_evaluate)
     be = sub.add_parser("bench", help="measure images/s, %% of the matmul peak and memory",
