@@ -256,7 +256,7 @@ def test_evaluate_cli_keeps_finished_cells_when_stopped_and_resumes(tmp_path):
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=600)
     assert p.returncode == 128 + signal.SIGTERM, err
-    assert "rerun the command to finish" in err and "Traceback" not in err
+    assert "stopping after the cell in flight" in err and "rerun the command to finish" in err and "Traceback" not in err
     kept = json.loads(out.read_text())["cells"]
     assert 1 <= len(kept) < 4
     r = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)

@@ -208,9 +208,10 @@ def _class_names(model) -> list[str] | None:
 class _Signals:
     """SIGINT / SIGTERM: the first asks the run to stop after the batch in flight, a second stops now."""
 
-    def __init__(self) -> None:
+    def __init__(self, in_flight: str = "the batch in flight") -> None:
         import signal
 
+        self.in_flight = in_flight
         self.received: int | None = None
         self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
 
@@ -218,7 +219,7 @@ class _Signals:
         if self.received is not None:
             raise KeyboardInterrupt
         self.received = signum
-        print("jaxplain: stopping after the batch in flight (signal again to stop at once)", file=sys.stderr, flush=True)
+        print(f"jaxplain: stopping after {self.in_flight} (signal again to stop at once)", file=sys.stderr, flush=True)
 
     def restore(self) -> None:
         import signal
@@ -445,7 +446,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                                 "high": cell.high, "seconds": cell.seconds, "scores": cell.scores.tolist()})
         _write_json(out, result)
 
-    signals = _Signals()
+    signals = _Signals("the cell in flight")
     try:
         method_seconds, cells = compare(
             model, x, "predicted", args.methods, args.metrics, masks=masks, batch_size=args.batch_size,
