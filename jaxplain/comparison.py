@@ -1,18 +1,23 @@
 """Methods against metrics: explain a batch with each method, score each explanation with each
 metric, and summarise per cell the mean, a 95% interval over the images and the seconds taken
-(``jaxplain evaluate`` prints ``table``)."""
+(``jaxplain evaluate`` prints ``table``).
+
+Keys (``jaxplain.baselines``): a method's or metric's key is ``named(root, name, settings)``, the
+root its spec's ``key`` if given, else ``seed``; each image's key folds in the image's identity
+(``ids``: its index by default, a hash of its path for pictures from files). So a cell's scores
+do not depend on the other methods or metrics in the lists, nor on their order."""
 
 from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import numpy as np
 from scipy import stats
 
-from jaxplain import registry
+from jaxplain import baselines, registry
 from jaxplain.errors import InputError
 from jaxplain.engine.evaluation import evaluate
 from jaxplain.marks import output_of, wrapped
@@ -22,8 +27,9 @@ from jaxplain.types import Array, Model
 
 class Cell(NamedTuple):
     """One method on one metric: ``scores [B]``, their ``mean``, the 95% interval ``(low, high)``
-    of the mean (Student's t over the images), and the ``seconds`` the metric took. Images whose
-    score is NaN (a localisation metric's empty mask) are left out of the summary."""
+    of the mean (``interval``: Student's t, or Wilson's for 0/1 scores), and the ``seconds`` the
+    metric took. Images whose score is NaN (a localisation metric's empty mask) are left out of
+    the summary."""
 
     method: str
     metric: str
@@ -35,8 +41,9 @@ class Cell(NamedTuple):
 
 
 def interval(scores: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
-    """``(mean, low, high)``: the mean of the finite ``scores`` and its ``level`` t-interval (NaN
-    bounds for fewer than two)."""
+    """``(mean, low, high)``: the mean of the finite ``scores`` and its ``level`` interval (NaN
+    bounds for fewer than two). Scores that are all 0 or 1 (a pointing game's hits) get Wilson's
+    score interval, which stays inside [0, 1]; others Student's t."""
     s = np.asarray(scores, np.float64)
     s = s[np.isfinite(s)]
     if s.size == 0:
@@ -44,8 +51,18 @@ def interval(scores: np.ndarray, level: float = 0.95) -> tuple[float, float, flo
     m = float(s.mean())
     if s.size < 2:
         return m, math.nan, math.nan
+    if np.all((s == 0) | (s == 1)):
+        return (m, *wilson(m, s.size, level))
     half = float(stats.t.ppf((1 + level) / 2, s.size - 1) * s.std(ddof=1) / math.sqrt(s.size))
     return m, m - half, m + half
+
+
+def wilson(p: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson's score interval ``(low, high)`` for a proportion ``p`` of ``n`` binary trials."""
+    z = float(stats.norm.ppf((1 + level) / 2))
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def check_specs(methods: Sequence[str], metrics: Sequence[str], has_masks: bool) -> None:
@@ -69,28 +86,55 @@ def _seconds(f: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - t
 
 
+def spec_key(spec: str | Callable, settings: dict[str, Any], seed: int) -> tuple[Any, dict[str, Any]]:
+    """``(key, settings without key)`` of a method or metric spec: ``baselines.named`` of its
+    ``key`` setting (else ``seed``) with its name and other settings."""
+    rest = {k: v for k, v in settings.items() if k != "key"}
+    name = spec.split("(")[0].strip() if isinstance(spec, str) else getattr(spec, "__name__", repr(spec))
+    return baselines.named(settings.get("key", seed), name, rest), rest
+
+
 def compare(model: Model, images: Array, targets: Any, methods: Sequence[str], metrics: Sequence[str], *,
             masks: Array | None = None, batch_size: int | None = None, seed: int = 0,
+            ids: Sequence[int] | None = None, done: Mapping[tuple[str, str], Cell] | None = None,
+            method_seconds: Mapping[str, float] | None = None, on_cell: Callable[[Cell, dict[str, float]], None] | None = None,
+            stop: Callable[[], bool] | None = None,
             report: Callable[[str], None] | None = None) -> tuple[dict[str, float], list[Cell]]:
-    """Explain ``images`` with each method (``key`` from ``seed`` where random) and score each
-    result with each metric; a metric that re-explains (``method`` setting) gets the method and
-    its settings, a localisation metric the ``masks [B, H, W]``. Returns ``(seconds per method,
-    cells)``; seconds include compiling. ``report``, if given, hears a line per finished cell."""
+    """Explain ``images`` with each method and score each result with each metric; a metric that
+    re-explains (``method`` setting) gets the method and its settings, a localisation metric the
+    ``masks [B, H, W]``. Keys as the module says, per image from ``ids [B]`` (default: indices).
+    ``done`` (cells by ``(method, metric)``, with ``method_seconds``) are kept, not recomputed; a
+    method whose cells are all done is not explained. ``on_cell`` hears each new cell as it
+    finishes, with the seconds per method so far; ``stop()`` true ends the loop after the cell in flight. Returns ``(seconds per
+    method, cells)`` in the lists' order, without cells not reached; seconds include compiling.
+    ``report``, if given, hears a line per finished cell with the time left, extrapolated."""
     check_specs(methods, metrics, masks is not None)
-    key = jax.random.key(seed)
-    method_seconds, cells = {}, []
-    for mi, spec in enumerate(methods):
+    ids = np.arange(images.shape[0]) if ids is None else np.asarray(ids)
+    done = dict(done or {})
+    seconds = dict(method_seconds or {})
+    todo = sum((m, k) not in done for m in methods for k in metrics)
+    spent, finished = 0.0, 0
+    for spec in methods:
+        if all((spec, k) in done for k in metrics) or (stop and stop()):
+            continue
         fn, settings = registry.parse(spec)
-        extra = {"key": jax.random.fold_in(key, mi)} if "key" in registry.settings_of(fn) else {}
-        attr, method_seconds[spec] = _seconds(lambda: explain(model, images, targets, fn, batch_size=batch_size,
-                                                              **settings, **extra))
+        key, settings = spec_key(spec, settings, seed)
+        extra = {"key": baselines.per_image(key, ids)} if "key" in registry.settings_of(fn) else {}
+        t = time.perf_counter()
+        attr, seconds[spec] = _seconds(lambda: explain(model, images, targets, fn, batch_size=batch_size,
+                                                       **settings, **extra))
         attr = attr[0] if isinstance(attr, tuple) else attr
-        for ki, metric in enumerate(metrics):
+        for metric in metrics:
+            if (spec, metric) in done:
+                continue
+            if stop and stop():
+                break
             mfn, msettings = registry.parse_metric(metric)
             known = registry.settings_of(mfn)
+            mkey, msettings = spec_key(metric, msettings, seed)
             more: dict[str, Any] = {}
-            if "key" in known:
-                more["key"] = jax.random.fold_in(key, 1000 + ki)
+            if "key" in known:  # a staged metric draws its weights from one key
+                more["key"] = mkey if getattr(mfn, "stages", None) else baselines.per_image(mkey, ids)
             if "mask" in known:
                 more["mask"] = masks
             names = wrapped(mfn)
@@ -99,10 +143,21 @@ def compare(model: Model, images: Array, targets: Any, methods: Sequence[str], m
             out, sec = _seconds(lambda: evaluate(model, images, targets, attr, mfn, batch_size=batch_size,
                                                  **msettings, **more))
             scores = np.asarray(out["score"], np.float64)
-            cells.append(Cell(spec, metric, scores, *interval(scores), sec))
+            done[spec, metric] = Cell(spec, metric, scores, *interval(scores), sec)
+            spent, finished = spent + time.perf_counter() - t, finished + 1
+            t = time.perf_counter()
+            if on_cell:
+                on_cell(done[spec, metric], dict(seconds))
             if report:
-                report(f"{spec} x {metric}: {cells[-1].mean:.4g} ({sec:.1f} s)")
-    return method_seconds, cells
+                left = spent / finished * (todo - finished)
+                report(f"[{finished}/{todo}] {spec} x {metric}: {done[spec, metric].mean:.4g} ({sec:.1f} s); "
+                       f"about {_duration(left)} left")
+    cells = [done[m, k] for m in methods for k in metrics if (m, k) in done]
+    return {m: seconds[m] for m in methods if m in seconds}, cells
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def table(method_seconds: dict[str, float], cells: Sequence[Cell]) -> str:

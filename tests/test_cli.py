@@ -224,7 +224,7 @@ def test_evaluate_on_the_synthetic_benchmark(tmp_path):
             "pointing_game", "--batch-size", "4", "--json", out, home=tmp_path / "home")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0] == "synthetic_vgg on 6 synthetic images (seed 0): 2 methods x 2 metrics"
+    assert lines[0].startswith("synthetic_vgg on 6 synthetic images (seed 0): 2 methods x 2 metrics, 4 cells to run")
     assert lines[1].split()[:5] == ["method", "explain", "s", "deletion(steps=8)", "pointing_game"]
     assert [l.split()[0] for l in lines[3:5]] == ["gradient", "grad_cam"]
     assert "lower is better: deletion(steps=8)" in r.stdout and "higher is better: pointing_game" in r.stdout

@@ -136,3 +136,144 @@ def test_every_metric_scores_each_image_and_slices_agree(tiny_model, grads, name
         np.testing.assert_allclose(np.asarray(parts[k]), np.asarray(whole[k]), atol=1e-5, err_msg=k) if k != "layers" \
             else np.testing.assert_array_equal(parts[k], whole[k])
     assert getattr(fn, "better", None) in ({"higher", "lower"} if name != "road" else {None})
+
+
+def test_interval_of_binary_scores_is_wilsons():
+    """0/1 scores (pointing game hits) get Wilson's score interval, written here from its formula:
+    inside [0, 1] where Student's t leaves it (9 hits of 10: t's upper bound is above 1)."""
+    s = np.array([1.0] * 9 + [0.0])
+    n, p, z = 10, 0.9, stats.norm.ppf(0.975)
+    centre = (p + z**2 / (2 * n)) / (1 + z**2 / n)
+    half = z / (1 + z**2 / n) * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2))
+    np.testing.assert_allclose(comparison.interval(s), (0.9, centre - half, centre + half), rtol=1e-12)
+    assert comparison.interval(s)[2] < 1 < s.mean() + stats.t.ppf(0.975, 9) * stats.sem(s)
+    low, high = comparison.interval(np.ones(20))[1:]
+    assert 0.8 < low < 1 and high == 1  # all hits: not the t-interval's empty [1, 1]
+    np.testing.assert_allclose(comparison.interval(np.append(s, np.nan)), comparison.interval(s), rtol=1e-12)
+
+
+def test_compare_keys_follow_the_key_policy_not_list_positions(tiny_model):
+    """A random method's and metric's scores do not depend on what else is in the lists, nor on
+    their order: each key is baselines.named(seed or the spec's key, name, settings), folded per
+    image by its identity, as computed here by hand; ``key=`` inside a spec is that root."""
+    from jaxplain import baselines
+
+    sg, mu = "smoothgrad(samples=2)", "mu_fidelity(samples=4, grid_size=4)"
+    _, alone = comparison.compare(tiny_model, X, "predicted", [sg], [mu], seed=4)
+    _, among = comparison.compare(tiny_model, X, "predicted", ["gradient", sg], ["deletion(steps=4)", mu], seed=4)
+    np.testing.assert_array_equal(alone[0].scores, among[3].scores)
+    ids = np.array([7, 1, 9, 3, 5])
+    _, keyed = comparison.compare(tiny_model, X, "predicted", ["smoothgrad(samples=2, key=3)"],
+                                  ["mu_fidelity(samples=4, grid_size=4, key=1)"], ids=ids)
+    a = jaxplain.explain(tiny_model, X, "predicted", "smoothgrad", samples=2,
+                         key=baselines.per_image(baselines.named(3, "smoothgrad", {"samples": 2}), ids))
+    want = jaxplain.evaluate(tiny_model, X, "predicted", a, "mu_fidelity", samples=4, grid_size=4,
+                             key=baselines.per_image(baselines.named(1, "mu_fidelity", {"samples": 4, "grid_size": 4}), ids))
+    np.testing.assert_allclose(keyed[0].scores, want["score"], atol=1e-6)
+    assert np.abs(keyed[0].scores - alone[0].scores).max() > 1e-6
+
+
+def test_max_sensitivity_chunks_the_methods_passes(tiny_model):
+    """A re-explaining metric keeps about ``chunk`` model passes per image at a time, the method's
+    own included: integrated gradients (chunk 16 of its own) is handed chunk 4, and the scores
+    equal the one-shot computation (chunk=None) to float32 rounding."""
+    from jaxplain.methods.integrated import integrated_gradients
+
+    seen = []
+
+    def ig(apply, params, x, target, *, steps=8, chunk=16):
+        seen.append(chunk)
+        return integrated_gradients(apply, params, x, target, steps=steps, chunk=chunk)
+
+    a = jaxplain.explain(tiny_model, X[:2], "predicted", "integrated_gradients", steps=8)
+    one = jaxplain.evaluate(tiny_model, X[:2], "predicted", a, "max_sensitivity", method=ig, samples=3, key=0, chunk=None)
+    assert set(seen) == {16}
+    seen.clear()
+    parts = jaxplain.evaluate(tiny_model, X[:2], "predicted", a, "max_sensitivity", method=ig, samples=3, key=0, chunk=4)
+    assert seen and set(seen) == {4}
+    np.testing.assert_allclose(parts["sensitivities"], one["sensitivities"], rtol=1e-4, atol=1e-6)
+
+
+def _cli(argv, monkeypatch, capsys):
+    from jaxplain import cli
+
+    monkeypatch.setenv("JAXPLAIN_COMPILE_CACHE", "0")
+    code = cli.main(["evaluate", *map(str, argv)])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_evaluate_cli_honours_random_weights_and_keys_in_specs(tmp_path, monkeypatch, capsys):
+    """Without images, ``--weights random`` scores the synthetic benchmark with synthetic_vgg's
+    seeded random weights (the control), ``key=`` inside a method's or metric's spec is accepted,
+    and a model the benchmark cannot feed is refused in one line before anything loads."""
+    from jaxplain import baselines, models, synthetic
+
+    out = tmp_path / "r.json"
+    code, stdout, err = _cli(["-n", 3, "--weights", "random", "--methods", "gradient", "smoothgrad(samples=2, key=3)",
+                              "--metrics", "deletion(steps=4)", "mu_fidelity(samples=4, grid_size=4, key=1)",
+                              "--json", out], monkeypatch, capsys)
+    assert code == 0, err
+    cells = {(c["method"], c["metric"]): c["scores"] for c in __import__("json").loads(out.read_text())["cells"]}
+    bench = synthetic.make(3, seed=0)
+    for weights in (None, "shipped"):
+        model = models.synthetic_vgg(weights)
+        x = model.preprocess(bench.images)
+        want = jaxplain.evaluate(model, x, "predicted", jaxplain.explain(model, x, "predicted", "gradient"),
+                                 "deletion(steps=4)")["score"]
+        close = np.allclose(cells["gradient", "deletion(steps=4)"], want, atol=1e-5)
+        assert close == (weights is None), weights
+    model = models.synthetic_vgg(None)
+    x = model.preprocess(bench.images)
+    a = jaxplain.explain(model, x, "predicted", "smoothgrad", samples=2,
+                         key=baselines.per_image(baselines.named(3, "smoothgrad", {"samples": 2}), np.arange(3)))
+    want = jaxplain.evaluate(model, x, "predicted", a, "deletion(steps=4)")["score"]
+    np.testing.assert_allclose(cells["smoothgrad(samples=2, key=3)", "deletion(steps=4)"], want, atol=1e-5)
+    monkeypatch.setattr(models, "vgg", lambda *a, **k: pytest.fail("loaded a model"))
+    code, _, err = _cli(["--model", "vgg16", "--json", tmp_path / "v.json"], monkeypatch, capsys)
+    assert code == 2 and err.count("\n") == 1 and "--model vgg16 needs your images" in err, err
+
+
+def test_evaluate_cli_keeps_finished_cells_when_stopped_and_resumes(tmp_path):
+    """SIGTERM mid-run: the cells finished so far are in the JSON (written as each finished), the
+    exit status says a signal stopped it; the same command finishes only the missing cells, with
+    the scores a run without a stop gives; other settings on that file are refused in one line."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    env = dict(os.environ, JAXPLAIN_COMPILE_CACHE="0")
+    out = tmp_path / "r.json"
+    args = [sys.executable, "-m", "jaxplain.cli", "evaluate", "-n", "3", "--methods", "gradient", "gradient_x_input",
+            "--metrics", "deletion(steps=4)", "insertion(steps=4)", "--json", str(out)]
+    p = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = p.stdout.readline()
+    assert "4 cells to run" in first, first + p.stderr.read()
+    line = p.stderr.readline()
+    assert line.startswith("  [1/4] gradient x deletion(steps=4):"), line
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 128 + signal.SIGTERM, err
+    assert "stopping after the cell in flight" in err and "rerun the command to finish" in err and "Traceback" not in err
+    kept = json.loads(out.read_text())["cells"]
+    assert 1 <= len(kept) < 4
+    r = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert f"{4 - len(kept)} cells to run ({len(kept)} already in" in r.stdout
+    assert r.stderr.count("\n") == 4 - len(kept)  # a line per cell computed, none for those kept
+    cells = {(c["method"], c["metric"]): c["scores"] for c in json.loads(out.read_text())["cells"]}
+    assert len(cells) == 4
+    from jaxplain import models, synthetic
+
+    model = models.synthetic_vgg()
+    x = model.preprocess(synthetic.make(3, seed=0).images)
+    for method in ("gradient", "gradient_x_input"):
+        a = jaxplain.explain(model, x, "predicted", method)
+        for metric in ("deletion(steps=4)", "insertion(steps=4)"):
+            want = jaxplain.evaluate(model, x, "predicted", a, metric)["score"]
+            np.testing.assert_allclose(cells[method, metric], want, atol=1e-5, err_msg=f"{method} x {metric}")
+    r = subprocess.run([*args[:5], "4", *args[6:]], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "holds results of other settings (synthetic differ)" in r.stderr

@@ -267,3 +267,53 @@ def test_a_vit_is_randomised_block_by_block(tiny_vit):
     a = jaxplain.explain(tiny_vit, x, [1, 2], "gradient")
     r = jaxplain.evaluate(tiny_vit, x, [1, 2], a, "model_randomisation", key=3)
     assert np.asarray(r["spearman"]).shape == (2, 5) and np.isfinite(np.asarray(r["spearman"])).all()
+
+
+def test_independent_mode_scores_the_mean_over_stages(case):
+    """``mode="independent"`` randomises one layer per stage, so no stage is "the" randomised
+    model: its score is the mean of the stages' Spearman (Quantus' MPRT with
+    ``return_average_correlation=True``), recomputed here from SciPy per stage; cascading keeps
+    the last, fully random stage (``return_last_correlation``)."""
+    _, model, x, targets, a = case
+    out = jaxplain.evaluate(model, x, targets, a, "model_randomisation", mode="independent", key=5)
+    ref_a = np.abs(a).sum(-1).astype(np.float64)
+    rhos = np.zeros((B, len(TOP_DOWN)))
+    for s, (_, params) in enumerate(stage_params(model, {"mode": "independent", "key": 5})):
+        again = np.abs(np.asarray(jaxplain.explain(model.replace(params=params), x, targets, "gradient"))).sum(-1)
+        rhos[:, s] = [scipy.stats.spearmanr(ref_a[i].ravel(), again[i].ravel())[0] for i in range(B)]
+    np.testing.assert_allclose(out["score"], rhos.mean(1), atol=1e-5)
+    assert np.abs(rhos.mean(1) - rhos[:, -1]).max() > 1e-3  # the two summaries differ here
+
+
+def test_a_linen_model_from_flax_is_randomised_layer_by_layer():
+    """``jaxplain.from_flax`` keeps Linen's variables as ``{"params": {...}}``: the layers are
+    found under ``"params"``, a cascading stage replaces exactly the kernels of the layers above
+    it (Linen's biases start at zero, so their draw from N(0, 0) keeps them), and every stage's Spearman is SciPy's on the maps of that stage's weights."""
+    import flax.linen as nn
+
+    from jaxplain.metrics.randomisation import randomised_layers
+
+    class CNN(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.relu(nn.Conv(6, (3, 3))(x))
+            x = nn.relu(nn.Conv(6, (3, 3), strides=2)(x))
+            return nn.Dense(4)(x.mean((1, 2)))
+
+    variables = CNN().init(jax.random.key(0), np.zeros((1, 16, 16, 3), np.float32))
+    model = jaxplain.from_flax(CNN(), variables, input_size=(16, 16))
+    assert randomised_layers(model) == ["Conv_0", "Conv_1", "Dense_0"]
+    stages = dict(stage_params(model, {"mode": "cascading", "key": 2}))
+    assert list(stages) == ["Dense_0", "Conv_1", "Conv_0"]
+    p, q = model.params["params"], stages["Conv_1"]["params"]
+    for layer in ("Conv_0", "Conv_1", "Dense_0"):
+        assert np.array_equal(p[layer]["kernel"], q[layer]["kernel"]) == (layer == "Conv_0"), layer
+    x = np.random.default_rng(1).normal(size=(2, 16, 16, 3)).astype(np.float32)
+    a = np.asarray(jaxplain.explain(model, x, [0, 3], "gradient"))
+    out = jaxplain.evaluate(model, x, [0, 3], a, "model_randomisation", key=2)
+    assert list(out["layers"]) == list(stages)
+    for s, params in enumerate(stages.values()):
+        again = np.abs(np.asarray(jaxplain.explain(model.replace(params=params), x, [0, 3], "gradient"))).sum(-1)
+        for i in range(2):
+            rho = scipy.stats.spearmanr(np.abs(a[i]).sum(-1).ravel(), again[i].ravel())[0]
+            np.testing.assert_allclose(out["spearman"][i, s], rho, atol=1e-5)

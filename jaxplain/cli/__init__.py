@@ -220,9 +220,10 @@ def class_names(model, name: str | None = None) -> list[str] | None:
 class _Signals:
     """SIGINT / SIGTERM: the first asks the run to stop after the batch in flight, a second stops now."""
 
-    def __init__(self) -> None:
+    def __init__(self, in_flight: str = "the batch in flight") -> None:
         import signal
 
+        self.in_flight = in_flight
         self.received: int | None = None
         self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
 
@@ -230,7 +231,7 @@ class _Signals:
         if self.received is not None:
             raise KeyboardInterrupt
         self.received = signum
-        print("jaxplain: stopping after the batch in flight (signal again to stop at once)", file=sys.stderr, flush=True)
+        print(f"jaxplain: stopping after {self.in_flight} (signal again to stop at once)", file=sys.stderr, flush=True)
 
     def restore(self) -> None:
         import signal
@@ -368,8 +369,11 @@ def _images_and_masks(paths: Sequence[str], mask_paths: Sequence[str] | None, mo
     return found, arrays, jnp.asarray(np.stack(masks)) if mask_paths and found else None
 
 
-def _check_evaluate_args(args: argparse.Namespace) -> Path:
-    """``evaluate``'s arguments, checked before a model loads; the JSON file's path."""
+def _check_evaluate_args(args: argparse.Namespace) -> tuple[Path, dict[str, Any], dict[str, Any] | None]:
+    """``evaluate``'s arguments, checked before a model loads: ``(the JSON file's path, this run's
+    configuration, the results already in that file or None)``; a file of other settings is refused."""
+    import json
+
     from jaxplain.comparison import check_specs
 
     if args.masks and not args.images:
@@ -377,24 +381,51 @@ def _check_evaluate_args(args: argparse.Namespace) -> Path:
     if args.masks and len(args.masks) != len(args.images):
         n, k = len(args.images), len(args.masks)
         raise InputError(f"--masks gives {k} mask{'s' * (k > 1)} for {n} image{'s' * (n > 1)}: one mask per image, in order")
+    if not args.images and args.model != SYNTHETIC:
+        raise InputError(f"--model {args.model} needs your images: the synthetic benchmark's 64x64 pictures are "
+                         f"scored with synthetic_vgg (--weights random gives it random weights, a control)")
     check_specs(args.methods, args.metrics, has_masks=not args.images or bool(args.masks))
     out = Path(args.json)
     if out.is_dir():
         raise InputError(f"--json {args.json}: is a folder, not a file")
     _output_folder(str(out.parent) if str(out.parent) else ".")
-    return out
+    data: dict[str, Any] = ({"images": [str(Path(p).resolve()) for p in args.images],
+                             "masks": [str(Path(p).resolve()) for p in args.masks or []]} if args.images
+                            else {"synthetic": args.n})
+    config = {"model": args.model, "weights": args.weights, "source": args.source, "seed": args.seed, **data}
+    if not out.exists():
+        return out, config, None
+    try:
+        found = json.loads(out.read_text())
+        earlier = found["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise InputError(f"--json {args.json}: exists and holds no jaxplain evaluate results; pass another --json") from None
+    if earlier != config:
+        what = ", ".join(k for k in config if earlier.get(k) != config[k]) or "its settings"
+        raise InputError(f"--json {args.json} holds results of other settings ({what} differ); pass another --json "
+                         f"or delete it")
+    return out, config, found
+
+
+def _write_json(out: Path, result: dict[str, Any]) -> None:
+    """``result`` into ``out`` atomically (a finished file or the earlier one, never half of one)."""
+    import json
+
+    from jaxplain.runs.outputs import write_atomic
+
+    write_atomic(out, json.dumps(result, indent=1).encode())
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    import json
-
-    out = _check_evaluate_args(args)
+    out, config, earlier = _check_evaluate_args(args)
     import jax.numpy as jnp
 
     from jaxplain import models
-    from jaxplain.comparison import compare, table
+    from jaxplain.baselines import path_id
+    from jaxplain.comparison import Cell, compare, table
 
     _compile_cache()
+    weights = None if args.weights == "random" else "shipped"
     if args.images:
         model = _load_model(args)
         found, arrays, masks = _images_and_masks(args.images, args.masks, model)
@@ -402,26 +433,55 @@ def _evaluate(args: argparse.Namespace) -> int:
         if not found:
             raise InputError("none of the images could be read")
         x = model.preprocess(np.stack(arrays))
+        ids = [path_id(config["images"][i]) for i in found]  # an image's key follows its file, not its place
         data = f"{len(found)} image{'s' * (len(found) > 1)}"
     else:
         failed = 0
         from jaxplain import synthetic
 
-        model = models.synthetic_vgg()
+        model = models.synthetic_vgg(weights)
         bench = synthetic.make(args.n, seed=args.seed)
         x, masks = model.preprocess(bench.images), jnp.asarray(bench.masks)
+        ids = None
         data = f"{args.n} synthetic images (seed {args.seed})"
-    print(f"{model.name} on {data}: {len(args.methods)} methods x {len(args.metrics)} metrics", flush=True)
+    if args.weights == "random":
+        print("(random weights: a control; its scores say what an explanation of no learned model gets)")
+    result = {"config": config, "model": model.name, "data": data, "method_seconds": {}, "cells": []}
+    done: dict[tuple[str, str], Cell] = {}
+    if earlier:
+        result["method_seconds"] = dict(earlier.get("method_seconds", {}))
+        result["cells"] = list(earlier.get("cells", []))
+        done = {(c["method"], c["metric"]): Cell(c["method"], c["metric"], np.asarray(c["scores"], np.float64),
+                                                 c["mean"], c["low"], c["high"], c["seconds"]) for c in result["cells"]}
+    todo = sum((m, k) not in done for m in args.methods for k in args.metrics)
+    print(f"{model.name} on {data}: {len(args.methods)} methods x {len(args.metrics)} metrics, {todo} cells to run"
+          + (f" ({len(args.methods) * len(args.metrics) - todo} already in {out})" if earlier else "")
+          + ("; the time left is printed after each cell" if todo else ""), flush=True)
     report = lambda line: print(f"  {line}", file=sys.stderr, flush=True)  # noqa: E731  (a line per cell, tty or log)
-    method_seconds, cells = compare(model, x, "predicted", args.methods, args.metrics, masks=masks,
-                                    batch_size=args.batch_size, seed=args.seed, report=report)
-    print(table(method_seconds, cells))
-    result = {"model": model.name, "data": data, "method_seconds": method_seconds,
-              "cells": [{"method": c.method, "metric": c.metric, "mean": c.mean, "low": c.low, "high": c.high,
-                         "seconds": c.seconds, "scores": c.scores.tolist()} for c in cells]}
-    from jaxplain.runs.outputs import write_atomic
 
-    write_atomic(out, json.dumps(result, indent=1).encode())
+    def keep(cell: Cell, method_seconds: dict[str, float]) -> None:  # each cell on disk as it finishes
+        result["method_seconds"].update(method_seconds)
+        result["cells"] = [c for c in result["cells"] if (c["method"], c["metric"]) != (cell.method, cell.metric)]
+        result["cells"].append({"method": cell.method, "metric": cell.metric, "mean": cell.mean, "low": cell.low,
+                                "high": cell.high, "seconds": cell.seconds, "scores": cell.scores.tolist()})
+        _write_json(out, result)
+
+    signals = _Signals("the cell in flight")
+    try:
+        method_seconds, cells = compare(
+            model, x, "predicted", args.methods, args.metrics, masks=masks, batch_size=args.batch_size,
+            seed=args.seed, ids=ids, done=done, method_seconds=result["method_seconds"],
+            on_cell=keep,
+            stop=lambda: signals.received is not None, report=report)
+    finally:
+        signals.restore()
+    if signals.received is not None:
+        print(f"jaxplain: stopped by a signal; {len(cells)} cells are in {out}: rerun the command to finish",
+              file=sys.stderr)
+        return 128 + int(signals.received)
+    print(table(method_seconds, cells))
+    result["method_seconds"].update(method_seconds)
+    _write_json(out, result)
     print(f"wrote {out}")
     return 1 if failed else 0
 
@@ -561,12 +621,14 @@ def parser() -> argparse.ArgumentParser:
                     "only with masks)")
     ev.add_argument("--masks", nargs="+", metavar="MASK", help="one ground-truth mask picture per image (white = the object)")
     ev.add_argument("--model", default=None, choices=tuple(ZOO), help="default: synthetic_vgg without images, vgg16 with")
-    ev.add_argument("--weights", default=None, help="as for explain (default: the model's first named weights)")
+    ev.add_argument("--weights", default=None, help="as for explain (default: the model's first named weights; synthetic_vgg: shipped, "
+                    "or random: the control, also for the synthetic benchmark)")
     ev.add_argument("--source", choices=source_names(), default=None, help="as for explain")
     ev.add_argument("-n", type=_positive, default=200, help="synthetic images (default 200)")
     ev.add_argument("--seed", type=int, default=0, help="seed of the synthetic images and of random methods and metrics")
     ev.add_argument("--batch-size", type=_positive, default=32, help="images per compiled call (default 32)")
-    ev.add_argument("--json", default="evaluation.json", help="where to write every score (default evaluation.json)")
+    ev.add_argument("--json", default="evaluation.json", help="where to write every score, each cell as it finishes; "
+                    "the same command again finishes a stopped run (default evaluation.json)")
     ev.add_argument("--debug", action="store_true", help="show the traceback of an error")
     ev.set_defaults(run=_evaluate)
     be = sub.add_parser("bench", help="measure images/s, %% of the matmul peak and memory",

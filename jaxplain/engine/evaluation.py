@@ -85,14 +85,15 @@ def run_stages(fn: Callable, stages: list[tuple[str, Any]], model: Model, images
     model with those params through ``run``, so every stage reuses one compiled program (same
     ``apply``, settings and shapes; only the weights, an argument, differ). ``"predicted"``
     targets are the original model's, found once. Each output is stacked to ``[B, S]``;
-    ``"score"`` is the last stage's; the names come back under ``fn.stage_label`` as ``[S]``.
+    ``"score"`` is ``fn.summary(scores [B, S], settings)`` where the metric has one, else the
+    last stage's; the names come back under ``fn.stage_label`` as ``[S]``.
     ``images`` are checked (``check_images``), ``settings`` resolved (``resolve_for_model``)."""
     if isinstance(targets, str):
         targets = np.asarray(target_ids(with_precision(model, precision), images, targets, batch_size))
     outs = [run(fn, model.replace(params=params), images, targets, settings, batch_size=batch_size,
                 precision=precision, progress=progress) for _, params in stages]
     out = {k: jnp.stack([o[k] for o in outs], axis=1) for k in outs[0]}
-    out["score"] = out["score"][:, -1]
+    out["score"] = fn.summary(out["score"], settings) if hasattr(fn, "summary") else out["score"][:, -1]
     out[fn.stage_label] = np.array([name for name, _ in stages])
     return out
 

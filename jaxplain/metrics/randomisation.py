@@ -38,9 +38,19 @@ _WEIGHTS = 2**32 - 1  # fold_in index of the weights' key: no image's (evaluate 
 def _path(params: Any, name: str) -> tuple | None:
     """The keys that lead from ``params`` to layer ``name``'s weights: ``(name,)`` for a flat dict
     (``"layer4.2.conv3"``), or ``name``'s dotted parts walked through nested dicts, an integer
-    part as an int key (``"blocks.3"`` -> ``("blocks", 3)``); ``None`` if it has none."""
+    part as an int key (``"blocks.3"`` -> ``("blocks", 3)``); Flax Linen variables are looked up
+    under their ``"params"`` collection (``("params", "Conv_0")``; ``batch_stats`` are kept).
+    ``None`` if it has none."""
     if not isinstance(params, Mapping):
         return None
+    found = _walk(params, name)
+    if found is None and isinstance(params.get("params"), Mapping):
+        inner = _walk(params["params"], name)
+        return None if inner is None else ("params", *inner)
+    return found
+
+
+def _walk(params: Mapping, name: str) -> tuple | None:
     if name in params:
         return (name,)
     node, path = params, []
@@ -148,6 +158,14 @@ def stage_params(model: Model, settings: Mapping[str, Any]) -> list[tuple[str, P
     return [(name, with_fresh(layers)) for name, layers in zip(top_down, chosen)]
 
 
+def summary(scores: Array, settings: Mapping[str, Any]) -> Array:
+    """``[B]`` from the stages' scores ``[B, S]``: the mean over the stages for ``mode=
+    "independent"`` (each stage randomises one layer; Quantus' MPRT ``return_average_correlation``),
+    else the last stage, where every layer is random (``"cascading"``: Quantus'
+    ``return_last_correlation``; ``"full"``: its one stage)."""
+    return scores.mean(1) if settings.get("mode", "cascading") == "independent" else scores[:, -1]
+
+
 def magnitude(attribution: Array) -> Array:
     """``[H, W]``: the absolute attribution summed over channels (Adebayo et al.'s grayscale map)."""
     return pixel_map(jnp.abs(attribution))
@@ -176,8 +194,9 @@ def model_randomisation(apply: ApplyFn, params: PyTree, x: Array, target: Array,
     gradient of a randomised network whose ReLUs all went dead: it keeps nothing of the
     original's ranking, where SciPy says NaN), and ``"ssim"``, scikit-image's SSIM (7x7 uniform
     window) of the two maps each scaled to [0, 1]. ``evaluate`` returns ``"spearman"`` and
-    ``"ssim"`` ``[B, S]``, ``"layers"`` ``[S]`` and ``"score"``: the last stage's Spearman (lower is
-    better: the explanation depends on the weights)."""
+    ``"ssim"`` ``[B, S]``, ``"layers"`` ``[S]`` and ``"score"`` (``summary``): the fully randomised stage's Spearman
+    (``"cascading"``, ``"full"``) or the mean over the stages (``"independent"``); lower is better
+    (the explanation depends on the weights)."""
     method, wants_key = method_function(method, "method", "evaluate")
     settings = dict(method_settings or {})
     if wants_key:
@@ -190,3 +209,6 @@ def model_randomisation(apply: ApplyFn, params: PyTree, x: Array, target: Array,
     rho = spearman(a, b)
     rho = jnp.where(jnp.isnan(rho), 0.0, rho)
     return {"score": rho, "spearman": rho, "ssim": ssim(unit(a), unit(b))}
+
+
+model_randomisation.summary = summary

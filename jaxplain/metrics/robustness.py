@@ -8,6 +8,7 @@ the metrics draw (for comparisons with other libraries on identical noise).
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Mapping
 
 import jax
@@ -148,6 +149,22 @@ def _sample_noise(key: Array, i: Array, shape: tuple[int, ...], radius: float) -
     return jax.random.uniform(k_noise, shape, jnp.float32, -radius, radius), k_method
 
 
+def nested_chunk(method: Callable, settings: dict[str, Any], chunk: int | None) -> tuple[dict[str, Any], int | None]:
+    """``(method's settings, samples per chunk)`` that keep one chunk of a re-explaining metric at
+    about ``chunk`` model passes per image, as ``explain`` keeps a method's: a method that sums
+    over passes in chunks of its own (IG's path points) gets ``chunk = min(its chunk, chunk)``
+    unless its settings set one, and the metric re-explains ``max(1, chunk // that)`` samples at a
+    time (one where the method's chunk is ``None``, all its passes at once). Otherwise as given."""
+    params = inspect.signature(method).parameters
+    if chunk is None or "chunk" not in params:
+        return settings, chunk
+    if "chunk" not in settings:
+        own = params["chunk"].default
+        settings = {**settings, "chunk": chunk if own is None else min(own, chunk)}
+    own = settings["chunk"]
+    return settings, 1 if own is None else max(1, chunk // own)
+
+
 def sensitivity_noise(key: Array, samples: int, shape: tuple[int, ...], radius: float = 0.02) -> Array:
     """``[samples, *shape]``: the noise ``max_sensitivity`` adds to an image of ``shape`` for ``key``."""
     return jax.vmap(lambda i: _sample_noise(key, i, shape, radius)[0])(jnp.arange(positive_int(samples, "samples")))
@@ -168,13 +185,14 @@ def max_sensitivity(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, 
     ``||method(x + d) - attribution|| / ||attribution||`` (Frobenius norms; a zero attribution
     divides by 1, as Captum); ``"score"``: their maximum (lower is better; their mean is what
     Quantus' ``AvgSensitivity`` reports, there over 200 samples in a ball of 0.2). ``radius`` is
-    absolute, in preprocessed units.
+    absolute, in preprocessed units. ``chunk``: model passes per image at a time, the method's
+    own passes included (``nested_chunk``), so memory does not grow with ``samples`` x steps.
     """
     n = positive_int(samples, "samples")
     radius = real(radius, "radius", above=0)
     k = require_key(key, "max_sensitivity")
     method, wants_key = method_function(method, "method", "evaluate")
-    settings = dict(method_settings or {})
+    settings, chunk = nested_chunk(method, dict(method_settings or {}), chunk)
     norm = jnp.linalg.norm(attribution)
     norm = jnp.where(norm == 0, 1, norm)
 
