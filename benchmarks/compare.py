@@ -20,13 +20,13 @@ from jaxplain import cli  # noqa: E402
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.compare", description="Measure jaxplain's images/s beside "
                                 "Captum's on the same weights and device, alternating (jaxplain bench's options).")
-    cli.bench_args(p)
+    cli.bench.bench_args(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(sys.argv[1:] if argv is None else argv)
-    return cli.bench_command(args, pair=captum_pair)
+    return cli.bench.run(args, pair=captum_pair)
 
 
 if __name__ == "__main__":

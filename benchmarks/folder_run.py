@@ -86,19 +86,19 @@ def folder_seconds(model, model_name: str, folder: Path, out: Path, method: str,
     from jaxplain.runs.join import join
 
     args = cli.parser().parse_args(["explain", str(folder), "--model", model_name,
-                                    "--weights", "shipped" if model_name == cli.SYNTHETIC else "random",
+                                    "--weights", "shipped" if model_name == cli.common.SYNTHETIC else "random",
                                     "--method", method, "--batch-size", str(batch), "--out", str(out)])
     said = io.StringIO()
     start = time.perf_counter()
     with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
-        jobs, target, out_dir = cli.check_explain_args(args)
+        jobs, target, out_dir = cli.explain.check_explain_args(args)
         found = inputs.expand(args.images)
-        config = record.configuration(cli.model_record(args), jobs, target=target, dtype=args.dtype,
+        config = record.configuration(cli.explain.model_record(args), jobs, target=target, dtype=args.dtype,
                                         reduce=args.reduce, colormaps={"unsigned": args.cmap, "signed": args.signed_cmap})
         record.prepare(out_dir, config, overwrite=args.overwrite, writer=False)
         config = record.prepare(out_dir, config, overwrite=args.overwrite, writer=True)
         counts = pipeline.run(model, found.files, inputs.output_names(found.files), jobs, out=out_dir, config=config,
-                              target=target, class_names=cli.class_names(model), batch_size=args.batch_size,
+                              target=target, class_names=cli.common.class_names(model), batch_size=args.batch_size,
                               precision=args.precision, threads=args.decode_threads)
         join(out_dir)
     seconds = time.perf_counter() - start

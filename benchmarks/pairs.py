@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from jaxplain import models
-from jaxplain.cli import bench_model
+from jaxplain.cli.bench import bench_model
 from jaxplain.types import Model
 
 NEW = ("resnet50", "vit_b16")

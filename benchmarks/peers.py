@@ -113,7 +113,7 @@ def torch_device() -> str:
 
 
 def captum_pair(args: Any) -> tuple[Any, Callable[[Any], dict[str, Any] | None]]:
-    """For ``jaxplain.cli.bench_command``: the jaxplain model of ``args`` (``--model``, ``--size``)
+    """For ``jaxplain.cli.bench.run``: the jaxplain model of ``args`` (``--model``, ``--size``)
     and the peer timing for ``jaxplain.bench.run``, Captum on the torch twin with the same weights
     on the same device; the peer gives ``None`` for methods without a counterpart."""
     from benchmarks.pairs import pair

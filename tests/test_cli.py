@@ -175,7 +175,7 @@ def test_arguments_are_checked_before_the_model_loads(tmp_path, capsys, monkeypa
     args = [a.replace("FILE", str(tmp_path / "FILE")) for a in args]
     if "--out" not in args:
         args += ["--out", str(tmp_path / "out")]
-    monkeypatch.setattr(cli, "_load_model", lambda a: pytest.fail("loaded the model"))
+    monkeypatch.setattr(cli.common, "load_model", lambda a: pytest.fail("loaded the model"))
     with pytest.raises(SystemExit) as exit_:  # argparse's own checks exit
         raise SystemExit(cli.main(["explain", str(tmp_path / "missing.png"), "--weights", "/no/such.h5", *args]))
     err = capsys.readouterr().err
@@ -288,7 +288,7 @@ def test_evaluate_on_your_images_and_masks(tmp_path):
 def test_evaluate_arguments_are_checked_before_the_model_loads(tmp_path, capsys, monkeypatch, args, message):
     (tmp_path / "DIR").mkdir()
     args = [a.replace("IMG", str(tmp_path / "missing.png")).replace("DIR", str(tmp_path / "DIR")) for a in args]
-    monkeypatch.setattr(cli, "_load_model", lambda a: pytest.fail("loaded the model"))
+    monkeypatch.setattr(cli.common, "load_model", lambda a: pytest.fail("loaded the model"))
     monkeypatch.setattr(models, "synthetic_vgg", lambda *a, **k: pytest.fail("loaded the model"))
     with pytest.raises(SystemExit) as exit_:
         raise SystemExit(cli.main(["evaluate", *args]))

@@ -150,7 +150,7 @@ def test_a_rerun_skips_what_is_complete_and_refuses_other_settings(tmp_path, syn
 def test_a_second_run_into_the_same_folder_is_refused(tmp_path, monkeypatch, capsys):
     from jaxplain.runs import outputs
 
-    monkeypatch.setattr(cli, "_load_model", lambda args: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(cli.common, "load_model", lambda args: pytest.fail("the model was loaded"))
     img = photo(tmp_path / "a.png", (20, 20))
     out = tmp_path / "out"
     out.mkdir()
@@ -241,7 +241,7 @@ def test_two_processes_split_the_inputs_and_join_their_results(tmp_path, synthet
     (["--target", "-1"], "--target"),
 ])
 def test_arguments_are_checked_before_a_model_loads(tmp_path, monkeypatch, capsys, argv, message):
-    monkeypatch.setattr(cli, "_load_model", lambda args: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(cli.common, "load_model", lambda args: pytest.fail("the model was loaded"))
     img = photo(tmp_path / "a.png", (20, 20))
     assert cli.main(["explain", str(img), "--out", str(tmp_path / "out"), "--model", "synthetic_vgg", *argv]) == 2
     err = capsys.readouterr().err
@@ -249,7 +249,7 @@ def test_arguments_are_checked_before_a_model_loads(tmp_path, monkeypatch, capsy
 
 
 def test_an_unusable_output_folder_is_one_line(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "_load_model", lambda args: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(cli.common, "load_model", lambda args: pytest.fail("the model was loaded"))
     img = photo(tmp_path / "a.png", (20, 20))
     (tmp_path / "file").write_text("x")
     for out, message in [(tmp_path / "file", "existing file"), (tmp_path / "file" / "sub", "cannot write there")]:
@@ -259,7 +259,7 @@ def test_an_unusable_output_folder_is_one_line(tmp_path, monkeypatch, capsys):
 
 
 def test_debug_shows_the_traceback(tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "_load_model", lambda args: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(cli.common, "load_model", lambda args: pytest.fail("the model was loaded"))
     img = photo(tmp_path / "a.png", (20, 20))
     with pytest.raises(jaxplain.InputError, match="unknown method 'nope'"):
         cli.main(["explain", str(img), "--out", str(tmp_path / "out"), "--method", "nope", "--debug"])
@@ -480,7 +480,7 @@ def test_a_complete_folder_with_unreadable_files_says_so(tmp_path, jx):
 
 
 def test_report_refuses_to_replace_a_users_index_html_before_the_model_loads(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "_load_model", lambda args: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(cli.common, "load_model", lambda args: pytest.fail("the model was loaded"))
     img = photo(tmp_path / "a.png", (20, 20))
     out = tmp_path / "out"
     out.mkdir()

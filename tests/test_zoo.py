@@ -51,11 +51,11 @@ def test_a_new_zoo_line_is_a_model_of_the_command_line(new_model, tmp_path, caps
     assert [line.split()[1:3] for line in out[1:]] == [[f"class{c}", f"id{c}"] for c in want]
     p = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
     np.testing.assert_allclose([float(line.split()[-1]) for line in out[1:]], p[want], atol=5e-5)  # printed to 4 places
-    assert cli.class_names(model) == [n for _, n in LABELS]
+    assert cli.common.class_names(model) == [n for _, n in LABELS]
 
 
 def test_a_new_zoo_line_is_benched_and_checked(new_model, capsys):
-    model = cli.bench_model("tiny_new", 48)
+    model = cli.bench.bench_model("tiny_new", 48)
     assert model.name == "tiny_new" and model.input_size == (48, 48) and model.source == "torchvision"
     for args, message in [
         (["--source", "keras"], "--source keras has no tiny_new weights; tiny_new takes torchvision or mine"),
@@ -68,7 +68,7 @@ def test_a_new_zoo_line_is_benched_and_checked(new_model, capsys):
 def test_sources_and_weights_are_checked_before_the_model_loads(monkeypatch, tmp_path, capsys):
     """synthetic_vgg has no Keras weights (the --source was ignored); 'shipped' names synthetic_vgg's
     weights, not a file for vgg16; resnet50's torchvision releases are weights, not missing files."""
-    monkeypatch.setattr(cli, "_load_model", lambda a: pytest.fail("loaded the model"))
+    monkeypatch.setattr(cli.common, "load_model", lambda a: pytest.fail("loaded the model"))
     img = picture(tmp_path / "a.png")
     for args, message in [
         (["--model", "synthetic_vgg", "--source", "keras"], "--source keras has no synthetic_vgg weights"),
@@ -84,7 +84,7 @@ def test_sources_and_weights_are_checked_before_the_model_loads(monkeypatch, tmp
     def reached(args):
         raise Reached(f"loading {args.model} {args.weights}")
 
-    monkeypatch.setattr(cli, "_load_model", reached)
+    monkeypatch.setattr(cli.common, "load_model", reached)
     assert cli.main(["explain", img, "--model", "resnet50", "--weights", "IMAGENET1K_V1", "--out", str(tmp_path / "o")]) == 2
     assert "loading resnet50 IMAGENET1K_V1" in capsys.readouterr().err
 
@@ -93,7 +93,7 @@ def test_bench_size_of_a_fixed_size_model_fails_before_building(monkeypatch):
     fail = lambda *a, **k: pytest.fail("built the model")  # noqa: E731
     monkeypatch.setitem(zoo.ZOO, "synthetic_vgg", zoo.ZOO["synthetic_vgg"]._replace(build=fail))
     with pytest.raises(jaxplain.InputError, match="--size: synthetic_vgg takes its own input size only"):
-        cli.bench_model("synthetic_vgg", 32)
+        cli.bench.bench_model("synthetic_vgg", 32)
 
 
 def test_every_zoo_line_builds_its_model():
