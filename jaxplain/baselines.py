@@ -152,7 +152,8 @@ def chosen(fn: Callable | None, settings: Mapping[str, Any] | None) -> dict[str,
     """The settings that make a method's or metric's draws: ``settings`` without ``UNDRAWN``, without
     arrays (data such as an attribution, a mask or a per-image baseline, so an image's draws do not
     depend on the images beside it) and, where ``fn`` is known, without those equal to its defaults
-    (so ``"smoothgrad"`` and ``"smoothgrad(samples=50)"`` draw alike); a wrapping method's
+    (so ``"smoothgrad"`` and ``"smoothgrad(samples=50)"`` draw alike; ``score="softmax"`` is
+    ``"probability"``); a wrapping method's
     ``base_settings`` (a metric's ``method_settings``) likewise against its base."""
     from jaxplain import registry  # noqa: PLC0415  (registry imports the methods, which import this)
     from jaxplain.marks import wrapped  # noqa: PLC0415
@@ -164,6 +165,8 @@ def chosen(fn: Callable | None, settings: Mapping[str, Any] | None) -> dict[str,
     for k, v in settings.items():
         if k in UNDRAWN or _is_array(v) or (names and k == names[1]):
             continue
+        if k == "score" and v == "softmax":  # one option, two spellings
+            v = "probability"
         if k in defaults and _canonical(v) == _canonical(defaults[k]):
             continue
         out[k] = v
