@@ -196,6 +196,22 @@ def named(key: Any, name: str, settings: Mapping[str, Any] | None = None) -> Any
     return jax.random.fold_in(as_key(key), identity(name, settings))
 
 
+def owner(fn: Callable, settings: Mapping[str, Any] | None) -> tuple[str, Mapping[str, Any]]:
+    """``(name, settings)`` whose ``named`` key a call of ``fn`` draws from: ``fn``'s own, or, for a
+    metric that hands its key to the method it re-explains (marked ``key_for_method``:
+    ``model_randomisation``), that method's, so the maps it re-draws are the ones ``explain`` drew."""
+    from jaxplain import registry  # noqa: PLC0415
+    from jaxplain.marks import wrapped  # noqa: PLC0415
+
+    settings = dict(settings or {})
+    names = wrapped(fn)
+    if names and getattr(fn, "key_for_method", False):
+        method = settings.get(names[0], registry.settings_of(fn)[names[0]])
+        method, parsed = registry.parse(method, "method")
+        return name_of(method), {**parsed, **(settings.get(names[1]) or {})}
+    return name_of(fn), settings
+
+
 def name_of(fn: Callable) -> str:
     """``fn``'s name in ``jaxplain.METHODS`` or ``METRICS``, else its ``__name__``."""
     from jaxplain import registry  # noqa: PLC0415

@@ -121,9 +121,9 @@ def attention_layers(fn: Callable, model: Model, image_shape: tuple[int, ...],
 
 def image_keys(key: Any, n: int, fn: Callable | None = None, settings: dict[str, Any] | None = None) -> Array | None:
     """One key per image (``baselines``' policy): for a single key (a ``jax.random`` key, typed or
-    raw, or an int seed) image ``i``'s is ``per_image(named(key, name, settings), i)``, ``name``
-    being ``fn``'s (``baselines.name_of``; without ``fn``, ``fold_in(key, i)``); ``n`` keys given
-    are used as they are."""
+    raw, or an int seed) image ``i``'s is ``per_image(named(key, name, settings), i)`` for ``fn``'s
+    name and settings (``baselines.owner``; without ``fn``, ``fold_in(key, i)``); ``n`` keys
+    given are used as they are."""
     key = baselines.as_key(key)
     if key is None:
         return None
@@ -131,7 +131,7 @@ def image_keys(key: Any, n: int, fn: Callable | None = None, settings: dict[str,
     one = () if typed else (2,)
     if tuple(key.shape) == one:
         if fn is not None:
-            key = baselines.named(key, baselines.name_of(fn), settings)
+            key = baselines.named(key, *baselines.owner(fn, settings))
         return baselines.per_image(key, np.arange(n))
     if tuple(key.shape) == (n, *one):
         return jnp.asarray(key)
