@@ -20,6 +20,7 @@ Keys. Every random method and metric draws from one policy, in the API, in folde
 
 from __future__ import annotations
 
+import inspect
 import json
 import zlib
 from typing import Any, Callable, Mapping
@@ -30,6 +31,7 @@ import numpy as np
 
 from jaxplain.checks import as_key, like_image
 from jaxplain.errors import InputError
+from jaxplain.marks import wrapped
 from jaxplain.methods.blur import gaussian_blur, rise_blur
 from jaxplain.types import ApplyFn, Array, PyTree
 
@@ -148,18 +150,20 @@ def _is_array(value: Any) -> bool:
     return isinstance(value, (np.ndarray, jax.Array))
 
 
+def _defaults(fn: Callable) -> dict[str, Any]:
+    """``fn``'s keyword-only settings with their defaults (as ``registry.settings_of``)."""
+    return {n: p.default for n, p in inspect.signature(fn).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
 def chosen(fn: Callable | None, settings: Mapping[str, Any] | None) -> dict[str, Any]:
     """The settings that make a method's or metric's draws: ``settings`` without ``UNDRAWN``, without
     arrays (data such as an attribution, a mask or a per-image baseline, so an image's draws do not
-    depend on the images beside it) and, where ``fn`` is known, without those equal to its defaults
-    (so ``"smoothgrad"`` and ``"smoothgrad(samples=50)"`` draw alike; ``score="softmax"`` is
-    ``"probability"``); a wrapping method's
-    ``base_settings`` (a metric's ``method_settings``) likewise against its base."""
-    from jaxplain import registry  # noqa: PLC0415  (registry imports the methods, which import this)
-    from jaxplain.marks import wrapped  # noqa: PLC0415
-
+    depend on the images beside it), ``score="softmax"`` as ``"probability"`` and, where the function
+    ``fn`` is given, without those equal to its defaults (so ``"smoothgrad"`` and
+    ``"smoothgrad(samples=50)"`` draw alike); a wrapper's ``base_settings`` (a metric's
+    ``method_settings``) likewise against its base where that is a function."""
     settings = dict(settings or {})
-    defaults = registry.settings_of(fn) if fn is not None else {}
+    defaults = _defaults(fn) if fn is not None else {}
     names = wrapped(fn) if fn is not None else None
     out = {}
     for k, v in settings.items():
@@ -171,56 +175,29 @@ def chosen(fn: Callable | None, settings: Mapping[str, Any] | None) -> dict[str,
             continue
         out[k] = v
     if names:
-        base, parsed = settings.get(names[0], defaults.get(names[0])), {}
-        if isinstance(base, str):
-            base, parsed = registry.parse(base, "method")
-        inner = chosen(base if callable(base) else None, {**parsed, **(settings.get(names[1]) or {})})
+        base = settings.get(names[0], defaults.get(names[0]))
+        inner = chosen(base if callable(base) else None, settings.get(names[1]) or {})
         if inner:
             out[names[1]] = inner
     return out
 
 
-def identity(name: str, settings: Mapping[str, Any] | None = None) -> int:
-    """The stable 32-bit identity of a method or metric ``name`` with its ``chosen`` settings."""
-    from jaxplain import registry  # noqa: PLC0415
+def identity(name: str | Callable, settings: Mapping[str, Any] | None = None) -> int:
+    """The stable 32-bit identity of a method or metric with its ``chosen`` settings: ``name`` is
+    its registered name, or its function (whose defaults then do not count; its ``__name__`` is
+    the registered name)."""
+    fn = name if callable(name) else None
+    label = getattr(fn, "__name__", "method") if fn is not None else name
+    return stable_hash(json.dumps([label, _canonical(chosen(fn, settings))], sort_keys=True))
 
-    fn = registry.METHODS.get(name) or registry.METRICS.get(name)
-    return stable_hash(json.dumps([name, _canonical(chosen(fn, settings))], sort_keys=True))
 
-
-def named(key: Any, name: str, settings: Mapping[str, Any] | None = None) -> Any:
-    """``fold_in(key, identity(name, settings))``: the key of one method or metric (an int seed or
-    a ``jax.random`` key in; a typed key out; ``None`` stays ``None``)."""
+def named(key: Any, name: str | Callable, settings: Mapping[str, Any] | None = None) -> Any:
+    """``fold_in(key, identity(name, settings))``: the key of one method or metric (``name``: its
+    name or function; an int seed or a ``jax.random`` key in; a typed key out; ``None`` stays
+    ``None``)."""
     if key is None:
         return None
     return jax.random.fold_in(as_key(key), identity(name, settings))
-
-
-def owner(fn: Callable, settings: Mapping[str, Any] | None) -> tuple[str, Mapping[str, Any]]:
-    """``(name, settings)`` whose ``named`` key a call of ``fn`` draws from: ``fn``'s own, or, for a
-    metric that hands its key to the method it re-explains (marked ``key_for_method``:
-    ``model_randomisation``), that method's, so the maps it re-draws are the ones ``explain`` drew."""
-    from jaxplain import registry  # noqa: PLC0415
-    from jaxplain.marks import wrapped  # noqa: PLC0415
-
-    settings = dict(settings or {})
-    names = wrapped(fn)
-    if names and getattr(fn, "key_for_method", False):
-        method = settings.get(names[0], registry.settings_of(fn)[names[0]])
-        method, parsed = registry.parse(method, "method")
-        return name_of(method), {**parsed, **(settings.get(names[1]) or {})}
-    return name_of(fn), settings
-
-
-def name_of(fn: Callable) -> str:
-    """``fn``'s name in ``jaxplain.METHODS`` or ``METRICS``, else its ``__name__``."""
-    from jaxplain import registry  # noqa: PLC0415
-
-    for table in (registry.METHODS, registry.METRICS):
-        for name, f in table.items():
-            if f is fn:
-                return name
-    return getattr(fn, "__name__", "method")
 
 
 def path_id(path: str) -> int:

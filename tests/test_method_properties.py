@@ -64,7 +64,7 @@ def _direct(m, x, t, name, jit, s):
         return fn(m.apply, p, v, tt, **(dict(s, key=k) if k is not None else s))
 
     call = jax.jit(call) if jit else call
-    named = baselines.named(key, name, s) if key is not None else None  # baselines' key policy
+    named = baselines.named(key, fn, s) if key is not None else None  # baselines' key policy
     keys = [jax.random.fold_in(named, i) if key is not None else None for i in range(len(x))]
     return np.stack([call(m.params, jnp.asarray(v), jnp.int32(tt), k) for v, tt, k in zip(x, t, keys)])
 

@@ -229,7 +229,7 @@ def test_noise_wrappers_against_a_loop_over_the_same_draws(pair, xs, name, sigma
     for i, x in enumerate(jnp.asarray(xs)):
         std = sigma * (jnp.max(x) - jnp.min(x))
         g = []
-        for k in jax.random.split(jax.random.fold_in(baselines.named(key, name, dict(samples=n, sigma=sigma)), i), n):
+        for k in jax.random.split(jax.random.fold_in(baselines.named(key, jaxplain.METHODS[name], dict(samples=n, sigma=sigma)), i), n):
             k_noise, _ = jax.random.split(k)
             g.append(np.asarray(grad(x + std * jax.random.normal(k_noise, x.shape, x.dtype), t[i]), np.float64))
         g = np.stack(g)

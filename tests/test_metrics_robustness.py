@@ -67,7 +67,7 @@ def test_infidelity_matches_captum(pair, xs, perturbation, normalize):
     settings = dict(perturbation=perturbation, sigma=0.1, samples=s, normalize=normalize)
     ours = jaxplain.evaluate(m, xs, TARGET, a, "infidelity", key=KEY, **settings)["score"]
 
-    keys = baselines.per_image(baselines.named(KEY, "infidelity", settings), np.arange(len(xs)))
+    keys = baselines.per_image(baselines.named(KEY, jaxplain.METRICS["infidelity"], settings), np.arange(len(xs)))
     draw = jax.jit(jax.vmap(lambda k, x: infidelity_perturbations(k, x, s, perturbation=perturbation, sigma=0.1)))
     i_all, moved = (_torch(np.asarray(d).reshape(-1, *xs.shape[1:])) for d in draw(keys, xs))  # image-major, as Captum
 

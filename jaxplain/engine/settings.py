@@ -119,10 +119,21 @@ def attention_layers(fn: Callable, model: Model, image_shape: tuple[int, ...],
     return layers
 
 
+def _owner(fn: Callable, settings: dict[str, Any]) -> tuple[Callable, dict[str, Any]]:
+    """``(function, settings)`` whose ``baselines.named`` key a call of ``fn`` (``settings`` from
+    ``registry.resolve``) draws from: ``fn``'s own, or for a metric that hands its key to the
+    method it re-explains (marked ``key_for_method``: ``model_randomisation``) that method's, so
+    the maps it redraws use the draws ``explain`` made."""
+    names = wrapped(fn)
+    if names and getattr(fn, "key_for_method", False):
+        return settings.get(names[0], registry.settings_of(fn)[names[0]]), dict(settings.get(names[1]) or {})
+    return fn, settings
+
+
 def image_keys(key: Any, n: int, fn: Callable | None = None, settings: dict[str, Any] | None = None) -> Array | None:
     """One key per image (``baselines``' policy): for a single key (a ``jax.random`` key, typed or
-    raw, or an int seed) image ``i``'s is ``per_image(named(key, name, settings), i)`` for ``fn``'s
-    name and settings (``baselines.owner``; without ``fn``, ``fold_in(key, i)``); ``n`` keys
+    raw, or an int seed) image ``i``'s is ``per_image(named(key, fn, settings), i)`` (``fn``'s
+    function and settings, or ``_owner``'s; without ``fn``, ``fold_in(key, i)``); ``n`` keys
     given are used as they are."""
     key = baselines.as_key(key)
     if key is None:
@@ -131,7 +142,7 @@ def image_keys(key: Any, n: int, fn: Callable | None = None, settings: dict[str,
     one = () if typed else (2,)
     if tuple(key.shape) == one:
         if fn is not None:
-            key = baselines.named(key, *baselines.owner(fn, settings))
+            key = baselines.named(key, *_owner(fn, registry.resolve(fn, dict(settings or {}))))
         return baselines.per_image(key, np.arange(n))
     if tuple(key.shape) == (n, *one):
         return jnp.asarray(key)

@@ -172,7 +172,7 @@ def model_randomisation(apply: ApplyFn, params: PyTree, x: Array, target: Array,
     weights with layers randomised (``stage_params``: ``mode`` ``"cascading"`` from the output
     down, ``"independent"`` one layer at a time, or ``"full"``; weights drawn from ``key``, which a
     random method also receives, split per image alike in every stage, as ``explain`` would split it
-    for that method: ``baselines.owner``). Compared with the
+    for that method: ``engine.settings.image_keys``). Compared with the
     ``attribution`` as absolute maps summed over channels (``magnitude``): ``"spearman"``, their
     rank correlation (ties averaged, as SciPy; 0 where either map is constant, such as the all-zero
     gradient of a randomised network whose ReLUs all went dead: it keeps nothing of the
@@ -194,4 +194,4 @@ def model_randomisation(apply: ApplyFn, params: PyTree, x: Array, target: Array,
     return {"score": rho, "spearman": rho, "ssim": ssim(unit(a), unit(b))}
 
 
-model_randomisation.key_for_method = True  # its per-image keys are explain's for its method (baselines.owner)
+model_randomisation.key_for_method = True  # its per-image keys are explain's for its method (engine.settings._owner)
