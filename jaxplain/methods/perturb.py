@@ -4,7 +4,6 @@ perturbations in chunks of ``chunk`` (one compiled batch per chunk, never one ca
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import jax
 import jax.numpy as jnp

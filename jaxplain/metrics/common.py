@@ -13,7 +13,7 @@ from jaxplain.errors import InputError
 from jaxplain.baselines import SCORES, baseline_image, check_score, score_of, scorer  # noqa: F401  (one vocabulary)
 from jaxplain.checks import as_key
 from jaxplain.chunks import along
-from jaxplain.types import ApplyFn, Array, PyTree
+from jaxplain.types import Array
 
 ORDERS = ("morf", "lerf")  # most / least relevant first
 
