@@ -17,10 +17,24 @@ def positive_int(value: object, name: str) -> int:
     return int(value)
 
 
-def as_key(key: object) -> object:
-    """``jax.random.key(key)`` for an int seed; any other key (or ``None``) as it is."""
+def as_key(key: object, random: str | None = None, otherwise: str = "") -> object:
+    """The one key normaliser: ``jax.random.key(key)`` for an int seed; a ``jax.random`` key
+    (typed, or raw ``uint32 [..., 2]``; one or many) as it is. ``None`` stays ``None``, or with
+    ``random`` (what needs the key, e.g. ``"lime is random"``) is an ``InputError``: ``"{random}:
+    pass key=jax.random.key(...) or an int seed{otherwise}"``. Anything else is an ``InputError``."""
+    if key is None:
+        if random is not None:
+            raise InputError(f"{random}: pass key=jax.random.key(...) or an int seed{otherwise}")
+        return None
     if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
         return jax.random.key(int(key))
+    if not hasattr(key, "dtype") or not hasattr(key, "shape"):
+        raise InputError(f"key must be a jax.random.key(...), an int seed or one key per image, got {type(key).__name__}")
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key
+    if key.dtype != jnp.uint32 or not key.shape or key.shape[-1] != 2:
+        raise InputError(f"key must be a jax.random.key(...), an int seed or one key per image, got an array of "
+                         f"{key.dtype} {tuple(key.shape)}")
     return key
 
 

@@ -52,7 +52,7 @@ def test_bad_attributions(tiny_model, grads, bad, message):
     ("deletion", {"bogus": 1}, "deletion has no setting 'bogus'"),
     ("deletion", {"steps": 0}, "steps must be a positive int, got 0"),
     ("insertion", {"score": "odds"}, "score must be one of"),
-    ("deletion", {"baseline": "grey"}, "a baseline must be a number, 'black', 'blur'"),
+    ("deletion", {"baseline": "grey"}, "unknown baseline 'grey'; a baseline is a number, an .*'black'.*'blur'"),
 ])
 def test_bad_metric_or_settings(tiny_model, grads, metric, settings, message):
     with pytest.raises(InputError, match=message):

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import jaxplain
+from jaxplain import baselines
 from tests import compare
 from jaxplain.engine.runner import prepare, resolved
 from jaxplain.registry import METHODS, resolve, settings_of
@@ -63,7 +64,8 @@ def _direct(m, x, t, name, jit, s):
         return fn(m.apply, p, v, tt, **(dict(s, key=k) if k is not None else s))
 
     call = jax.jit(call) if jit else call
-    keys = [jax.random.fold_in(key, i) if key is not None else None for i in range(len(x))]
+    named = baselines.named(key, fn, s) if key is not None else None  # baselines' key policy
+    keys = [jax.random.fold_in(named, i) if key is not None else None for i in range(len(x))]
     return np.stack([call(m.params, jnp.asarray(v), jnp.int32(tt), k) for v, tt, k in zip(x, t, keys)])
 
 

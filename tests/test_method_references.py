@@ -8,6 +8,7 @@ import pytest
 from captum import attr as ca
 
 import jaxplain
+from jaxplain import baselines
 from jaxplain.methods.integrated import RULES, rule_nodes
 from tests.compare import assert_close as _close
 from tests.compare import to_nhwc as _from_torch
@@ -214,7 +215,7 @@ def test_noise_wrappers_analytic():
 ])
 def test_noise_wrappers_against_a_loop_over_the_same_draws(pair, xs, name, sigma):
     """Per pixel against the same noise draws made by hand (explain's key for image i is
-    ``fold_in(key, i)``, split into ``samples`` keys, each split into (noise, base) keys; noise
+    ``fold_in(named(key, name, settings), i)``, ``baselines``' policy, split into ``samples`` keys, each split into (noise, base) keys; noise
     ``std * normal``, std = sigma * (max(x) - min(x)) in float32), each gradient taken by the
     test, the variance and the mean of squares in float64 NumPy. Tolerance 1e-4 of each pixel
     plus 1e-6 of the map's maximum (for pixels of nearly zero variance); measured: at most 4% of
@@ -228,7 +229,7 @@ def test_noise_wrappers_against_a_loop_over_the_same_draws(pair, xs, name, sigma
     for i, x in enumerate(jnp.asarray(xs)):
         std = sigma * (jnp.max(x) - jnp.min(x))
         g = []
-        for k in jax.random.split(jax.random.fold_in(key, i), n):
+        for k in jax.random.split(jax.random.fold_in(baselines.named(key, jaxplain.METHODS[name], dict(samples=n, sigma=sigma)), i), n):
             k_noise, _ = jax.random.split(k)
             g.append(np.asarray(grad(x + std * jax.random.normal(k_noise, x.shape, x.dtype), t[i]), np.float64))
         g = np.stack(g)
@@ -258,8 +259,8 @@ def test_expected_gradients(pair, xs):
 
 
 def test_expected_gradients_against_a_loop_over_the_same_draws(pair, xs):
-    """The same references and alphas drawn by hand (explain's key for image i is ``fold_in(key,
-    i)``, split into (index, alpha) keys; ``randint`` over the R references, ``uniform`` alphas),
+    """The same references and alphas drawn by hand (explain's key for image i is
+    ``fold_in(named(key, "expected_gradients", settings), i)``, split into (index, alpha) keys; ``randint`` over the R references, ``uniform`` alphas),
     each term's gradient taken by torch on the same weights, the mean in float64: to 1e-5 of the
     maximum (float32 gradients, as the Captum comparisons; measured 3e-7). Unfolded keys (other
     draws) are 78-116% off, so the draws themselves are pinned."""
@@ -268,7 +269,7 @@ def test_expected_gradients_against_a_loop_over_the_same_draws(pair, xs):
     key, n, t = jax.random.key(5), 12, [3, 7]
     got = jaxplain.explain(m, xs, t, "expected_gradients", references=refs, samples=n, key=key, chunk=5)
     for i, x in enumerate(xs):
-        k_idx, k_alpha = jax.random.split(jax.random.fold_in(key, i))
+        k_idx, k_alpha = jax.random.split(jax.random.fold_in(baselines.named(key, "expected_gradients", {"samples": n}), i))
         idx = np.asarray(jax.random.randint(k_idx, (n,), 0, len(refs)))
         alphas = np.asarray(jax.random.uniform(k_alpha, (n,), jnp.float32))
         assert len(set(idx.tolist())) > 1  # several references drawn

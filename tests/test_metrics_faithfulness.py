@@ -18,6 +18,7 @@ import torch
 from scipy import ndimage, stats
 
 import jaxplain
+from jaxplain import baselines
 from jaxplain.metrics.similarity import average_ranks, correlate
 from jaxplain.metrics.faithfulness import mu_fidelity, mu_fidelity_masks, region_perturbation
 from tests.conftest import tiny_pair
@@ -219,10 +220,11 @@ def region(pair, data):
 def test_region_perturbation_matches_samek_loop(pair, data, region):
     """Patch 6 on 32x32 (a padded grid, 36 patches, cut border patches), 20 regions, the
     ``"uniform"`` baseline: the loop replaces with the same noise image, drawn from the per-image
-    key as ``evaluate`` splits it (``fold_in(key, i)``); also ``"lerf"`` with a constant."""
+    key as ``evaluate`` makes it (``baselines``' policy: ``fold_in(named(key, name, settings), i)``);
+    also ``"lerf"`` with a constant."""
     net = pair[0]
     x, a, t = data
-    key = jax.random.key(4)
+    key = baselines.named(4, "region_perturbation", dict(patch=6, regions=20, baseline="uniform"))
     for i in range(2):
         noise = np.asarray(jax.random.uniform(jax.random.fold_in(key, i), x[i].shape, jnp.float32, x[i].min(), x[i].max()))
         curve, aopc = aopc_loop(net, x[i], a[i], int(t[i]), 6, 20, noise)
@@ -301,11 +303,11 @@ def mu(pair, data):
 
 def test_mu_fidelity_matches_numpy_loop(pair, data, mu):
     """The same subsets (``mu_fidelity_masks`` with the key ``evaluate`` gives image i,
-    ``fold_in(key, i)``); drops by the torch twin (logits), subset sums in NumPy, Pearson by
+    ``fold_in(named(key, "mu_fidelity", settings), i)``); drops by the torch twin (logits), subset sums in NumPy, Pearson by
     NumPy's ``corrcoef``. (The default 9x9 grid, cells of uneven size, runs in the linear tests.)"""
     net = pair[0]
     x, a, t = data
-    key = jax.random.key(9)
+    key = baselines.named(9, "mu_fidelity", dict(grid_size=8, samples=50, baseline=0.2))
     for i in range(2):
         masks = np.asarray(mu_fidelity_masks(jax.random.fold_in(key, i), (H, W), grid_size=8, samples=50))
         drops = torch_scores(net, x[i][None], int(t[i]), "logit")[0] - torch_scores(
@@ -335,7 +337,7 @@ def test_mu_fidelity_matches_quantus_faithfulness_correlation(pair, data, mu, mo
     ``np.random.choice`` it draws them with, its per-image correlation is ours."""
     net = pair[0]
     x, a, t = data
-    key, samples = jax.random.key(9), 50
+    key, samples = baselines.named(9, "mu_fidelity", dict(grid_size=8, samples=50, baseline=0.2)), 50
     masks = [np.asarray(mu_fidelity_masks(jax.random.fold_in(key, i), (H, W), grid_size=8, samples=samples))
              for i in range(2)]
     chw = [[np.flatnonzero(np.broadcast_to(mk, (3, H, W))) for mk in ms] for ms in masks]
@@ -404,7 +406,7 @@ BAD = [
     ("deletion", {"steps": 0}, "steps must be a positive int"),
     ("insertion", {"steps": 2.5}, "steps must be a positive int"),
     ("deletion", {"score": "prob"}, "score must be one of"),
-    ("deletion", {"baseline": "white"}, "a baseline must be a number"),
+    ("deletion", {"baseline": "grey"}, "unknown baseline 'grey'; a baseline is a number"),
     ("deletion", {"baseline": np.zeros((5, 5, 3), np.float32)}, "baseline must be a number or an array"),
     ("deletion", {"baseline": "uniform"}, "baseline='uniform' is random: pass key"),
     ("region_perturbation", {"patch": 0}, "patch must be a positive int"),
@@ -412,7 +414,7 @@ BAD = [
     ("region_perturbation", {"regions": 0}, "regions must be a positive int"),
     ("region_perturbation", {"order": "random"}, "order must be one of"),
     ("region_perturbation", {"baseline": "uniform"}, "baseline='uniform' is random: pass key"),
-    ("region_perturbation", {"score": "softmax"}, "score must be one of"),
+    ("region_perturbation", {"score": "prob"}, "score must be one of"),
     ("mu_fidelity", {}, "mu_fidelity is random: pass key"),
     ("mu_fidelity", {"key": 0, "grid_size": 0}, "grid_size must be a positive int"),
     ("mu_fidelity", {"key": 0, "grid_size": 33}, "grid_size must be at most the image's side 32"),
@@ -421,7 +423,7 @@ BAD = [
     ("mu_fidelity", {"key": 0, "grid_size": 2}, "switches off no cell of a 2x2 grid"),
     ("mu_fidelity", {"key": 0, "samples": 0}, "samples must be a positive int"),
     ("mu_fidelity", {"key": 0, "correlation": "kendall"}, "correlation must be one of"),
-    ("mu_fidelity", {"key": 0, "baseline": "blurry"}, "a baseline must be a number"),
+    ("mu_fidelity", {"key": 0, "baseline": "blurry"}, "unknown baseline 'blurry'; a baseline is a number"),
 ]
 
 

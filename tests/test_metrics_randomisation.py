@@ -13,6 +13,7 @@ import torch
 from skimage.metrics import structural_similarity
 
 import jaxplain
+from jaxplain import baselines
 from jaxplain.errors import InputError
 from jaxplain.metrics.randomisation import stage_params
 from jaxplain.metrics.similarity import spearman, ssim
@@ -75,7 +76,7 @@ def test_stage_params_against_numpy(case):
     """The NumPy re-statement: the layers of model.layers that are keys of params, top-down;
     cascading stage s replaces the top s + 1 of them, independent stage s only the s-th, full all;
     a replaced leaf is mean + std * z (its own NumPy mean and std, z its slice of one
-    normal(fold_in(key, 2**32 - 1), [n]) over the float leaves in tree order); every other layer is
+    normal(fold_in(named(key, "model_randomisation"), 2**32 - 1), [n]) over the float leaves in tree order); every other layer is
     the original's own array."""
     _, model, *_ = case
     key = jax.random.key(3)
@@ -84,7 +85,8 @@ def test_stage_params_against_numpy(case):
     assert [n for n, _ in stages["full"]] == ["all"]
     layers = {n: model.params[n] for n in TOP_DOWN}
     leaves, tree = jax.tree.flatten(layers)
-    z = np.asarray(jax.random.normal(jax.random.fold_in(key, 2**32 - 1), (sum(a.size for a in leaves),)))
+    weights_key = jax.random.fold_in(baselines.named(key, "model_randomisation"), 2**32 - 1)  # baselines' policy
+    z = np.asarray(jax.random.normal(weights_key, (sum(a.size for a in leaves),)))
     expected, at = [], 0
     for a in map(np.asarray, leaves):
         expected.append(a.mean(dtype=np.float64) + a.std(dtype=np.float64) * z[at: at + a.size].reshape(a.shape))

@@ -12,6 +12,7 @@ from captum.metrics import infidelity as captum_infidelity
 from captum.metrics import sensitivity_max
 
 import jaxplain
+from jaxplain import baselines
 from jaxplain.errors import InputError
 from jaxplain.metrics.robustness import infidelity_perturbations, sensitivity_noise
 from tests.compare import assert_close
@@ -56,7 +57,7 @@ def toy():
 def test_infidelity_matches_captum(pair, xs, perturbation, normalize):
     """Captum's ``infidelity`` with a ``perturb_func`` returning exactly the perturbations our
     metric draws for each image (``infidelity_perturbations`` with evaluate's per-image key
-    ``fold_in(key, b)``): ``(I, x - I)`` Gaussian (sigma 0.1, so that ``f(x) - f(x - I)`` is far
+    ``fold_in(named(key, "infidelity", settings), b)``, ``baselines``' policy): ``(I, x - I)`` Gaussian (sigma 0.1, so that ``f(x) - f(x - I)`` is far
     above float32 noise), or Yeh's square indicator with the square zeroed. The attribution is
     the gradient plus noise, so the residual is not a cancellation."""
     net, m = pair
@@ -66,7 +67,7 @@ def test_infidelity_matches_captum(pair, xs, perturbation, normalize):
     settings = dict(perturbation=perturbation, sigma=0.1, samples=s, normalize=normalize)
     ours = jaxplain.evaluate(m, xs, TARGET, a, "infidelity", key=KEY, **settings)["score"]
 
-    keys = jax.vmap(lambda b: jax.random.fold_in(KEY, b))(jnp.arange(len(xs)))
+    keys = baselines.per_image(baselines.named(KEY, jaxplain.METRICS["infidelity"], settings), np.arange(len(xs)))
     draw = jax.jit(jax.vmap(lambda k, x: infidelity_perturbations(k, x, s, perturbation=perturbation, sigma=0.1)))
     i_all, moved = (_torch(np.asarray(d).reshape(-1, *xs.shape[1:])) for d in draw(keys, xs))  # image-major, as Captum
 
@@ -136,7 +137,8 @@ def test_max_sensitivity_matches_captum(pair, xs):
     net, m = pair
     a = np.asarray(jaxplain.explain(m, xs, TARGET, "gradient"))
     out = jaxplain.evaluate(m, xs, TARGET, a, "max_sensitivity", key=KEY)
-    noise = _torch(np.concatenate([np.asarray(sensitivity_noise(jax.random.fold_in(KEY, b), 10, xs.shape[1:]))
+    key = baselines.named(KEY, "max_sensitivity")  # baselines' policy: the metric's key, then the image's
+    noise = _torch(np.concatenate([np.asarray(sensitivity_noise(jax.random.fold_in(key, b), 10, xs.shape[1:]))
                                    for b in range(len(xs))]))
     ref = sensitivity_max(Saliency(net).attribute, _nchw(xs), perturb_func=lambda inputs: inputs + noise,
                           target=TARGET, abs=False)
@@ -158,7 +160,8 @@ def test_max_sensitivity_known_answers(toy):
     spec = "max_sensitivity(radius=0.1, chunk=5)"
     out = jaxplain.evaluate(quad, x, 0, grad, spec, key=KEY)["sensitivities"]
     zero = jaxplain.evaluate(quad, x, 0, np.zeros_like(x), spec, key=KEY)["sensitivities"]
-    d = jax.jit(jax.vmap(lambda b: sensitivity_noise(jax.random.fold_in(KEY, b), 10, x.shape[1:], 0.1)))(jnp.arange(2))
+    key = baselines.named(KEY, "max_sensitivity", {"radius": 0.1})  # chunk draws nothing
+    d = jax.jit(jax.vmap(lambda b: sensitivity_noise(jax.random.fold_in(key, b), 10, x.shape[1:], 0.1)))(jnp.arange(2))
     d = np.asarray(d)
     assert np.all(np.abs(d) <= 0.1) and np.abs(d).max() > 0.09
     for b in range(2):

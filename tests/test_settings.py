@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import jaxplain
-from jaxplain import InputError, registry
+from jaxplain import InputError, baselines, registry
 from jaxplain.engine.settings import freeze, thaw
 
 X = np.random.default_rng(0).normal(size=(3, 32, 32, 3)).astype(np.float32)
@@ -79,7 +79,8 @@ def test_keys_as_seeds_and_per_image(tiny_model):
     spec = "rise(masks=16, cells=4, chunk=8)"
     a = jaxplain.explain(m, X, T, spec, key=3)  # an int seed is jax.random.key(3)
     np.testing.assert_array_equal(a, jaxplain.explain(m, X, T, spec, key=jax.random.key(3)))
-    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(3), i))(jnp.arange(3))
+    # baselines' policy: the method's key names rise and its settings, image i's folds in i
+    keys = baselines.per_image(baselines.named(jax.random.key(3), "rise", {"masks": 16, "cells": 4}), np.arange(3))
     np.testing.assert_array_equal(jaxplain.explain(m, X, T, spec, key=keys), a)  # one key per image
     # The last image alone, with its own key, gets its map from the batch (another batch size
     # blocks the convolutions differently: the last bits move).

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import jaxplain
+from jaxplain import baselines
 from tests import compare
 from jaxplain.errors import InputError, MissingDependency
 
@@ -214,8 +215,8 @@ def test_exact_with_too_many_segments(data):
     ("kernel_shap", "samples", 2.5, "samples must be a positive int, got 2.5"),
     ("lime", "kernel_width", 0.0, "kernel_width must be a number > 0"),
     ("lime", "alpha", -1.0, "alpha must be a number >= 0"),
-    ("feature_ablation", "score", "prob", r"score must be one of \('logit', 'softmax'\), got 'prob'"),
-    ("feature_ablation", "baseline", "grey", "baseline must be a number, 'mean', 'black', 'blur' or an"),
+    ("feature_ablation", "score", "prob", r"score must be one of \('logit', 'probability'\) \(or 'softmax'.*got 'prob'"),
+    ("feature_ablation", "baseline", "grey", "unknown baseline 'grey'; a baseline is a number, .*'mean'"),
     ("kernel_shap", "baseline", np.zeros((16, 16, 3), np.float32), r"array of the image's shape \(32, 32, 3\)"),
 ])
 def test_bad_settings(data, method, setting, value, fragment):
@@ -246,7 +247,9 @@ def test_a_map_per_image_equals_each_image_with_its_map(data, method, settings):
     for i in range(3):
         one = dict(settings, segments=maps[i], max_segments=5)  # the batch's count: the largest label + 1
         if "key" in one:
-            one["key"] = jax.random.fold_in(settings["key"], i)[None]  # the batch's key for image i
+            # the batch's key for image i (baselines' policy: the method's named key, then the index)
+            named = baselines.named(settings["key"], method, {"samples": 20, "segments": maps})
+            one["key"] = jax.random.fold_in(named, i)[None]
         want = jaxplain.explain(m, x[i:i + 1], t[i:i + 1], method, **one)
         close(got[i], want[0])
         for s in range(maps[i].max() + 1):  # one value per segment, on its pixels

@@ -268,6 +268,7 @@ def prepare(fn: Callable, model: Model, images: Array, settings: dict[str, Any],
     model = grid_view(model)
     n, image_shape = images.shape[0], tuple(images.shape[1:])
     settings = dict(settings)
+    keys = st.image_keys(settings.get("key"), n, fn, settings)  # baselines' policy: named, then per image
     note = getattr(fn, "cost_note", None)
     message = note(model, image_shape, settings) if note else None
     if message:
@@ -275,7 +276,7 @@ def prepare(fn: Callable, model: Model, images: Array, settings: dict[str, Any],
     loop = chunks.loop_mode()
     if loop == "host" and hasattr(fn, "chunk_call_pixels") and "chunk" not in settings:
         settings["chunk"] = chunks.host_chunk(per_call or n, image_shape[0] * image_shape[1], fn.chunk_call_pixels)
-    keys = st.image_keys(settings.pop("key", None), n)
+    settings.pop("key", None)
     parts = st.split(fn, settings, n)
     static = st.frozen(parts.static)
     keyed = keys is not None

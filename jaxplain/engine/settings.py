@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxplain import registry
+from jaxplain import baselines, registry
 from jaxplain.errors import InputError
 from jaxplain.methods.layer import check_neuron
 from jaxplain.marks import inner, wrapped
@@ -76,7 +76,7 @@ def resolve_for_model(fn: Callable, model: Model, image_shape: tuple[int, ...], 
     """Settings that need the model, for ``fn`` and any method it wraps: a missing ``layer`` is
     the model's ``cam_layer`` or its last conv layer; layers and neurons are checked; a missing
     ``attention`` is the model's attention layers and a missing ``grid`` its token grid;
-    ``baseline="black"`` (given or the default) is the preprocessed black image; a method marked
+    ``baseline="black"`` or ``"white"`` (given or the default) is the preprocessed picture; a method marked
     ``host_settings`` completes its settings from the batch of ``images`` (segment label maps).
     ``settings`` must come from ``registry.resolve``. A transformer's token layers are checked
     as their patch grid (``tokens.grid_view``), as the method sees them. ``explain`` and
@@ -98,11 +98,8 @@ def resolve_for_model(fn: Callable, model: Model, image_shape: tuple[int, ...], 
     if "grid" in known and settings.get("grid") is None:
         settings["grid"] = model.token_grid
     baseline = settings.get("baseline", known.get("baseline"))  # a default of "black" too
-    if isinstance(baseline, str) and baseline == "black":
-        if model.preprocess is None:
-            raise InputError(f"baseline='black' needs {model.name}'s preprocess, which it lacks: pass a number or an array")
-        black = np.zeros((1, *image_shape[:2], 3), np.uint8)
-        settings["baseline"] = jnp.asarray(model.preprocess(black)[0], jnp.float32)
+    if isinstance(baseline, str) and baseline in ("black", "white"):
+        settings["baseline"] = baselines.for_model(baseline, model.preprocess, image_shape, model.name)
     nested = inner(fn, settings)
     if nested:
         settings[wrapped(fn)[1]] = resolve_for_model(nested[0], model, image_shape, nested[1], images)
@@ -126,21 +123,31 @@ def attention_layers(fn: Callable, model: Model, image_shape: tuple[int, ...],
     return layers
 
 
-def image_keys(key: Any, n: int) -> Array | None:
-    """One key per image: ``fold_in(key, i)`` for image ``i`` of a single key (a ``jax.random``
-    key, typed or raw, or an int seed), or ``key`` itself when it already holds ``n`` keys."""
+def _owner(fn: Callable, settings: dict[str, Any]) -> tuple[Callable, dict[str, Any]]:
+    """``(function, settings)`` whose ``baselines.named`` key a call of ``fn`` (``settings`` from
+    ``registry.resolve``) draws from: ``fn``'s own, or for a metric that hands its key to the
+    method it re-explains (marked ``key_for_method``: ``model_randomisation``) that method's, so
+    the maps it redraws use the draws ``explain`` made."""
+    names = wrapped(fn)
+    if names and getattr(fn, "key_for_method", False):
+        return settings.get(names[0], registry.settings_of(fn)[names[0]]), dict(settings.get(names[1]) or {})
+    return fn, settings
+
+
+def image_keys(key: Any, n: int, fn: Callable | None = None, settings: dict[str, Any] | None = None) -> Array | None:
+    """One key per image (``baselines``' policy): for a single key (a ``jax.random`` key, typed or
+    raw, or an int seed) image ``i``'s is ``per_image(named(key, fn, settings), i)`` (``fn``'s
+    function and settings, or ``_owner``'s; without ``fn``, ``fold_in(key, i)``); ``n`` keys
+    given are used as they are."""
+    key = baselines.as_key(key)
     if key is None:
         return None
-    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
-        key = jax.random.key(int(key))
-    if not hasattr(key, "dtype") or not hasattr(key, "shape"):
-        raise InputError(f"key must be a jax.random.key(...), an int seed or one key per image, got {type(key).__name__}")
     typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
     one = () if typed else (2,)
-    if not typed and key.dtype != jnp.uint32:
-        raise InputError(f"key must be a jax.random.key(...), an int seed or one key per image, got an array of {key.dtype}")
     if tuple(key.shape) == one:
-        return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
+        if fn is not None:
+            key = baselines.named(key, *_owner(fn, registry.resolve(fn, dict(settings or {}))))
+        return baselines.per_image(key, np.arange(n))
     if tuple(key.shape) == (n, *one):
         return jnp.asarray(key)
     raise InputError(f"key must be one key or one per image ({n}), got shape {tuple(key.shape)}")

@@ -1,10 +1,13 @@
 """Gaussian blur of one image as two matrix products, with the semantics of
 ``scipy.ndimage.gaussian_filter(x, [s, s, 0], mode="constant")`` (zero padding, kernel radius
-``int(4 s + 0.5)``, kernel normalised over its full support). ``sigma`` may be traced."""
+``int(4 s + 0.5)``, kernel normalised over its full support). ``sigma`` may be traced. Also the
+RISE code's own blur (``rise_blur``: an 11x11 kernel of sigma 5), the insertion metric's substrate."""
 
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
+from scipy import ndimage
 
 from jaxplain.types import Array
 
@@ -41,3 +44,26 @@ def blur_difference(x: Array, sigma: Array, step: float, max_sigma: float) -> Ar
     h0, w0 = blur_matrix(x.shape[0], sigma, bound), blur_matrix(x.shape[1], sigma, bound)
     h1, w1 = blur_matrix(x.shape[0], sigma + step, bound), blur_matrix(x.shape[1], sigma + step, bound)
     return jnp.einsum("ih,hwc,jw->ijc", h1 - h0, x, w1) + jnp.einsum("ih,hwc,jw->ijc", h0, x, w1 - w0)
+
+
+def rise_blur_kernel(size: int = 11, sigma: float = 5.0) -> np.ndarray:
+    """The 1-D factor of the RISE code's blur kernel (Petsiuk et al. 2018, ``gkern``): a unit impulse
+    of ``size`` filtered by a Gaussian of ``sigma`` with SciPy's reflecting edges (so at sigma 5 the
+    tails fold back into the window); the 2-D kernel is its outer product."""
+    impulse = np.zeros(size)
+    impulse[size // 2] = 1.0
+    return ndimage.gaussian_filter1d(impulse, sigma).astype(np.float32)
+
+
+def rise_blur(x: Array, size: int = 11, sigma: float = 5.0) -> Array:
+    """``x [H, W, C]`` blurred per channel by ``rise_blur_kernel`` with zero padding (the RISE code's
+    insertion substrate: ``conv2d(x, kernel, padding=size // 2)``)."""
+    k = jnp.asarray(rise_blur_kernel(size, sigma))
+    h, w = x.shape[:2]
+    pad = size // 2
+
+    def band(n: int) -> Array:  # [n, n]: out[i] = sum_j k[j - i + pad] x[j], zero outside
+        d = jnp.arange(n)[None, :] - jnp.arange(n)[:, None] + pad
+        return jnp.where((d >= 0) & (d < size), k[jnp.clip(d, 0, size - 1)], 0.0)
+
+    return jnp.einsum("ih,hwc,jw->ijc", band(h), x, band(w))

@@ -13,13 +13,13 @@ from jaxplain.errors import InputError, ToleranceWarning
 from jaxplain.types import ApplyFn, Array, PyTree
 
 from .blur import blur_difference, gaussian_blur
+from jaxplain.baselines import baseline_image
 from jaxplain.checks import positive_int, real
 from jaxplain.chunks import counts_images, sum_chunks
 from .gradients import score
 from jaxplain.marks import cost, per_image
 
 RULES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
-BASELINES = ("zeros", "black", "blur", "uniform")
 
 
 def _legendre(x: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -83,28 +83,6 @@ def rule_nodes(rule: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
     else:
         raise InputError(f"unknown integration rule {rule!r}; expected one of {RULES}")
     return a.astype(np.float32), w.astype(np.float32)
-
-
-def resolve_baseline(baseline: str | Array, x: Array, key: Array | None, blur_sigma: float = 10.0) -> Array:
-    """The baseline image for ``x``: ``"zeros"``, ``"blur"`` (Gaussian, ``blur_sigma`` px),
-    ``"uniform"`` (noise in ``x``'s value range; needs ``key``) or an array of ``x``'s shape.
-    ``"black"`` (the preprocessed black image) depends on the model and is resolved by ``explain``."""
-    if isinstance(baseline, str):
-        if baseline == "zeros":
-            return jnp.zeros_like(x)
-        if baseline == "blur":
-            return gaussian_blur(x, blur_sigma).astype(x.dtype)
-        if baseline == "uniform":
-            if key is None:
-                raise InputError("baseline='uniform' is random: pass key=jax.random.key(...)")
-            return jax.random.uniform(key, x.shape, x.dtype, jnp.min(x), jnp.max(x))
-        if baseline == "black":
-            raise InputError("baseline='black' needs the model's preprocessing: use jaxplain.explain, or pass the array")
-        raise InputError(f"unknown baseline {baseline!r}; expected one of {BASELINES} or an array")
-    b = jnp.asarray(baseline)
-    if b.shape != x.shape:
-        raise InputError(f"baseline has shape {b.shape}, the image {x.shape}")
-    return b.astype(x.dtype)
 
 
 def path_integral(f: Callable[[Array], Array], start: Array, diff: Array, rule: str, steps: int,
@@ -304,7 +282,7 @@ def integrated_gradients(
     ``ToleranceWarning`` if an image stops there); ``return_delta`` then gives ``Refined``
     (with each image's gradient count). Memory: ``max_steps`` gradients per image are kept.
     """
-    base, f = resolve_baseline(baseline, x, key), score(apply, params, target)
+    base, f = baseline_image(baseline, x, key), score(apply, params, target)
     return integrate("integrated_gradients", f, base, x, rule=rule, steps=steps, chunk=chunk, return_delta=return_delta,
                      tolerance=tolerance, max_steps=max_steps, per_round=per_round)
 
@@ -410,7 +388,7 @@ def guided_ig(
     steps, max_inner = positive_int(steps, "steps"), positive_int(max_inner, "max_inner")
     fraction = real(fraction, "fraction", above=0, at_most=1)
     max_dist = real(max_dist, "max_dist (a fraction of the path)", at_least=0, at_most=1)
-    base = resolve_baseline(baseline, x, key)
+    base = baseline_image(baseline, x, key)
     grad_f = jax.grad(score(apply, params, target))
     diff = x - base
     total = jnp.sum(jnp.abs(diff))

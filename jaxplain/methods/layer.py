@@ -14,7 +14,8 @@ import jax.numpy as jnp
 from jaxplain.errors import InputError
 from jaxplain.types import ApplyFn, Array, PyTree, Relu
 
-from .integrated import Refined, integrate, path_passes, resolve_baseline
+from jaxplain.baselines import baseline_image
+from .integrated import Refined, integrate, path_passes
 from jaxplain.chunks import counts_images, keep
 from jaxplain.marks import cost, output, per_image, targetless
 
@@ -86,7 +87,7 @@ def layer_integrated_gradients(apply: ApplyFn, params: PyTree, x: Array, target:
     ``tolerance``, ``max_steps``, ``per_round``: as ``integrated_gradients``'s, the score ``F``
     along this path (``F(0)``: the layer set to its value at the baseline)."""
     act, base = keep(lambda: (activation(apply, params, x, layer),
-                              activation(apply, params, resolve_baseline(baseline, x, key), layer)))
+                              activation(apply, params, baseline_image(baseline, x, key), layer)))
 
     def f(tap: Array) -> Array:  # the score with the layer's output moved by tap
         return apply(params, x, taps={layer: tap})[0][target]
@@ -125,6 +126,6 @@ def neuron_integrated_gradients(apply: ApplyFn, params: PyTree, x: Array, target
     ``tolerance``, ``max_steps``, ``per_round``: as ``integrated_gradients``'s, for the neuron."""
     check_neuron(jax.eval_shape(lambda: activation(apply, params, x, layer)).shape, neuron)
     f = _neuron_score(apply, params, layer, neuron)
-    base = resolve_baseline(baseline, x, key)
+    base = baseline_image(baseline, x, key)
     return integrate("neuron_integrated_gradients", f, base, x, rule=rule, steps=steps, chunk=chunk,
                      return_delta=return_delta, tolerance=tolerance, max_steps=max_steps, per_round=per_round)

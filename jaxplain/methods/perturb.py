@@ -4,7 +4,6 @@ perturbations in chunks of ``chunk`` (one compiled batch per chunk, never one ca
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -13,23 +12,10 @@ import numpy as np
 from jaxplain.errors import InputError
 from jaxplain.types import ApplyFn, Array, PyTree
 
+from jaxplain.baselines import baseline_image, check_score, scorer
+from jaxplain.checks import as_key
 from jaxplain.chunks import counts_images, keep, sum_chunks
 from jaxplain.marks import cost, output, per_image
-
-
-SCORES = ("logit", "softmax")
-
-
-def target_score(apply: ApplyFn, params: PyTree, target: Array, score: str) -> Callable[[Array], Array]:
-    """``x [H, W, C] -> scalar``: the target's ``"logit"`` or ``"softmax"`` probability."""
-    if score not in SCORES:
-        raise InputError(f"score must be one of {SCORES}, got {score!r}")
-
-    def f(v: Array) -> Array:
-        logits = apply(params, v)[0]
-        return (logits if score == "logit" else jax.nn.softmax(logits))[target]
-
-    return f
 
 
 def per_axis(value: int | tuple[int, ...], name: str, c: int) -> tuple[int, int, int]:
@@ -61,12 +47,12 @@ def occlusion_windows(shape: tuple[int, int, int], window: int | tuple[int, ...]
 @per_image(baseline=3)
 @counts_images(forward_only=True)
 def occlusion(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, window: int | tuple[int, ...] = (15, 15),
-              strides: int | tuple[int, ...] = (8, 8), baseline: float | Array = 0.0, chunk: int | None = 16) -> Array:
+              strides: int | tuple[int, ...] = (8, 8), baseline: float | str | Array = 0.0, chunk: int | None = 16) -> Array:
     """Occlusion (Zeiler & Fergus 2014; Captum ``Occlusion``), ``[H, W, C]``.
 
     A ``window`` (``(h, w)`` covers every channel; ``(h, w, c)`` also slides over channels) moves
-    by ``strides``; inside it ``x`` is replaced by ``baseline`` (a number or an ``[H, W, C]``
-    array; ``"black"`` through ``explain``). Each element gets the mean drop of the target logit
+    by ``strides``; inside it ``x`` is replaced by ``baseline`` (``jaxplain.baselines``: a number,
+    a name such as ``"blur"``, an ``[H, W, C]`` array; ``"black"`` through ``explain``). Each element gets the mean drop of the target logit
     ``f(x) - f(x occluded)`` over the windows that cover it. Captum's
     ``sliding_window_shapes=(3, 15, 15), strides=(3, 8, 8)`` is ``window=(15, 15), strides=(8, 8)``.
     """
@@ -78,7 +64,7 @@ def occlusion(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, window
         if s > a and a < size:
             raise InputError(f"occlusion stride {st} is larger than the window {win} along {name}: pixels would be skipped")
     mh, mw, mc = (_windows_1d(size, a, s) for size, a, s in zip(x.shape, win, st))
-    base = jnp.broadcast_to(jnp.asarray(baseline, x.dtype), x.shape)
+    base = baseline_image(baseline, x)
     f = lambda v: apply(params, v)[0][target]  # noqa: E731
     full = keep(lambda: f(x))  # once per host loop, not once per chunk
 
@@ -142,20 +128,19 @@ def rise_masks(key: Array, n: int, shape: tuple[int, int], cells: int = 7, p: fl
 @per_image(baseline=3)
 @counts_images(forward_only=True)
 def rise(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, masks: int = 4000, cells: int = 7,
-         p: float = 0.5, baseline: float | Array = 0.0, score: str = "softmax", key: Array | None = None,
+         p: float = 0.5, baseline: float | str | Array = 0.0, score: str = "probability", key: Array | None = None,
          chunk: int | None = 32) -> Array:
     """RISE (Petsiuk et al. 2018), ``[H, W]``: ``sum_i s(x * M_i + baseline * (1 - M_i)) M_i / (masks * p)``
-    over ``masks`` random masks (``rise_masks``); ``s`` is the target's ``"softmax"``
-    probability (the paper's) or its ``"logit"``. Masks come from ``key``, ``chunk`` at a time."""
-    if key is None:
-        raise InputError("rise is random: pass key=jax.random.key(...)")
-    if score not in ("softmax", "logit"):
-        raise InputError(f"score must be 'softmax' or 'logit', got {score!r}")
+    over ``masks`` random masks (``rise_masks``); ``s`` is the target's ``"probability"`` (the
+    paper's; ``"softmax"`` the same) or its ``"logit"``. Masks come from ``key``, ``chunk`` at a
+    time; a ``"uniform"`` baseline from ``fold_in(key, 1)``."""
+    key = as_key(key, "rise is random")
+    check_score(score)
     if not 0 < p <= 1 or not isinstance(cells, int) or cells < 1 or not isinstance(masks, int) or masks < 1:
         raise InputError(f"rise needs masks >= 1, cells >= 1 and 0 < p <= 1; got {masks}, {cells}, {p}")
-    base = jnp.broadcast_to(jnp.asarray(baseline, x.dtype), x.shape)
+    base = baseline_image(baseline, x, jax.random.fold_in(key, 1))
 
-    f = target_score(apply, params, target, score)
+    f = scorer(apply, params, target, score)
 
     def part(keys: Array) -> Array:
         m = jax.vmap(lambda k: _mask(k, x.shape[:2], cells, p))(keys)[..., None]  # [n, H, W, 1]

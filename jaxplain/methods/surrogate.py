@@ -22,11 +22,10 @@ from jaxplain import segmentation
 from jaxplain.errors import InputError
 from jaxplain.types import ApplyFn, Array, Model, PyTree
 
-from .blur import gaussian_blur
-from jaxplain.checks import as_key, like_image, positive_int, real
+from jaxplain.baselines import baseline_image, scorer
+from jaxplain.checks import as_key, positive_int, real
 from jaxplain.chunks import along, counts_images, keep
 from jaxplain.marks import cost, host_settings, output, per_image
-from .perturb import target_score
 
 MAX_EXACT = 20  # kernel_shap enumerates at most 2**20 coalitions
 
@@ -58,29 +57,12 @@ def _labels(segments: str | Array, cells: int | tuple[int, int], max_segments: i
     return labels, m, _present(labels, m)  # NumPy when known at trace time: constants, not folded by XLA
 
 
-def _fill(x: Array, baseline: float | str | Array, labels: Array, m: int) -> Array:
-    """``[H, W, C]``: what a switched-off segment shows: ``"mean"`` (each segment's mean colour,
-    as lime's ``hide_color=None``), ``"blur"`` (a Gaussian blur, sigma 10 px), a number or an array."""
-    if isinstance(baseline, str):
-        if baseline == "mean":
-            flat = labels.reshape(-1)
-            sums = jax.ops.segment_sum(x.reshape(-1, x.shape[-1]), flat, num_segments=m)
-            counts = (jnp.asarray(np.bincount(flat, minlength=m), x.dtype) if isinstance(flat, np.ndarray)
-                      else jax.ops.segment_sum(jnp.ones_like(flat, x.dtype), flat, num_segments=m))
-            return (sums / jnp.maximum(counts, 1)[:, None])[labels]
-        if baseline == "blur":
-            return gaussian_blur(x, 10.0).astype(x.dtype)
-        if baseline == "black":
-            raise InputError("baseline='black' needs the model's preprocessing: use jaxplain.explain, or pass the array")
-        raise InputError(f"baseline must be a number, 'mean', 'black', 'blur' or an [H, W, C] array, got {baseline!r}")
-    return like_image(baseline, x)
-
-
-def _key(key: Array | int | None, message: str) -> Array:
-    """``key`` as a typed key (an int seed too), or an ``InputError`` with ``message`` when missing."""
-    if key is None:
-        raise InputError(message)
-    return as_key(key)
+def _fill(x: Array, baseline: float | str | Array, labels: Array, m: int, key: Array | int | None = None) -> Array:
+    """``[H, W, C]``: what a switched-off segment shows, ``baselines.baseline_image`` (``"mean"``:
+    each segment's mean colour, as lime's ``hide_color=None``); ``"uniform"`` draws from
+    ``fold_in(key, 2**32 - 1)``, apart from the coalitions' ``fold_in(key, i)``."""
+    k = None if key is None else jax.random.fold_in(as_key(key), 2**32 - 1)
+    return baseline_image(baseline, x, k, labels=labels, regions=m)
 
 
 def _present(labels: Array | np.ndarray, m: int) -> Array:
@@ -126,11 +108,12 @@ def feature_ablation(apply: ApplyFn, params: PyTree, x: Array, target: Array, *,
                      cells: int | tuple[int, int] = 8, max_segments: int | None = None, baseline: float | str | Array = 0.0,
                      score: str = "logit", chunk: int | None = 16) -> Array:
     """Feature ablation over segments (Captum ``FeatureAblation`` with a ``feature_mask``), ``[H, W]``:
-    each segment in turn takes the ``baseline`` (a number, ``"black"``, ``"mean"``, ``"blur"`` or an
-    array; default 0 as Captum's), and every pixel of it gets the drop ``f(x) - f(x ablated)``
-    of the target's ``score`` (``"logit"`` or ``"softmax"``). ``M`` forward passes."""
+    each segment in turn takes the ``baseline`` (``jaxplain.baselines``: a number, a name such as
+    ``"black"``, ``"mean"``, ``"blur"``, or an array; default 0 as Captum's), and every pixel of it
+    gets the drop ``f(x) - f(x ablated)`` of the target's ``score`` (``"logit"`` or
+    ``"probability"``). ``M`` forward passes."""
     labels, m, present = _labels(segments, cells, max_segments, x.shape[:2])
-    f = target_score(apply, params, target, score)
+    f = scorer(apply, params, target, score)
     fill = _fill(x, baseline, labels, m)
     full = keep(lambda: f(x))
     drops = full - _outputs(f, x, fill, labels, lambda s: jnp.arange(m) != s, m, chunk)
@@ -180,17 +163,17 @@ def _lime_host(model: Model, images: Array, settings: dict[str, Any], defaults: 
 def lime(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, segments: str | Array = "grid",
          cells: int | tuple[int, int] = 8, max_segments: int | None = None, samples: int = 1000,
          baseline: float | str | Array = "mean", kernel_width: float = 0.25, alpha: float = 1.0,
-         score: str = "softmax", coalitions: Array | None = None, return_fit: bool = False,
+         score: str = "probability", coalitions: Array | None = None, return_fit: bool = False,
          key: Array | None = None, chunk: int | None = 16) -> Array | Fit:
     """LIME (Ribeiro et al. 2016) with the ``lime`` package's image defaults, ``[H, W]``.
 
     ``samples`` coalitions (the first keeps every segment; in the others each segment is kept
     with probability 1/2, drawn from ``key``), or the caller's ``coalitions [samples, M]`` of 0/1.
     A dropped segment shows the ``baseline`` (default ``"mean"``: its mean colour, lime's
-    ``hide_color=None``; or a number, ``"black"``, ``"blur"``, an array). Each coalition ``z`` is
+    ``hide_color=None``; or any of ``jaxplain.baselines``). Each coalition ``z`` is
     weighted by ``sqrt(exp(-d^2 / kernel_width^2))`` with ``d`` its cosine distance to all-kept,
     and a ridge regression (``alpha``, intercept unpenalised) of the target's ``score``
-    (``"softmax"``, lime's ``predict_proba``, or ``"logit"``) on ``z`` gives each segment's
+    (``"probability"``, lime's ``predict_proba``, or ``"logit"``) on ``z`` gives each segment's
     coefficient. ``return_fit``: a ``Fit`` with the coefficients, intercept and weighted R^2.
     """
     labels, m, present = _labels(segments, cells, max_segments, x.shape[:2])
@@ -198,7 +181,7 @@ def lime(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, segments: s
     alpha = real(alpha, "alpha", at_least=0)
     if coalitions is None:
         samples = positive_int(samples, "samples")
-        key = _key(key, "lime is random: pass key=jax.random.key(...) or an int seed, or the coalitions")
+        key = as_key(key, "lime is random", ", or the coalitions")
         coalition = lambda i: _coalition(key, i, present)  # noqa: E731
     else:
         table = jnp.asarray(coalitions)
@@ -208,8 +191,8 @@ def lime(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, segments: s
             _check_coalitions(table)
         samples = table.shape[0]
         coalition = lambda i: jnp.where(present, table[i].astype(bool), True).astype(jnp.float32)  # noqa: E731
-    f = target_score(apply, params, target, score)
-    y = _outputs(f, x, _fill(x, baseline, labels, m), labels, coalition, samples, chunk)
+    f = scorer(apply, params, target, score)
+    y = _outputs(f, x, _fill(x, baseline, labels, m, key), labels, coalition, samples, chunk)
     z = jax.vmap(coalition)(jnp.arange(samples)) * present.astype(jnp.float32)
     kept = z.sum(1)
     cosine = jnp.where(kept > 0, jnp.sqrt(kept / jnp.maximum(present.sum(), 1).astype(jnp.float32)), 0.0)
@@ -277,8 +260,8 @@ def kernel_shap(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, segm
     if not exact and samples < m:
         raise InputError(f"kernel_shap needs samples >= the number of segments ({m}) to fit them, got {samples}"
                          + (f"; or exact=True for all 2^{m} coalitions" if m <= MAX_EXACT else ""))
-    f = target_score(apply, params, target, score)
-    fill = _fill(x, baseline, labels, m)
+    f = scorer(apply, params, target, score)
+    fill = _fill(x, baseline, labels, m, key)
     if exact:
         bits = jnp.asarray((np.arange(2**m)[:, None] >> np.arange(m)[None, :]) & 1, jnp.float32)  # [2^M, M]
         y = _outputs(f, x, fill, labels, lambda i: bits[i], 2**m, chunk)
@@ -289,7 +272,7 @@ def kernel_shap(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, segm
         base, z, w = y[0], bits[1:-1] * present.astype(jnp.float32), jnp.asarray(kernel, jnp.float32)
         y_fit = y[1:-1]
     else:
-        key = _key(key, "kernel_shap samples coalitions: pass key=jax.random.key(...) or an int seed, or exact=True")
+        key = as_key(key, "kernel_shap samples coalitions", ", or exact=True")
         ends = keep(lambda: jax.vmap(f)(jnp.stack([fill, x])))
         base, full = ends[0], ends[1]
         coalition = lambda i: _kernel_coalition(jax.random.fold_in(key, i), present)  # noqa: E731

@@ -19,6 +19,7 @@ from jaxplain import segmentation
 from jaxplain.errors import InputError
 from jaxplain.types import ApplyFn, Array, Model, PyTree
 
+from jaxplain import baselines as baselines_
 from jaxplain.checks import as_key, real
 from jaxplain.marks import cost, host_settings, method_function, output, passes, per_image, wraps_method
 
@@ -65,11 +66,9 @@ def _baselines(model: Model, image_shape: tuple[int, ...], baselines: Any) -> An
     out = []
     for b in baselines:
         if isinstance(b, str):
-            if b not in ("black", "white") or model.preprocess is None:
-                raise InputError(f"baselines must hold 'black', 'white', numbers or [H, W, C] arrays, got {b!r}"
-                                 + ("" if model.preprocess is not None else f" ({model.name} has no preprocess)"))
-            picture = np.full((1, *image_shape[:2], 3), 255 if b == "white" else 0, np.uint8)
-            b = np.asarray(model.preprocess(picture)[0], np.float32)
+            if b not in ("black", "white"):
+                raise InputError(f"baselines must hold 'black', 'white', numbers or [H, W, C] arrays, got {b!r}")
+            b = np.asarray(baselines_.for_model(b, model.preprocess, image_shape, model.name), np.float32)
         out.append(np.broadcast_to(np.asarray(b, np.float32), image_shape))
     return np.stack(out)
 

@@ -49,8 +49,8 @@ def deletion(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, attribu
              steps: int | None = None, baseline: float | str | Array = 0.0, score: str = "probability",
              key: Array | None = None, chunk: int | None = 16) -> dict[str, Array]:
     """Deletion (Petsiuk et al. 2018): pixels (channels summed) from the most relevant down are
-    replaced by ``baseline`` (a number, ``"black"``, ``"blur"``, ``"uniform"`` noise drawn from
-    ``key``, or an ``[H, W, C]`` array), ``H W /
+    replaced by ``baseline`` (``jaxplain.baselines``: a number, ``"black"``, ``"blur"``,
+    ``"rise_blur"``, ``"uniform"`` noise drawn from ``key``, ..., or an ``[H, W, C]`` array), ``H W /
     steps`` per step (default: as many steps as the image has rows, 224 pixels a step at 224x224,
     as the RISE code); ``"curve"`` ``[steps + 1]``: the target's softmax probability (``score``:
     ``"probability"`` or ``"logit"``) after each step; ``"score"``: its area (lower is better).
@@ -59,14 +59,16 @@ def deletion(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, attribu
 
 
 @better("higher")
-@per_image(attribution=None)
+@per_image(attribution=None, baseline=3)
 @counts_images(forward_only=True)
 def insertion(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, attribution: Array,
-              steps: int | None = None, score: str = "probability", chunk: int | None = 16) -> dict[str, Array]:
-    """Insertion (Petsiuk et al. 2018): from the blurred image (the RISE code's Gaussian, kernel 11,
-    sigma 5, zero padding), pixels from the most relevant down get their values back, ``H W /
-    steps`` per step; ``"curve"`` and ``"score"`` (its area, higher is better) as ``deletion``."""
-    return _causal(apply, params, x, target, attribution, substrate(x, "blur"), x, steps, score, chunk)
+              steps: int | None = None, baseline: float | str | Array = "rise_blur", score: str = "probability",
+              chunk: int | None = 16) -> dict[str, Array]:
+    """Insertion (Petsiuk et al. 2018): from the ``baseline`` (default ``"rise_blur"``, the RISE
+    code's Gaussian, kernel 11, sigma 5, zero padding; or a number, ``"black"``, ``"blur"``, an
+    array), pixels from the most relevant down get their values back, ``H W / steps`` per step;
+    ``"curve"`` and ``"score"`` (its area, higher is better) as ``deletion``."""
+    return _causal(apply, params, x, target, attribution, substrate(x, baseline), x, steps, score, chunk)
 
 
 def patch_labels(h: int, w: int, patch: int) -> tuple[np.ndarray, int]:

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from jaxplain.errors import InputError
 from jaxplain.methods.gradients import gradient
+from jaxplain.baselines import named
 from jaxplain.checks import as_key
 from jaxplain.marks import better, method_function, per_image, staged, wraps_method
 from jaxplain.types import ApplyFn, Array, Model, PyTree
@@ -99,14 +100,14 @@ def _layer_paths(model: Model) -> dict[str, tuple]:
 
 
 def _one_key(key: Any) -> Array:
-    if key is None:
-        raise InputError("model_randomisation draws random weights: pass key=jax.random.key(...) or an int seed")
-    key = as_key(key)
-    typed = hasattr(key, "dtype") and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-    if (typed and key.shape == ()) or (not typed and getattr(key, "shape", None) == (2,) and key.dtype == jnp.uint32):
-        return key
+    """The weights' key: ``named(key, "model_randomisation")`` of one key (``baselines``' policy;
+    no settings, so every mode draws the same weights), or an ``InputError``."""
+    key = as_key(key, "model_randomisation draws random weights")
+    typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+    if tuple(key.shape) == (() if typed else (2,)):
+        return named(key, "model_randomisation")
     raise InputError(f"model_randomisation needs one key (the weights are drawn once for all images): "
-                     f"an int seed or a jax.random.key(...), got {getattr(key, 'shape', type(key).__name__)}")
+                     f"an int seed or a jax.random.key(...), got {tuple(key.shape)}")
 
 
 @jax.jit
@@ -133,7 +134,7 @@ def stage_params(model: Model, settings: Mapping[str, Any]) -> list[tuple[str, P
     """The weights of each stage, ``(name, params)``, from ``settings["mode"]`` and ``["key"]``.
 
     The layers of ``randomised_layers`` are drawn once, by ``random_weights`` from
-    ``fold_in(key, 2**32 - 1)``, so the stages (and modes) share their random layers.
+    ``fold_in(named(key, "model_randomisation"), 2**32 - 1)``, so the stages (and modes) share their random layers.
     ``"cascading"``: stage ``s`` randomises the top ``s + 1`` layers (named by the last one
     randomised); ``"independent"``: only the ``s``-th from the top; ``"full"``: one stage, all
     layers (``"all"``), the last stage of ``"cascading"``."""
@@ -188,7 +189,8 @@ def model_randomisation(apply: ApplyFn, params: PyTree, x: Array, target: Array,
     re-explains ``target`` under ``params``, which ``evaluate`` sets per stage to the model's
     weights with layers randomised (``stage_params``: ``mode`` ``"cascading"`` from the output
     down, ``"independent"`` one layer at a time, or ``"full"``; weights drawn from ``key``, which a
-    random method also receives, split per image alike in every stage). Compared with the
+    random method also receives, split per image alike in every stage, as ``explain`` would split it
+    for that method: ``engine.settings.image_keys``). Compared with the
     ``attribution`` as absolute maps summed over channels (``magnitude``): ``"spearman"``, their
     rank correlation (ties averaged, as SciPy; 0 where either map is constant, such as the all-zero
     gradient of a randomised network whose ReLUs all went dead: it keeps nothing of the
@@ -212,3 +214,4 @@ def model_randomisation(apply: ApplyFn, params: PyTree, x: Array, target: Array,
 
 
 model_randomisation.summary = summary
+model_randomisation.key_for_method = True  # its per-image keys are explain's for its method (engine.settings._owner)
