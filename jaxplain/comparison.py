@@ -90,8 +90,9 @@ def spec_key(spec: str | Callable, settings: dict[str, Any], seed: int) -> tuple
     """``(key, settings without key)`` of a method or metric spec: ``baselines.named`` of its
     ``key`` setting (else ``seed``) with its name and other settings."""
     rest = {k: v for k, v in settings.items() if k != "key"}
-    name = spec.split("(")[0].strip() if isinstance(spec, str) else getattr(spec, "__name__", repr(spec))
-    return baselines.named(settings.get("key", seed), name, rest), rest
+    fn = registry.parse(spec, "metric" if isinstance(spec, str) and spec.split("(")[0].strip() in registry.METRICS
+                        else "method")[0]
+    return baselines.named(settings.get("key", seed), fn, registry.resolve(fn, dict(rest))), rest
 
 
 def compare(model: Model, images: Array, targets: Any, methods: Sequence[str], metrics: Sequence[str], *,

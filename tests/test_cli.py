@@ -145,7 +145,7 @@ def test_bad_images_and_outputs_lose_nothing_else(tmp_path):
     assert len(err) == 2, r.stderr
     assert "bomb.png" in err[0] and "400000000 pixels" in err[0]
     assert "could not write its results" in err[1] and "taken.png" in err[1]
-    assert r.stderr.splitlines()[-1] == "jaxplain: 1 explained, 0 skipped (already complete), 2 failed"
+    assert r.stderr.splitlines()[-1] == "jaxplain: 1 explained, 0 skipped (already complete), 1 failed, 1 unreadable"
     (line,), stored = _stored(out, "gradient")
     assert line["input"] == str(good) and stored.shape[1:] == (224, 224, 3)
     assert Image.open(out / "gradient" / "good.png").size == (200, 150)

@@ -14,7 +14,7 @@ from jaxplain.errors import InputError
 from jaxplain.metrics.localisation import check_mask
 from jaxplain.engine.precision import with_precision
 from jaxplain.engine.runner import Targets, run, target_ids
-from jaxplain.engine.settings import resolve_for_model
+from jaxplain.engine.settings import resolve_for_model, with_image_keys
 from jaxplain.engine.shapes import check_images
 from jaxplain.types import Array, Model
 
@@ -72,7 +72,8 @@ def evaluate(
     kw = dict(batch_size=batch_size, precision=precision, progress=progress)
     stages = getattr(fn, "stages", None)
     weights = stages(model, {**registry.settings_of(fn), **settings}) if stages is not None else None
-    settings = resolve_for_model(fn, model, tuple(images.shape[1:]), settings, images)  # once per call, not per stage
+    settings = resolve_for_model(fn, model, tuple(images.shape[1:]), with_image_keys(fn, settings, images.shape[0]),
+                                 images)  # once per call, not per stage
     if weights is not None:
         return run_stages(fn, weights, model, images, targets, {**settings, "attribution": a}, **kw)
     return dict(run(fn, model, images, targets, {**settings, "attribution": a}, **kw))

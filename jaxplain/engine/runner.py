@@ -373,6 +373,7 @@ def explain(
     fn, parsed = registry.parse(method)
     settings = registry.resolve(fn, {**parsed, **settings})
     images = check_images(model, images)
+    settings = st.with_image_keys(fn, settings, images.shape[0])
     settings = st.resolve_for_model(fn, model, tuple(images.shape[1:]), settings, images)
     return run(fn, model, images, targets, settings, batch_size=batch_size, precision=precision, progress=progress)
 

@@ -146,11 +146,20 @@ def image_keys(key: Any, n: int, fn: Callable | None = None, settings: dict[str,
     one = () if typed else (2,)
     if tuple(key.shape) == one:
         if fn is not None:
-            key = baselines.named(key, *_owner(fn, registry.resolve(fn, dict(settings or {}))))
+            key = baselines.named(key, *_owner(fn, dict(settings or {})))  # settings: from registry.resolve
         return baselines.per_image(key, np.arange(n))
     if tuple(key.shape) == (n, *one):
         return jnp.asarray(key)
     raise InputError(f"key must be one key or one per image ({n}), got shape {tuple(key.shape)}")
+
+
+def with_image_keys(fn: Callable, settings: dict[str, Any], n: int) -> dict[str, Any]:
+    """``settings`` (from ``registry.resolve``, before ``resolve_for_model``) with a single
+    ``key`` made into ``n`` per-image keys (``image_keys``): the draws follow the settings as the
+    user gave them, so the API, ``evaluate`` and the command line draw alike for one method."""
+    if settings.get("key") is None:
+        return settings
+    return {**settings, "key": image_keys(settings["key"], n, fn, settings)}
 
 
 class Split(NamedTuple):

@@ -44,6 +44,18 @@ class Progress:
             print(f"jaxplain: {self.seen}/{self.total} images, {rate:.2f} images/s, {self.counts.failed} failed, "
                   f"about {eta} left", file=sys.stderr, flush=True)
 
+    def calls(self, label: str, done: int, total: int) -> None:
+        """Within a batch: ``label``'s explain has made ``done`` of its ``total`` compiled calls
+        (one per chunk on the CPU), so a long batch shows it is moving."""
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{label} {done}/{total} calls", refresh=True)
+            return
+        now = time.time()
+        if now - self.last >= self.every:
+            self.last = now
+            print(f"jaxplain: {self.seen}/{self.total} images, {label}: {done}/{total} calls of this batch",
+                  file=sys.stderr, flush=True)
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()

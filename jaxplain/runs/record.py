@@ -85,9 +85,9 @@ def _json(value: Any) -> Any:
 
 
 def key_of(job: Job) -> Any:
-    """A random job's key: ``--seed`` folded with the method's name and its settings as given
-    (``baselines.named``; ``run.json`` records the same)."""
-    return baselines.named(job.spec["key"], job.name, job.spec)
+    """A random job's key: ``--seed`` folded with the method and its settings as given, defaults
+    left out as in the API (``baselines.named``; ``run.json`` records the same)."""
+    return baselines.named(job.spec["key"], job.fn, job.settings)
 
 
 def configuration(model: dict[str, Any], jobs_: Sequence[Job], *, target: Any, dtype: str, reduce: str,
