@@ -125,20 +125,23 @@ def rng():
 def quick_threefry():
     """Random draws in a module's tests without the partitionable threefry (jax's default), which
     XLA:CPU compiles slowly: 3.5-4.8 s per random program against 0.9-1.0 s, measured on the
-    shared 2-core machine. The bits differ; code under test and its references draw alike."""
-    with jax.threefry_partitionable(False):
+    shared 2-core machine. The bits differ; code under test and its references draw alike, and so
+    do the subprocesses the module's tests start (``JAX_THREEFRY_PARTITIONABLE=0``)."""
+    with jax.threefry_partitionable(False), pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JAX_THREEFRY_PARTITIONABLE", "0")
         yield
 
 
 # Scheduling under ``-n 2 --dist loadfile``: a file is one unit of work, except the files below,
 # which are cut into parts that share no module fixture (a part is the tests whose function names
 # are listed; the rest of the file is another part). Units start most expensive first, so no long
-# file starts last and runs alone: worker seconds measured on the 2-core CPU, alone, one worker
-# (a unit not listed counts 1 s a test). A stale figure only changes the order, never what runs.
+# file starts last and runs alone: worker seconds measured one file at a time on the shared 2-core
+# CPU (load about 10; a unit not listed counts 1 s a test). A stale figure only changes the order,
+# never what runs.
 PARTS = {
     # 131 tests, 1100 s measured in one piece: the tests of keys, of loops and chunks, and the rest
-    # (the module's explain() of every method is computed in each part that needs it; the second
-    # and third compile nothing new, the programs come back from the session's compile cache).
+    # (the module's explain() of every method is computed in each part that needs it; a part that
+    # starts after another reads those programs back from the session's compile cache).
     "tests/test_method_properties.py": {
         "keys": {"test_keys", "test_sharded_over_8_devices_equals_one"},
         "loops": {"test_chunked_equals_unchunked", "test_host_loop_donates_the_running_total",
@@ -149,6 +152,11 @@ SECONDS = {
     "tests/test_method_properties.py": 330,
     "tests/test_method_properties.py::keys": 400,
     "tests/test_method_properties.py::loops": 460,
+    "tests/test_method_references.py": 540,
+    "tests/test_vit.py": 360,
+    "tests/test_activation_family.py": 245,
+    "tests/test_adapters.py": 235,
+    "tests/test_metrics_faithfulness.py": 110,
 }
 
 
@@ -162,7 +170,7 @@ def _unit(nodeid: str) -> str:
     return path
 
 
-@pytest.hookimpl(tryfirst=True)
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
     """``--dist loadfile`` with the cuts and the order above; any other mode as xdist has it."""
     if config.getvalue("dist") != "loadfile":
