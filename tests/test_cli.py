@@ -310,3 +310,20 @@ def test_evaluate_arguments_are_checked_before_the_model_loads(tmp_path, capsys,
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.count("\n") == 1 and err.startswith("jaxplain: error:"), err
     assert pytest.importorskip("re").search(message, err), err
+
+
+def test_a_compilation_cache_dir_in_the_environment_wins(tmp_path, monkeypatch):
+    """The command line keeps compiled programs under ``$JAXPLAIN_HOME/xla-cache`` unless JAX's own
+    ``JAX_COMPILATION_CACHE_DIR`` is set (the test suite shares one folder with the runs it starts)."""
+    monkeypatch.setenv("JAXPLAIN_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "mine"))
+    before = jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs
+    try:
+        cli._compile_cache()
+        assert (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs) == before
+        monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
+        cli._compile_cache()
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "home" / "xla-cache")
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before[0])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
