@@ -1,6 +1,9 @@
-"""The command line as a user runs it: subprocesses for whole runs (exit status, stderr, the files
-written), ``cli.main`` in-process for argument checks that must fail before a model loads."""
+"""The command line as a user runs it: subprocesses for whole runs whose point is the process (exit
+status, one line on stderr), ``cli.main`` in-process for runs checked by the files they write (no
+JAX start-up) and for argument checks that must fail before a model loads."""
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -33,6 +36,18 @@ def run(*args, home):
     env = dict(os.environ, JAXPLAIN_HOME=str(home))
     return subprocess.run([sys.executable, "-m", "jaxplain.cli", *map(str, args)],
                           capture_output=True, text=True, env=env, timeout=600)
+
+
+def run_here(*args, home):
+    """``run`` in this process: ``cli.main``'s exit status and what it printed, as ``run`` returns them."""
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        mp.setenv("JAXPLAIN_HOME", str(home))
+        try:
+            code = cli.main(list(map(str, args)))
+        except SystemExit as e:
+            code = e.code
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def picture(path, seed=0, size=(150, 200)):
@@ -76,8 +91,8 @@ def test_a_cam_is_drawn_as_the_map_it_is(tmp_path):
     (the command line once passed it through the channel reduction, which collapsed its width into
     a 1-D profile, and drew it over the 224x224 input)."""
     img = picture(tmp_path / "cat.png", seed=1)
-    r = run("explain", img, "--model", "vgg11", "--weights", "random", "--method", "grad_cam", "--out", tmp_path / "out",
-            home=tmp_path / "home")
+    r = run_here("explain", img, "--model", "vgg11", "--weights", "random", "--method", "grad_cam",
+                 "--out", tmp_path / "out", home=tmp_path / "home")
     assert r.returncode == 0, r.stderr
     m = models.vgg11()  # the same seeded random weights
     loaded = load_for_model(img, m)
@@ -96,8 +111,8 @@ def test_a_signed_map_is_drawn_signed(tmp_path):
     summed over channels) is drawn in diverging colours (viz.overlay(signed=True)), not as |map|,
     which made opposing evidence look alike."""
     img = picture(tmp_path / "cat.png", seed=1)
-    r = run("explain", img, "--model", "vgg11", "--weights", "random", "--method", "gradient", "--reduce", "sum",
-            "--out", tmp_path / "out", home=tmp_path / "home")
+    r = run_here("explain", img, "--model", "vgg11", "--weights", "random", "--method", "gradient", "--reduce", "sum",
+                 "--out", tmp_path / "out", home=tmp_path / "home")
     assert r.returncode == 0, r.stderr
     (line,), stored = _stored(tmp_path / "out", "gradient")
     m = np.asarray(jaxplain.reduce(stored[line["row"]], "sum"))
@@ -119,8 +134,8 @@ def test_same_names_and_batch_size_independence(tmp_path):
     outs = {}
     for bs in (1, 3):
         out = tmp_path / f"out{bs}"
-        r = run("explain", *paths, "--model", "vgg11", "--weights", "random", "--method", "smoothgrad(samples=2)",
-                "--batch-size", bs, "--out", out, home=tmp_path / "home")
+        r = run_here("explain", *paths, "--model", "vgg11", "--weights", "random", "--method", "smoothgrad(samples=2)",
+                     "--batch-size", bs, "--out", out, home=tmp_path / "home")
         assert r.returncode == 0, r.stderr
         assert sorted(str(p.relative_to(out / "smoothgrad")) for p in (out / "smoothgrad").rglob("*.png")) == [
             "a/x.png", "b/x.png", "c/x.png"]
@@ -220,8 +235,8 @@ def test_evaluate_on_the_synthetic_benchmark(tmp_path):
     from jaxplain import synthetic
 
     out = tmp_path / "res" / "scores.json"
-    r = run("evaluate", "-n", "6", "--methods", "gradient", "grad_cam", "--metrics", "deletion(steps=8)",
-            "pointing_game", "--batch-size", "4", "--json", out, home=tmp_path / "home")
+    r = run_here("evaluate", "-n", "6", "--methods", "gradient", "grad_cam", "--metrics", "deletion(steps=8)",
+                 "pointing_game", "--batch-size", "4", "--json", out, home=tmp_path / "home")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0].startswith("synthetic_vgg on 6 synthetic images (seed 0): 2 methods x 2 metrics, 4 cells to run")
@@ -295,3 +310,20 @@ def test_evaluate_arguments_are_checked_before_the_model_loads(tmp_path, capsys,
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.count("\n") == 1 and err.startswith("jaxplain: error:"), err
     assert pytest.importorskip("re").search(message, err), err
+
+
+def test_a_compilation_cache_dir_in_the_environment_wins(tmp_path, monkeypatch):
+    """The command line keeps compiled programs under ``$JAXPLAIN_HOME/xla-cache`` unless JAX's own
+    ``JAX_COMPILATION_CACHE_DIR`` is set (the test suite shares one folder with the runs it starts)."""
+    monkeypatch.setenv("JAXPLAIN_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "mine"))
+    before = jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs
+    try:
+        cli._compile_cache()
+        assert (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs) == before
+        monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
+        cli._compile_cache()
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "home" / "xla-cache")
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before[0])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])

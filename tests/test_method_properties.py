@@ -19,6 +19,8 @@ from jaxplain.engine.runner import prepare, resolved
 from jaxplain.registry import METHODS, resolve, settings_of
 from tests.method_settings import KEYED_DRAWS, RANDOM_BASE, TRANSFORMER, expected_shape, images, settings_for
 
+pytestmark = pytest.mark.usefixtures("quick_threefry")  # random programs compile about 2x faster; all sides draw alike
+
 NAMES = sorted(METHODS)
 CHUNKED = [n for n in NAMES if "chunk" in settings_of(METHODS[n])]
 RTOL = 1e-5  # float32; reordered sums (chunks, batches) differ in the last bits

@@ -15,6 +15,8 @@ from tests.compare import to_nhwc as _from_torch
 from tests.compare import to_torch as _torch
 from tests.conftest import tiny_pair
 
+pytestmark = pytest.mark.usefixtures("quick_threefry")  # random programs compile about 2x faster; all sides draw alike
+
 CAPTUM_TOL = 1e-5  # max |ours - Captum| <= 1e-5 * max |Captum| in float32
 
 
@@ -186,7 +188,8 @@ def test_noise_wrappers_analytic():
     4c^2 s^2, SquareGrad -> 4c^2 (x^2 + s^2); each pixel within 5 Monte-Carlo standard errors of
     its analytic value (4000 samples; the standard errors from the normal's moments:
     sd(sample variance) = sqrt(2/n) var, Var((x + n)^2) = 4 x^2 s^2 + 2 s^4). Measured: the
-    largest of the 48 pixels' |error| / standard error is 3.0, 3.0 and 2.6."""
+    largest of the 48 pixels' |error| / standard error is 3.2, 2.1 and 3.1 with the module's
+    (quick) threefry draws, 3.0, 3.0 and 2.6 with jax's default ones."""
     rng = np.random.default_rng(3)
     c = rng.uniform(0.5, 1.5, size=(4, 4, 3)).astype(np.float32)
 

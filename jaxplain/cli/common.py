@@ -61,12 +61,13 @@ def model_args(p: argparse.ArgumentParser) -> None:
 
 def compile_cache() -> None:
     """Keep compiled programs under ``$JAXPLAIN_HOME/xla-cache``, so a repeated run does not
-    recompile (``JAXPLAIN_COMPILE_CACHE=0`` turns this off)."""
+    recompile (``JAXPLAIN_COMPILE_CACHE=0`` turns this off; a ``JAX_COMPILATION_CACHE_DIR`` set in
+    the environment is JAX's own setting and wins)."""
     import jax
 
     from jaxplain.models.weights import home
 
-    if os.environ.get("JAXPLAIN_COMPILE_CACHE", "1") == "0":
+    if os.environ.get("JAXPLAIN_COMPILE_CACHE", "1") == "0" or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         return
     jax.config.update("jax_compilation_cache_dir", str(home() / "xla-cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
