@@ -319,10 +319,10 @@ def test_a_compilation_cache_dir_in_the_environment_wins(tmp_path, monkeypatch):
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "mine"))
     before = jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs
     try:
-        cli._compile_cache()
+        cli.common.compile_cache()
         assert (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs) == before
         monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
-        cli._compile_cache()
+        cli.common.compile_cache()
         assert jax.config.jax_compilation_cache_dir == str(tmp_path / "home" / "xla-cache")
     finally:
         jax.config.update("jax_compilation_cache_dir", before[0])
