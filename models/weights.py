@@ -22,6 +22,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from jaxplain.errors import DownloadError, WeightsError
+from jaxplain.files import commit
 
 URL_ENV = "JAXPLAIN_WEIGHTS_URL"
 HOME_ENV = "JAXPLAIN_HOME"
@@ -233,7 +234,7 @@ def save_params(params: dict, path: Path, source: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         save_file(flat_keys(params), tmp, metadata={"source": source})
-        os.replace(tmp, path)
+        commit(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -339,7 +340,7 @@ def fetch(pub: Published, *, timeout: float = 60.0) -> Path:
                 f"{pub.filename} from {url} has {pub.algo} {got}, expected {pub.digest}: "
                 f"corrupt or not the published file; nothing was saved"
             )
-        os.replace(tmp, dest)
+        commit(tmp, dest)
     finally:
         if sys.stderr.isatty():
             print(file=sys.stderr)

@@ -14,48 +14,13 @@ from __future__ import annotations
 import io
 import json
 import os
-import threading
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
 from jaxplain.errors import InputError
-
-
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """``data`` into ``path`` (folders created), the one atomic writer of the package: written
-    under a temporary name (mode 0666 less the umask, as ``open`` makes files), synced to disk,
-    renamed, and the folder synced, so a reader (or a machine back from a power cut) sees the
-    old file or the whole new one, never an empty or half one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _sync_folder(path.parent)
-
-
-def _sync_folder(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (where the system lets a folder be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+from jaxplain.files import write_atomic as write_atomic  # the one atomic writer (jaxplain.files)
 
 
 def picture_bytes(rgb: np.ndarray, kind: str = "PNG", **options: Any) -> bytes:
