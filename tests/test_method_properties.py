@@ -138,8 +138,16 @@ def test_host_loop_donates_the_running_total(data, monkeypatch):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_batch_size_slices_equal_one_call(data, reference, name):
+    """Every method agrees to 1e-5 whatever its calls' sizes, except the one whose path is chosen
+    from gradients (``PATH_CHOSEN``, below): a call of another size (the last slice is padded only
+    to a power of two) blocks the convolutions otherwise, which can reorder two nearly equal
+    features; for it the sums and the correlation are checked, as across devices."""
     m, x, t = data
-    close(jaxplain.explain(m.of(name), x, t, name, batch_size=2, **settings_for(name, x)), reference[name])
+    got = jaxplain.explain(m.of(name), x, t, name, batch_size=2, **settings_for(name, x))
+    if name in PATH_CHOSEN:
+        path_chosen_close(got, reference[name])
+    else:
+        close(got, reference[name])
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if "key" in settings_of(METHODS[n])])
@@ -188,6 +196,13 @@ SHARDED_METHODS = ["gradient", "guided_backprop", "integrated_gradients", "vargr
 PATH_CHOSEN = {"guided_ig"}
 
 
+def path_chosen_close(a, b) -> None:
+    """Guided IG's agreement: per-image sums within 2%, correlation above 0.99."""
+    a, b = np.asarray(a), np.asarray(b)
+    np.testing.assert_allclose(a.sum((1, 2, 3)), b.sum((1, 2, 3)), rtol=0.02)
+    assert min(np.corrcoef(u.ravel(), v.ravel())[0, 1] for u, v in zip(a, b)) > 0.99
+
+
 def test_sharded_over_8_devices_equals_one(reference, tmp_path):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     out = tmp_path / "sharded.npz"
@@ -200,9 +215,7 @@ def test_sharded_over_8_devices_equals_one(reference, tmp_path):
     for n in SHARDED_METHODS:
         try:
             if n in PATH_CHOSEN:
-                a, b = got[n], np.asarray(reference[n])
-                np.testing.assert_allclose(a.sum((1, 2, 3)), b.sum((1, 2, 3)), rtol=0.02)
-                assert min(np.corrcoef(u.ravel(), v.ravel())[0, 1] for u, v in zip(a, b)) > 0.99
+                path_chosen_close(got[n], reference[n])
             else:
                 close(got[n], reference[n])
         except AssertionError as e:
