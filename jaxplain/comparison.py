@@ -41,18 +41,18 @@ class Cell(NamedTuple):
 
 
 def interval(scores: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
-    """``(mean, low, high)``: the mean of the finite ``scores`` and its ``level`` interval (NaN
-    bounds for fewer than two). Scores that are all 0 or 1 (a pointing game's hits) get Wilson's
-    score interval, which stays inside [0, 1]; others Student's t."""
+    """``(mean, low, high)``: the mean of the finite ``scores`` and its ``level`` interval. Scores
+    that are all 0 or 1 (a pointing game's hits) get Wilson's score interval, which stays inside
+    [0, 1] and exists from one score on; others Student's t (NaN bounds for fewer than two)."""
     s = np.asarray(scores, np.float64)
     s = s[np.isfinite(s)]
     if s.size == 0:
         return math.nan, math.nan, math.nan
     m = float(s.mean())
-    if s.size < 2:
-        return m, math.nan, math.nan
     if np.all((s == 0) | (s == 1)):
         return (m, *wilson(m, s.size, level))
+    if s.size < 2:
+        return m, math.nan, math.nan
     half = float(stats.t.ppf((1 + level) / 2, s.size - 1) * s.std(ddof=1) / math.sqrt(s.size))
     return m, m - half, m + half
 
@@ -161,8 +161,13 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
+def _bound(value: float | None) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.3f}"
+
+
 def table(method_seconds: dict[str, float], cells: Sequence[Cell]) -> str:
-    """A plain-text table: a row per method, a column per metric, each cell ``mean [low, high] (s)``."""
+    """A plain-text table: a row per method, a column per metric, each cell ``mean [low, high] (s)``
+    (``-`` for a bound that does not exist, Student's t of one image)."""
     metrics = list(dict.fromkeys(c.metric for c in cells))
     by = {(c.method, c.metric): c for c in cells}
     head = ["method", "explain s", *metrics]
@@ -172,7 +177,7 @@ def table(method_seconds: dict[str, float], cells: Sequence[Cell]) -> str:
         for k in metrics:
             c = by.get((m, k))
             missing = 0 if c is None else int(np.sum(~np.isfinite(c.scores)))
-            row.append("" if c is None else f"{c.mean:.3f} [{c.low:.3f}, {c.high:.3f}] ({c.seconds:.1f} s)"
+            row.append("" if c is None else f"{c.mean:.3f} [{_bound(c.low)}, {_bound(c.high)}] ({c.seconds:.1f} s)"
                        + (f" {missing} NaN" if missing else ""))
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]

@@ -96,7 +96,9 @@ def parse(spec: str | Callable, kind: str = "method") -> tuple[Callable, dict[st
     try:
         settings = {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords if kw.arg}
     except ValueError:
-        raise InputError(f"settings in {spec!r} must be literals (numbers, strings, True/False/None)") from None
+        names = [f'{kw.arg}="{kw.value.id}"' for kw in node.keywords if isinstance(kw.value, ast.Name)]
+        hint = f"; quote a string: {', '.join(names)}" if names else ""
+        raise InputError(f"settings in {spec!r} must be literals (numbers, strings, True/False/None){hint}") from None
     return lookup(node.func.id, kind), settings
 
 

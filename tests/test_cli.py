@@ -60,7 +60,7 @@ def test_predict_end_to_end(vgg16_file, tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not a jpeg")
     r = run("predict", good, bad, "--weights", vgg16_file, home=tmp_path)
-    assert r.returncode == 1, r.stderr  # one image failed, the other was still predicted
+    assert r.returncode == 4, r.stderr  # one image failed, the other was still predicted
     lines = r.stdout.splitlines()
     assert lines[0] == str(good) and len(lines) == 6
     assert [l.split(".")[0].strip() for l in lines[1:]] == ["1", "2", "3", "4", "5"]
@@ -274,7 +274,7 @@ def test_evaluate_on_your_images_and_masks(tmp_path):
     broken.write_bytes(b"not a png")
     r = run("evaluate", paths[0], broken, *paths[1:], "--masks", masks[0], masks[0], *masks[1:], "--model",
             "synthetic_vgg", "--methods", "grad_cam", "--metrics", "relevance_mass", "--json", out, home=tmp_path / "home")
-    assert r.returncode == 1, r.stderr  # one image skipped, the others scored
+    assert r.returncode == 4, r.stderr  # one image skipped, the others scored
     errors = [line for line in r.stderr.splitlines() if not line.startswith("  ")]  # the rest: a line per finished cell
     assert len(errors) == 1 and "broken.png" in errors[0] and "Traceback" not in r.stderr
     assert "grad_cam x relevance_mass:" in r.stderr
@@ -327,3 +327,34 @@ def test_a_compilation_cache_dir_in_the_environment_wins(tmp_path, monkeypatch):
     finally:
         jax.config.update("jax_compilation_cache_dir", before[0])
         jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
+
+
+def test_predict_and_evaluate_help_and_exit_status_for_unreadable_inputs(tmp_path, capsys):
+    """`predict` with one unreadable input prints the others and exits 4, as explain does; the
+    help of predict and evaluate states the exit status, --model's default and evaluate's
+    default methods, and speaks of the model's classes (not ImageNet's)."""
+    good = picture(tmp_path / "photo.png", size=(64, 64))
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not a jpeg")
+    r = run_here("predict", good, bad, "--model", "synthetic_vgg", "--weights", "random", "--top", "2",
+                 home=tmp_path / "home")
+    assert r.returncode == 4, r.stderr
+    assert r.stdout.splitlines()[1].split(".")[0].strip() == "1" and "broken.jpg" in r.stderr
+    for command in ("predict", "evaluate", "explain"):
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "exit status:" in text and "4 all done, but some" in text, command
+        assert "--model MODEL the zoo's model (default" in text, (command, text)
+        assert "ImageNet classes" not in text
+    with pytest.raises(SystemExit):
+        cli.main(["evaluate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    from jaxplain.cli.evaluate import DEFAULT_METHODS
+
+    assert f"(default: {' '.join(DEFAULT_METHODS)}; list below)" in text
+    assert all(name in text for name in jaxplain.METHODS)
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    text = capsys.readouterr().out
+    assert "the model's top classes" in text and "ImageNet classes" not in text

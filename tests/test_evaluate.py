@@ -276,4 +276,55 @@ def test_evaluate_cli_keeps_finished_cells_when_stopped_and_resumes(tmp_path):
             np.testing.assert_allclose(cells[method, metric], want, atol=1e-5, err_msg=f"{method} x {metric}")
     r = subprocess.run([*args[:5], "4", *args[6:]], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
-    assert "holds results of other settings (synthetic differ)" in r.stderr
+    assert "holds results of other settings (-n 3 there, 4 here)" in r.stderr
+
+
+def test_one_image_gets_wilsons_interval_for_hits_and_null_in_strict_json(tmp_path, monkeypatch, capsys):
+    """One image: a 0/1 score has Wilson's interval (written here from its formula: a miss gives
+    [0, z^2 / (1 + z^2)], about [0, 0.79]); Student's t has none, which the JSON writes as null
+    (strict JSON, as JSON.parse reads it) and the table as ``-``."""
+    import json
+
+    z = stats.norm.ppf(0.975)
+    np.testing.assert_allclose(comparison.interval(np.array([0.0])), (0.0, 0.0, z * z / (1 + z * z)), atol=1e-12)
+    np.testing.assert_allclose(comparison.interval(np.array([1.0])), (1.0, 1 / (1 + z * z), 1.0), atol=1e-12)
+    out = tmp_path / "r.json"
+    code, stdout, err = _cli(["-n", 1, "--methods", "grad_cam", "--metrics", "pointing_game", "deletion(steps=4)",
+                              "--json", out], monkeypatch, capsys)
+    assert code == 0, err
+
+    def refuse(name):
+        raise AssertionError(f"{name} in the JSON")
+
+    cells = {c["metric"]: c for c in json.loads(out.read_text(), parse_constant=refuse)["cells"]}
+    hit = cells["pointing_game"]["scores"][0]
+    assert hit in (0.0, 1.0)
+    want = (0.0, z * z / (1 + z * z)) if hit == 0 else (1 / (1 + z * z), 1.0)
+    np.testing.assert_allclose([cells["pointing_game"]["low"], cells["pointing_game"]["high"]], want, atol=1e-12)
+    assert cells["deletion(steps=4)"]["low"] is None and cells["deletion(steps=4)"]["high"] is None
+    assert "[-, -]" in stdout and "nan" not in stdout, stdout
+    assert "1 method x 2 metrics, 2 cells to run" in stdout, stdout
+
+
+def test_evaluate_cli_matches_finished_cells_by_settings_not_spelling(tmp_path, monkeypatch, capsys):
+    """The same settings in another order (or spacing) are the same cell: not computed again nor
+    stored twice, and the file keeps the label first written; another -n on that file is refused
+    naming the flag and both values."""
+    import json
+
+    out = tmp_path / "r.json"
+    code, stdout, err = _cli(["-n", 2, "--methods", "smoothgrad(samples=2, key=3)", "--metrics", "deletion(steps=4)",
+                              "--json", out], monkeypatch, capsys)
+    assert code == 0, err
+    first = json.loads(out.read_text())
+    code, stdout, err = _cli(["-n", 2, "--methods", "smoothgrad(key=3,samples=2)", "--metrics", "deletion( steps = 4 )",
+                              "--json", out], monkeypatch, capsys)
+    assert code == 0, err
+    assert "0 cells to run (1 already in" in stdout and err == "", stdout + err
+    assert "smoothgrad(key=3,samples=2)" in stdout  # this run's table: the labels written this time
+    again = json.loads(out.read_text())
+    assert [(c["method"], c["metric"]) for c in again["cells"]] == [("smoothgrad(samples=2, key=3)", "deletion(steps=4)")]
+    assert again["cells"] == first["cells"] and list(again["method_seconds"]) == ["smoothgrad(samples=2, key=3)"]
+    code, _, err = _cli(["-n", 3, "--methods", "gradient", "--json", out], monkeypatch, capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "holds results of other settings (-n 2 there, 3 here)" in err, err

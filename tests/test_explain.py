@@ -306,3 +306,31 @@ def test_a_costly_call_is_warned_before_it_compiles(tiny_model, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error", jaxplain.CostWarning)
         jaxplain.explain(tiny_model, X, 0, "integrated_gradients")
+
+
+def test_pixel_values_are_warned_once_at_the_callers_line():
+    """0..255 pixels handed to explain: one InputWarning per call, pointing at the caller's line
+    (not a second one from inside the engine, where the predicted class is found)."""
+    import warnings
+
+    from jaxplain import models
+
+    model = models.synthetic_vgg(None)
+    raw = np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3)).astype(np.float32)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        jaxplain.explain(model, raw, "predicted", "gradient")
+    found = [w for w in seen if issubclass(w.category, jaxplain.InputWarning)]
+    assert len(found) == 1, [(w.filename, str(w.message)) for w in found]
+    assert found[0].filename == __file__
+
+
+def test_messages_name_the_method_and_hint_at_quoting(tiny_model):
+    """A neuron method without its neuron names itself; a bare name as a setting's value is
+    answered with the setting quoted."""
+    with pytest.raises(InputError, match=r"^neuron_gradient needs neuron=<channel> or neuron=\(i, j, k\)"):
+        jaxplain.explain(tiny_model, X, "predicted", "neuron_gradient")
+    with pytest.raises(InputError, match=r"must be literals .*; quote a string: layer=\"nope\""):
+        registry.parse("grad_cam(layer=nope)")
+    with pytest.raises(InputError, match=r"must be literals \(numbers, strings, True/False/None\)$"):
+        registry.parse("grad_cam(layer=[x for x in 'ab'])")

@@ -2,7 +2,8 @@
 
 Every argument is checked before a model is loaded; an error is one line on stderr (exit 2),
 a bad image one "failed" line while the others go on. ``explain``'s exit status: 0 all done, 1 some
-work failed (a method or a write), 4 all done but some inputs unreadable, 128 + N stopped by signal N."""
+work failed (a method or a write), 4 all done but some inputs unreadable (also ``predict``'s and
+``evaluate``'s), 128 + N stopped by signal N."""
 
 from __future__ import annotations
 

@@ -46,7 +46,8 @@ def model_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("images", nargs="+", metavar="INPUT",
                    help="image files, folders (searched recursively), globs, or @list.txt (a path per line)")
-    p.add_argument("--model", default="vgg16", choices=tuple(ZOO))
+    p.add_argument("--model", default="vgg16", choices=tuple(ZOO), metavar="MODEL",
+                   help=f"the zoo's model (default vgg16): {', '.join(ZOO)}")
     p.add_argument(
         "--weights",
         default=None,

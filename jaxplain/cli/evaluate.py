@@ -11,7 +11,7 @@ import numpy as np
 
 from jaxplain.cli import common
 from jaxplain.errors import InputError, JaxplainError
-from jaxplain.registry import METRICS
+from jaxplain.registry import METHODS, METRICS
 
 DEFAULT_METHODS = ("gradient", "gradient_x_input", "integrated_gradients", "smoothgrad", "guided_backprop",
                    "grad_cam", "occlusion")
@@ -71,19 +71,51 @@ def _check_evaluate_args(args: argparse.Namespace) -> tuple[Path, dict[str, Any]
     except (OSError, ValueError, KeyError, TypeError):
         raise InputError(f"--json {args.json}: exists and holds no jaxplain evaluate results; pass another --json") from None
     if earlier != config:
-        what = ", ".join(k for k in config if earlier.get(k) != config[k]) or "its settings"
-        raise InputError(f"--json {args.json} holds results of other settings ({what} differ); pass another --json "
-                         f"or delete it")
+        flags = {"synthetic": "-n", "images": "the images", "masks": "--masks"}
+        changed = [k for k in {**earlier, **config} if earlier.get(k) != config.get(k)]
+        what = "; ".join(flags.get(k, f"--{k}") + ("" if k in ("images", "masks") else
+                                                   f" {_said(earlier.get(k))} there, {_said(config.get(k))} here")
+                         for k in changed)
+        raise InputError(f"--json {args.json} holds results of other settings ({what}); pass another "
+                         f"--json or delete it")
     return out, config, found
 
 
+def _said(value: Any) -> str:
+    """A setting's value as a message gives it (``None`` is "none")."""
+    return "none" if value is None else str(value)
+
+
 def _write_json(out: Path, result: dict[str, Any]) -> None:
-    """``result`` into ``out`` atomically (a finished file or the earlier one, never half of one)."""
+    """``result`` into ``out`` atomically (a finished file or the earlier one, never half of one);
+    strict JSON: a number that does not exist (NaN: no interval of one image, a score of an empty
+    mask) is ``null``."""
     import json
 
     from jaxplain.runs.outputs import write_atomic
 
-    write_atomic(out, json.dumps(result, indent=1).encode())
+    write_atomic(out, json.dumps(result, indent=1, allow_nan=False).encode())
+
+
+def _number(value: float) -> float | None:
+    """``value``, or ``None`` (JSON's ``null``) where it is NaN or infinite."""
+    return float(value) if np.isfinite(value) else None
+
+
+def _float(value: float | None) -> float:
+    """A number read back from the JSON: ``null`` is NaN."""
+    return np.nan if value is None else float(value)
+
+
+def _identity(spec: str, kind: str) -> tuple[str, str]:
+    """What a method or metric spec computes, whatever its spelling: ``(function name, its
+    settings as sorted JSON)``, so ``"smoothgrad(samples=2, key=3)"`` is ``"smoothgrad(key=3,samples=2)"``."""
+    import json
+
+    from jaxplain import registry
+
+    fn, settings = registry.parse(spec, kind)
+    return fn.__name__, json.dumps(settings, sort_keys=True, default=repr)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -117,47 +149,75 @@ def run(args: argparse.Namespace) -> int:
     if args.weights == "random":
         print("(random weights: a control; its scores say what an explanation of no learned model gets)")
     result = {"config": config, "model": model.name, "data": data, "method_seconds": {}, "cells": []}
+    # a method or metric already in the file with the same settings, however spelt, keeps its label there
+    labels = {"method": {}, "metric": {}}
+    for c in (earlier or {}).get("cells", []):
+        for kind in labels:
+            labels[kind].setdefault(_identity(c[kind], kind), c[kind])
+    method_label = {m: labels["method"].get(_identity(m, "method"), m) for m in args.methods}
+    metric_label = {k: labels["metric"].get(_identity(k, "metric"), k) for k in args.metrics}
     done: dict[tuple[str, str], Cell] = {}
     if earlier:
         result["method_seconds"] = dict(earlier.get("method_seconds", {}))
         result["cells"] = list(earlier.get("cells", []))
-        done = {(c["method"], c["metric"]): Cell(c["method"], c["metric"], np.asarray(c["scores"], np.float64),
-                                                 c["mean"], c["low"], c["high"], c["seconds"]) for c in result["cells"]}
+        stored = {(c["method"], c["metric"]): c for c in result["cells"]}
+        for m in args.methods:
+            for k in args.metrics:
+                if (c := stored.get((method_label[m], metric_label[k]))) is not None:
+                    done[m, k] = Cell(m, k, np.asarray([_float(v) for v in c["scores"]], np.float64), _float(c["mean"]),
+                                      _float(c["low"]), _float(c["high"]), c["seconds"])
+    seconds_so_far = {m: result["method_seconds"][method_label[m]] for m in args.methods
+                      if method_label[m] in result["method_seconds"]}
     todo = sum((m, k) not in done for m in args.methods for k in args.metrics)
-    print(f"{model.name} on {data}: {len(args.methods)} methods x {len(args.metrics)} metrics, {todo} cells to run"
+    print(f"{model.name} on {data}: {_count(len(args.methods), 'method')} x {_count(len(args.metrics), 'metric')}, "
+          f"{_count(todo, 'cell')} to run"
           + (f" ({len(args.methods) * len(args.metrics) - todo} already in {out})" if earlier else "")
           + ("; the time left is printed after each cell" if todo else ""), flush=True)
     report = lambda line: print(f"  {line}", file=sys.stderr, flush=True)  # noqa: E731  (a line per cell, tty or log)
 
     def keep(cell: Cell, method_seconds: dict[str, float]) -> None:  # each cell on disk as it finishes
-        result["method_seconds"].update(method_seconds)
-        result["cells"] = [c for c in result["cells"] if (c["method"], c["metric"]) != (cell.method, cell.metric)]
-        result["cells"].append({"method": cell.method, "metric": cell.metric, "mean": cell.mean, "low": cell.low,
-                                "high": cell.high, "seconds": cell.seconds, "scores": cell.scores.tolist()})
+        result["method_seconds"].update({method_label[m]: s for m, s in method_seconds.items()})
+        method, metric = method_label[cell.method], metric_label[cell.metric]
+        result["cells"] = [c for c in result["cells"] if (c["method"], c["metric"]) != (method, metric)]
+        result["cells"].append({"method": method, "metric": metric, "mean": _number(cell.mean),
+                                "low": _number(cell.low), "high": _number(cell.high), "seconds": cell.seconds,
+                                "scores": [_number(v) for v in cell.scores]})
         _write_json(out, result)
 
     signals = common.Signals("the cell in flight")
     try:
         method_seconds, cells = compare(
             model, x, "predicted", args.methods, args.metrics, masks=masks, batch_size=args.batch_size,
-            seed=args.seed, ids=ids, done=done, method_seconds=result["method_seconds"],
+            seed=args.seed, ids=ids, done=done, method_seconds=seconds_so_far,
             on_cell=keep,
             stop=lambda: signals.received is not None, report=report)
     finally:
         signals.restore()
     if signals.received is not None:
-        print(f"jaxplain: stopped by a signal; {len(cells)} cells are in {out}: rerun the command to finish",
+        print(f"jaxplain: stopped by a signal; {_count(len(cells), 'cell')} {'is' if len(cells) == 1 else 'are'} in {out}: "
+              "rerun the command to finish",
               file=sys.stderr)
         return 128 + int(signals.received)
     print(table(method_seconds, cells))
-    result["method_seconds"].update(method_seconds)
+    result["method_seconds"].update({method_label[m]: s for m, s in method_seconds.items()})
     _write_json(out, result)
     print(f"wrote {out}")
-    return 1 if failed else 0
+    return 4 if failed else 0
 
 
-EVALUATE_EPILOG = f"""metrics (settings in parentheses, e.g. --metrics "deletion(steps=16)"):
+def _count(n: int, noun: str) -> str:
+    """``"1 cell"``, ``"4 cells"``."""
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
+EVALUATE_EPILOG = f"""methods (settings in parentheses, e.g. --methods "integrated_gradients(steps=64)"):
+{common.columns(sorted(METHODS))}
+
+metrics (settings in parentheses, e.g. --metrics "deletion(steps=16)"):
 {common.columns(sorted(METRICS))}
+
+exit status: 0 all done; 2 an argument error (or none of the images readable); 4 all done, but some
+images unreadable (a 'failed' line each); 130 or 143 stopped by a signal (rerun to finish)
 
 examples:
   jaxplain evaluate                                   # every metric, the default methods, the synthetic benchmark
@@ -176,11 +236,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                         "the synthetic ground-truth benchmark and its shipped model.", epilog=EVALUATE_EPILOG,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     ev.add_argument("images", nargs="*", metavar="IMAGE", help="your images (default: the synthetic benchmark)")
-    ev.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="METHOD")
+    ev.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="METHOD",
+                    help=f"methods, with settings if you like: \"smoothgrad(samples=8)\" (default: {' '.join(DEFAULT_METHODS)}; "
+                    "list below)")
     ev.add_argument("--metrics", nargs="+", default=None, metavar="METRIC", help="default: all (those needing masks "
                     "only with masks)")
     ev.add_argument("--masks", nargs="+", metavar="MASK", help="one ground-truth mask picture per image (white = the object)")
-    ev.add_argument("--model", default=None, choices=tuple(ZOO), help="default: synthetic_vgg without images, vgg16 with")
+    ev.add_argument("--model", default=None, choices=tuple(ZOO), metavar="MODEL",
+                    help=f"the zoo's model (default: synthetic_vgg without images, vgg16 with): {', '.join(ZOO)}")
     ev.add_argument("--weights", default=None, help="as for explain (default: the model's first named weights; synthetic_vgg: shipped, "
                     "or random: the control, also for the synthetic benchmark)")
     ev.add_argument("--source", choices=source_names(), default=None, help="as for explain")

@@ -35,13 +35,15 @@ def run(args: argparse.Namespace) -> int:
             for rank, c in enumerate(np.argsort(-probs, kind="stable")[: args.top], 1):
                 ident, name = labels[c] if labels else (str(c), str(c))  # ImageNet's: (wnid, name)
                 print(f"  {rank}. {name:<32} {ident}  {probs[c]:.4f}")
-    return 1 if failed else 0
+    return 4 if failed else 0  # all done, some inputs unreadable
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """``jaxplain predict``'s subparser on ``sub`` (``add_subparsers``' result), run by ``run``."""
-    pr = sub.add_parser("predict", help="print the top ImageNet classes of each image",
-                        description="Print the top ImageNet classes of each image.")
+    pr = sub.add_parser("predict", help="print the model's top classes of each image",
+                        description="Print the model's top classes of each image, with their probabilities.",
+                        epilog="exit status: 0 all done; 1 no input found; 2 an argument error; 4 all done, but some "
+                        "inputs unreadable (a 'failed' line each)")
     common.model_args(pr)
     pr.add_argument("--top", type=common.positive, default=5, help="how many classes (default 5)")
     pr.set_defaults(run=run)

@@ -200,7 +200,11 @@ def run_batches(call: Callable[..., PyTree], params: PyTree, batch: tuple, n: in
 
 def predict(model: Model, images: Array, *, batch_size: int | None = None) -> Array:
     """Logits ``[B, K]`` of preprocessed ``images``, in slices of ``batch_size``."""
-    images = check_images(model, images)
+    return _logits(model, check_images(model, images), batch_size)
+
+
+def _logits(model: Model, images: Array, batch_size: int | None) -> Array:
+    """``predict`` of ``images`` already checked (``check_images``, which warns once per call)."""
     check_batch_size(batch_size)
     n = images.shape[0]
     return run_batches(forward(model.apply), model.params, (images,), n, batch_size or n)
@@ -221,7 +225,7 @@ def target_ids(model: Model, images: Array, targets: Targets, batch_size: int | 
     if isinstance(targets, str):
         if targets != "predicted":
             raise InputError(f"targets must be ints or 'predicted', got {targets!r}")
-        return jnp.argmax(predict(model, images, batch_size=batch_size), axis=-1).astype(jnp.int32)
+        return jnp.argmax(_logits(model, images, batch_size), axis=-1).astype(jnp.int32)
     t = np.asarray(targets)
     if not np.issubdtype(t.dtype, np.integer):
         raise InputError(f"targets must be integer class indices, got dtype {t.dtype}")

@@ -92,6 +92,9 @@ def resolve_for_model(fn: Callable, model: Model, image_shape: tuple[int, ...], 
             settings["layer"] = default_layer(model, image_shape)
         shape = check_layer(model, image_shape, settings["layer"], spatial=getattr(fn, "spatial_layer", False))
         if "neuron" in known:
+            if settings.get("neuron") is None:
+                name = getattr(fn, "__name__", "this method")
+                raise InputError(f"{name} needs neuron=<channel> or neuron=(i, j, k): e.g. \"{name}(neuron=0)\"")
             check_neuron(shape, settings.get("neuron"))
     if "attention" in known:
         settings["attention"] = attention_layers(fn, model, image_shape, settings.get("attention"))
