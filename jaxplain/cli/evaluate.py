@@ -114,8 +114,11 @@ def _identity(spec: str, kind: str) -> tuple[str, str]:
 
     from jaxplain import registry
 
-    fn, settings = registry.parse(spec, kind)
-    return fn.__name__, json.dumps(settings, sort_keys=True, default=repr)
+    try:
+        fn, settings = registry.parse(spec, kind)
+    except InputError:  # a label this version does not know (an older file's): itself
+        return spec, ""
+    return getattr(fn, "__name__", spec), json.dumps(settings, sort_keys=True, default=repr)
 
 
 def run(args: argparse.Namespace) -> int:
