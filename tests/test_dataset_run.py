@@ -489,3 +489,38 @@ def test_report_refuses_to_replace_a_users_index_html_before_the_model_loads(tmp
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "index.html" in err
     assert (out / "index.html").read_text() == "<html>mine</html>"
+
+
+SIGNAL_DURING = """
+import os, signal, sys
+from jaxplain import cli
+from jaxplain.runs import loop
+real, calls = loop.explain, []
+def explain(*a, **k):  # a real SIGTERM, sent while the batch number {batch} is computed
+    calls.append(1)
+    if len(calls) == {batch}:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return real(*a, **k)
+loop.explain = explain
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("batch", [3, 2])
+def test_a_signal_during_a_batch_keeps_that_batchs_results(tmp_path, batch):
+    """The batch in flight is written whole, the last one included; only work not started is left."""
+    d = tmp_path / "in"
+    for i in range(6):
+        photo(d / f"p{i}.png", (32, 32), i)
+    out = tmp_path / "out"
+    argv = ["explain", str(d), "--model", "synthetic_vgg", "--out", str(out), "--batch-size", "2",
+            "--method", "integrated_gradients(steps=4)"]
+    env = dict(os.environ, JAXPLAIN_HOME=str(tmp_path), JAX_PLATFORMS="cpu")
+    p = subprocess.run([sys.executable, "-c", SIGNAL_DURING.format(batch=batch), *argv], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 128 + signal.SIGTERM, p.stderr
+    assert f"jaxplain: {2 * batch} explained, 0 skipped" in p.stderr, p.stderr
+    assert sorted(Path(r["input"]).name for r in lines(out)) == [f"p{i}.png" for i in range(2 * batch)]
+    rerun = run(*argv, home=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{6 - 2 * batch} explained, {2 * batch} skipped" in rerun.stderr

@@ -14,7 +14,8 @@ methods, write every result once.
   line; the attributions go to one zarr array per method (``jaxplain.runs.outputs``).
 - A rerun skips every (image, method) its ``results.jsonl`` names with the file's current size
   and time (``jaxplain.runs.record``); ``stop()`` (a signal) ends the run after the batch in
-  flight: the writes already started finish, the others are left for the rerun.
+  flight, whose writes all finish (the last batch's too); only images not yet computed are left
+  for the rerun.
 """
 
 from __future__ import annotations
@@ -310,9 +311,9 @@ def run(model: Model, files: Sequence[Path], names: Sequence[str], jobs_: Sequen
         if group and not counts.stopped:
             batch_of(group)
         finished = True
-    finally:
+    finally:  # a stop (a signal) comes after a batch: its writes finish; an error leaves those not started
         for batch in pending:
-            _finish(batch, stopping=counts.stopped or not finished)
+            _finish(batch, stopping=not finished)
         pool.shutdown(wait=True)
         progress.close()
     return counts
