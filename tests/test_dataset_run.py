@@ -524,3 +524,22 @@ def test_a_signal_during_a_batch_keeps_that_batchs_results(tmp_path, batch):
     rerun = run(*argv, home=tmp_path)
     assert rerun.returncode == 0, rerun.stderr
     assert f"{6 - 2 * batch} explained, {2 * batch} skipped" in rerun.stderr
+
+
+def test_no_lock_or_folder_is_left_behind(tmp_path, jx):
+    d = tmp_path / "photos"
+    photo(d / "a.png", (30, 30))
+    code, _, err = jx(d, "--out", d)  # refused: the only input is the output folder
+    assert code == 1, err
+    assert sorted(p.name for p in d.iterdir()) == ["a.png"]  # the user's folder as it was
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert jx(empty, "--out", tmp_path / "o5")[0] == 1  # nothing to explain
+    assert not (tmp_path / "o5").exists()
+    assert jx(d, "--out", tmp_path / "o6", "--target", "99999")[0] == 2  # refused once the model is loaded
+    assert not (tmp_path / "o6").exists()
+    out = tmp_path / "o"
+    assert jx(d, "--out", out)[0] == 0
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".lock")]
+    assert cli.main(["report", str(out)]) == 0
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".lock")]

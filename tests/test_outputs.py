@@ -76,3 +76,23 @@ def test_atomic_write_follows_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "x").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_lock_released_leaves_no_file_and_one_taken_on_a_removed_file_is_taken_again(tmp_path, monkeypatch):
+    import fcntl
+    import os
+
+    outputs.Lock(tmp_path / ".lock", "into out").release()
+    assert not (tmp_path / ".lock").exists()
+    real, calls = fcntl.flock, []
+
+    def flock(f, op):  # another run releases (removes) the file between our open and our flock
+        calls.append(op)
+        if len(calls) == 1:
+            (tmp_path / ".lock").unlink()
+        return real(f, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    lock = outputs.Lock(tmp_path / ".lock", "into out")
+    assert os.stat(tmp_path / ".lock").st_ino == os.fstat(lock.file.fileno()).st_ino  # the file others see
+    lock.release()

@@ -66,6 +66,15 @@ def model_record(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    created = not Path(args.out).exists()
+    try:
+        return _run(args)
+    finally:  # a run refused or with nothing to explain leaves no folder of its own behind
+        if created and Path(args.out).is_dir() and not any(Path(args.out).iterdir()):
+            Path(args.out).rmdir()
+
+
+def _run(args: argparse.Namespace) -> int:
     from jaxplain.runs import inputs, outputs, record
 
     jobs, target, out = check_explain_args(args)

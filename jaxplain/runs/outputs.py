@@ -109,18 +109,32 @@ def write_rows(arr, first: int, values: np.ndarray) -> np.ndarray:
 
 
 class Lock:
-    """An exclusive lock on ``path`` (``fcntl.flock``), held until ``release``: a second run
-    writing into the same folder is refused instead of mixing its rows and lines with ours."""
+    """An exclusive lock on ``path`` (``fcntl.flock``), held until ``release``, which removes the
+    file: a second run writing into the same folder is refused instead of mixing its rows and
+    lines with ours. A file removed by a run releasing it between our open and flock is opened again."""
 
     def __init__(self, path: str | os.PathLike, what: str):
         import fcntl
 
-        self.file = open(path, "a")
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self.file.close()
-            raise InputError(f"another jaxplain run is writing {what}; wait for it, or use another --out") from None
+        self.path = Path(path)
+        while True:
+            self.file = open(self.path, "a")
+            try:
+                fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                self.file.close()
+                raise InputError(f"another jaxplain run is writing {what}; wait for it, or use another --out") from None
+            try:
+                if os.stat(self.path).st_ino == os.fstat(self.file.fileno()).st_ino:
+                    return
+            except FileNotFoundError:
+                pass
+            self.file.close()  # we locked a file already released and removed: lock the one in its place
 
     def release(self) -> None:
+        """Remove the file, then let go (a run waiting on it opens a new one)."""
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
         self.file.close()
