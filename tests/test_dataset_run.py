@@ -543,3 +543,18 @@ def test_no_lock_or_folder_is_left_behind(tmp_path, jx):
     assert not [p.name for p in out.iterdir() if p.name.startswith(".lock")]
     assert cli.main(["report", str(out)]) == 0
     assert not [p.name for p in out.iterdir() if p.name.startswith(".lock")]
+
+
+def test_results_that_ignore_the_target_neither_conflict_nor_are_redone(tmp_path, jx):
+    img = photo(tmp_path / "a.png", (30, 30))
+    out = tmp_path / "o"
+    assert jx(img, "--out", out, "--method", "eigen_cam", "--target", "3")[0] == 0
+    for extra in ([], ["--overwrite"]):
+        code, _, err = jx(img, "--out", out, "--method", "eigen_cam", "--target", "2", *extra)
+        assert code == 0 and "0 explained, 1 skipped" in err, err
+    assert jx(img, "--out", out, "--method", "gradient", "--target", "2")[0] == 0
+    code, _, err = jx(img, "--out", out, "--method", "gradient", "--method", "eigen_cam", "--target", "1")
+    assert code == 2 and "target 2" in err, err  # gradient's results depend on it
+    code, _, err = jx(img, "--out", out, "--method", "gradient", "--method", "eigen_cam", "--target", "1", "--overwrite")
+    assert code == 0 and "1 explained, 0 skipped" in err, err
+    assert sorted((r["method"], r["target"]) for r in lines(out)) == [("eigen_cam", None), ("gradient", 1)]
