@@ -558,3 +558,15 @@ def test_results_that_ignore_the_target_neither_conflict_nor_are_redone(tmp_path
     code, _, err = jx(img, "--out", out, "--method", "gradient", "--method", "eigen_cam", "--target", "1", "--overwrite")
     assert code == 0 and "1 explained, 0 skipped" in err, err
     assert sorted((r["method"], r["target"]) for r in lines(out)) == [("eigen_cam", None), ("gradient", 1)]
+
+
+def test_progress_counts_unreadable_files_apart_from_images(tmp_path, jx):
+    d = tmp_path / "in"
+    photo(d / "a.png", (30, 30))
+    for name in ("b.png", "c.png"):
+        (d / name).write_text("not a picture")
+    code, _, err = jx(d, "--out", tmp_path / "o")
+    assert code == 4, err
+    progress = [line for line in err.splitlines() if " images, " in line and "images/s" in line]
+    assert progress and progress[-1].startswith("jaxplain: 1/1 images, "), err
+    assert "0 failed, 2 unreadable" in progress[-1], err

@@ -299,7 +299,7 @@ def run(model: Model, files: Sequence[Path], names: Sequence[str], jobs_: Sequen
                     outputs.append_lines(out / FAILED, [{"input": str(item.path), "path": os.path.realpath(item.path),
                                                          "reason": loaded}])
                 progress.say(f"jaxplain: failed {loaded}")
-                progress.update(1)
+                progress.unreadable(1)
                 continue
             group.append((item, loaded))
             if len(group) == batch_size:
