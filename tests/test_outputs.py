@@ -96,3 +96,14 @@ def test_a_lock_released_leaves_no_file_and_one_taken_on_a_removed_file_is_taken
     lock = outputs.Lock(tmp_path / ".lock", "into out")
     assert os.stat(tmp_path / ".lock").st_ino == os.fstat(lock.file.fileno()).st_ino  # the file others see
     lock.release()
+
+
+def test_values_beyond_float16_are_counted_without_numpys_warning(tmp_path):
+    import warnings
+
+    arr = outputs.open_rows(tmp_path / "a.zarr", (2,), "float16", 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # NumPy's "overflow encountered in cast" would raise here
+        lost = outputs.write_rows(arr, 0, np.array([[1e6, 1.0], [2.0, -7e4]], np.float32))
+    np.testing.assert_array_equal(lost, [1, 1])
+    np.testing.assert_array_equal(arr[:], np.array([[np.inf, 1.0], [2.0, -np.inf]], np.float16))

@@ -102,7 +102,8 @@ def write_rows(arr, first: int, values: np.ndarray) -> np.ndarray:
     end = first + len(values)
     if arr.shape[0] < end:
         arr.resize((end, *arr.shape[1:]))
-    stored = values.astype(arr.dtype)
+    with np.errstate(over="ignore"):  # counted and said by the caller, not NumPy's bare warning
+        stored = values.astype(arr.dtype)
     arr[first:end] = stored
     lost = np.isfinite(values) & ~np.isfinite(stored)
     return lost.reshape(len(values), -1).sum(-1)
