@@ -571,3 +571,14 @@ def test_progress_counts_unreadable_files_apart_from_images(tmp_path, jx):
     progress = [line for line in err.splitlines() if " images, " in line and "images/s" in line]
     assert progress and progress[-1].startswith("jaxplain: 1/1 images, "), err
     assert "0 failed, 2 unreadable" in progress[-1], err
+
+
+def test_failed_jsonl_has_one_line_per_input_across_reruns(tmp_path, jx):
+    d = tmp_path / "in"
+    photo(d / "a.png", (30, 30))
+    (d / "bad.png").write_text("not a picture")
+    out = tmp_path / "o"
+    for _ in range(3):
+        assert jx(d, "--out", out)[0] == 4
+    failed = [json.loads(line) for line in (out / "failed.jsonl").read_text().splitlines()]
+    assert [Path(r["input"]).name for r in failed] == ["bad.png"]

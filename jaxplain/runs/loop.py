@@ -43,7 +43,7 @@ from jaxplain.io import load_for_model
 from jaxplain.marks import uses_target
 from jaxplain.runs import outputs, record
 from jaxplain.runs.progress import Progress
-from jaxplain.runs.record import FAILED, PICTURES, THUMBS, Job
+from jaxplain.runs.record import PICTURES, THUMBS, Job
 from jaxplain.types import Model
 
 # the overlays' zlib settings: Z_RLE, "almost as fast as Z_HUFFMAN_ONLY, but better compression for PNG image
@@ -217,6 +217,7 @@ def run(model: Model, files: Sequence[Path], names: Sequence[str], jobs_: Sequen
 
     process, count = jax.process_index(), jax.process_count()
     results_name, store = record.results_files(process, count)
+    failed_name = record.failed_file(process, count)
     results = out / results_name
     outputs.repair(results)
     done = record.completed(out)
@@ -296,8 +297,8 @@ def run(model: Model, files: Sequence[Path], names: Sequence[str], jobs_: Sequen
             if isinstance(loaded, str):
                 with counts.lock:
                     counts.unreadable += 1
-                    outputs.append_lines(out / FAILED, [{"input": str(item.path), "path": os.path.realpath(item.path),
-                                                         "reason": loaded}])
+                    outputs.replace_line(out / failed_name, "path", {"input": str(item.path),
+                                                                     "path": os.path.realpath(item.path), "reason": loaded})
                 progress.say(f"jaxplain: failed {loaded}")
                 progress.unreadable(1)
                 continue

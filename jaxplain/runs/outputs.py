@@ -73,6 +73,13 @@ def append_lines(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> 
         os.fsync(f.fileno())
 
 
+def replace_line(path: str | os.PathLike, key: str, record: dict[str, Any]) -> None:
+    """``record`` into the JSONL file at ``path`` in place of the lines with the same ``key``
+    value (the file rewritten atomically): one line per key however often it is said."""
+    kept = [r for r in read_lines(path) if r.get(key) != record[key]]
+    write_atomic(Path(path), "".join(json.dumps(r) + "\n" for r in [*kept, record]).encode("ascii"))
+
+
 def open_rows(path: str | os.PathLike, shape: tuple[int, ...], dtype: str, rows: int):
     """The zarr array ``[rows, *shape]`` at ``path``, created when missing (one chunk per row),
     and cut or grown to ``rows`` (rows past the last one the index names are left-overs of a

@@ -28,7 +28,7 @@ from jaxplain.runs import outputs
 
 RESULTS = "results.jsonl"
 RUN = "run.json"
-FAILED = "failed.jsonl"  # a line per input that could not be read, for the report
+FAILED = "failed.jsonl"  # a line per input that could not be read (failed.pN.jsonl per process), for the report
 THUMBS = "thumbs"
 PICTURES = "pictures"  # thumbs/pictures/: the original pictures' thumbnails
 STORE = "attributions"
@@ -287,12 +287,18 @@ def results_files(process: int, count: int) -> tuple[str, str]:
     return (RESULTS, STORE) if count == 1 else (f"results.p{process}.jsonl", f"{STORE}.p{process}")
 
 
+def failed_file(process: int, count: int) -> str:
+    """This process's file of unreadable inputs (one line per input: a rerun replaces it)."""
+    return FAILED if count == 1 else f"failed.p{process}.jsonl"
+
+
 def failed(out: Path) -> dict[str, str]:
     """The inputs the runs in ``out`` could not read, by resolved path, with the reason, less those
     with results since."""
     have = {path for path, _ in completed(out).results}
     said = {}
-    for r in outputs.read_lines(out / FAILED):
-        if isinstance(r.get("path"), str):
-            said[r["path"]] = str(r.get("reason", ""))
+    for f in sorted(out.glob("failed*.jsonl")):
+        for r in outputs.read_lines(f):
+            if isinstance(r.get("path"), str):
+                said[r["path"]] = str(r.get("reason", ""))
     return {p: why for p, why in said.items() if p not in have}
