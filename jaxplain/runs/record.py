@@ -292,13 +292,21 @@ def failed_file(process: int, count: int) -> str:
     return FAILED if count == 1 else f"failed.p{process}.jsonl"
 
 
+def _unnamed(reason: str, given: Any) -> str:
+    """``reason`` without the input's name as given (``"rp/bad.jpg: not a readable image (... 'rp/bad.jpg')"``):
+    the report names each input once, by its resolved path."""
+    if not isinstance(given, str) or not given:
+        return reason
+    return reason.removeprefix(f"{given}: ").replace(f" {given!r}", "")
+
+
 def failed(out: Path) -> dict[str, str]:
-    """The inputs the runs in ``out`` could not read, by resolved path, with the reason, less those
-    with results since."""
+    """The inputs the runs in ``out`` could not read, by resolved path, with the reason (without the
+    name it was given by), less those with results since."""
     have = {path for path, _ in completed(out).results}
     said = {}
     for f in sorted(out.glob("failed*.jsonl")):
         for r in outputs.read_lines(f):
             if isinstance(r.get("path"), str):
-                said[r["path"]] = str(r.get("reason", ""))
+                said[r["path"]] = _unnamed(str(r.get("reason", "")), r.get("input"))
     return {p: why for p, why in said.items() if p not in have}
