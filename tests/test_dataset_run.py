@@ -582,3 +582,13 @@ def test_failed_jsonl_has_one_line_per_input_across_reruns(tmp_path, jx):
         assert jx(d, "--out", out)[0] == 4
     failed = [json.loads(line) for line in (out / "failed.jsonl").read_text().splitlines()]
     assert [Path(r["input"]).name for r in failed] == ["bad.png"]
+
+
+def test_help_says_what_exit_1_and_report_mean():
+    import argparse
+
+    sub = {a.dest: a for a in cli.parser()._actions if isinstance(a, argparse._SubParsersAction)}["command"]
+    explain = " ".join(sub.choices["explain"].format_help().split())
+    assert "1 some work failed (a method or a write), or nothing was there to explain" in explain
+    report = " ".join(sub.choices["report"].format_help().split())
+    assert "Write a run's report" in report and "joining a multi-process run's parts first" in report, report
