@@ -366,6 +366,7 @@ def test_float16_overflow_is_counted_not_silent(tmp_path, jx, monkeypatch):
     code, _, err = jx(img, "--out", tmp_path / "o", "--dtype", "float16")
     n = 64 * 64 * 3
     assert f"{n} values" in err and "float16" in err, err
+    assert "overflow encountered" not in err, err  # NumPy's own warning is not said too
     assert code == 0
 
 
@@ -489,3 +490,105 @@ def test_report_refuses_to_replace_a_users_index_html_before_the_model_loads(tmp
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "index.html" in err
     assert (out / "index.html").read_text() == "<html>mine</html>"
+
+
+SIGNAL_DURING = """
+import os, signal, sys
+from jaxplain import cli
+from jaxplain.runs import loop
+real, calls = loop.explain, []
+def explain(*a, **k):  # a real SIGTERM, sent while the batch number {batch} is computed
+    calls.append(1)
+    if len(calls) == {batch}:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return real(*a, **k)
+loop.explain = explain
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("batch", [3, 2])
+def test_a_signal_during_a_batch_keeps_that_batchs_results(tmp_path, batch):
+    """The batch in flight is written whole, the last one included; only work not started is left."""
+    d = tmp_path / "in"
+    for i in range(6):
+        photo(d / f"p{i}.png", (32, 32), i)
+    out = tmp_path / "out"
+    argv = ["explain", str(d), "--model", "synthetic_vgg", "--out", str(out), "--batch-size", "2",
+            "--method", "integrated_gradients(steps=4)"]
+    env = dict(os.environ, JAXPLAIN_HOME=str(tmp_path), JAX_PLATFORMS="cpu")
+    p = subprocess.run([sys.executable, "-c", SIGNAL_DURING.format(batch=batch), *argv], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 128 + signal.SIGTERM, p.stderr
+    assert f"jaxplain: {2 * batch} explained, 0 skipped" in p.stderr, p.stderr
+    assert sorted(Path(r["input"]).name for r in lines(out)) == [f"p{i}.png" for i in range(2 * batch)]
+    rerun = run(*argv, home=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{6 - 2 * batch} explained, {2 * batch} skipped" in rerun.stderr
+
+
+def test_no_lock_or_folder_is_left_behind(tmp_path, jx):
+    d = tmp_path / "photos"
+    photo(d / "a.png", (30, 30))
+    code, _, err = jx(d, "--out", d)  # refused: the only input is the output folder
+    assert code == 1, err
+    assert sorted(p.name for p in d.iterdir()) == ["a.png"]  # the user's folder as it was
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert jx(empty, "--out", tmp_path / "o5")[0] == 1  # nothing to explain
+    assert not (tmp_path / "o5").exists()
+    assert jx(d, "--out", tmp_path / "o6", "--target", "99999")[0] == 2  # refused once the model is loaded
+    assert not (tmp_path / "o6").exists()
+    out = tmp_path / "o"
+    assert jx(d, "--out", out)[0] == 0
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".lock")]
+    assert cli.main(["report", str(out)]) == 0
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".lock")]
+
+
+def test_results_that_ignore_the_target_neither_conflict_nor_are_redone(tmp_path, jx):
+    img = photo(tmp_path / "a.png", (30, 30))
+    out = tmp_path / "o"
+    assert jx(img, "--out", out, "--method", "eigen_cam", "--target", "3")[0] == 0
+    for extra in ([], ["--overwrite"]):
+        code, _, err = jx(img, "--out", out, "--method", "eigen_cam", "--target", "2", *extra)
+        assert code == 0 and "0 explained, 1 skipped" in err, err
+    assert jx(img, "--out", out, "--method", "gradient", "--target", "2")[0] == 0
+    code, _, err = jx(img, "--out", out, "--method", "gradient", "--method", "eigen_cam", "--target", "1")
+    assert code == 2 and "target 2" in err, err  # gradient's results depend on it
+    code, _, err = jx(img, "--out", out, "--method", "gradient", "--method", "eigen_cam", "--target", "1", "--overwrite")
+    assert code == 0 and "1 explained, 0 skipped" in err, err
+    assert sorted((r["method"], r["target"]) for r in lines(out)) == [("eigen_cam", None), ("gradient", 1)]
+
+
+def test_progress_counts_unreadable_files_apart_from_images(tmp_path, jx):
+    d = tmp_path / "in"
+    photo(d / "a.png", (30, 30))
+    for name in ("b.png", "c.png"):
+        (d / name).write_text("not a picture")
+    code, _, err = jx(d, "--out", tmp_path / "o")
+    assert code == 4, err
+    progress = [line for line in err.splitlines() if " images, " in line and "images/s" in line]
+    assert progress and progress[-1].startswith("jaxplain: 1/1 images, "), err
+    assert "0 failed, 2 unreadable" in progress[-1], err
+
+
+def test_failed_jsonl_has_one_line_per_input_across_reruns(tmp_path, jx):
+    d = tmp_path / "in"
+    photo(d / "a.png", (30, 30))
+    (d / "bad.png").write_text("not a picture")
+    out = tmp_path / "o"
+    for _ in range(3):
+        assert jx(d, "--out", out)[0] == 4
+    failed = [json.loads(line) for line in (out / "failed.jsonl").read_text().splitlines()]
+    assert [Path(r["input"]).name for r in failed] == ["bad.png"]
+
+
+def test_help_says_what_exit_1_and_report_mean():
+    import argparse
+
+    sub = {a.dest: a for a in cli.parser()._actions if isinstance(a, argparse._SubParsersAction)}["command"]
+    explain = " ".join(sub.choices["explain"].format_help().split())
+    assert "1 some work failed (a method or a write), or nothing was there to explain" in explain
+    report = " ".join(sub.choices["report"].format_help().split())
+    assert "Write a run's report" in report and "joining a multi-process run's parts first" in report, report

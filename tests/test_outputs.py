@@ -76,3 +76,34 @@ def test_atomic_write_follows_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "x").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_lock_released_leaves_no_file_and_one_taken_on_a_removed_file_is_taken_again(tmp_path, monkeypatch):
+    import fcntl
+    import os
+
+    outputs.Lock(tmp_path / ".lock", "into out").release()
+    assert not (tmp_path / ".lock").exists()
+    real, calls = fcntl.flock, []
+
+    def flock(f, op):  # another run releases (removes) the file between our open and our flock
+        calls.append(op)
+        if len(calls) == 1:
+            (tmp_path / ".lock").unlink()
+        return real(f, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    lock = outputs.Lock(tmp_path / ".lock", "into out")
+    assert os.stat(tmp_path / ".lock").st_ino == os.fstat(lock.file.fileno()).st_ino  # the file others see
+    lock.release()
+
+
+def test_values_beyond_float16_are_counted_without_numpys_warning(tmp_path):
+    import warnings
+
+    arr = outputs.open_rows(tmp_path / "a.zarr", (2,), "float16", 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # NumPy's "overflow encountered in cast" would raise here
+        lost = outputs.write_rows(arr, 0, np.array([[1e6, 1.0], [2.0, -7e4]], np.float32))
+    np.testing.assert_array_equal(lost, [1, 1])
+    np.testing.assert_array_equal(arr[:], np.array([[np.inf, 1.0], [2.0, -np.inf]], np.float16))

@@ -6,6 +6,7 @@ import html.parser
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import urllib.parse
@@ -300,3 +301,18 @@ def test_a_users_own_index_html_is_not_replaced(tmp_path, monkeypatch):
     finally:
         os.umask(old)
     assert (out / "index.html").stat().st_mode & 0o777 == 0o644
+
+
+def test_an_unreadable_input_is_named_once_in_the_report(tmp_path, monkeypatch, capsys):
+    from jaxplain import cli
+
+    monkeypatch.setenv("JAXPLAIN_COMPILE_CACHE", "0")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rp").mkdir()
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "rp" / "good.png")
+    (tmp_path / "rp" / "bad.png").write_text("not a picture")
+    assert cli.main(["explain", "rp", "--out", "o", "--model", "synthetic_vgg", "--report"]) == 4
+    page = (tmp_path / "o" / "index.html").read_text(encoding="utf-8")
+    item = re.search(r'<section class="unreadable">.*?<li>(.*?)</li>', page, re.S).group(1)
+    assert item.startswith(f"{os.path.realpath(tmp_path / 'rp' / 'bad.png')}: not a readable image"), item
+    assert item.count("bad.png") == 1, item

@@ -66,6 +66,15 @@ def model_record(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    created = not Path(args.out).exists()
+    try:
+        return _run(args)
+    finally:  # a run refused or with nothing to explain leaves no folder of its own behind
+        if created and Path(args.out).is_dir() and not any(Path(args.out).iterdir()):
+            Path(args.out).rmdir()
+
+
+def _run(args: argparse.Namespace) -> int:
     from jaxplain.runs import inputs, outputs, record
 
     jobs, target, out = check_explain_args(args)
@@ -158,8 +167,9 @@ reductions (--reduce, how a [H, W, C] attribution becomes the picture's map; CAM
 are maps already):
 {common.columns(REDUCTIONS)}
 
-exit status: 0 all done; 1 some work failed (a method or a write); 2 an argument error; 4 all done,
-but some inputs unreadable (listed in the report); 130 or 143 stopped by a signal (rerun to finish)
+exit status: 0 all done; 1 some work failed (a method or a write), or nothing was there to explain;
+2 an argument error; 4 all done, but some inputs unreadable (listed in the report); 130 or 143
+stopped by a signal (rerun to finish)
 
 examples:
   jaxplain explain cat.jpg --method grad_cam --out out/

@@ -1,4 +1,4 @@
-"""``jaxplain report``: join a run's parts and write its HTML report."""
+"""``jaxplain report``: write a run's HTML report (joining a multi-process run's parts first)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """``jaxplain report``'s subparser on ``sub`` (``add_subparsers``' result), run by ``run``."""
     re_ = sub.add_parser("report", help="write OUT/index.html for the results of an explain run",
-                         description="Join a multi-process run's parts and write OUT/index.html.")
+                         description="Write a run's report, OUT/index.html (and OUT/report/), from the results in "
+                         "OUT (joining a multi-process run's parts first).")
     re_.add_argument("out", metavar="OUT", help="the --out folder of jaxplain explain")
     re_.add_argument("--page-size", type=common.positive, default=50, help="images per page (default 50)")
     re_.add_argument("--debug", action="store_true", help="show the traceback of an error")

@@ -14,7 +14,8 @@ methods, write every result once.
   line; the attributions go to one zarr array per method (``jaxplain.runs.outputs``).
 - A rerun skips every (image, method) its ``results.jsonl`` names with the file's current size
   and time (``jaxplain.runs.record``); ``stop()`` (a signal) ends the run after the batch in
-  flight: the writes already started finish, the others are left for the rerun.
+  flight, whose writes all finish (the last batch's too); only images not yet computed are left
+  for the rerun.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from jaxplain.io import load_for_model
 from jaxplain.marks import uses_target
 from jaxplain.runs import outputs, record
 from jaxplain.runs.progress import Progress
-from jaxplain.runs.record import FAILED, PICTURES, THUMBS, Job
+from jaxplain.runs.record import PICTURES, THUMBS, Job
 from jaxplain.types import Model
 
 # the overlays' zlib settings: Z_RLE, "almost as fast as Z_HUFFMAN_ONLY, but better compression for PNG image
@@ -216,6 +217,7 @@ def run(model: Model, files: Sequence[Path], names: Sequence[str], jobs_: Sequen
 
     process, count = jax.process_index(), jax.process_count()
     results_name, store = record.results_files(process, count)
+    failed_name = record.failed_file(process, count)
     results = out / results_name
     outputs.repair(results)
     done = record.completed(out)
@@ -295,10 +297,10 @@ def run(model: Model, files: Sequence[Path], names: Sequence[str], jobs_: Sequen
             if isinstance(loaded, str):
                 with counts.lock:
                     counts.unreadable += 1
-                    outputs.append_lines(out / FAILED, [{"input": str(item.path), "path": os.path.realpath(item.path),
-                                                         "reason": loaded}])
+                    outputs.replace_line(out / failed_name, "path", {"input": str(item.path),
+                                                                     "path": os.path.realpath(item.path), "reason": loaded})
                 progress.say(f"jaxplain: failed {loaded}")
-                progress.update(1)
+                progress.unreadable(1)
                 continue
             group.append((item, loaded))
             if len(group) == batch_size:
@@ -310,9 +312,9 @@ def run(model: Model, files: Sequence[Path], names: Sequence[str], jobs_: Sequen
         if group and not counts.stopped:
             batch_of(group)
         finished = True
-    finally:
+    finally:  # a stop (a signal) comes after a batch: its writes finish; an error leaves those not started
         for batch in pending:
-            _finish(batch, stopping=counts.stopped or not finished)
+            _finish(batch, stopping=not finished)
         pool.shutdown(wait=True)
         progress.close()
     return counts

@@ -73,6 +73,13 @@ def append_lines(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> 
         os.fsync(f.fileno())
 
 
+def replace_line(path: str | os.PathLike, key: str, record: dict[str, Any]) -> None:
+    """``record`` into the JSONL file at ``path`` in place of the lines with the same ``key``
+    value (the file rewritten atomically): one line per key however often it is said."""
+    kept = [r for r in read_lines(path) if r.get(key) != record[key]]
+    write_atomic(Path(path), "".join(json.dumps(r) + "\n" for r in [*kept, record]).encode("ascii"))
+
+
 def open_rows(path: str | os.PathLike, shape: tuple[int, ...], dtype: str, rows: int):
     """The zarr array ``[rows, *shape]`` at ``path``, created when missing (one chunk per row),
     and cut or grown to ``rows`` (rows past the last one the index names are left-overs of a
@@ -102,25 +109,40 @@ def write_rows(arr, first: int, values: np.ndarray) -> np.ndarray:
     end = first + len(values)
     if arr.shape[0] < end:
         arr.resize((end, *arr.shape[1:]))
-    stored = values.astype(arr.dtype)
+    with np.errstate(over="ignore"):  # counted and said by the caller, not NumPy's bare warning
+        stored = values.astype(arr.dtype)
     arr[first:end] = stored
     lost = np.isfinite(values) & ~np.isfinite(stored)
     return lost.reshape(len(values), -1).sum(-1)
 
 
 class Lock:
-    """An exclusive lock on ``path`` (``fcntl.flock``), held until ``release``: a second run
-    writing into the same folder is refused instead of mixing its rows and lines with ours."""
+    """An exclusive lock on ``path`` (``fcntl.flock``), held until ``release``, which removes the
+    file: a second run writing into the same folder is refused instead of mixing its rows and
+    lines with ours. A file removed by a run releasing it between our open and flock is opened again."""
 
     def __init__(self, path: str | os.PathLike, what: str):
         import fcntl
 
-        self.file = open(path, "a")
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self.file.close()
-            raise InputError(f"another jaxplain run is writing {what}; wait for it, or use another --out") from None
+        self.path = Path(path)
+        while True:
+            self.file = open(self.path, "a")
+            try:
+                fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                self.file.close()
+                raise InputError(f"another jaxplain run is writing {what}; wait for it, or use another --out") from None
+            try:
+                if os.stat(self.path).st_ino == os.fstat(self.file.fileno()).st_ino:
+                    return
+            except FileNotFoundError:
+                pass
+            self.file.close()  # we locked a file already released and removed: lock the one in its place
 
     def release(self) -> None:
+        """Remove the file, then let go (a run waiting on it opens a new one)."""
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
         self.file.close()

@@ -11,7 +11,9 @@ import numpy as np
 
 class Progress:
     """A tqdm bar on a terminal; otherwise a plain line every ``every`` seconds (and at the end).
-    ``counts`` has a ``failed`` attribute (the failures so far)."""
+    Counts the images explained (``update``); an input that could not be read (``unreadable``) is
+    taken off the total, not counted as an image. ``counts`` has ``failed`` and ``unreadable``
+    attributes (so far)."""
 
     def __init__(self, total: int, counts: Any, every: float = 10.0):
         self.total, self.counts, self.every, self.start, self.last, self.seen = total, counts, every, time.time(), 0.0, 0
@@ -33,7 +35,7 @@ class Progress:
         self.seen += n
         if self.bar is not None:
             self.bar.update(n)
-            self.bar.set_postfix(failed=self.counts.failed, refresh=False)
+            self.bar.set_postfix(failed=self.counts.failed, unreadable=self.counts.unreadable, refresh=False)
             return
         now = time.time()
         if now - self.last >= self.every or self.seen >= self.total:
@@ -41,8 +43,16 @@ class Progress:
             rate = self.seen / max(now - self.start, 1e-9)
             left = (self.total - self.seen) / rate if rate > 0 else float("inf")
             eta = f"{int(left // 60)}m{int(left % 60):02d}s" if np.isfinite(left) else "?"
-            print(f"jaxplain: {self.seen}/{self.total} images, {rate:.2f} images/s, {self.counts.failed} failed, "
-                  f"about {eta} left", file=sys.stderr, flush=True)
+            unreadable = f", {self.counts.unreadable} unreadable" if self.counts.unreadable else ""
+            print(f"jaxplain: {self.seen}/{self.total} images, {rate:.2f} images/s, {self.counts.failed} failed"
+                  f"{unreadable}, about {eta} left", file=sys.stderr, flush=True)
+
+    def unreadable(self, n: int = 1) -> None:
+        """``n`` inputs could not be read: off the total (``counts.unreadable`` says how many)."""
+        self.total -= n
+        if self.bar is not None:
+            self.bar.total = self.total
+            self.bar.set_postfix(failed=self.counts.failed, unreadable=self.counts.unreadable, refresh=True)
 
     def calls(self, label: str, done: int, total: int) -> None:
         """Within a batch: ``label``'s explain has made ``done`` of its ``total`` compiled calls

@@ -5,6 +5,8 @@ be read.
 - A result is complete for ``(resolved path, method label)`` when a ``results*.jsonl`` line names
   it with the file's current size and modification time: an edited picture is explained again
   (the later line wins for every reader).
+- Results of a method that ignores the target (``"target": null``) do not conflict with another
+  ``--target`` and are not redone.
 - ``run.json`` counts only methods with at least one result: a method whose every image failed,
   or a run killed before its first result, leaves nothing that refuses a corrected rerun.
 - Names are unique in the folder across runs: a picture keeps the name its results have; a new
@@ -21,12 +23,12 @@ from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 from jaxplain import baselines, registry
 from jaxplain.errors import InputError
-from jaxplain.marks import output_of
+from jaxplain.marks import output_of, uses_target
 from jaxplain.runs import outputs
 
 RESULTS = "results.jsonl"
 RUN = "run.json"
-FAILED = "failed.jsonl"  # a line per input that could not be read, for the report
+FAILED = "failed.jsonl"  # a line per input that could not be read (failed.pN.jsonl per process), for the report
 THUMBS = "thumbs"
 PICTURES = "pictures"  # thumbs/pictures/: the original pictures' thumbnails
 STORE = "attributions"
@@ -113,11 +115,12 @@ def _conflicts(old: dict[str, Any], new: dict[str, Any], made: set[str]) -> tupl
     """What differs between the record and this run for methods with results (``made``): the
     sentences and the labels whose results it concerns."""
     said, labels = [], set()
-    if made:
-        for k in GLOBAL:
-            if old.get(k) != new.get(k):
-                said.append(f"{k} {old.get(k)!r} (this run: {new.get(k)!r})")
-                labels |= made
+    recorded = {m.get("label"): m for m in old.get("methods", [])}
+    for k in GLOBAL:
+        concerned = {label for label in made if k != "target" or _aimed(recorded.get(label))}
+        if concerned and old.get(k) != new.get(k):
+            said.append(f"{k} {old.get(k)!r} (this run: {new.get(k)!r})")
+            labels |= concerned
     before = {m["label"]: m for m in old.get("methods", [])}
     for m in new["methods"]:
         was = before.get(m["label"])
@@ -125,6 +128,16 @@ def _conflicts(old: dict[str, Any], new: dict[str, Any], made: set[str]) -> tupl
             said.append(f"{m['label']} with settings {was['settings']} (this run: {m['settings']})")
             labels.add(m["label"])
     return said, labels
+
+
+def _aimed(method: dict[str, Any] | None) -> bool:
+    """Whether a recorded method's results depend on the target (unknown: they do)."""
+    try:
+        fn = registry.METHODS[method["name"]]  # type: ignore[index]
+        given = {k: v for k, v in method.get("settings", {}).items() if k != "key"}  # type: ignore[union-attr]
+        return uses_target(fn, registry.resolve(fn, given))
+    except Exception:  # noqa: BLE001  (a record of another version: assume the target matters)
+        return True
 
 
 def prepare(out: Path, config: dict[str, Any], *, overwrite: bool, writer: bool) -> dict[str, Any]:
@@ -274,12 +287,26 @@ def results_files(process: int, count: int) -> tuple[str, str]:
     return (RESULTS, STORE) if count == 1 else (f"results.p{process}.jsonl", f"{STORE}.p{process}")
 
 
+def failed_file(process: int, count: int) -> str:
+    """This process's file of unreadable inputs (one line per input: a rerun replaces it)."""
+    return FAILED if count == 1 else f"failed.p{process}.jsonl"
+
+
+def _unnamed(reason: str, given: Any) -> str:
+    """``reason`` without the input's name as given (``"rp/bad.jpg: not a readable image (... 'rp/bad.jpg')"``):
+    the report names each input once, by its resolved path."""
+    if not isinstance(given, str) or not given:
+        return reason
+    return reason.removeprefix(f"{given}: ").replace(f" {given!r}", "")
+
+
 def failed(out: Path) -> dict[str, str]:
-    """The inputs the runs in ``out`` could not read, by resolved path, with the reason, less those
-    with results since."""
+    """The inputs the runs in ``out`` could not read, by resolved path, with the reason (without the
+    name it was given by), less those with results since."""
     have = {path for path, _ in completed(out).results}
     said = {}
-    for r in outputs.read_lines(out / FAILED):
-        if isinstance(r.get("path"), str):
-            said[r["path"]] = str(r.get("reason", ""))
+    for f in sorted(out.glob("failed*.jsonl")):
+        for r in outputs.read_lines(f):
+            if isinstance(r.get("path"), str):
+                said[r["path"]] = _unnamed(str(r.get("reason", "")), r.get("input"))
     return {p: why for p, why in said.items() if p not in have}
