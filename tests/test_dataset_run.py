@@ -396,6 +396,37 @@ def test_bad_setting_values_are_refused_before_any_image_and_not_recorded(tmp_pa
     assert code == 0 and "1 explained" in err, err
 
 
+def test_a_bad_setting_value_is_refused_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    """``steps=0`` (and a bad value of any setting that does not name part of the network) is one
+    line before the model is read: the method is traced on a stand-in network first."""
+    monkeypatch.setattr(cli.common, "load_model", lambda args: pytest.fail("the model was loaded"))
+    img = photo(tmp_path / "a.png", (30, 30))
+    for spec, word in [("integrated_gradients(steps=0)", "steps"), ("smoothgrad(sigma=-1.0)", "sigma"),
+                       ("lime(samples=0)", "samples"), ("occlusion(strides=(0, 8))", "strides")]:
+        assert cli.main(["explain", str(img), "--out", str(tmp_path / "o"), "--method", spec]) == 2, spec
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and word in err and "failed" not in err, err
+
+
+def test_the_stand_in_refuses_only_what_the_real_model_refuses(synthetic):
+    """No false refusal before the model loads: every method the command line takes, at its defaults,
+    is refused by the stand-in network only if the real model (synthetic_vgg) refuses it too."""
+    from jaxplain.registry import METHODS
+    from jaxplain.runs import loop, record
+
+    for name in sorted(METHODS):
+        try:
+            jobs = record.jobs([name], 0, [])
+        except jaxplain.InputError:  # the command line does not draw it (a layer's activations)
+            continue
+        try:
+            loop.check_values(jobs)
+        except jaxplain.InputError as e:
+            with pytest.raises(jaxplain.InputError):
+                loop.check_jobs(synthetic, jobs, (64, 64, 3))
+            print(name, e)
+
+
 def test_a_method_recorded_without_results_does_not_block_a_rerun(tmp_path, jx):
     img = photo(tmp_path / "a.png", (30, 30))
     out = tmp_path / "o"

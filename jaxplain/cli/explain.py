@@ -18,7 +18,7 @@ def check_explain_args(args: argparse.Namespace) -> tuple[list, Any, Path]:
     """Everything about ``explain``'s arguments that can be checked without a model: the jobs,
     the target, the output folder (created)."""
     from jaxplain import viz
-    from jaxplain.runs import record, report
+    from jaxplain.runs import loop, record, report
 
     if args.coordinator and (args.num_processes is None or args.process_id is None):
         raise InputError("--coordinator needs --num-processes and --process-id")
@@ -33,6 +33,7 @@ def check_explain_args(args: argparse.Namespace) -> tuple[list, Any, Path]:
             raise
         recorded = []
     jobs = record.jobs(args.method or ["gradient"], args.seed, recorded)
+    loop.check_values(jobs)  # setting values, on a stand-in network: before the model loads
     if args.target == "predicted":
         target = "predicted"
     else:

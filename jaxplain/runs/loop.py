@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxplain import baselines, viz
+from jaxplain import baselines, registry, viz
 from jaxplain.engine.precision import with_precision
 from jaxplain.engine.runner import explain, predict
 from jaxplain.engine.settings import resolve_for_model
@@ -125,6 +125,51 @@ def check_jobs(model: Model, jobs_: Sequence[Job], image_shape: tuple[int, int, 
         except JaxplainError as e:
             raise InputError(f"--method {job.label}: {e}") from None
         except Exception:  # noqa: BLE001  (settings only the batch completes, such as segment maps: checked per batch)
+            pass
+
+
+# What a setting means only on a real network (a layer, a neuron of it, its attention maps): left to
+# ``check_jobs`` once the model is loaded; ``check_values`` checks the rest before.
+MODEL_SETTINGS = ("layer", "neuron", "attention", "grid")
+STAND_IN_SHAPE = (224, 224, 3)  # no model of the zoo takes a larger picture: a window or a grid that fits the
+# real model's input fits this one too, so nothing valid is refused here
+
+
+def stand_in(image_shape: tuple[int, int, int] = STAND_IN_SHAPE, classes: int = 10) -> Model:
+    """A one-conv ReLU network of ``image_shape`` (layer ``"conv"``, taps and ReLU swap as the
+    ``Model`` contract asks): what methods are traced on before the real model loads."""
+    c = image_shape[-1]
+
+    def apply(params: Any, x: Any, taps: Any = None, relu: Any = None) -> tuple[Any, dict[str, Any]]:
+        a = jax.lax.conv_general_dilated(x[None], params["kernel"], (1, 1), "SAME",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))[0]
+        a = (relu or jax.nn.relu)(a + (taps or {}).get("conv", 0.0))
+        return a.mean((0, 1)) @ params["dense"], {"conv": a}
+
+    params = {"kernel": jnp.full((3, 3, c, 4), 0.1, jnp.float32), "dense": jnp.ones((4, classes), jnp.float32)}
+    return Model(apply, params, ("conv",), preprocess=lambda u: np.asarray(u, np.float32) / 255.0,
+                 input_size=image_shape[:2], name="stand-in")
+
+
+def check_values(jobs_: Sequence[Job]) -> None:
+    """Every job's setting values, before the model loads: each method traced (``jax.eval_shape``,
+    nothing computed) on a ``stand_in`` network, its settings that name parts of the real network
+    (``MODEL_SETTINGS``) left out, so that ``integrated_gradients(steps=0)`` is refused before a
+    model is read. Methods that need such a setting (a neuron, attention maps) wait for
+    ``check_jobs``."""
+    model = stand_in()
+    for job in jobs_:
+        if any(k in registry.settings_of(job.fn) and k != "layer" for k in MODEL_SETTINGS):
+            continue
+        settings = {k: v for k, v in job.settings.items() if k not in MODEL_SETTINGS}
+        try:
+            settings = resolve_for_model(job.fn, model, STAND_IN_SHAPE, settings)
+            extra = {"key": jax.random.key(0)} if job.random else {}
+            jax.eval_shape(lambda p, x: job.fn(model.apply, p, x, jnp.int32(0), **settings, **extra), model.params,
+                           jax.ShapeDtypeStruct(STAND_IN_SHAPE, jnp.float32))
+        except JaxplainError as e:
+            raise InputError(f"--method {job.label}: {e}") from None
+        except Exception:  # noqa: BLE001  (what only the real model or a batch completes: checked after loading)
             pass
 
 
