@@ -18,7 +18,7 @@ def check_explain_args(args: argparse.Namespace) -> tuple[list, Any, Path]:
     """Everything about ``explain``'s arguments that can be checked without a model: the jobs,
     the target, the output folder (created)."""
     from jaxplain import viz
-    from jaxplain.runs import loop, record, report
+    from jaxplain.runs import record, report
 
     if args.coordinator and (args.num_processes is None or args.process_id is None):
         raise InputError("--coordinator needs --num-processes and --process-id")
@@ -33,7 +33,6 @@ def check_explain_args(args: argparse.Namespace) -> tuple[list, Any, Path]:
             raise
         recorded = []
     jobs = record.jobs(args.method or ["gradient"], args.seed, recorded)
-    loop.check_values(jobs)  # setting values, on a stand-in network: before the model loads
     if args.target == "predicted":
         target = "predicted"
     else:
@@ -90,6 +89,11 @@ def _run(args: argparse.Namespace) -> int:
 
         distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     import jax
+
+    from jaxplain.runs import loop
+
+    loop.check_values(jobs)  # setting values, on a stand-in network: before the model loads (after JAX's
+    # multi-process start, which must come before any computation)
 
     writer = jax.process_index() == 0
     lock = outputs.Lock(out / f".lock.p{jax.process_index()}", f"into {out}")
