@@ -117,15 +117,21 @@ def check_jobs(model: Model, jobs_: Sequence[Job], image_shape: tuple[int, int, 
     method traced (``jax.eval_shape``, nothing computed) on one image, so that a value it refuses
     (``steps=0``) is one error now, not a failure per image."""
     for job in jobs_:
-        settings = resolve_for_model(job.fn, model, image_shape, job.settings)
-        extra = {"key": jax.random.key(0)} if job.random else {}
-        try:
-            jax.eval_shape(lambda p, x: job.fn(model.apply, p, x, jnp.int32(0), **settings, **extra), model.params,
-                           jax.ShapeDtypeStruct(image_shape, jnp.float32))
-        except JaxplainError as e:
-            raise InputError(f"--method {job.label}: {e}") from None
-        except Exception:  # noqa: BLE001  (settings only the batch completes, such as segment maps: checked per batch)
-            pass
+        _trace(job, model, resolve_for_model(job.fn, model, image_shape, job.settings), image_shape)
+
+
+def _trace(job: Job, model: Model, settings: dict[str, Any], image_shape: tuple[int, int, int]) -> None:
+    """``job``'s method traced on one image of ``model`` (``jax.eval_shape``, nothing computed):
+    a value it refuses is an ``InputError`` naming the method; any other failure is left to the
+    run (settings only a batch completes, such as segment maps, are checked per batch)."""
+    extra = {"key": jax.random.key(0)} if job.random else {}
+    try:
+        jax.eval_shape(lambda p, x: job.fn(model.apply, p, x, jnp.int32(0), **settings, **extra), model.params,
+                       jax.ShapeDtypeStruct(image_shape, jnp.float32))
+    except JaxplainError as e:
+        raise InputError(f"--method {job.label}: {e}") from None
+    except Exception:  # noqa: BLE001
+        pass
 
 
 # What a setting means only on a real network (a layer, a neuron of it, its attention maps): left to
@@ -164,13 +170,11 @@ def check_values(jobs_: Sequence[Job]) -> None:
         settings = {k: v for k, v in job.settings.items() if k not in MODEL_SETTINGS}
         try:
             settings = resolve_for_model(job.fn, model, STAND_IN_SHAPE, settings)
-            extra = {"key": jax.random.key(0)} if job.random else {}
-            jax.eval_shape(lambda p, x: job.fn(model.apply, p, x, jnp.int32(0), **settings, **extra), model.params,
-                           jax.ShapeDtypeStruct(STAND_IN_SHAPE, jnp.float32))
         except JaxplainError as e:
             raise InputError(f"--method {job.label}: {e}") from None
         except Exception:  # noqa: BLE001  (what only the real model or a batch completes: checked after loading)
-            pass
+            continue
+        _trace(job, model, settings, STAND_IN_SHAPE)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
