@@ -51,6 +51,8 @@ class Model:
       layers: layer names in forward order (the keys ``acts`` and ``taps`` use).
       preprocess: ``uint8 [B, H, W, 3] RGB -> float32 [B, H, W, C]`` for these weights.
       input_size: ``(H, W)`` the weights expect; ``None`` when any size works.
+      channels: ``C``, the channels of a preprocessed image (3 for RGB, 1 for grayscale, any
+        count for multispectral inputs); ``input_shape`` is ``(H, W, C)``.
       name: a short name such as ``"vgg16"``.
       source: where the weights came from (``"keras"``, ``"torchvision"``, ``"random"``).
       min_size: the smallest spatial size ``apply`` accepts.
@@ -86,6 +88,7 @@ class Model:
     resize: Callable[[PIL.Image.Image, tuple[int, int]], PIL.Image.Image] | None = None
     input_box: Callable[[tuple[int, int], tuple[int, int]], tuple[float, float, float, float]] | None = None
     channel_order: str = "RGB"
+    channels: int = 3
     cam_layer: str | None = None
     token_grid: tuple[int, int] | None = None
     token_layers: Mapping[str, int] = dataclasses.field(default_factory=dict)
@@ -93,6 +96,8 @@ class Model:
 
     def __post_init__(self) -> None:
         _check_tokens(self)
+        if not isinstance(self.channels, (int, np.integer)) or isinstance(self.channels, bool) or self.channels < 1:
+            raise InputError(f"channels must be a positive int (the C of [H, W, C]), got {self.channels!r}")
         if self.channel_order not in ("RGB", "BGR"):
             raise InputError(f"channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}")
         if self.resize is not None and not callable(self.resize):
@@ -104,6 +109,12 @@ class Model:
     def __call__(self, batch: Array) -> Array:
         """Logits ``[B, K]`` of a preprocessed batch ``[B, H, W, C]`` (jitted)."""
         return forward(self.apply)(self.params, batch)
+
+    @property
+    def input_shape(self) -> tuple[int | None, int | None, int]:
+        """``(H, W, C)`` of one preprocessed image; ``H, W`` are ``None`` when any size works."""
+        h, w = self.input_size if self.input_size is not None else (None, None)
+        return (h, w, int(self.channels))
 
     def replace(self, **changes: Any) -> "Model":
         return dataclasses.replace(self, **changes)

@@ -85,7 +85,7 @@ def check_images(model: Model, images: Any) -> Array:
         raise InputError(f"images must be preprocessed floats (model.preprocess), got dtype {a.dtype}")
     if a.shape[0] == 0:
         raise InputError("images is an empty batch")
-    channels = getattr(model, "channels", 3)
+    channels = model.channels
     if a.shape[-1] != channels:
         raise InputError(f"{model.name} takes {channels} channels, got images of shape {a.shape}")
     hw = tuple(a.shape[1:3])
