@@ -71,6 +71,9 @@ class Model:
       token_layers: token layer ``[T, D]`` -> how many non-patch tokens lead it (a ViT's class
         token: 1; its patch embedding: 0), ``T = prefix + gh * gw``. ``explain`` shows methods
         these layers as their patch grid ``[gh, gw, D]`` (``jaxplain.engine.tokens``).
+      layer_inputs: the layers whose *input* (the first argument of the layer's call) ``apply``
+        also taps and records, under the key ``input_key(layer)`` (``"layer:input"``) in ``taps``
+        and ``acts``; what ``attribute_to="input"`` reads. ``()``: none.
       attention_layers: the attention probability layers ``[heads, T, T]`` in forward order
         (query rows, key columns, the class token first); never spatial. What
         ``attention_rollout`` and ``transformer_attribution`` read (a tap there must be added to
@@ -93,9 +96,13 @@ class Model:
     token_grid: tuple[int, int] | None = None
     token_layers: Mapping[str, int] = dataclasses.field(default_factory=dict)
     attention_layers: tuple[str, ...] = ()
+    layer_inputs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check_tokens(self)
+        unknown = [n for n in self.layer_inputs if n not in self.layers]
+        if unknown:
+            raise InputError(f"{self.name} declares inputs of layers it does not have: {', '.join(unknown)}")
         if not isinstance(self.channels, (int, np.integer)) or isinstance(self.channels, bool) or self.channels < 1:
             raise InputError(f"channels must be a positive int (the C of [H, W, C]), got {self.channels!r}")
         if self.channel_order not in ("RGB", "BGR"):
@@ -118,6 +125,11 @@ class Model:
 
     def replace(self, **changes: Any) -> "Model":
         return dataclasses.replace(self, **changes)
+
+
+def input_key(layer: str) -> str:
+    """The ``taps`` / ``acts`` key of ``layer``'s input (``"layer:input"``)."""
+    return f"{layer}:input"
 
 
 def _check_tokens(model: Model) -> None:

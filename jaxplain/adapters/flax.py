@@ -38,28 +38,19 @@ from __future__ import annotations
 
 import functools
 import threading
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend import core as jcore
 
+from jaxplain.adapters.recorder import Output, Recorder
+from jaxplain.adapters.relus import swap_relus
 from jaxplain.errors import InputError, JaxplainError
 from jaxplain.types import Array, Model, PyTree, Relu
 
 PROBE_SIZE = (224, 224)  # the size the layers are found at when input_size is None
-# Calls whose body the ReLU swap evaluates inline (primitive -> the parameter holding the body); a
-# rematerialised block loses its memory saving there, which a ReLU swap does not need.
-_INLINED = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr",
-            "remat2": "jaxpr", "checkpoint": "jaxpr"}
-
-
-class Output(NamedTuple):
-    """One submodule call the probe saw: its layer name, and why it cannot be tapped ("" if it can)."""
-
-    name: str
-    problem: str
 
 
 def scale_to_unit(images: np.ndarray) -> np.ndarray:
@@ -67,57 +58,7 @@ def scale_to_unit(images: np.ndarray) -> np.ndarray:
     return np.asarray(images, np.float32) / np.float32(255.0)
 
 
-class _Recorder:
-    """The bookkeeping of one forward pass: names each submodule call, adds its tap, records it.
-
-    ``wanted=None`` is the probe: every call is kept as an ``Output``, nothing is tapped."""
-
-    def __init__(self, wanted: frozenset[str] | None, taps: Mapping[str, Array], batched: bool, probe_batch: int = 2):
-        self.wanted, self.taps, self.batched, self.probe_batch = wanted, taps, batched, probe_batch
-        self.trace = jcore.find_top_trace(())  # the forward pass's; a transformation inside it runs another
-        self.calls: dict[str, int] = {}
-        self.running: set[str] = set()
-        self.acts: dict[str, Array] = {}
-        self.outputs: list[Output] = []
-
-    def call(self, path: str, thunk: Callable[[], Any]) -> Any:
-        """``thunk()``, the call of the submodule at ``path``, with its output tapped and recorded.
-        A call of the same submodule inside that call (a wrapper calling what it wraps) is the
-        same layer: only the outer one counts."""
-        if path in self.running:
-            return thunk()
-        self.running.add(path)
-        try:
-            out = thunk()
-        finally:
-            self.running.discard(path)
-        return self._record(path, out)
-
-    def _record(self, path: str, out: Any) -> Any:
-        k = self.calls[path] = self.calls.get(path, 0) + 1
-        name = path if k == 1 else f"{path}#{k}"
-        if self.wanted is None:
-            self.outputs.append(Output(name, self._problem(out)))
-        elif name in self.wanted:
-            if name in self.taps:
-                tap = jnp.asarray(self.taps[name]).astype(out.dtype)
-                out = out + (tap[None] if self.batched else tap)
-            self.acts[name] = out[0] if self.batched else out
-        return out
-
-    def _problem(self, out: Any) -> str:
-        if jcore.find_top_trace(()) is not self.trace:
-            return "it runs inside a transformation of the forward pass (nn.remat, nn.scan, nnx.remat, a jit, ...)"
-        if not isinstance(out, jax.Array):
-            return f"its output is a {type(out).__name__}, not one array"
-        if not jnp.issubdtype(out.dtype, jnp.floating):
-            return f"its output has dtype {out.dtype}, not a float"
-        if self.batched and (out.ndim == 0 or out.shape[0] != self.probe_batch):
-            return f"its output {tuple(out.shape)} does not carry the batch axis"
-        return ""
-
-
-Runner = Callable[[PyTree, Array, _Recorder], Any]  # (params, input with batch axis, recorder) -> module output
+Runner = Callable[[PyTree, Array, Recorder], Any]  # (params, input with batch axis, recorder) -> module output
 
 
 # ----------------------------------------------------------------------------------------------
@@ -128,12 +69,12 @@ def _linen_runner(module: Any) -> Runner:
     """``run(variables, x, rec)``: ``module.apply``, every submodule's ``__call__`` output passed through ``rec``."""
     import flax.linen as nn
 
-    def run(variables: PyTree, x: Array, rec: _Recorder) -> Any:
+    def run(variables: PyTree, x: Array, rec: Recorder) -> Any:
         def intercept(next_fun, args, kwargs, context):
             path = context.module.path if context.method_name == "__call__" else ()
             if not path:
                 return next_fun(*args, **kwargs)
-            return rec.call(".".join(map(str, path)), lambda: next_fun(*args, **kwargs))
+            return rec.call(".".join(map(str, path)), next_fun, *args, **kwargs)
 
         with nn.intercept_methods(intercept):
             return module.apply(variables, x)
@@ -166,7 +107,7 @@ def _tapping(cls: type) -> type:
         path = paths.get(id(self))
         if path is None:
             return cls.__call__(self, *args, **kwargs)
-        return rec.call(path, lambda: cls.__call__(self, *args, **kwargs))
+        return rec.call(path, cls.__call__, self, *args, **kwargs)
 
     return type(cls)(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__,
                                             "__qualname__": cls.__qualname__})
@@ -196,7 +137,7 @@ def _nnx_parts(module: Any, state: Any) -> tuple[PyTree, Runner]:
     copy = nnx.view(copy, deterministic=True, use_running_average=True, raise_if_not_found=False)
     graphdef, weights, rest = nnx.split(copy, _is_weight, ...)
 
-    def run(params: PyTree, x: Array, rec: _Recorder) -> Any:
+    def run(params: PyTree, x: Array, rec: Recorder) -> Any:
         net = nnx.merge(graphdef, params, rest)
         paths = {}
         for path, m in nnx.iter_modules(net):
@@ -214,82 +155,16 @@ def _nnx_parts(module: Any, state: Any) -> tuple[PyTree, Runner]:
 
 
 # ----------------------------------------------------------------------------------------------
-# ReLU swapping
-
-
-def _is_relu(eqn: Any) -> bool:
-    """A call of ``jax.nn.relu`` (a ``custom_jvp`` named ``relu``)."""
-    if eqn.primitive.name != "custom_jvp_call":
-        return False
-    info = eqn.params["call_jaxpr"].jaxpr.debug_info
-    return info is not None and info.func_name == "relu"
-
-
-def _has_relu(jaxpr: Any) -> bool:
-    return any(_is_relu(e) or any(_has_relu(j) for j in jcore.jaxprs_in_params(e.params)) for e in jaxpr.eqns)
-
-
-def _eval_swapped(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any], relu: Relu, found: list[str]) -> list[Any]:
-    """Evaluate ``jaxpr`` with every ``jax.nn.relu`` replaced by ``relu`` (entering calls of jitted
-    functions); ``found`` collects ``"relu"`` per swap, or the primitive whose body hides one."""
-    env: dict[Any, Any] = {}
-
-    def read(v: Any) -> Any:
-        return v.val if isinstance(v, jcore.Literal) else env[v]
-
-    env.update(zip(jaxpr.constvars, consts))
-    env.update(zip(jaxpr.invars, args))
-    for eqn in jaxpr.eqns:
-        ins = [read(v) for v in eqn.invars]
-        if _is_relu(eqn):
-            outs = [relu(ins[-1])]
-            found.append("relu")
-        elif isinstance(body := eqn.params.get(_INLINED.get(eqn.primitive.name, "")), (jcore.ClosedJaxpr, jcore.Jaxpr)):
-            inner, consts = (body.jaxpr, body.consts) if isinstance(body, jcore.ClosedJaxpr) else (body, ())
-            outs = _eval_swapped(inner, consts, ins, relu, found)
-        else:
-            if any(_has_relu(j) for j in jcore.jaxprs_in_params(eqn.params)):
-                raise InputError(f"a ReLU sits inside a {eqn.primitive.name!r} (a loop, a branch or a "
-                                 "custom-derivative block), where jaxplain cannot swap it: guided backprop and "
-                                 "deconvnet would be wrong")
-            with eqn.ctx.manager:  # as jax's own eval_jaxpr binds an equation
-                outs = eqn.primitive.bind(*ins, **eqn.primitive.get_bind_params(eqn.params))
-            outs = outs if eqn.primitive.multiple_results else [outs]
-        env.update(zip(eqn.outvars, outs))
-    return [read(v) for v in jaxpr.outvars]
-
-
-def swap_relus(fn: Callable[..., Any], relu: Relu, name: str) -> Callable[..., Any]:
-    """``fn`` with every call of ``jax.nn.relu`` in its forward pass replaced by ``relu``; an
-    ``InputError`` when there is none to replace."""
-
-    def swapped(*args: Any) -> Any:
-        closed, shapes = jax.make_jaxpr(fn, return_shape=True)(*args)
-        found: list[str] = []
-        try:
-            outs = _eval_swapped(closed.jaxpr, closed.consts, jax.tree.leaves(args), relu, found)
-        except InputError as e:
-            raise InputError(f"{name}: {e}") from None
-        if not found:
-            raise InputError(f"{name} has no ReLU that jaxplain can swap: guided backprop and deconvnet replace every "
-                             "call of jax.nn.relu (flax.linen.relu, nnx.relu) in the forward pass, and it calls none "
-                             "(a ReLU written as jnp.maximum(x, 0), or another activation, cannot be swapped)")
-        return jax.tree.unflatten(jax.tree.structure(shapes), outs)
-
-    return swapped
-
-
-# ----------------------------------------------------------------------------------------------
 # The adapter
 
 
 def _probe(run: Runner, params: PyTree, size: tuple[int, int], batched: bool, name: str) -> list[Output]:
     """Every submodule call of one traced forward pass (no compute) on a ``size`` input of zeros."""
     shape = ((2,) if batched else ()) + (*size, 3)
-    recs: list[_Recorder] = []
+    recs: list[Recorder] = []
 
     def forward(p: PyTree, v: Array) -> Any:
-        recs.append(_Recorder(None, {}, batched))
+        recs.append(Recorder(None, {}, batched))
         return run(p, v, recs[-1])
 
     try:
@@ -329,7 +204,7 @@ def _apply(run: Runner, layers: tuple[str, ...], batched: bool, name: str) -> Ca
     wanted = frozenset(layers)
 
     def forward(params: PyTree, x: Array, taps: Mapping[str, Array]) -> tuple[Array, dict[str, Array]]:
-        rec = _Recorder(wanted, taps, batched)
+        rec = Recorder(wanted, taps, batched)
         out = run(params, x[None] if batched else x, rec)
         return (out[0] if batched else out), rec.acts
 
