@@ -16,6 +16,7 @@ from jaxplain.errors import ToleranceWarning as ToleranceWarning
 from jaxplain.errors import WeightsError as WeightsError
 from jaxplain.engine.runner import explain as explain
 from jaxplain.engine.evaluation import evaluate as evaluate
+from jaxplain.engine.evaluation import evaluate_keys as evaluate_keys
 from jaxplain.engine.runner import predict as predict
 from jaxplain.features import visualize_features as visualize_features
 from jaxplain.methods.attention import attention_rollout as attention_rollout
@@ -109,6 +110,7 @@ __all__ = [
     "deconvnet",
     "expected_gradients",
     "evaluate",
+    "evaluate_keys",
     "explain",
     "gradient",
     "gradient_x_input",

@@ -79,6 +79,24 @@ def evaluate(
     return dict(run(fn, model, images, targets, {**settings, "attribution": a}, **kw))
 
 
+def evaluate_keys(metric: str | Callable, key: Any, n: int, **settings: Any) -> Array:
+    """``[n]`` keys: the key ``evaluate(..., metric, key=key, **settings)`` hands the metric for
+    each of ``n`` images (``baselines``' policy: ``per_image(named(key, metric, settings), i)`` for
+    image ``i``, its index in the batch; ``n`` keys given are used as they are). With a metric's
+    draw function (``jaxplain.metrics``: ``mu_fidelity_draws``, ``sensitivity_noise``, ...) and
+    the same settings, image ``i``'s key gives the draws ``evaluate`` made for it.
+    ``model_randomisation``: the keys its method re-explains with (its weights:
+    ``randomised_params`` of ``key`` itself)."""
+    fn, parsed = registry.parse_metric(metric)
+    settings = registry.resolve(fn, {**parsed, **settings, "key": key})
+    n = int(n)
+    if n < 1:
+        raise InputError(f"n must be the number of images, at least 1, got {n}")
+    if settings.get("key") is None:
+        raise InputError("evaluate_keys needs a key: a jax.random.key(...) or an int seed")
+    return with_image_keys(fn, settings, n)["key"]
+
+
 def run_stages(fn: Callable, stages: list[tuple[str, Any]], model: Model, images: Array, targets: Targets,
                settings: dict[str, Any], *, batch_size: int | None = None, precision: str | None = None,
                progress: bool = False) -> dict[str, Array]:

@@ -148,6 +148,25 @@ def mu_fidelity_masks(key: Array, shape: tuple[int, ...], *, grid_size: int = 9,
     return _subsets(key, grid_size, subset_percent, samples)[:, _grid(shape[0], shape[1], grid_size)]
 
 
+def _mu_draws(key: Array, x: Array, grid_size: int, subset_percent: float, samples: int,
+              baseline: float | str | Array) -> tuple[Array, Array]:
+    """``(cells bool [samples, grid_size**2], fill [H, W, C])``: everything ``mu_fidelity`` draws
+    from ``key`` (the subsets, and the baseline from ``fold_in(key, 1)`` where it is random)."""
+    return _subsets(key, grid_size, subset_percent, samples), substrate(x, baseline, jax.random.fold_in(key, 1))
+
+
+def mu_fidelity_draws(key: Array, x: Array, *, grid_size: int = 9, subset_percent: float = 0.2, samples: int = 200,
+                      baseline: float | str | Array = 0.0) -> tuple[Array, Array]:
+    """``(masks bool [samples, H, W], fill [H, W, C])``: what ``mu_fidelity`` draws for the image
+    ``x [H, W, C]`` with image key ``key`` (``jaxplain.evaluate_keys``) and the same settings.
+    Sample ``i`` is ``where(masks[i][..., None], fill, x)``; ``fill`` is the baseline image (random
+    only for ``"uniform"``). To replay in Quantus' ``FaithfulnessCorrelation``, hand it
+    ``flatnonzero`` of each mask over ``[C, H, W]`` as its subsets and ``fill`` as its baseline."""
+    grid_size, subset_percent, samples = _mu_checks(x.shape, grid_size, subset_percent, samples)
+    cells, fill = _mu_draws(key, x, grid_size, subset_percent, samples, baseline)
+    return cells[:, _grid(x.shape[0], x.shape[1], grid_size)], fill
+
+
 @better("higher")
 @per_image(attribution=None, baseline=3)
 @counts_images(forward_only=True)
@@ -158,8 +177,8 @@ def mu_fidelity(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, attr
     """Mu-fidelity (Bhatt et al. 2020, with Xplique's ``MuFidelity`` defaults): ``samples`` times,
     a random ``subset_percent`` of the cells of a ``grid_size`` x ``grid_size`` grid (nearest
     upsampled to pixels; ``mu_fidelity_masks``) is set to ``baseline`` (a number, ``"black"``,
-    ``"blur"``, ``"uniform"`` noise drawn from ``fold_in(key, 1)``, or an ``[H, W, C]`` array).
-    ``"drops"`` ``[samples]``: ``f(x) - f(x_S)``, ``f`` the target's logit
+    ``"blur"``, ``"uniform"`` noise drawn from ``fold_in(key, 1)``, or an ``[H, W, C]`` array;
+    the subsets and the fill: ``mu_fidelity_draws``). ``"drops"`` ``[samples]``: ``f(x) - f(x_S)``, ``f`` the target's logit
     (``score="probability"``: its softmax); ``"sums"`` ``[samples]``: the attribution summed over
     ``S`` (all channels); ``"score"``: their Pearson correlation, as the paper and Quantus'
     ``FaithfulnessCorrelation`` (``correlation="spearman"``: Spearman's, ties averaged, as
@@ -168,10 +187,9 @@ def mu_fidelity(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, attr
     key = require_key(key, "mu_fidelity")
     grid_size, subset_percent, samples = _mu_checks(x.shape, grid_size, subset_percent, samples)
     labels = _grid(x.shape[0], x.shape[1], grid_size)
-    off = keep(lambda: _subsets(key, grid_size, subset_percent, samples))  # drawn once per host loop
+    off, fill = keep(lambda: _mu_draws(key, x, grid_size, subset_percent, samples, baseline))  # once per host loop
     sums = off.astype(x.dtype) @ region_sums(attribution_map(attribution, x), labels, grid_size**2)
     off = jnp.concatenate([jnp.zeros((1, grid_size**2), bool), off])  # item 0: x itself
-    fill = substrate(x, baseline, jax.random.fold_in(key, 1))
     values = scores_along(scorer(apply, params, target, score),
                           lambda i: jnp.where(off[i][labels][..., None], fill, x), samples + 1, chunk)
     drops = values[0] - values[1:]

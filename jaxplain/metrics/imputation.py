@@ -51,8 +51,25 @@ def road_impute(x: Array, removed: Array, *, noise: float = 0.01, key: Array | N
     u, _ = jax.scipy.sparse.linalg.cg(lambda v: m * (degree * v - neighbour_sum(m * v)), b, x0=jnp.zeros_like(x),
                                       tol=tol, maxiter=max_iterations or 5 * (h + w), M=lambda r: m * r / degree)
     if noise:
-        u = u + noise * jax.random.normal(require_key(key, "road (noise > 0)"), x.shape, x.dtype)
+        u = u + _noise(require_key(key, "road (noise > 0)"), x.shape, x.dtype, noise)
     return jnp.where(removed[..., None], u, x)
+
+
+def _noise(key: Array, shape: tuple[int, ...], dtype: jnp.dtype, noise: float) -> Array:
+    """``noise * N(0, 1)`` of ``shape``: what the imputation adds to the removed pixels."""
+    return noise * jax.random.normal(key, shape, dtype)
+
+
+def road_noise(key: Array, shape: tuple[int, ...], *, percentages: tuple[float, ...] | list[float] = PERCENTAGES,
+               noise: float = 0.01, dtype: jnp.dtype = jnp.float32) -> Array:
+    """``[P, *shape]``: the noise ``road`` adds at each of its ``percentages`` to the removed
+    pixels (those pixels only; the rest is unused) of an image of ``shape [H, W, C]`` with image
+    key ``key`` (``jaxplain.evaluate_keys``): ``noise * N(0, 1)`` from ``fold_in(key, p)`` for
+    the ``p``-th percentage. To replay in Quantus' ``ROAD``, give it a ``perturb_func`` that
+    imputes without noise (``noisy_linear_imputation(..., noise=0)``) and adds this."""
+    p = _check_percentages(percentages)
+    real(noise, "noise", at_least=0)
+    return jax.vmap(lambda i: _noise(jax.random.fold_in(key, i), tuple(shape), dtype, noise))(jnp.arange(p.size))
 
 
 def _check_percentages(percentages: object) -> np.ndarray:
@@ -77,7 +94,8 @@ def road(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, attribution
     default the authors' 10, 20, 30, 40, 50, 70, 90; Quantus' is ``range(1, 100, 2)``), the
     ``floor(H W p / 100)`` pixels ranked first by the attribution (channels summed; ties by pixel
     index, lowest first) for ``order="morf"``, or last for ``"lerf"``, are removed and imputed
-    by ``road_impute`` (``noise``, ``tol``, ``max_iterations``; a fresh ``key`` per percentage).
+    by ``road_impute`` (``noise``, ``tol``, ``max_iterations``; a fresh ``key`` per percentage,
+    ``fold_in(key, i)`` for the ``i``-th: the noise is ``road_noise``).
 
     Returns ``"curve"`` ``[P]``: the target's softmax probability (``score``: or ``"logit"``)
     after each removal; ``"accuracy"`` ``[P]``: 1 where the target is still the top class (what

@@ -131,20 +131,28 @@ def random_weights(layers: PyTree, key: Array) -> PyTree:
 
 
 def stage_params(model: Model, settings: Mapping[str, Any]) -> list[tuple[str, PyTree]]:
-    """The weights of each stage, ``(name, params)``, from ``settings["mode"]`` and ``["key"]``.
+    """The weights of each stage, ``(name, params)``: ``randomised_params`` of ``settings["key"]``
+    and ``settings["mode"]`` (what ``evaluate`` runs, ``marks.staged``)."""
+    return randomised_params(model, settings.get("key"), mode=settings.get("mode", "cascading"))
+
+
+def randomised_params(model: Model, key: Any, *, mode: str = "cascading") -> list[tuple[str, PyTree]]:
+    """The weights of each stage of ``model_randomisation``, ``(name, params)``, for the ``key``
+    given to ``evaluate`` (one key or int seed: the weights are drawn once for all images) and
+    ``mode``; ``params`` is ``model.params`` with the stage's layers replaced, for the same model
+    elsewhere (Quantus' ``MPRT``: load them where it resets a layer's parameters).
 
     The layers of ``randomised_layers`` are drawn once, by ``random_weights`` from
     ``fold_in(named(key, "model_randomisation"), 2**32 - 1)``, so the stages (and modes) share their random layers.
     ``"cascading"``: stage ``s`` randomises the top ``s + 1`` layers (named by the last one
     randomised); ``"independent"``: only the ``s``-th from the top; ``"full"``: one stage, all
     layers (``"all"``), the last stage of ``"cascading"``."""
-    mode = settings.get("mode", "cascading")
     if mode not in MODES:
         raise InputError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
     paths = _layer_paths(model)
     names = list(paths)
     fresh = random_weights({name: _get(model.params, paths[name]) for name in names},
-                           jax.random.fold_in(_one_key(settings.get("key")), _WEIGHTS))
+                           jax.random.fold_in(_one_key(key), _WEIGHTS))
 
     def with_fresh(layers: list[str]) -> PyTree:
         params = model.params
@@ -188,7 +196,8 @@ def model_randomisation(apply: ApplyFn, params: PyTree, x: Array, target: Array,
     """Model parameter randomisation (Adebayo et al. 2018): ``method`` (with ``method_settings``)
     re-explains ``target`` under ``params``, which ``evaluate`` sets per stage to the model's
     weights with layers randomised (``stage_params``: ``mode`` ``"cascading"`` from the output
-    down, ``"independent"`` one layer at a time, or ``"full"``; weights drawn from ``key``, which a
+    down, ``"independent"`` one layer at a time, or ``"full"``; weights drawn from ``key``
+    (``randomised_params``), which a
     random method also receives, split per image alike in every stage, as ``explain`` would split it
     for that method: ``engine.settings.image_keys``). Compared with the
     ``attribution`` as absolute maps summed over channels (``magnitude``): ``"spearman"``, their

@@ -73,7 +73,8 @@ def infidelity_perturbations(key: Array, x: Array, samples: int, *, perturbation
                              sigma: float = 0.003, square_max: int = 10,
                              baseline: float | str | Array = 0.0) -> tuple[Array, Array]:
     """``(I [S, H, W, C], perturbed inputs [S, H, W, C])``: the ``samples`` perturbations that
-    ``infidelity`` draws for ``x [H, W, C]`` from ``key`` (evaluate's per-image key)."""
+    ``infidelity`` draws for ``x [H, W, C]`` from ``key`` (the image's key: ``jaxplain.evaluate_keys``);
+    Captum's ``infidelity`` takes them as what its ``perturb_func`` returns."""
     _check_kind(perturbation, sigma, square_max, x.shape)
     samples = positive_int(samples, "samples")
     fill = substrate(x, baseline)
@@ -165,9 +166,15 @@ def nested_chunk(method: Callable, settings: dict[str, Any], chunk: int | None) 
     return settings, 1 if own is None else max(1, chunk // own)
 
 
-def sensitivity_noise(key: Array, samples: int, shape: tuple[int, ...], radius: float = 0.02) -> Array:
-    """``[samples, *shape]``: the noise ``max_sensitivity`` adds to an image of ``shape`` for ``key``."""
-    return jax.vmap(lambda i: _sample_noise(key, i, shape, radius)[0])(jnp.arange(positive_int(samples, "samples")))
+def sensitivity_noise(key: Array, samples: int, shape: tuple[int, ...], radius: float = 0.02, *,
+                      method_keys: bool = False) -> Array | tuple[Array, Array]:
+    """``[samples, *shape]``: the noise ``max_sensitivity`` adds to an image of ``shape`` for the
+    image key ``key`` (``jaxplain.evaluate_keys``); sample ``i`` re-explains ``x + noise[i]``.
+    ``method_keys=True``: ``(noise, keys [samples])``, with the key a random method gets for each
+    sample. To replay in Captum's ``sensitivity_max`` or Quantus' ``MaxSensitivity``, give them a
+    perturbation function that returns ``x + noise[i]``."""
+    noise, keys = jax.vmap(lambda i: _sample_noise(key, i, shape, radius))(jnp.arange(positive_int(samples, "samples")))
+    return (noise, keys) if method_keys else noise
 
 
 @better("lower")
