@@ -255,7 +255,9 @@ def test_randomised_params_replayed_in_torch(case):
                 rho = scipy.stats.spearmanr(np.abs(grad[b]).sum(-1).ravel(), again[b].ravel())[0]
                 np.testing.assert_allclose(out["spearman"][b, s], rho, atol=1e-5)
     cascade = randomised_params(m, 9)
-    assert cascade[0][1]["conv"] is m.params["conv"]  # stage 1 keeps the conv
+    kept, drawn = cascade[0][1], cascade[1][1]  # stage 1 keeps the conv, stage 2 draws it
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(kept["conv"]), jax.tree.leaves(m.params["conv"])))
+    assert not np.array_equal(drawn["conv"]["kernel"], m.params["conv"]["kernel"])
 
 
 def test_deletion_uniform_fill_replayed_in_torch(case):

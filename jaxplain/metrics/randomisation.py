@@ -36,53 +36,60 @@ MODES = ("cascading", "independent", "full")
 _WEIGHTS = 2**32 - 1  # fold_in index of the weights' key: no image's (evaluate folds in image indices)
 
 
+def _parts(keypath: tuple) -> tuple:
+    """A pytree key path as plain parts: dict keys, attribute names, sequence indices."""
+    out = []
+    for k in keypath:
+        for field in ("key", "name", "idx"):
+            if hasattr(k, field):
+                out.append(getattr(k, field))
+                break
+        else:
+            out.append(str(k))
+    return tuple(out)
+
+
+def _leaf_paths(params: PyTree) -> list[tuple]:
+    return [_parts(kp) for kp, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+
+
 def _path(params: Any, name: str) -> tuple | None:
-    """The keys that lead from ``params`` to layer ``name``'s weights: ``(name,)`` for a flat dict
-    (``"layer4.2.conv3"``), or ``name``'s dotted parts walked through nested dicts, an integer
-    part as an int key (``"blocks.3"`` -> ``("blocks", 3)``); Flax Linen variables are looked up
-    under their ``"params"`` collection (``("params", "Conv_0")``; ``batch_stats`` are kept).
-    ``None`` if it has none."""
-    if not isinstance(params, Mapping):
-        return None
-    found = _walk(params, name)
-    if found is None and isinstance(params.get("params"), Mapping):
-        inner = _walk(params["params"], name)
-        return None if inner is None else ("params", *inner)
-    return found
+    """The parts that lead from ``params`` to layer ``name``'s weights: ``(name,)`` for a flat dict
+    (``"layer4.2.conv3"``), or ``name``'s dotted parts (``"blocks.3"`` -> ``("blocks", 3)``),
+    walked through any pytree: nested dicts, NNX state, an Equinox module's attributes, lists;
+    Flax Linen variables are looked up under their ``"params"`` collection (``("params",
+    "Conv_0")``; ``batch_stats`` are kept). ``None`` if it has none."""
+    dotted = tuple(int(p) if p.isdigit() else p for p in name.split("."))
+    leaves = [tuple(map(str, p)) for p in _leaf_paths(params)]
+    for want in ((name,), dotted, ("params", name), ("params", *dotted)):
+        text = tuple(map(str, want))
+        for leaf in leaves:
+            if leaf[: len(text)] == text:
+                return want
+    return None
 
 
-def _walk(params: Mapping, name: str) -> tuple | None:
-    if name in params:
-        return (name,)
-    node, path = params, []
-    for part in name.split("."):
-        if not isinstance(node, Mapping):
-            return None
-        key = int(part) if part.isdigit() and int(part) in node else part
-        if key not in node:
-            return None
-        node = node[key]
-        path.append(key)
-    return tuple(path)
+def _under(leaf: tuple, path: tuple) -> bool:
+    return tuple(map(str, leaf[: len(path)])) == tuple(map(str, path))
 
 
-def _get(params: PyTree, path: tuple) -> PyTree:
-    for k in path:
-        params = params[k]
-    return params
+def _get(params: PyTree, path: tuple) -> list[Array]:
+    """The leaves of ``params`` under ``path``, in tree order."""
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    return [leaf for kp, leaf in flat if _under(_parts(kp), path)]
 
 
-def _put(params: PyTree, path: tuple, value: PyTree) -> PyTree:
-    """``params`` with the subtree at ``path`` replaced (dicts along the path copied)."""
-    if not path:
-        return value
-    return {**params, path[0]: _put(params[path[0]], path[1:], value)}
+def _put(params: PyTree, path: tuple, values: list[Array]) -> PyTree:
+    """``params`` with the leaves under ``path`` replaced by ``values`` (in tree order)."""
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+    given = iter(values)
+    return jax.tree.unflatten(treedef, [next(given) if _under(_parts(kp), path) else leaf for kp, leaf in flat])
 
 
 def randomised_layers(model: Model) -> list[str]:
     """The layers whose weights are randomised: those of ``model.layers`` (forward order) with
     weights of their own in ``model.params`` (a key of a flat dict, or a dotted path into nested
-    ones: a ViT's ``blocks.3``), less any layer inside another such layer (``blocks.3.attn``
+    ones: a ViT's ``blocks.3``, an Equinox module's ``features.layers.0``), less any layer inside another such layer (``blocks.3.attn``
     within ``blocks.3``)."""
     return list(_layer_paths(model))
 
@@ -96,7 +103,7 @@ def _layer_paths(model: Model) -> dict[str, tuple]:
     if layers:
         return layers
     raise InputError(f"{model.name} cannot be randomised layer by layer: none of its layers names weights in "
-                     f"model.params (a key of a dict, or a dotted path into nested dicts)")
+                     f"model.params (a key of a dict, or a dotted path into its nested dicts or attributes)")
 
 
 def _one_key(key: Any) -> Array:
