@@ -1,6 +1,7 @@
 """jaxplain: compiled, vectorized explanations for JAX image models."""
 
 from jaxplain import distributed as distributed
+from jaxplain.adapters.equinox import from_equinox as from_equinox
 from jaxplain.adapters.flax import from_flax as from_flax
 from jaxplain.layer_outputs import activations as activations
 from jaxplain.layer_outputs import channel_means as channel_means
@@ -73,6 +74,7 @@ __all__ = [
     "channel_means",
     "eigen_cam",
     "feature_ablation",
+    "from_equinox",
     "from_flax",
     "kernel_shap",
     "lime",
