@@ -96,11 +96,13 @@ def test_neuron_selectors_match_captum(twins, xs):
         (2, lambda out: out[:, 2].mean(dim=(1, 2)), "input"),  # our int: a channel's mean
     ]
     ng, nig = ca.NeuronGradient(net, net.conv2), ca.NeuronIntegratedGradients(net, net.conv2)
-    for ours, theirs, to in cases:
+    for n, (ours, theirs, to) in enumerate(cases):
         kw = {"attribute_to_neuron_input": to == "input"}
         want = ng.attribute(to_torch(xs), neuron_selector=theirs, **kw)
         assert_close(jaxplain.explain(m, xs, None, "neuron_gradient", layer="conv2", neuron=ours, attribute_to=to),
                      to_nhwc(want), TOL)
+        if n in (2, 5):  # IG: a unit, slices, a function and slices of the input (a compile each)
+            continue
         want = nig.attribute(to_torch(xs), neuron_selector=theirs, n_steps=8, method="gausslegendre", **kw)
         got = jaxplain.explain(m, xs, None, "neuron_integrated_gradients", layer="conv2", neuron=ours, steps=8,
                                attribute_to=to)
