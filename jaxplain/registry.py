@@ -78,7 +78,8 @@ def parse(spec: str | Callable, kind: str = "method") -> tuple[Callable, dict[st
     """``"integrated_gradients(steps=64, rule='riemann_left')"`` -> (function, settings); ``kind``
     ``"metric"`` reads ``METRICS`` instead of ``METHODS``.
 
-    Settings are Python literals; a bare name such as ``"gradient"`` has none.
+    Settings are Python literals, and ``slice(a, b)`` inside a tuple (a neuron selector); a bare
+    name such as ``"gradient"`` has none.
     """
     if callable(spec):
         return spec, {}
@@ -94,12 +95,23 @@ def parse(spec: str | Callable, kind: str = "method") -> tuple[Callable, dict[st
     if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.args):
         raise InputError(hint)
     try:
-        settings = {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords if kw.arg}
+        settings = {kw.arg: _literal(kw.value) for kw in node.keywords if kw.arg}
     except ValueError:
         names = [f'{kw.arg}="{kw.value.id}"' for kw in node.keywords if isinstance(kw.value, ast.Name)]
         hint = f"; quote a string: {', '.join(names)}" if names else ""
         raise InputError(f"settings in {spec!r} must be literals (numbers, strings, True/False/None){hint}") from None
     return lookup(node.func.id, kind), settings
+
+
+def _literal(node: ast.expr) -> Any:
+    """A Python literal, with ``slice(...)`` of literals allowed inside tuples and lists."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "slice" \
+            and not node.keywords and 1 <= len(node.args) <= 3:
+        return slice(*(ast.literal_eval(a) for a in node.args))
+    if isinstance(node, (ast.Tuple, ast.List)):
+        items = [_literal(e) for e in node.elts]
+        return tuple(items) if isinstance(node, ast.Tuple) else items
+    return ast.literal_eval(node)
 
 
 def parse_metric(spec: str | Callable) -> tuple[Callable, dict[str, Any]]:

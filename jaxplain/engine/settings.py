@@ -16,7 +16,7 @@ import numpy as np
 
 from jaxplain import baselines, registry
 from jaxplain.errors import InputError
-from jaxplain.methods.layer import check_neuron
+from jaxplain.methods.layer import check_neuron, layer_key
 from jaxplain.marks import inner, wrapped
 from jaxplain.engine.shapes import check_layer, default_layer
 from jaxplain.engine.tokens import grid_view
@@ -38,12 +38,27 @@ class Frozen(tuple):
         return hash((Frozen, tuple(self)))
 
 
+class Sliced(tuple):
+    """A ``slice`` setting in hashable form, ``(start, stop, step)`` (a slice is unhashable before Python 3.12)."""
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Sliced and tuple.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash((Sliced, tuple(self)))
+
+
 def freeze(v: Any) -> Any:
-    """A hashable stand-in for a static setting: dicts become ``Frozen``, lists tuples."""
+    """A hashable stand-in for a static setting: dicts become ``Frozen``, lists tuples, slices ``Sliced``."""
     if isinstance(v, dict):
         return Frozen(sorted((k, freeze(x)) for k, x in v.items()))
     if isinstance(v, (list, tuple)):
         return tuple(freeze(x) for x in v)
+    if isinstance(v, slice):
+        return Sliced((v.start, v.stop, v.step))
     return v
 
 
@@ -51,6 +66,8 @@ def thaw(v: Any) -> Any:
     """The inverse of ``freeze`` (lists come back as tuples)."""
     if isinstance(v, Frozen):
         return {k: thaw(x) for k, x in v}
+    if isinstance(v, Sliced):
+        return slice(*v)
     if isinstance(v, tuple):
         return tuple(thaw(x) for x in v)
     return v
@@ -78,6 +95,7 @@ def resolve_for_model(fn: Callable, model: Model, image_shape: tuple[int, ...], 
     ``attention`` is the model's attention layers and a missing ``grid`` its token grid;
     ``baseline="black"`` or ``"white"`` (given or the default) is the preprocessed picture; a method marked
     ``host_settings`` completes its settings from the batch of ``images`` (segment label maps).
+    ``attribute_to="input"`` reads the layer's input (``resolve_layer``).
     ``settings`` must come from ``registry.resolve``. A transformer's token layers are checked
     as their patch grid (``tokens.grid_view``), as the method sees them. ``explain`` and
     ``evaluate`` call this once per call and pass the result on."""
@@ -90,12 +108,13 @@ def resolve_for_model(fn: Callable, model: Model, image_shape: tuple[int, ...], 
     if "layer" in known:
         if settings.get("layer") is None:
             settings["layer"] = default_layer(model, image_shape)
-        shape = check_layer(model, image_shape, settings["layer"], spatial=getattr(fn, "spatial_layer", False))
+        key = resolve_layer(model, settings["layer"], settings.get("attribute_to", known.get("attribute_to", "output")))
+        shape = check_layer(model, image_shape, key, spatial=getattr(fn, "spatial_layer", False))
         if "neuron" in known:
             if settings.get("neuron") is None:
                 name = getattr(fn, "__name__", "this method")
                 raise InputError(f"{name} needs neuron=<channel> or neuron=(i, j, k): e.g. \"{name}(neuron=0)\"")
-            check_neuron(shape, settings.get("neuron"))
+            check_neuron(shape, settings.get("neuron"), key)
     if "attention" in known:
         settings["attention"] = attention_layers(fn, model, image_shape, settings.get("attention"))
     if "grid" in known and settings.get("grid") is None:
@@ -107,6 +126,18 @@ def resolve_for_model(fn: Callable, model: Model, image_shape: tuple[int, ...], 
     if nested:
         settings[wrapped(fn)[1]] = resolve_for_model(nested[0], model, image_shape, nested[1], images)
     return settings
+
+
+def resolve_layer(model: Model, layer: str, attribute_to: str = "output") -> str:
+    """The ``acts`` key a layer method reads at ``layer``: the layer (``attribute_to="output"``)
+    or ``input_key(layer)`` (``"input"``) when ``model.layer_inputs`` lists it; else an ``InputError``
+    naming the model and the layers whose input it taps."""
+    key = layer_key(layer, attribute_to)
+    if attribute_to == "input" and layer not in model.layer_inputs:
+        taps = (f"the layers whose input it taps: {', '.join(model.layer_inputs)}" if model.layer_inputs
+                else "it declares no layer inputs (Model.layer_inputs)")
+        raise InputError(f"attribute_to='input' at layer {layer!r}: {model.name} cannot tap that layer's input; {taps}")
+    return key
 
 
 def attention_layers(fn: Callable, model: Model, image_shape: tuple[int, ...],

@@ -13,7 +13,7 @@ import numpy as np
 
 from jaxplain.errors import InputError, InputWarning
 from jaxplain.engine.tokens import grid_view
-from jaxplain.types import Array, Model
+from jaxplain.types import Array, Model, input_key
 
 
 @functools.lru_cache(maxsize=64)
@@ -50,9 +50,14 @@ def default_layer(model: Model, image_shape: tuple[int, ...]) -> str:
 
 
 def check_layer(model: Model, image_shape: tuple[int, ...], layer: str, *, spatial: bool = False) -> tuple[int, ...]:
-    """The layer's activation shape, or an ``InputError`` naming the valid layers."""
+    """The layer's activation shape, or an ``InputError`` naming the valid layers. ``layer`` may be
+    a layer's input, ``input_key(name)`` for a name in ``model.layer_inputs``."""
     shapes = layer_shapes(model, image_shape)
     if layer not in shapes:
+        inputs = [name for name in model.layer_inputs if input_key(name) == layer]
+        if inputs:
+            raise InputError(f"{model.name} lists {inputs[0]!r} in layer_inputs, but its apply records no "
+                             f"{layer!r} in acts")
         raise InputError(f"unknown layer {layer!r}; {model.name}'s layers: {', '.join(model.layers)}")
     if spatial and layer in model.attention_layers:
         raise InputError(f"layer {layer!r} holds attention probabilities {shapes[layer]} [heads, T, T], not a spatial "

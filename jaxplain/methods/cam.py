@@ -19,7 +19,7 @@ from jaxplain.types import ApplyFn, Array, PyTree
 
 from jaxplain.chunks import counts_images, keep, sum_chunks
 from .gradients import guided_backprop
-from .layer import activation, layer_gradient
+from .layer import activation, layer_gradient, layer_key
 from jaxplain.marks import output, targetless
 
 Weights = Callable[[Array, Array], Array]
@@ -57,8 +57,11 @@ def _spatial(a: Array, layer: str) -> None:
 
 
 def cam(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, layer: str | None, weights: Weights,
-        upsample_to_input: bool = True) -> Array:
-    """``relu(sum_k weights(A, G) * A)`` at ``layer``; the core of every gradient-based CAM."""
+        upsample_to_input: bool = True,
+        attribute_to: str = "output") -> Array:
+    """``relu(sum_k weights(A, G) * A)`` at ``layer`` (``attribute_to="input"``: at its input);
+    the core of every gradient-based CAM."""
+    layer = layer_key(layer, attribute_to)
     act, grad = layer_gradient(apply, params, x, target, layer)
     _spatial(act, layer)
     m = jax.nn.relu(jnp.sum(weights(act, grad) * act, axis=-1))
@@ -97,10 +100,13 @@ def grad_cam_pp_paper_weights(act: Array, grad: Array) -> Array:
 
 def _variant(weights: Weights, doc: str) -> Callable:
     def method(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, layer: str | None = None,
-               upsample: bool = True) -> Array:
-        return cam(apply, params, x, target, layer=layer, weights=weights, upsample_to_input=upsample)
+               upsample: bool = True,
+               attribute_to: str = "output") -> Array:
+        return cam(apply, params, x, target, layer=layer, weights=weights, upsample_to_input=upsample,
+                   attribute_to=attribute_to)
 
-    method.__doc__ = doc + " ``[H, W]`` (``upsample=False``: ``[h, w]``)."
+    method.__doc__ = doc + (" ``[H, W]`` (``upsample=False``: ``[h, w]``); ``attribute_to=\"input\"``: from the "
+                            "layer's input, Captum's ``attribute_to_layer_input=True``.")
     return output("map")(method)
 
 
