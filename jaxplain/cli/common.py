@@ -153,7 +153,8 @@ def user_model(args: argparse.Namespace):
     except Exception as e:  # the user's code: its message, the traceback with --debug
         raise InputError(f"--model {args.model}: {call} raised {type(e).__name__}: {e}") from e
     if not isinstance(model, Model):
-        raise InputError(f"--model {args.model}: {call} returned a {type(model).__name__}, not a jaxplain.Model")
+        raise InputError(f"--model {args.model}: {call} returned a {type(model).__name__}, not a jaxplain.Model "
+                         "(make one with jaxplain.from_flax or jaxplain.Model)")
     return model
 
 
