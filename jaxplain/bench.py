@@ -109,7 +109,7 @@ def compile_case(model: Model, method: str, batch: int, *, precision: str | None
     if "key" in known:
         settings.setdefault("key", jax.random.key(0))
     h, w = model.input_size or (224, 224)
-    images = jax.random.normal(jax.random.key(1), (batch, h, w, 3), jnp.float32)
+    images = jax.random.normal(jax.random.key(1), (batch, h, w, model.channels), jnp.float32)
     if "references" in known:
         settings.setdefault("references", images[:1] * 0.5)
     targets = jnp.zeros((batch,), jnp.int32)
@@ -117,7 +117,7 @@ def compile_case(model: Model, method: str, batch: int, *, precision: str | None
     t = time.perf_counter()
     run, flops = prep.call.compile(model.params, images, targets, prep.keys, prep.per_image, prep.shared)
     compile_s = time.perf_counter() - t
-    return Case(name, batch, prep.static, run, compile_s, flops, precision, (h, w, 3))
+    return Case(name, batch, prep.static, run, compile_s, flops, precision, (h, w, model.channels))
 
 
 def measure(case: Case, peak_flops: float, rounds: int = 3, min_time: float = 1.0) -> dict[str, Any]:

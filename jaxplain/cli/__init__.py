@@ -1,4 +1,5 @@
-"""The ``jaxplain`` command line: predict and explain images with a model of the zoo.
+"""The ``jaxplain`` command line: predict and explain images with a model of the zoo or your own
+(``--model package.module:function``).
 
 Every argument is checked before a model is loaded; an error is one line on stderr (exit 2),
 a bad image one "failed" line while the others go on. ``explain``'s exit status: 0 all done, 1 some
@@ -37,7 +38,9 @@ def _defaults(args: argparse.Namespace) -> argparse.Namespace:
 
     if getattr(args, "command", None) == "evaluate":
         args.model = args.model or ("vgg16" if args.images else common.SYNTHETIC)
-    if getattr(args, "command", None) in ("predict", "explain", "evaluate"):
+    if getattr(args, "command", None) in ("predict", "explain", "evaluate", "bench"):
+        common.check_user_model(args)  # --model package.module:function imported (not called) here
+    if getattr(args, "command", None) in ("predict", "explain", "evaluate") and not common.is_spec(args.model):
         known = zoo.entry(args.model).weights
         args.weights = args.weights or known[0]
         if args.weights in {w for e in zoo.ZOO.values() for w in e.weights} - set(known):  # another model's

@@ -38,8 +38,11 @@ def run(args: argparse.Namespace, pair: Callable | None = None) -> int:
 
     from jaxplain import bench
 
-    _check_size(args.model, args.size)
-    model, peer = pair(args) if pair else (bench_model(args.model, args.size), None)
+    if common.is_spec(args.model):  # your own model (jaxplain bench only): as it comes, at its own input size
+        model, peer = common.load_model(args), None
+    else:
+        _check_size(args.model, args.size)
+        model, peer = pair(args) if pair else (bench_model(args.model, args.size), None)
     rows = bench.run(model, args.methods, args.batch, precision=args.precision, rounds=args.rounds,
                      min_time=args.min_time, peer=peer)
     if args.json:
@@ -49,13 +52,21 @@ def run(args: argparse.Namespace, pair: Callable | None = None) -> int:
     return 0
 
 
-def bench_args(be: argparse.ArgumentParser) -> None:
-    """``bench``'s options, on its subcommand and on ``python -m benchmarks.compare``'s own parser."""
+def bench_args(be: argparse.ArgumentParser, own_models: bool = False) -> None:
+    """``bench``'s options, on its subcommand and on ``python -m benchmarks.compare``'s own parser
+    (``own_models``: ``--model`` also takes ``package.module:function`` with ``--model-arg``)."""
     from jaxplain.models.zoo import ZOO
 
     be.add_argument("--methods", nargs="+", default=["gradient", "integrated_gradients", "smoothgrad", "guided_backprop"])
     be.add_argument("--batch", nargs="+", type=common.positive, default=[1, 8])
-    be.add_argument("--model", default="vgg16", choices=tuple(ZOO), help="with seeded random weights (default vgg16)")
+    if own_models:
+        be.add_argument("--model", default="vgg16", type=common.model_name, metavar="MODEL",
+                        help=common.MODEL_HELP.format(default=" (default vgg16), with seeded random weights",
+                                                      zoo=", ".join(ZOO)))
+        be.add_argument("--model-arg", action="append", type=common.model_arg, metavar="KEY=VALUE",
+                        help=common.MODEL_ARG_HELP)
+    else:
+        be.add_argument("--model", default="vgg16", choices=tuple(ZOO), help="with seeded random weights (default vgg16)")
     be.add_argument("--size", type=common.positive, default=None, help="input side (VGG: torchvision's head; resnet50); "
                     "default the model's own (VGG: 224, Keras' head)")
     be.add_argument("--rounds", type=common.positive, default=3)
@@ -69,6 +80,6 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     be = sub.add_parser("bench", help="measure images/s, %% of the matmul peak and memory",
                         description="Measure images/s, the fraction of a matmul probe's FLOP/s and memory per method "
                         "(python -m benchmarks.compare adds Captum alongside).")
-    bench_args(be)
+    bench_args(be, own_models=True)
     be.set_defaults(run=run)
     return be

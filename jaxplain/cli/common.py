@@ -1,14 +1,17 @@
-"""What the subcommands share: the parser class, the model arguments and loading, image loading,
-class names, signals."""
+"""What the subcommands share: the parser class, the model arguments and loading (a zoo name, or your
+own ``package.module:function`` with ``--model-arg KEY=VALUE``), image loading, class names, signals."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
 import os
+import reprlib
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, NoReturn, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 import numpy as np
 
@@ -41,13 +44,141 @@ def _zoo_help(field: str) -> str:
     return "; ".join(f"{name}: {', '.join(getattr(e, field))}" for name, e in ZOO.items() if getattr(e, field))
 
 
+MODEL_HELP = ("the zoo's model{default}: {zoo}; or your own, package.module:function, a function returning a "
+              "jaxplain.Model (imported as python -m would, from the current folder first), called with the "
+              "--model-arg values")
+MODEL_ARG_HELP = ("KEY=VALUE, a keyword argument of --model package.module:function (repeat for several): the VALUE "
+                  "is read as JSON where it is JSON (4, 0.5, true, null, [16, 16], {\"a\": 1}, \"4\" a string), "
+                  "True, False and None as Python spells them, else it is the string as given")
+
+
+def is_spec(model: str | None) -> bool:
+    """Whether ``--model``'s value is an import spec ``package.module:function`` (not a zoo name)."""
+    return model is not None and ":" in model
+
+
+def model_name(text: str) -> str:
+    """``--model``'s value (an argparse type): a zoo name, or ``package.module:function`` whose two
+    parts are dotted Python names (the import itself waits for ``user_function``)."""
+    from jaxplain.models.zoo import ZOO
+
+    if not is_spec(text):
+        if text not in ZOO:
+            raise argparse.ArgumentTypeError(f"unknown model {text!r}: the zoo has {', '.join(ZOO)}; your own is "
+                                             "package.module:function")
+        return text
+    module, _, attr = text.partition(":")
+    if not all(part.isidentifier() for name in (module, attr) for part in name.split(".")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not package.module:function (dotted Python names, one ':')")
+    return text
+
+
+def model_arg(text: str) -> tuple[str, Any]:
+    """``--model-arg KEY=VALUE`` (an argparse type) as ``(key, value)``: see ``MODEL_ARG_HELP`` for
+    how the value is read."""
+    key, eq, value = text.partition("=")
+    key = key.strip()
+    if not eq or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE with KEY a Python name, got {text!r}")
+    return key, parse_value(value)
+
+
+def parse_value(text: str) -> Any:
+    """A ``--model-arg`` value: JSON where it is JSON (no NaN or Infinity), ``True``/``False``/``None``
+    as Python spells them, else the string ``text``."""
+    def no_constant(name: str) -> NoReturn:
+        raise ValueError(name)
+
+    try:
+        return json.loads(text, parse_constant=no_constant)
+    except ValueError:
+        return {"True": True, "False": False, "None": None}.get(text.strip(), text)
+
+
+def user_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``--model-arg`` values as keyword arguments; a key given twice is an ``InputError``."""
+    kwargs: dict[str, Any] = {}
+    for key, value in getattr(args, "model_arg", None) or ():
+        if key in kwargs:
+            raise InputError(f"--model-arg {key} is given twice")
+        kwargs[key] = value
+    return kwargs
+
+
+def check_user_model(args: argparse.Namespace) -> None:
+    """The arguments that go with ``--model``, checked before anything runs: ``--model-arg`` only
+    with an import spec, ``--weights``/``--source``/``--size`` only with a zoo model (your function
+    takes its weights as a ``--model-arg``), and the spec importable (``user_function``)."""
+    if not is_spec(args.model):
+        if getattr(args, "model_arg", None):
+            raise InputError("--model-arg goes with --model package.module:function; the zoo's models take none")
+        return
+    for flag in ("weights", "source", "size"):
+        if getattr(args, flag, None) is not None:
+            raise InputError(f"--{flag} goes with a zoo model; give your function its own as --model-arg KEY=VALUE")
+    user_kwargs(args)
+    user_function(args.model)
+
+
+def user_function(spec: str) -> Callable[..., Any]:
+    """The function ``package.module:function`` names, imported as ``python -m`` would (the current
+    folder first on ``sys.path``), or an ``InputError`` saying what failed."""
+    module_name, _, attr = spec.partition(":")
+    here = os.getcwd()
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    try:
+        found: Any = importlib.import_module(module_name)
+    except Exception as e:  # ImportError, or whatever the module raised while importing
+        raise InputError(f"--model {spec}: cannot import {module_name} ({type(e).__name__}: {e})") from e
+    for i, part in enumerate(attr.split(".")):
+        if not hasattr(found, part):
+            raise InputError(f"--model {spec}: {'.'.join([module_name, *attr.split('.')[:i]])} has no attribute {part!r}")
+        found = getattr(found, part)
+    if not callable(found):
+        raise InputError(f"--model {spec}: {module_name}.{attr} is not callable (it is {type(found).__name__} "
+                         f"{reprlib.repr(found)}); name a function that returns a jaxplain.Model")
+    return found
+
+
+def user_model(args: argparse.Namespace):
+    """``--model package.module:function`` called with the ``--model-arg`` values: the ``Model`` it
+    returns, or an ``InputError`` with what it raised or returned instead."""
+    from jaxplain.types import Model
+
+    fn, kwargs = user_function(args.model), user_kwargs(args)
+    call = f"{args.model.partition(':')[2]}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
+    try:
+        model = fn(**kwargs)
+    except Exception as e:  # the user's code: its message, the traceback with --debug
+        raise InputError(f"--model {args.model}: {call} raised {type(e).__name__}: {e}") from e
+    if not isinstance(model, Model):
+        raise InputError(f"--model {args.model}: {call} returned a {type(model).__name__}, not a jaxplain.Model "
+                         "(make one with jaxplain.from_flax or jaxplain.Model)")
+    return model
+
+
+def user_record(args: argparse.Namespace) -> dict[str, Any]:
+    """What identifies a user's model in a run's record: the spec, the ``--model-arg`` values, and
+    the size and time of each value that names a file (weights), so that a resume with other values
+    or a changed file is refused."""
+    kwargs = user_kwargs(args)
+    files = {}
+    for key, value in kwargs.items():
+        if isinstance(value, str) and value and Path(value).is_file():
+            stat = Path(value).stat()
+            files[key] = {"path": str(Path(value).resolve()), "bytes": stat.st_size, "modified": stat.st_mtime_ns}
+    return {"name": args.model, "args": json.loads(json.dumps(kwargs)), **({"files": files} if files else {})}
+
+
 def model_args(p: argparse.ArgumentParser) -> None:
     from jaxplain.models.zoo import ZOO, source_names
 
     p.add_argument("images", nargs="+", metavar="INPUT",
                    help="image files, folders (searched recursively), globs, or @list.txt (a path per line)")
-    p.add_argument("--model", default="vgg16", choices=tuple(ZOO), metavar="MODEL",
-                   help=f"the zoo's model (default vgg16): {', '.join(ZOO)}")
+    p.add_argument("--model", default="vgg16", type=model_name, metavar="MODEL",
+                   help=MODEL_HELP.format(default=" (default vgg16)", zoo=", ".join(ZOO)))
+    p.add_argument("--model-arg", action="append", type=model_arg, metavar="KEY=VALUE", help=MODEL_ARG_HELP)
     p.add_argument(
         "--weights",
         default=None,
@@ -75,11 +206,14 @@ def compile_cache() -> None:
 
 
 def load_model(args: argparse.Namespace):
-    """The zoo's ``args.model`` with ``args.weights`` (``random``: seeded random weights) from ``args.source``."""
+    """The zoo's ``args.model`` with ``args.weights`` (``random``: seeded random weights) from
+    ``args.source``; or the ``Model`` your ``package.module:function`` returns (``user_model``)."""
     from jaxplain.models import zoo
     from jaxplain.models.weights import OfflineError
 
     compile_cache()
+    if is_spec(args.model):
+        return user_model(args)
     weights = None if args.weights == "random" else args.weights
     try:
         return zoo.load(args.model, weights, args.source)
@@ -108,7 +242,7 @@ def labels(model, name: str | None = None) -> tuple[tuple[str, str], ...] | None
     from jaxplain.engine.shapes import num_classes
     from jaxplain.models.zoo import ZOO
 
-    k = num_classes(model, (*(model.input_size or (224, 224)), 3))
+    k = num_classes(model, (*(model.input_size or (224, 224)), model.channels))
     e = ZOO.get(name or model.name)
     labels = e.labels() if e else ()
     return labels if len(labels) == k else None

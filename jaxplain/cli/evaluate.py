@@ -63,6 +63,8 @@ def _check_evaluate_args(args: argparse.Namespace) -> tuple[Path, dict[str, Any]
                              "masks": [str(Path(p).resolve()) for p in args.masks or []]} if args.images
                             else {"synthetic": args.n})
     config = {"model": args.model, "weights": args.weights, "source": args.source, "seed": args.seed, **data}
+    if common.is_spec(args.model):  # your own model: the results are of these --model-arg values
+        config["model_args"] = common.user_record(args)["args"]
     if not out.exists():
         return out, config, None
     try:
@@ -71,7 +73,7 @@ def _check_evaluate_args(args: argparse.Namespace) -> tuple[Path, dict[str, Any]
     except (OSError, ValueError, KeyError, TypeError):
         raise InputError(f"--json {args.json}: exists and holds no jaxplain evaluate results; pass another --json") from None
     if earlier != config:
-        flags = {"synthetic": "-n", "images": "the images", "masks": "--masks"}
+        flags = {"synthetic": "-n", "images": "the images", "masks": "--masks", "model_args": "--model-arg"}
         changed = [k for k in {**earlier, **config} if earlier.get(k) != config.get(k)]
         what = "; ".join(flags.get(k, f"--{k}") + ("" if k in ("images", "masks") else
                                                    f" {_said(earlier.get(k))} there, {_said(config.get(k))} here")
@@ -245,8 +247,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     ev.add_argument("--metrics", nargs="+", default=None, metavar="METRIC", help="default: all (those needing masks "
                     "only with masks)")
     ev.add_argument("--masks", nargs="+", metavar="MASK", help="one ground-truth mask picture per image (white = the object)")
-    ev.add_argument("--model", default=None, choices=tuple(ZOO), metavar="MODEL",
-                    help=f"the zoo's model (default: synthetic_vgg without images, vgg16 with): {', '.join(ZOO)}")
+    ev.add_argument("--model", default=None, type=common.model_name, metavar="MODEL",
+                    help=common.MODEL_HELP.format(default=" (default: synthetic_vgg without images, vgg16 with)",
+                                                  zoo=", ".join(ZOO)))
+    ev.add_argument("--model-arg", action="append", type=common.model_arg, metavar="KEY=VALUE",
+                    help=common.MODEL_ARG_HELP)
     ev.add_argument("--weights", default=None, help="as for explain (default: the model's first named weights; synthetic_vgg: shipped, "
                     "or random: the control, also for the synthetic benchmark)")
     ev.add_argument("--source", choices=source_names(), default=None, help="as for explain")

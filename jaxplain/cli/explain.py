@@ -51,9 +51,12 @@ def check_explain_args(args: argparse.Namespace) -> tuple[list, Any, Path]:
 
 
 def model_record(args: argparse.Namespace) -> dict[str, Any]:
-    """What identifies the weights of a run (a file by its path, size and time)."""
+    """What identifies the weights of a run (a file by its path, size and time); of your own
+    model, its spec and ``--model-arg`` values (``common.user_record``)."""
     from jaxplain.models.zoo import entry
 
+    if common.is_spec(args.model):
+        return common.user_record(args)
     record: dict[str, Any] = {"name": args.model, "weights": args.weights, "source": args.source}
     named = (*entry(args.model).weights, "random")
     if args.weights not in named:
@@ -119,8 +122,8 @@ def _explain_locked(args: argparse.Namespace, jobs: list, target: Any, out: Path
 
         model = common.load_model(args)
         h, w = model.input_size or (224, 224)
-        pipeline.check_jobs(model, jobs, (h, w, 3))  # a layer, a neuron or a value refused here, before any image
-        k = num_classes(model, (h, w, 3))
+        pipeline.check_jobs(model, jobs, (h, w, model.channels))  # a layer, a neuron or a value refused here, before any image
+        k = num_classes(model, (h, w, model.channels))
         if target != "predicted" and target >= k:
             raise InputError(f"--target {target} is outside [0, {k}) for {model.name}")
         config = record.prepare(out, config, overwrite=args.overwrite, writer=writer)
@@ -179,6 +182,7 @@ stopped by a signal (rerun to finish)
 examples:
   jaxplain explain cat.jpg --method grad_cam --out out/
   jaxplain explain photos/*.jpg --method "smoothgrad(samples=32)" --batch-size 4 --out out/
+  jaxplain explain scans/ --model mynets.lenet:build --model-arg width=16 --method grad_cam --out out/ --report
 """
 
 
