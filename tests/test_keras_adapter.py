@@ -26,7 +26,7 @@ from tests import test_method_properties as props
 from tests.method_settings import settings_for
 
 RTOL = 1e-5
-NAMES = ("c1", "p1", "block3_conv2", "r", "gap", "fc1", "drop", "pred")
+NAMES = ("c1", "p1", "block3_conv2", "bn", "r", "gap", "fc1", "drop", "pred")
 
 
 def close(a, b, rtol=RTOL):
@@ -38,9 +38,9 @@ def close(a, b, rtol=RTOL):
 
 def gray_layers(softmax: bool = True) -> list:
     """A grayscale CNN, 16x16x1: conv-relu, pool, conv ``block3_conv2`` (8x8x8, the layer the shared
-    property settings name), a ReLU layer, GAP, dense-relu, dropout, dense (softmax)."""
+    property settings name), batch norm, a ReLU layer, GAP, dense-relu, dropout, dense (softmax)."""
     return [kl.Conv2D(4, 3, padding="same", activation="relu", name="c1"), kl.MaxPooling2D(name="p1"),
-            kl.Conv2D(8, 3, padding="same", name="block3_conv2"), kl.ReLU(name="r"),
+            kl.Conv2D(8, 3, padding="same", name="block3_conv2"), kl.BatchNormalization(name="bn"), kl.ReLU(name="r"),
             kl.GlobalAveragePooling2D(name="gap"), kl.Dense(6, activation="relu", name="fc1"),
             kl.Dropout(0.5, name="drop"), kl.Dense(5, activation="softmax" if softmax else None, name="pred")]
 
@@ -53,12 +53,18 @@ def functional(ls: list) -> keras.Model:
 
 
 def random_weights(model: keras.Model, seed: int) -> list[np.ndarray]:
-    """He-scaled kernels and non-zero biases in ``model.get_weights()`` order."""
+    """He-scaled kernels, non-zero biases and batch-norm statistics in ``model.get_weights()`` order."""
     rng = np.random.default_rng(seed)
     out = []
-    for w in model.get_weights():
-        scale = np.sqrt(2 / np.prod(w.shape[:-1])) if w.ndim > 1 else 0.1
-        out.append((rng.normal(size=w.shape) * scale).astype(np.float32))
+    for v in model.weights:
+        shape = tuple(v.shape)
+        if "moving_variance" in v.path:
+            w = rng.uniform(0.5, 1.5, size=shape)
+        elif "gamma" in v.path:
+            w = 1 + 0.2 * rng.normal(size=shape)
+        else:
+            w = rng.normal(size=shape) * (np.sqrt(2 / np.prod(shape[:-1])) if len(shape) > 1 else 0.1)
+        out.append(w.astype(np.float32))
     return out
 
 
@@ -79,15 +85,19 @@ def hand_apply(params, x, taps=None, relu=None):
 
     h = out("c1", relu(conv("c1", x)))
     h = out("p1", lax.reduce_window(h, -jnp.inf, lax.max, (2, 2, 1), (2, 2, 1), "VALID"))
-    h = out("r", relu(out("block3_conv2", conv("block3_conv2", h))))
+    h = out("block3_conv2", conv("block3_conv2", h))
+    bn = params["bn"]  # inference: the moving statistics, Keras' epsilon 1e-3
+    h = out("bn", (h - bn["moving_mean"]) / jnp.sqrt(bn["moving_variance"] + 1e-3) * bn["gamma"] + bn["beta"])
+    h = out("r", relu(h))
     h = out("fc1", relu(jnp.mean(h, axis=(0, 1)) @ params["fc1"]["kernel"] + params["fc1"]["bias"]))
     return out("pred", h @ params["pred"]["kernel"] + params["pred"]["bias"]), acts
 
 
 def hand_model(w: list[np.ndarray]) -> Model:
     """``hand_apply`` with the weights ``w`` (``get_weights()`` order) as a Model."""
-    params = {n: {"kernel": w[2 * i], "bias": w[2 * i + 1]} for i, n in enumerate(("c1", "block3_conv2", "fc1", "pred"))}
-    return Model(apply=hand_apply, params=params, layers=("c1", "p1", "block3_conv2", "r", "fc1", "pred"),
+    params = {n: {"kernel": w[i], "bias": w[i + 1]} for i, n in ((0, "c1"), (2, "block3_conv2"), (8, "fc1"), (10, "pred"))}
+    params["bn"] = dict(zip(("gamma", "beta", "moving_mean", "moving_variance"), w[4:8]))
+    return Model(apply=hand_apply, params=params, layers=("c1", "p1", "block3_conv2", "bn", "r", "fc1", "pred"),
                  preprocess=lambda u: u, input_size=(16, 16), channels=1, name="by-hand")
 
 
@@ -131,31 +141,29 @@ def test_keras_models_match_keras_and_the_hand_written_apply(nets, xs, maps):
     """Layers by Keras name in forward order, the contract's facts, logits against Keras' own
     forward pass, layer outputs and inputs and taps against the hand-written model, for the
     Functional and the Sequential model; five methods on the Functional model against the
-    hand-written model of the same weights (and guided backprop on the Sequential one)."""
+    hand-written model of the same weights."""
     hand = nets["hand"]
     probabilities = np.asarray(nets["keras_functional"](xs))
+    tap = jnp.full((8, 8, 4), 0.3)  # on block3_conv2's input, for the hand-written model on p1's output
+    _, want = hand.apply(hand.params, xs[0], {"p1": tap})
     for kind in ("functional", "sequential"):
         m = nets[kind]
         assert m.layers == NAMES and m.input_shape == (16, 16, 1) and m.source == "keras"
         assert m.layer_inputs == NAMES  # every layer here takes one float array
-        assert set(m.params) == {"c1", "block3_conv2", "fc1", "drop", "pred"}  # the dropout's seed state too
-        close(jax.nn.softmax(m(xs)), np.asarray(nets[f"keras_{kind}"](xs)))
+        assert set(m.params) == {"c1", "block3_conv2", "bn", "fc1", "pred"}  # float weights (not the dropout's seed)
+        assert set(m.params["bn"]) == {"gamma", "beta", "moving_mean", "moving_variance"}
         close(jax.nn.softmax(m(xs)), probabilities)
         close(m(xs), hand(xs))
-        _, acts = m.apply(m.params, xs[0])
-        _, want = hand.apply(hand.params, xs[0])
+        logits, acts = m.apply(m.params, xs[0], {input_key("block3_conv2"): tap})
+        close(logits, hand.apply(hand.params, xs[0], {"p1": tap})[0])
         for k in want:
-            close(acts[k], want[k])
-        close(acts[input_key("block3_conv2")], want["p1"])  # a layer's input is the previous layer's output
-        # a tap on a layer's input moves the logits as the same tap on the output before it
-        tap = jnp.full((8, 8, 4), 0.3)
-        close(m.apply(m.params, xs[0], {input_key("block3_conv2"): tap})[0], hand.apply(hand.params, xs[0], {"p1": tap})[0])
+            close(acts[k], want[k] - tap if k == "p1" else want[k])
+        close(acts[input_key("block3_conv2")], want["p1"])  # the input, tapped, is the previous output + tap
+    close(probabilities, np.asarray(nets["keras_sequential"](xs)))
     for name in METHODS:
         want = jaxplain.explain(hand, xs, TARGETS, name, **settings(name, xs))
         close(maps[name], want)
-        if name == "guided_backprop":
-            close(jaxplain.explain(nets["sequential"], xs, TARGETS, name), want)
-            assert not np.allclose(want, maps["gradient"])  # the rectifier really is swapped
+    assert not np.allclose(maps["guided_backprop"], maps["gradient"])  # the rectifier really is swapped
 
 
 PROPERTY_NAMES = ["gradient", "guided_backprop", "grad_cam", "layer_integrated_gradients"]

@@ -3,11 +3,12 @@
 How the contract ``apply(params, x [H, W, C], taps, relu) -> (logits [K], acts)`` is met:
 
 - **Weights**: ``Model.params`` is a ``KerasWeights`` mapping ``layer name -> {weight: value}``
-  (``"conv2d" -> {"kernel", "bias"}``) over the model's variables, trainable or not (batch-norm
-  statistics, seed states). It holds the variables and reads their values whenever it is read or
-  flattened, so every ``explain``/``evaluate`` call sees the weights the model has *then*: train
-  on and explain again with the same ``Model``. Results depend on those values only (JAX arrays,
-  immutable); a transformation of it (``jax.device_put``, ``jax.tree.map``) is a fixed snapshot.
+  (``"conv2d" -> {"kernel", "bias"}``) over the model's float variables, trainable or not
+  (batch-norm statistics too; seed states are read from their variables). It holds the variables
+  and reads their values whenever it is read or flattened, so every ``explain``/``evaluate`` call
+  sees the weights the model has *then*: train on and explain again with the same ``Model``.
+  Results depend on those values only (JAX arrays, immutable); a transformation of it
+  (``jax.device_put``, ``jax.tree.map``) is a fixed snapshot.
 - **Forward pass**: the variables' values enter through ``keras.StatelessScope`` (what
   ``model.stateless_call`` does), and the layers run with ``training=False``. A subclassed model
   is called through ``model.stateless_call`` and gives logits only (``layers=()``): it has no
@@ -94,8 +95,8 @@ class KerasWeights(Mapping):
 
 
 def _weight_slots(model: Any) -> tuple[list[tuple[Any, str, str]], KerasWeights]:
-    """``([(variable, layer, key)], live weights)``: every variable of ``model`` (``model.variables``
-    order), filed under the top-level layer that owns it (the model's name for any other) and its
+    """``([(variable, layer, key)], live weights)``: every float variable of ``model``
+    (``model.variables`` order: weights and batch-norm statistics, not seed states), filed under the top-level layer that owns it (the model's name for any other) and its
     path inside that layer (``"kernel"``; ``"conv1/kernel"`` in a nested model)."""
     owner: dict[int, str] = {}  # variable -> its layer's name, for this walk only
     for layer in model.layers:
@@ -103,9 +104,12 @@ def _weight_slots(model: Any) -> tuple[list[tuple[Any, str, str]], KerasWeights]
             owner.setdefault(id(v), layer.name)
     slots, layers = [], {}
     for v in model.variables:
+        if not jnp.issubdtype(jnp.dtype(v.dtype), jnp.floating):
+            continue  # a seed state or a counter: not a weight, read from the variable itself
         layer = owner.get(id(v), model.name)
         weights = layers.setdefault(layer, {})
-        key = v.path[len(layer) + 1:] if v.path.startswith(layer + "/") else v.path
+        parts = v.path.split("/")  # "conv2d/kernel", or under the model's name: "sequential/conv2d/kernel"
+        key = "/".join(parts[parts.index(layer) + 1:]) if layer in parts[:-1] else v.path
         key = key if key not in weights else f"{key}#{len(weights)}"
         weights[key] = v
         slots.append((v, layer, key))
@@ -221,12 +225,12 @@ def _drop(v: Any, *args: Any, **kwargs: Any) -> Any:
 
 def _subclassed_runner(model: Any, slots: list) -> Runner:
     """``run(params, x, rec)`` through ``model.stateless_call``: logits only (``rec`` sees no call)."""
-    trainable = {id(v) for v in model.trainable_variables}
 
     def run(params: PyTree, x: Array, rec: Recorder) -> Any:
-        values = _values(params, slots)
-        return model.stateless_call([a for v, a in values if id(v) in trainable],
-                                    [a for v, a in values if id(v) not in trainable], x, training=False)[0]
+        values = {id(v): a for v, a in _values(params, slots)}  # the other variables (seed states) as they are
+        return model.stateless_call([values.get(id(v), v.value) for v in model.trainable_variables],
+                                    [values.get(id(v), v.value) for v in model.non_trainable_variables],
+                                    x, training=False)[0]
 
     return run
 
