@@ -8,6 +8,9 @@ Tolerance: 1e-5 of the largest reference value (float32: the same arithmetic thr
 layers, lax calls or flax's modules agrees to the last bits). All models are tiny (16x16) and
 built once per module; conftest sets ``KERAS_BACKEND=jax``."""
 
+import ast
+import pathlib
+import sys
 import warnings
 
 import jax
@@ -300,3 +303,16 @@ def test_bad_inputs_are_named(nets, monkeypatch):
     monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
     with pytest.raises(InputError, match="needs Keras on the JAX backend, keras runs on 'torch': set KERAS_BACKEND=jax"):
         jaxplain.from_keras(nets["keras_functional"])
+    monkeypatch.setitem(sys.modules, "keras", None)  # what `import keras` meets where it is not installed
+    with pytest.raises(InputError, match=r"from_keras needs Keras 3 \(pip install keras\)"):
+        jaxplain.from_keras(nets["keras_functional"])
+
+
+def test_the_package_imports_keras_only_inside_functions():
+    """``import jaxplain`` never loads keras: no module of the package imports it at the top."""
+    root = pathlib.Path(jaxplain.__file__).parent
+    for path in root.rglob("*.py"):
+        body = ast.parse(path.read_text()).body
+        names = [a.name for n in body if isinstance(n, ast.Import) for a in n.names]
+        names += [n.module or "" for n in body if isinstance(n, ast.ImportFrom)]
+        assert not [m for m in names if m.split(".")[0] == "keras"], path
