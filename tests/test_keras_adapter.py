@@ -169,7 +169,9 @@ def test_keras_models_match_keras_and_the_hand_written_apply(nets, xs, maps):
     assert not np.allclose(maps["guided_backprop"], maps["gradient"])  # the rectifier really is swapped
 
 
-PROPERTY_NAMES = ["gradient", "guided_backprop", "grad_cam", "layer_integrated_gradients"]
+# One method per way a method meets the adapter: a plain gradient, a swapped rectifier, a layer's
+# tap and activation (layer IG taps the same way, along a path: left out for time, ~3 s).
+PROPERTY_NAMES = ["gradient", "guided_backprop", "grad_cam"]
 
 
 @pytest.mark.usefixtures("quick_threefry")
