@@ -3,6 +3,7 @@
 from jaxplain import distributed as distributed
 from jaxplain.adapters.equinox import from_equinox as from_equinox
 from jaxplain.adapters.flax import from_flax as from_flax
+from jaxplain.adapters.keras import from_keras as from_keras
 from jaxplain.layer_outputs import activations as activations
 from jaxplain.layer_outputs import channel_means as channel_means
 from jaxplain.layer_outputs import top_channels as top_channels
@@ -76,6 +77,7 @@ __all__ = [
     "feature_ablation",
     "from_equinox",
     "from_flax",
+    "from_keras",
     "kernel_shap",
     "lime",
     "segments",

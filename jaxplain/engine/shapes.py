@@ -39,6 +39,7 @@ def layer_shapes(model: Model, image_shape: tuple[int, ...]) -> dict[str, tuple[
 def default_layer(model: Model, image_shape: tuple[int, ...]) -> str:
     """The model's ``cam_layer``, else the last convolutional layer it names (the last spatial one
     if none says conv; attention layers, 3-D but not spatial, never)."""
+    _check_has_layers(model)
     if model.cam_layer is not None:
         return model.cam_layer
     shapes = layer_shapes(model, image_shape)
@@ -52,6 +53,7 @@ def default_layer(model: Model, image_shape: tuple[int, ...]) -> str:
 def check_layer(model: Model, image_shape: tuple[int, ...], layer: str, *, spatial: bool = False) -> tuple[int, ...]:
     """The layer's activation shape, or an ``InputError`` naming the valid layers. ``layer`` may be
     a layer's input, ``input_key(name)`` for a name in ``model.layer_inputs``."""
+    _check_has_layers(model)
     shapes = layer_shapes(model, image_shape)
     if layer not in shapes:
         inputs = [name for name in model.layer_inputs if input_key(name) == layer]
@@ -66,6 +68,14 @@ def check_layer(model: Model, image_shape: tuple[int, ...], layer: str, *, spati
     if spatial and len(shapes[layer]) != 3:
         raise InputError(f"layer {layer!r} has shape {shapes[layer]}: CAM methods need a spatial layer [h, w, K]")
     return shapes[layer]
+
+
+def _check_has_layers(model: Model) -> None:
+    """An ``InputError`` saying why when ``model`` exposes no layers at all."""
+    if not model.layers:
+        raise InputError(f"{model.name} exposes no layers, so CAM, layer and neuron methods cannot run on it (a "
+                         "subclassed Keras model has no graph of layers to tap: build it as a Functional or "
+                         "Sequential model; an adapter given layers=() exposes none)")
 
 
 def _token_hint(model: Model) -> str:
