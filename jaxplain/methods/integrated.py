@@ -243,9 +243,10 @@ def check_multiply(name: str, multiply_by_inputs: object, tolerance: object, ret
     if not multiply_by_inputs:
         given = [s for s, v in (("tolerance", tolerance is not None), ("return_delta", bool(return_delta))) if v]
         if given:
-            raise InputError(f"{name}: multiply_by_inputs=False cannot take {' or '.join(given)}: both measure "
-                             f"completeness, sum(attr) = f(x) - f(baseline), which holds only with the "
-                             f"multiplication; run with multiply_by_inputs=True for the delta (the same gradients)")
+            raise InputError(f"{name}: multiply_by_inputs=False cannot take {' or '.join(given)}: "
+                             f"{'they measure' if len(given) > 1 else 'it measures'} completeness, sum(attr) = "
+                             f"f(x) - f(baseline), which holds only for the attribution multiplied by x - baseline "
+                             f"(multiply_by_inputs=True)")
     return bool(multiply_by_inputs)
 
 
