@@ -3,7 +3,9 @@
 Every variant forms ``relu(sum_k W_k * A_k)`` from the layer's activation ``A [h, w, K]`` (and,
 for most, the gradient ``G = dS/dA``); they differ only in ``W`` ``[h, w, K]`` (a per-channel weight
 broadcast over positions, or a per-position one). Output ``[H, W]`` at the input's resolution
-(bilinear), or the layer's ``[h, w]`` with ``upsample=False``.
+(bilinear), or the layer's ``[h, w]`` with ``upsample=False``. Every CAM takes ``relu=True``: the
+papers' final rectifier; ``relu=False`` keeps the signed sum (Captum's ``LayerGradCam(...,
+relu_attributions=False)`` for Grad-CAM), rectified before the resize when on, never after.
 """
 
 from __future__ import annotations
@@ -56,16 +58,21 @@ def _spatial(a: Array, layer: str) -> None:
         raise InputError(f"layer {layer!r} has shape {a.shape}: CAM methods need a spatial layer [h, w, K]")
 
 
+def finish(m: Array, size: tuple[int, int], *, relu: bool, upsample: bool) -> Array:
+    """A CAM's last step on its ``[h, w]`` sum: rectified (``relu``), then resized to ``size``
+    (bilinear, ``upsample``)."""
+    m = jax.nn.relu(m) if relu else m
+    return resize(m, size) if upsample else m
+
+
 def cam(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, layer: str | None, weights: Weights,
-        upsample_to_input: bool = True,
-        attribute_to: str = "output") -> Array:
-    """``relu(sum_k weights(A, G) * A)`` at ``layer`` (``attribute_to="input"``: at its input);
-    the core of every gradient-based CAM."""
+        upsample_to_input: bool = True, relu: bool = True, attribute_to: str = "output") -> Array:
+    """``relu(sum_k weights(A, G) * A)`` at ``layer`` (without the ReLU for ``relu=False``;
+    ``attribute_to="input"``: at its input); the core of every gradient-based CAM."""
     layer = layer_key(layer, attribute_to)
     act, grad = layer_gradient(apply, params, x, target, layer)
     _spatial(act, layer)
-    m = jax.nn.relu(jnp.sum(weights(act, grad) * act, axis=-1))
-    return resize(m, x.shape[:2]) if upsample_to_input else m
+    return finish(jnp.sum(weights(act, grad) * act, axis=-1), x.shape[:2], relu=relu, upsample=upsample_to_input)
 
 
 def grad_cam_weights(act: Array, grad: Array) -> Array:
@@ -100,17 +107,18 @@ def grad_cam_pp_paper_weights(act: Array, grad: Array) -> Array:
 
 def _variant(weights: Weights, doc: str) -> Callable:
     def method(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, layer: str | None = None,
-               upsample: bool = True,
-               attribute_to: str = "output") -> Array:
-        return cam(apply, params, x, target, layer=layer, weights=weights, upsample_to_input=upsample,
+               upsample: bool = True, relu: bool = True, attribute_to: str = "output") -> Array:
+        return cam(apply, params, x, target, layer=layer, weights=weights, upsample_to_input=upsample, relu=relu,
                    attribute_to=attribute_to)
 
-    method.__doc__ = doc + (" ``[H, W]`` (``upsample=False``: ``[h, w]``); ``attribute_to=\"input\"``: from the "
-                            "layer's input, Captum's ``attribute_to_layer_input=True``.")
+    method.__doc__ = doc + (" ``[H, W]`` (``upsample=False``: ``[h, w]``); ``relu=False`` drops the final"
+                            " ReLU (the signed map); ``attribute_to=\"input\"``: from the layer's input, Captum's"
+                            " ``attribute_to_layer_input=True``.")
     return output("map")(method)
 
 
-grad_cam = _variant(grad_cam_weights, "Grad-CAM: ``relu(sum_k mean_ij(G_k) A_k)``, Captum ``LayerGradCam``.")
+grad_cam = _variant(grad_cam_weights, "Grad-CAM: ``relu(sum_k mean_ij(G_k) A_k)``, Captum ``LayerGradCam`` "
+                    "(``relu=False``: its ``relu_attributions=False``).")
 hires_cam = _variant(hires_cam_weights, "HiResCAM: ``relu(sum_k G_k * A_k)``.")
 xgrad_cam = _variant(xgrad_cam_weights, "XGrad-CAM: activation-weighted gradient sums per channel.")
 layer_cam = _variant(layer_cam_weights, "LayerCAM: ``relu(sum_k relu(G_k) * A_k)``.")
@@ -185,7 +193,7 @@ def exact_cost(apply: ApplyFn, params: PyTree, image_shape: tuple[int, ...], lay
 
 @output("map")
 def grad_cam_pp(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, layer: str | None = None,
-                upsample: bool = True, derivatives: str = "paper", chunk: int | None = 256) -> Array:
+                upsample: bool = True, relu: bool = True, derivatives: str = "paper", chunk: int | None = 256) -> Array:
     """Grad-CAM++ (Chattopadhay et al. 2018), ``[H, W]``: ``w_k = sum_ij alpha_ij relu(dY/dA_ij)``,
     ``alpha = d2Y / (2 d2Y + sum_ab A_ab d3Y)`` for ``Y = exp(S)``, derivatives by activation element.
 
@@ -196,10 +204,11 @@ def grad_cam_pp(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, laye
     ``block5_conv3``: 100352 passes, about 1e14 FLOP per image; ``explain`` warns with the count
     before it compiles, ``exact_cost`` returns it). Exact mode differentiates ``exp(S - S(x))``,
     so its map is ``exp(-S(x))`` times that of ``exp(S)``: finite at any logit, and equal to the
-    paper's where the head is piecewise linear.
+    paper's where the head is piecewise linear. ``relu=False`` drops the final ReLU.
     """
     if derivatives == "paper":
-        return cam(apply, params, x, target, layer=layer, weights=grad_cam_pp_paper_weights, upsample_to_input=upsample)
+        return cam(apply, params, x, target, layer=layer, weights=grad_cam_pp_paper_weights, upsample_to_input=upsample,
+                   relu=relu)
     if derivatives != "exact":
         raise InputError(f"derivatives must be 'paper' or 'exact', not {derivatives!r}")
     act, d1, d2, d3 = diagonal_derivatives(apply, params, x, target, layer, chunk)
@@ -207,8 +216,7 @@ def grad_cam_pp(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, laye
     denom = 2 * d2 + jnp.sum(act, axis=(0, 1), keepdims=True) * d3
     alpha = d2 / jnp.where(denom != 0, denom, 1.0)
     w = jnp.sum(alpha * jax.nn.relu(d1), axis=(0, 1), keepdims=True)
-    m = jax.nn.relu(jnp.sum(w * act, axis=-1))
-    return resize(m, x.shape[:2]) if upsample else m
+    return finish(jnp.sum(w * act, axis=-1), x.shape[:2], relu=relu, upsample=upsample)
 
 
 def _exact_cost_note(model: Any, image_shape: tuple[int, ...], settings: dict[str, Any]) -> str | None:
@@ -227,10 +235,10 @@ grad_cam_pp.cost_note = _exact_cost_note
 @targetless
 @output("map")
 def eigen_cam(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, layer: str | None = None,
-              upsample: bool = True) -> Array:
+              upsample: bool = True, relu: bool = True) -> Array:
     """Eigen-CAM (Muhammad & Yeasin 2020), ``[H, W]``: the activations (centred per channel)
     projected on their first principal direction, signed so the map correlates positively with
-    the mean activation, then rectified. Class-agnostic: ``target`` is not used.
+    the mean activation, then rectified (``relu=False``: not). Class-agnostic: ``target`` is not used.
 
     pytorch-grad-cam's ``EigenCAM`` (``get_2d_projection``) projects the same centred
     activations on the first right singular vector but keeps the sign LAPACK returns, with no
@@ -244,17 +252,17 @@ def eigen_cam(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, layer:
     _, _, vt = jnp.linalg.svd(centred, full_matrices=False)
     proj = centred @ vt[0]
     proj = proj * jnp.where(jnp.sum(proj * jnp.mean(flat, axis=1)) < 0, -1.0, 1.0)
-    m = jax.nn.relu(proj.reshape(act.shape[:2]))
-    return resize(m, x.shape[:2]) if upsample else m
+    return finish(proj.reshape(act.shape[:2]), x.shape[:2], relu=relu, upsample=upsample)
 
 
 @output("map")
 @counts_images(forward_only=True)
 def score_cam(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, layer: str | None = None,
-              upsample: bool = True, align_corners: bool = False, chunk: int | None = 32) -> Array:
+              upsample: bool = True, relu: bool = True, align_corners: bool = False, chunk: int | None = 32) -> Array:
     """Score-CAM (Wang et al. 2020), ``[H, W]``: each channel, upsampled and min-max normalised,
     masks the input; the softmax over channels of the masked inputs' target logits weights the
-    channels. The ``K`` masked forward passes are vectorized in chunks of ``chunk``.
+    channels, and the weighted sum is rectified (``relu=False``: not). The ``K`` masked forward
+    passes are vectorized in chunks of ``chunk``.
 
     ``align_corners`` picks how the channel masks are upsampled: ``False`` (default) with
     half-pixel centres, as our other CAMs, Captum's ``LayerAttribution.interpolate`` and
@@ -283,14 +291,31 @@ def score_cam(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, layer:
 
     scores = sum_chunks(part, jnp.arange(k), chunk)
     w = jax.nn.softmax(scores)
-    m = jax.nn.relu(jnp.sum(w * act, axis=-1))
-    return resize(m, x.shape[:2]) if upsample else m
+    return finish(jnp.sum(w * act, axis=-1), x.shape[:2], relu=relu, upsample=upsample)
 
 
-def guided_grad_cam(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, layer: str | None = None) -> Array:
+def resize_nearest(m: Array, size: tuple[int, int]) -> Array:
+    """Nearest-neighbour resize of ``[..., h, w]`` to ``[..., *size]`` as torch's
+    ``F.interpolate(mode="nearest")`` (Captum's ``LayerAttribution.interpolate`` default): output
+    ``i`` reads source ``min(floor(i * h / H), h - 1)``, a static gather."""
+    rows = np.minimum(np.floor(np.arange(size[0]) * (m.shape[-2] / size[0])).astype(int), m.shape[-2] - 1)
+    cols = np.minimum(np.floor(np.arange(size[1]) * (m.shape[-1] / size[1])).astype(int), m.shape[-1] - 1)
+    return m[..., rows[:, None], cols[None, :]]
+
+
+UPSAMPLES = ("bilinear", "nearest")
+
+
+def guided_grad_cam(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, layer: str | None = None,
+                    upsample: str = "bilinear") -> Array:
     """Guided Grad-CAM (Selvaraju et al. 2017), ``[H, W, C]``: guided backprop times the
-    upsampled Grad-CAM map (Captum ``GuidedGradCam``)."""
-    g = grad_cam(apply, params, x, target, layer=layer, upsample=True)
+    Grad-CAM map upsampled to the input (Captum ``GuidedGradCam``). ``upsample``:
+    ``"bilinear"`` (the default; half-pixel centres, Captum's ``interpolate_mode="bilinear"``) or
+    ``"nearest"`` (Captum's default ``interpolate_mode``, torch's nearest: ``resize_nearest``)."""
+    if upsample not in UPSAMPLES:
+        raise InputError(f"guided_grad_cam: upsample must be one of {UPSAMPLES}, not {upsample!r}")
+    g = grad_cam(apply, params, x, target, layer=layer, upsample=False)
+    g = resize(g, x.shape[:2]) if upsample == "bilinear" else resize_nearest(g, x.shape[:2])
     return guided_backprop(apply, params, x, target) * g[..., None]
 
 

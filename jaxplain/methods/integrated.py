@@ -234,13 +234,32 @@ def to_tolerance(name: str, f: Callable[[Array], Array], start: Array, diff: Arr
     return out if return_delta else out.attribution
 
 
+def check_multiply(name: str, multiply_by_inputs: object, tolerance: object, return_delta: object) -> bool:
+    """``multiply_by_inputs`` as a bool; ``False`` with a ``tolerance`` or ``return_delta`` is an
+    ``InputError``: both measure completeness, ``sum(attr) = f(end) - f(start)``, which only the
+    multiplied attribution has (the path-averaged gradient's sum is not a difference of scores)."""
+    if not isinstance(multiply_by_inputs, (bool, np.bool_)):
+        raise InputError(f"{name}: multiply_by_inputs must be True or False, not {multiply_by_inputs!r}")
+    if not multiply_by_inputs:
+        given = [s for s, v in (("tolerance", tolerance is not None), ("return_delta", bool(return_delta))) if v]
+        if given:
+            raise InputError(f"{name}: multiply_by_inputs=False cannot take {' or '.join(given)}: "
+                             f"{'they measure' if len(given) > 1 else 'it measures'} completeness, sum(attr) = "
+                             f"f(x) - f(baseline), which holds only for the attribution multiplied by x - baseline "
+                             f"(multiply_by_inputs=True)")
+    return bool(multiply_by_inputs)
+
+
 def integrate(name: str, f: Callable[[Array], Array], start: Array, end: Array, *, rule: str, steps: int,
               chunk: int | None, return_delta: bool, tolerance: float | None, max_steps: int,
-              per_round: int) -> Array | tuple[Array, Array] | Refined:
+              per_round: int, multiply_by_inputs: bool = True) -> Array | tuple[Array, Array] | Refined:
     """``(end - start) * integral_0^1 grad f(start + a (end - start)) da`` by the quadrature
     ``rule`` or, with ``tolerance``, refined (``to_tolerance``); with ``return_delta`` also the
-    completeness error ``sum(attr) - (f(end) - f(start))``: the common tail of the IG methods."""
+    completeness error ``sum(attr) - (f(end) - f(start))``: the common tail of the IG methods.
+    ``multiply_by_inputs=False``: the integral alone, the path-averaged gradient (``check_multiply``)."""
     diff = end - start
+    if not check_multiply(name, multiply_by_inputs, tolerance, return_delta):
+        return path_integral(f, start, diff, rule, steps, chunk)
     if tolerance is not None:
         return to_tolerance(name, f, start, diff, tolerance=tolerance, max_steps=max_steps, per_round=per_round,
                             return_delta=return_delta)
@@ -271,9 +290,13 @@ def integrated_gradients(
     tolerance: float | None = None,
     max_steps: int = 128,
     per_round: int = 8,
+    multiply_by_inputs: bool = True,
 ) -> Array | tuple[Array, Array] | Refined:
     """Integrated gradients (Sundararajan et al. 2017), ``[H, W, C]``:
     ``(x - b) * integral_0^1 grad f(b + a (x - b)) da`` by the quadrature ``rule``.
+    ``multiply_by_inputs=False`` (Captum's option of that name): the integral alone, the gradient
+    averaged along the path, without the factor ``x - b``; it has no completeness, so it takes
+    neither ``tolerance`` nor ``return_delta`` (an ``InputError``).
 
     With ``return_delta``, also the completeness error ``sum(attr) - (f(x) - f(b))``.
     With ``tolerance`` (e.g. 0.01), ``steps``, ``rule`` and ``chunk`` are not used: the path is
@@ -284,7 +307,8 @@ def integrated_gradients(
     """
     base, f = baseline_image(baseline, x, key), score(apply, params, target)
     return integrate("integrated_gradients", f, base, x, rule=rule, steps=steps, chunk=chunk, return_delta=return_delta,
-                     tolerance=tolerance, max_steps=max_steps, per_round=per_round)
+                     tolerance=tolerance, max_steps=max_steps, per_round=per_round,
+                     multiply_by_inputs=multiply_by_inputs)
 
 
 @cost(lambda s, _: s["samples"])

@@ -139,12 +139,15 @@ def layer_integrated_gradients(apply: ApplyFn, params: PyTree, x: Array, target:
                                baseline: str | Array = "zeros", key: Array | None = None,
                                chunk: int | None = 16, return_delta: bool = False, tolerance: float | None = None,
                                max_steps: int = 128, per_round: int = 8,
+                               multiply_by_inputs: bool = True,
                                attribute_to: str = "output") -> Array | tuple[Array, Array] | Refined:
     """Integrated gradients in ``layer``'s activation space (Captum ``LayerIntegratedGradients``):
     the layer's output runs from its value at the baseline input to its value at ``x`` while the
     rest of the network follows; the result has the layer's shape. ``return_delta``,
     ``tolerance``, ``max_steps``, ``per_round``: as ``integrated_gradients``'s, the score ``F``
-    along this path (``F(0)``: the layer set to its value at the baseline). ``attribute_to="input"``:
+    along this path (``F(0)``: the layer set to its value at the baseline). ``multiply_by_inputs=False``:
+    the gradient averaged along the path, without the factor ``A(x) - A(b)``, as Captum's option;
+    then neither ``tolerance`` nor ``return_delta`` (no completeness). ``attribute_to="input"``:
     the same along the layer's input (Captum's ``attribute_to_layer_input=True``)."""
     layer = layer_key(layer, attribute_to)
     act, base = keep(lambda: (activation(apply, params, x, layer),
@@ -156,7 +159,7 @@ def layer_integrated_gradients(apply: ApplyFn, params: PyTree, x: Array, target:
     # the tap runs from base - act to 0: act + tap from base to act
     return integrate("layer_integrated_gradients", f, base - act, jnp.zeros_like(act), rule=rule, steps=steps,
                      chunk=chunk, return_delta=return_delta, tolerance=tolerance, max_steps=max_steps,
-                     per_round=per_round)
+                     per_round=per_round, multiply_by_inputs=multiply_by_inputs)
 
 
 def _neuron_score(apply: ApplyFn, params: PyTree, layer: str, neuron: Neuron) -> Callable[[Array], Array]:

@@ -142,6 +142,50 @@ def _weighted_fit(z: Array, y: Array, w: Array, alpha: float | Array) -> tuple[A
     return coef, intercept, r2
 
 
+def lasso_fit(z: Array, y: Array, w: Array, alpha: float | Array, *, sweeps: int = 2000,
+              tol: float = 1e-7) -> tuple[Array, Array, Array]:
+    """``(coefficients [M], intercept, r2)`` of the Lasso ``y ~ z`` (``z [n, M]``, ``y [n]``) with
+    sample weights ``w [n]``, scikit-learn's ``Lasso(alpha).fit(z, y, sample_weight=w)``: the
+    minimum of ``1 / (2 sum(w)) * sum_i w_i (y_i - z_i b - c)^2 + alpha * |b|_1``, the intercept
+    ``c`` unpenalised (the weighted means taken out first, as scikit-learn does).
+
+    Cyclic coordinate descent (as scikit-learn's) on the weighted Gram matrix: coordinate ``j``
+    becomes ``soft(r_j, alpha) / G_jj`` with ``r_j = (Z^T W y)_j / sum(w) - sum_{k != j} G_jk b_k``;
+    sweeps stop when none moves a coefficient by more than ``tol * max |b|`` (or after ``sweeps``).
+    A feature that never varies (``G_jj = 0``) gets 0."""
+    sw = jnp.sum(w)
+    zm, ym = (w @ z) / sw, (w @ y) / sw
+    zc, yc = z - zm, y - ym
+    gram = (zc * w[:, None]).T @ zc / sw
+    corr = (zc * w[:, None]).T @ yc / sw
+    diag = jnp.diagonal(gram)
+    safe = jnp.where(diag > 0, diag, 1.0)
+
+    def coordinate(j: Array, b: Array) -> Array:
+        r = corr[j] - gram[j] @ b + diag[j] * b[j]
+        new = jnp.sign(r) * jnp.maximum(jnp.abs(r) - alpha, 0.0) / safe[j]
+        return b.at[j].set(jnp.where(diag[j] > 0, new, 0.0))
+
+    def todo(state: tuple[Array, Array, Array]) -> Array:
+        b, moved, i = state
+        return (i < sweeps) & (moved > tol * jnp.maximum(jnp.max(jnp.abs(b)), 1e-30))
+
+    def sweep(state: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
+        b, _, i = state
+        new = jax.lax.fori_loop(0, z.shape[1], coordinate, b)
+        return new, jnp.max(jnp.abs(new - b)), i + 1
+
+    start = jnp.zeros(z.shape[1], z.dtype)
+    coef, _, _ = jax.lax.while_loop(todo, sweep, (start, jnp.asarray(jnp.inf, z.dtype), jnp.int32(0)))
+    intercept = ym - zm @ coef
+    resid = y - z @ coef - intercept
+    r2 = 1.0 - jnp.sum(w * resid**2) / jnp.sum(w * (y - ym) ** 2)
+    return coef, intercept, r2
+
+
+REGRESSORS = {"ridge": 1.0, "lasso": 0.01}  # each regressor's default alpha: lime's Ridge, Captum's SkLearnLasso
+
+
 def _check_coalitions(table: Array | np.ndarray) -> None:
     if not bool(np.all((np.asarray(table) == 0) | (np.asarray(table) == 1))):
         raise InputError("coalitions must hold 0 (segment dropped) or 1 (kept) only")
@@ -162,8 +206,8 @@ def _lime_host(model: Model, images: Array, settings: dict[str, Any], defaults: 
 @counts_images(forward_only=True)
 def lime(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, segments: str | Array = "grid",
          cells: int | tuple[int, int] = 8, max_segments: int | None = None, samples: int = 1000,
-         baseline: float | str | Array = "mean", kernel_width: float = 0.25, alpha: float = 1.0,
-         score: str = "probability", coalitions: Array | None = None, return_fit: bool = False,
+         baseline: float | str | Array = "mean", kernel_width: float = 0.25, regressor: str = "ridge",
+         alpha: float | None = None, score: str = "probability", coalitions: Array | None = None, return_fit: bool = False,
          key: Array | None = None, chunk: int | None = 16) -> Array | Fit:
     """LIME (Ribeiro et al. 2016) with the ``lime`` package's image defaults, ``[H, W]``.
 
@@ -172,13 +216,17 @@ def lime(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, segments: s
     A dropped segment shows the ``baseline`` (default ``"mean"``: its mean colour, lime's
     ``hide_color=None``; or any of ``jaxplain.baselines``). Each coalition ``z`` is
     weighted by ``sqrt(exp(-d^2 / kernel_width^2))`` with ``d`` its cosine distance to all-kept,
-    and a ridge regression (``alpha``, intercept unpenalised) of the target's ``score``
-    (``"probability"``, lime's ``predict_proba``, or ``"logit"``) on ``z`` gives each segment's
-    coefficient. ``return_fit``: a ``Fit`` with the coefficients, intercept and weighted R^2.
+    and a weighted linear regression of the target's ``score`` (``"probability"``, lime's
+    ``predict_proba``, or ``"logit"``) on ``z``, intercept unpenalised, gives each segment's
+    coefficient: ``regressor="ridge"`` (lime's ``Ridge``, ``alpha`` default 1.0) or ``"lasso"``
+    (Captum ``Lime``'s default ``SkLearnLasso``, ``alpha`` default 0.01, scikit-learn's meaning:
+    ``lasso_fit``). ``return_fit``: a ``Fit`` with the coefficients, intercept and weighted R^2.
     """
     labels, m, present = _labels(segments, cells, max_segments, x.shape[:2])
     width = real(kernel_width, "kernel_width", above=0)
-    alpha = real(alpha, "alpha", at_least=0)
+    if regressor not in REGRESSORS:
+        raise InputError(f"lime: regressor must be one of {tuple(REGRESSORS)}, not {regressor!r}")
+    alpha = real(REGRESSORS[regressor] if alpha is None else alpha, "alpha", at_least=0)
     if coalitions is None:
         samples = positive_int(samples, "samples")
         key = as_key(key, "lime is random", ", or the coalitions")
@@ -197,7 +245,7 @@ def lime(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, segments: s
     kept = z.sum(1)
     cosine = jnp.where(kept > 0, jnp.sqrt(kept / jnp.maximum(present.sum(), 1).astype(jnp.float32)), 0.0)
     weights = jnp.sqrt(jnp.exp(-((1.0 - cosine) ** 2) / width**2))
-    coef, intercept, r2 = _weighted_fit(z, y, weights, alpha)
+    coef, intercept, r2 = (_weighted_fit if regressor == "ridge" else lasso_fit)(z, y, weights, alpha)
     coef = jnp.where(present, coef, 0.0)
     return Fit(coef[labels], coef, intercept, r2) if return_fit else coef[labels]
 
