@@ -79,8 +79,8 @@ class NNXReLU(nnx.Module):
 
 
 class NNXCNN(nnx.Module):
-    def __init__(self, rngs: nnx.Rngs):
-        self.block1_conv1 = nnx.Conv(3, 4, (3, 3), padding="SAME", rngs=rngs)
+    def __init__(self, rngs: nnx.Rngs, channels: int = 3):
+        self.block1_conv1 = nnx.Conv(channels, 4, (3, 3), padding="SAME", rngs=rngs)
         self.block1_relu = NNXReLU()
         self.block2_conv1 = nnx.Conv(4, 8, (3, 3), padding="SAME", rngs=rngs)
         self.block3_conv2 = nnx.Conv(8, 8, (3, 3), padding="SAME", rngs=rngs)
@@ -95,11 +95,12 @@ class NNXCNN(nnx.Module):
         return self.predictions(x)
 
 
-def nnx_cnn(weights: dict) -> NNXCNN:
-    m = NNXCNN(nnx.Rngs(0))
+def nnx_cnn(weights: dict, channels: int = 3) -> NNXCNN:
+    """The NNX CNN with ``weights`` (on ``channels`` input channels: the first conv's first ones)."""
+    m = NNXCNN(nnx.Rngs(0), channels)
     for name, p in weights.items():
         layer = getattr(m, name)
-        layer.kernel[...] = jnp.asarray(p["kernel"])
+        layer.kernel[...] = jnp.asarray(p["kernel"][:, :, :channels] if name == "block1_conv1" else p["kernel"])
         layer.bias[...] = jnp.asarray(p["bias"])
     return m
 
@@ -196,11 +197,11 @@ def test_apply_is_pure_in_params(models, weights, xs, kind):
 # kinds), a CAM and a layer path integral in an inner layer.
 METHODS = {
     "gradient": {},
-    "integrated_gradients": dict(steps=16),
+    "integrated_gradients": {"steps": 16},
     "guided_backprop": {},
     "deconvnet": {},
-    "grad_cam": dict(layer="block3_conv2"),
-    "layer_integrated_gradients": dict(layer="block2_conv1", steps=16),
+    "grad_cam": {"layer": "block3_conv2"},
+    "layer_integrated_gradients": {"layer": "block2_conv1", "steps": 16},
 }
 
 
@@ -451,6 +452,8 @@ def test_unbatched_module_and_a_submodule_called_twice():
     close(logits, net(x))
     close(tapped["conv"], plain["conv"])
     close(tapped["conv#2"], plain["conv#2"] + tap)
+    assert m.layer_inputs == m.layers
+    np.testing.assert_array_equal(plain[input_key("conv#2")], jax.nn.relu(plain["conv"]))
 
 
 class NNXNorm(nnx.Module):

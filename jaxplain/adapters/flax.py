@@ -198,7 +198,7 @@ class _KernelProbe(Recorder):
         raise _Kernel(path, tuple(jnp.shape(kernel)), groups if isinstance(groups, int) and groups > 0 else 1)
 
 
-def _mode_hint(module: Any, call_kwargs: Mapping[str, Any]) -> str:
+def _mode_hint(module: Any) -> str:
     """``call_kwargs={...}`` that would put ``module`` in inference mode, read from its ``__call__``."""
     try:
         params = inspect.signature(type(module).__call__).parameters.values()
@@ -222,10 +222,10 @@ def _failure(e: Exception, name: str, module: Any, call_kwargs: Mapping[str, Any
     given = f" (call_kwargs={dict(call_kwargs)!r} was passed)" if call_kwargs else ""
     if isinstance(e, flax.errors.ModifyScopeVariableError):
         return (f"{name} updates a collection when called ({e}): it runs in training mode{given}; pass "
-                f"{_mode_hint(module, call_kwargs)} so every call runs in inference mode")
+                f"{_mode_hint(module)} so every call runs in inference mode")
     if isinstance(e, flax.errors.InvalidRngError):
         return (f"{name} asks for random numbers when called ({e}): it runs in training mode (Dropout){given}; pass "
-                f"{_mode_hint(module, call_kwargs)} so every call runs in inference mode")
+                f"{_mode_hint(module)} so every call runs in inference mode")
     if call_kwargs and isinstance(e, TypeError) and "keyword argument" in str(e):
         return f"call_kwargs={dict(call_kwargs)!r} do not fit how {name} is called ({e})"
     return None
