@@ -6,7 +6,7 @@ Shape, dtype and finite values and batch = loop and jit = eager for one method o
 method meets the model: a plain gradient, a swapped rectifier, taps of a layer along a path in
 chunks (layer IG), a layer's activation and gradient (Grad-CAM), activations alone (Score-CAM), and
 a swapped rectifier with a tap (guided Grad-CAM); ``batch_size`` slices = one call for three of
-them. Every method on both adapters compiles for about three minutes per test on the shared 2-core
+them. The same NNX CNN on one channel (C read from its first kernel) for Grad-CAM. Every method on both adapters compiles for about three minutes per test on the shared 2-core
 machine (measured), over this file's two-minute budget; the methods themselves are covered on the
 tiny VGG, and all of them passed the shape/dtype/finite test on the Linen adapter once by hand."""
 
@@ -48,3 +48,19 @@ def test_batch_equals_loop_and_jit_equals_eager(data, reference, name):
 @pytest.mark.parametrize("name", ["gradient", "layer_integrated_gradients", "guided_grad_cam"])
 def test_batch_size_slices_equal_one_call(data, reference, name):
     props.test_batch_size_slices_equal_one_call(data, reference, name)
+
+
+@pytest.fixture(scope="module")
+def gray():
+    model = jaxplain.from_flax(nnx_cnn(random_weights(4), channels=1))
+    assert model.channels == 1
+    x = images()[..., :1]
+    return props.Zoo(model, model), x, np.array([1, 4, 7])
+
+
+def test_grayscale_model(gray):
+    """Grad-CAM (a layer's activation and its gradient) on the one-channel CNN."""
+    m, x, t = gray
+    reference = {"grad_cam": jaxplain.explain(m.cnn, x, t, "grad_cam", **settings_for("grad_cam", x))}
+    props.test_shape_dtype_finite(gray, reference, "grad_cam")
+    props.test_batch_equals_loop_and_jit_equals_eager(gray, reference, "grad_cam")

@@ -6,6 +6,8 @@ Tolerance: 1e-5 of the largest reference value (float32). The three networks run
 arithmetic through different code (a batch axis of one, flax's Conv/Dense against lax calls),
 so they agree to the last bits, not exactly."""
 
+from typing import Any, NamedTuple
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -16,7 +18,7 @@ from jax import lax
 
 import jaxplain
 from jaxplain.errors import InputError
-from jaxplain.types import Model
+from jaxplain.types import Model, input_key
 
 RTOL = 1e-5
 # Layer names: the shared property tests (tests/method_settings.py) use "block3_conv2", an 8x8x8
@@ -77,8 +79,8 @@ class NNXReLU(nnx.Module):
 
 
 class NNXCNN(nnx.Module):
-    def __init__(self, rngs: nnx.Rngs):
-        self.block1_conv1 = nnx.Conv(3, 4, (3, 3), padding="SAME", rngs=rngs)
+    def __init__(self, rngs: nnx.Rngs, channels: int = 3):
+        self.block1_conv1 = nnx.Conv(channels, 4, (3, 3), padding="SAME", rngs=rngs)
         self.block1_relu = NNXReLU()
         self.block2_conv1 = nnx.Conv(4, 8, (3, 3), padding="SAME", rngs=rngs)
         self.block3_conv2 = nnx.Conv(8, 8, (3, 3), padding="SAME", rngs=rngs)
@@ -93,11 +95,12 @@ class NNXCNN(nnx.Module):
         return self.predictions(x)
 
 
-def nnx_cnn(weights: dict) -> NNXCNN:
-    m = NNXCNN(nnx.Rngs(0))
+def nnx_cnn(weights: dict, channels: int = 3) -> NNXCNN:
+    """The NNX CNN with ``weights`` (on ``channels`` input channels: the first conv's first ones)."""
+    m = NNXCNN(nnx.Rngs(0), channels)
     for name, p in weights.items():
         layer = getattr(m, name)
-        layer.kernel[...] = jnp.asarray(p["kernel"])
+        layer.kernel[...] = jnp.asarray(p["kernel"][:, :, :channels] if name == "block1_conv1" else p["kernel"])
         layer.bias[...] = jnp.asarray(p["bias"])
     return m
 
@@ -173,7 +176,7 @@ def test_logits_acts_and_taps_match_the_hand_written_model(models, xs, kind):
         logits, got = jax.jit(m.apply)(m.params, xs[0], t)
         want_logits, want = ref.apply(ref.params, xs[0], t)
         close(logits, want_logits)
-        assert list(got) == list(LAYERS)
+        assert sorted(got) == sorted(k for layer in LAYERS for k in (input_key(layer), layer))
         for k in LAYERS:
             close(got[k], want[k])
 
@@ -194,11 +197,11 @@ def test_apply_is_pure_in_params(models, weights, xs, kind):
 # kinds), a CAM and a layer path integral in an inner layer.
 METHODS = {
     "gradient": {},
-    "integrated_gradients": dict(steps=16),
+    "integrated_gradients": {"steps": 16},
     "guided_backprop": {},
     "deconvnet": {},
-    "grad_cam": dict(layer="block3_conv2"),
-    "layer_integrated_gradients": dict(layer="block2_conv1", steps=16),
+    "grad_cam": {"layer": "block3_conv2"},
+    "layer_integrated_gradients": {"layer": "block2_conv1", "steps": 16},
 }
 
 
@@ -228,8 +231,8 @@ def test_unknown_layer_lists_the_valid_ones(weights):
 
 def test_chosen_layers_keep_forward_order(weights):
     m = jaxplain.from_flax(nnx_cnn(weights), layers=["fc1", "block2_conv1"])
-    assert m.layers == ("block2_conv1", "fc1")
-    assert set(m.apply(m.params, jnp.zeros((32, 32, 3)))[1]) == {"block2_conv1", "fc1"}
+    assert m.layers == m.layer_inputs == ("block2_conv1", "fc1")
+    assert set(m.apply(m.params, jnp.zeros((32, 32, 3)))[1]) == {"block2_conv1", "fc1", "block2_conv1:input", "fc1:input"}
 
 
 class Pair(nn.Module):
@@ -449,6 +452,8 @@ def test_unbatched_module_and_a_submodule_called_twice():
     close(logits, net(x))
     close(tapped["conv"], plain["conv"])
     close(tapped["conv#2"], plain["conv#2"] + tap)
+    assert m.layer_inputs == m.layers
+    np.testing.assert_array_equal(plain[input_key("conv#2")], jax.nn.relu(plain["conv"]))
 
 
 class NNXNorm(nnx.Module):
@@ -487,3 +492,208 @@ def test_batch_norm_uses_its_statistics():
     close(lm.apply(lm.params, x)[0], LinenNorm().apply(variables, x[None])[0])
     assert not np.allclose(lm.apply(lm.params, x)[0], LinenNorm().apply({**variables, "batch_stats": {"bn": {
         "mean": np.zeros(4, np.float32), "var": np.ones(4, np.float32)}}}, x[None])[0])
+
+
+# ---- Any channel count, call flags, outputs, layer inputs
+
+
+def jitter(tree, seed: int):
+    """``tree`` with every leaf moved by 0.1 * N(0, 1): non-zero biases, non-trivial BatchNorm scales."""
+    leaves, treedef = jax.tree.flatten(tree)
+    rng = np.random.default_rng(seed)
+    return jax.tree.unflatten(treedef, [np.asarray(v, np.float32) + 0.1 * rng.normal(size=np.shape(v)).astype(np.float32)
+                                        for v in leaves])
+
+
+class TrainLeNet(nn.Module):
+    """A LeNet on 28x28x1 in the flax examples' convention: BatchNorm and Dropout keyed on ``train``
+    (default ``True``), the last conv named ``features``. ``trunk`` and ``top`` let the test call
+    the two halves itself; ``act`` lets it pass a rectifier."""
+
+    act: Any = nn.relu
+
+    def setup(self):
+        self.conv1 = nn.Conv(4, (3, 3), padding="SAME")
+        self.bn = nn.BatchNorm()
+        self.drop = nn.Dropout(0.5)
+        self.features = nn.Conv(6, (3, 3), padding="SAME")
+        self.head = nn.Dense(10)
+
+    def trunk(self, x, train: bool = True):
+        x = pool(self.act(self.bn(self.conv1(x), use_running_average=not train)))
+        return self.features(self.drop(x, deterministic=not train))
+
+    def top(self, h, train: bool = True):
+        h = pool(self.act(h))
+        return self.head(h.reshape(h.shape[0], -1))
+
+    def __call__(self, x, train: bool = True):
+        return self.top(self.trunk(x, train), train)
+
+
+def train_lenet_variables():
+    v = TrainLeNet().init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)), train=False)
+    rng = np.random.default_rng(8)
+    stats = {"mean": rng.normal(size=4).astype(np.float32), "var": rng.uniform(0.5, 2.0, size=4).astype(np.float32)}
+    return {"params": jitter(v["params"], 2), "batch_stats": {"bn": stats}}
+
+
+def lenet_by_hand(variables):
+    """The contract by hand over ``module.apply(variables, x, train=False)``: the two halves called
+    by the test, the tap added between them, the rectifier passed to the module."""
+
+    def apply(params, x, taps=None, relu=None):
+        net = TrainLeNet(act=relu or nn.relu)
+        h = net.apply(params, x[None], train=False, method=TrainLeNet.trunk)[0]
+        h = h + taps["features"] if taps and "features" in taps else h
+        return net.apply(params, h[None], train=False, method=TrainLeNet.top)[0], {"features": h}
+
+    return Model(apply=apply, params=jax.device_put(variables), layers=("features",), channels=1,
+                 preprocess=jaxplain.adapters.flax.scale_to_unit, input_size=(28, 28), name="by-hand")
+
+
+GRAY_METHODS = {"gradient": {}, "integrated_gradients": {"steps": 8}, "guided_backprop": {},
+                "grad_cam": {"layer": "features"}, "layer_integrated_gradients": {"layer": "features", "steps": 8}}
+
+
+def test_grayscale_linen_lenet_with_train_flag_batchnorm_and_dropout():
+    """C = 1 read from the first conv's kernel; call_kwargs={"train": False} gives the attributions
+    of the hand-written apply over module.apply(variables, x, train=False) (running statistics
+    used, no dropout); without it, an error naming the flag."""
+    variables = train_lenet_variables()
+    m = jaxplain.from_flax(TrainLeNet(), variables, input_size=(28, 28), call_kwargs={"train": False})
+    assert (m.channels, m.input_shape) == (1, (28, 28, 1))
+    assert m.layers == ("conv1", "bn", "drop", "features", "head")
+    ref = lenet_by_hand(variables)
+    xs = np.random.default_rng(6).normal(size=(2, 28, 28, 1)).astype(np.float32)
+    close(m.apply(m.params, xs[0])[0], TrainLeNet().apply(variables, xs[:1], train=False)[0])
+    for method, settings in GRAY_METHODS.items():
+        close(jaxplain.explain(m, xs, [3, 7], method, **settings), jaxplain.explain(ref, xs, [3, 7], method, **settings))
+    with pytest.raises(InputError, match=r"TrainLeNet updates a collection when called.*batch_stats.*training mode; "
+                                         r"pass call_kwargs=\{'train': False\}"):
+        jaxplain.from_flax(TrainLeNet(), variables, input_size=(28, 28))
+    with pytest.raises(InputError, match=r"TrainLeNet takes 1 channels, got images of shape \(1, 28, 28, 3\)"):
+        jaxplain.explain(m, np.zeros((1, 28, 28, 3), np.float32), [0], "gradient")
+
+
+class NNXGray(nnx.Module):
+    """A grayscale CNN, any size: ``conv2`` takes ``act``'s output as it is; smooth after it (a
+    finite difference there crosses no kink)."""
+
+    def __init__(self, rngs):
+        self.conv1 = nnx.Conv(1, 4, (3, 3), padding="SAME", rngs=rngs)
+        self.act = NNXReLU()
+        self.conv2 = nnx.Conv(4, 6, (3, 3), padding="SAME", rngs=rngs)
+        self.head = nnx.Linear(6, 5, rngs=rngs)
+
+    def __call__(self, x):
+        h = nnx.tanh(self.conv2(self.act(self.conv1(x))))
+        return self.head(h.mean(axis=(1, 2)))
+
+
+def test_grayscale_nnx_cnn_and_layer_inputs():
+    """C = 1 from the kernel; acts carry each layer's input: conv2's is act's output, conv1's the
+    image; a tap on conv2's input moves the logits as a tap on act's output does and as a central
+    finite difference along the tap says."""
+    net = NNXGray(nnx.Rngs(1))
+    for layer in (net.conv1, net.conv2, net.head):
+        layer.bias[...] = jnp.asarray(np.random.default_rng(4).normal(size=layer.bias.shape).astype(np.float32) * 0.1)
+    m = jaxplain.from_flax(net)
+    assert (m.channels, m.input_shape) == (1, (None, None, 1))
+    assert m.layers == m.layer_inputs == ("conv1", "act", "conv2", "head")
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(16, 16, 1)).astype(np.float32))
+    run = jax.jit(lambda t_in, t_act: m.apply(m.params, x, {input_key("conv2"): t_in, "act": t_act}))
+    zero = jnp.zeros((16, 16, 4), jnp.float32)
+    logits, acts = run(zero, zero)
+    close(logits, net(x[None])[0])
+    np.testing.assert_array_equal(acts[input_key("conv2")], acts["act"])
+    np.testing.assert_array_equal(acts[input_key("conv1")], x)
+    d, eps = jnp.asarray(np.random.default_rng(3).normal(size=zero.shape).astype(np.float32)), 1e-2
+    moved = run(eps * d, zero)[0]
+    close(moved, run(zero, eps * d)[0])
+    fd = (moved - run(-eps * d, zero)[0]) / (2 * eps)
+    close(fd, jax.jvp(lambda t: run(t, zero)[0], (zero,), (d,))[1], rtol=1e-3)
+    sub = jaxplain.from_flax(net, layers=["conv2"])
+    assert sub.layer_inputs == ("conv2",) and set(sub.apply(sub.params, x)[1]) == {"conv2", "conv2:input"}
+
+
+class Out(NamedTuple):
+    logits: jax.Array
+    features: jax.Array
+
+
+class TwoHeads(nn.Module):
+    """Returns the logits with the pooled features: a tuple, a dict or a namedtuple."""
+
+    kind: str = "tuple"
+
+    @nn.compact
+    def __call__(self, x):
+        f = nn.relu(nn.Conv(4, (3, 3), name="conv")(x)).mean(axis=(1, 2))
+        logits = nn.Dense(3, name="head")(f)
+        return {"tuple": (logits, f), "dict": {"logits": logits, "features": f}, "named": Out(logits, f)}[self.kind]
+
+
+def test_output_picks_the_logits():
+    x = np.random.default_rng(0).normal(size=(1, 8, 8, 3)).astype(np.float32)
+    v = {"params": jitter(TwoHeads().init(jax.random.key(0), x)["params"], 1)}
+    for kind, output, want in [("tuple", 0, lambda o: o[0]), ("dict", "logits", lambda o: o["logits"]),
+                               ("named", "logits", lambda o: o.logits), ("named", lambda o: o[0], lambda o: o[0])]:
+        m = jaxplain.from_flax(TwoHeads(kind), v, output=output)
+        assert m.layers == ("conv", "head")
+        close(m.apply(m.params, x[0])[0], want(TwoHeads(kind).apply(v, x))[0])
+    m = jaxplain.from_flax(TwoHeads("dict"), v, output="logits")
+    want = jax.grad(lambda im: TwoHeads("dict").apply(v, im[None])["logits"][0, 2])(x[0])
+    close(jaxplain.explain(m, x, [2], "gradient")[0], want)
+
+
+class DenseFirst(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(3, name="head")(nn.relu(nn.Dense(8, name="fc")(x.reshape(x.shape[0], -1))))
+
+
+class DropNet(nn.Module):
+    @nn.compact
+    def __call__(self, x, deterministic: bool = False):
+        return nn.Dense(3)(nn.Dropout(0.5)(nn.Conv(4, (3, 3))(x), deterministic=deterministic).mean(axis=(1, 2)))
+
+
+def test_bad_shapes_outputs_and_call_flags():
+    x = np.zeros((1, 8, 8, 3), np.float32)
+    v = TwoHeads().init(jax.random.key(0), x)
+    with pytest.raises(InputError, match=r"TwoHeads returns a dict of 'logits' \(2, 3\) float32, 'features' \(2, 4\) "
+                                         r"float32 .*not one array of logits; pass output= to pick them"):
+        jaxplain.from_flax(TwoHeads("dict"), v)
+    with pytest.raises(InputError, match=r"TwoHeads returns a tuple of \[0\] \(2, 3\) float32, \[1\] \(2, 4\)"):
+        jaxplain.from_flax(TwoHeads("tuple"), v)
+    with pytest.raises(InputError, match=r"output='logit' is not in what TwoHeads returns: a dict of 'logits' \(2, 3\)"):
+        jaxplain.from_flax(TwoHeads("dict"), v, output="logit")
+    with pytest.raises(InputError, match=r"output=2 is not in what TwoHeads returns: a tuple of \[0\]"):
+        jaxplain.from_flax(TwoHeads("tuple"), v, output=2)
+    with pytest.raises(InputError, match=r"output='logit' is not in what TwoHeads returns: a Out of \[0\] \.logits "
+                                         r"\(2, 3\) float32, \[1\] \.features"):
+        jaxplain.from_flax(TwoHeads("named"), v, output="logit")
+    with pytest.raises(InputError, match=r"output must be an index, a key, an attribute name or a function"):
+        jaxplain.from_flax(TwoHeads("dict"), v, output=1.5)
+    dense = DenseFirst().init(jax.random.key(0), np.zeros((1, 28, 28, 1), np.float32))
+    with pytest.raises(InputError, match=r"DenseFirst's first layer with weights, 'fc', has a kernel \(784, 8\), not a "
+                                         r"convolution's \[kh, kw, C_in, C_out\].*and it does not run on 3 channels.*"
+                                         r"give input_shape=\(H, W, C\)"):
+        jaxplain.from_flax(DenseFirst(), dense)
+    m = jaxplain.from_flax(DenseFirst(), dense, input_shape=(28, 28, 1))
+    assert (m.input_size, m.channels, m.layers) == ((28, 28), 1, ("fc", "head"))
+    for bad in [(28, 28), (28, None, 1), (28, 28, 0), "28x28x1"]:
+        with pytest.raises(InputError, match=r"input_shape must be \(H, W, C\)"):
+            jaxplain.from_flax(DenseFirst(), dense, input_shape=bad)
+    with pytest.raises(InputError, match=r"input_size=\(16, 16\) and input_shape=\(28, 28, 1\) disagree"):
+        jaxplain.from_flax(DenseFirst(), dense, input_shape=(28, 28, 1), input_size=(16, 16))
+    drop = DropNet().init(jax.random.key(0), x)
+    with pytest.raises(InputError, match=r"DropNet asks for random numbers when called.*dropout.*pass "
+                                         r"call_kwargs=\{'deterministic': True\}"):
+        jaxplain.from_flax(DropNet(), drop)
+    assert jaxplain.from_flax(DropNet(), drop, call_kwargs={"deterministic": True}).layers == ("Conv_0", "Dropout_0", "Dense_0")
+    with pytest.raises(InputError, match=r"call_kwargs=\{'train': False\} do not fit how DropNet is called.*train"):
+        jaxplain.from_flax(DropNet(), drop, call_kwargs={"train": False})
+    with pytest.raises(InputError, match=r"call_kwargs must be a dict of keyword arguments"):
+        jaxplain.from_flax(DropNet(), drop, call_kwargs=[("deterministic", True)])
