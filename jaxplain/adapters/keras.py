@@ -192,9 +192,6 @@ def _graph_runner(keras: Any, model: Any, slots: list, last: Any, replace: Calla
 
     def wrap(op: Any) -> Callable[..., Any]:
         def call(rec: Recorder, *args: Any, **kwargs: Any) -> Any:
-            name = op.name if op.name not in rec.calls else f"{op.name}#{rec.calls[op.name] + 1}"
-            if args:
-                args = (rec.call(input_key(name), _same, args[0]), *args[1:])
             if _takes_training(op):
                 kwargs["training"] = False
             fn = replace if (op is last and replace is not None) else op
@@ -212,10 +209,6 @@ def _graph_runner(keras: Any, model: Any, slots: list, last: Any, replace: Calla
             return out[0] if isinstance(out, (list, tuple)) and len(out) == 1 else out
 
     return run
-
-
-def _same(v: Any) -> Any:
-    return v
 
 
 def _drop(v: Any, *args: Any, **kwargs: Any) -> Any:
@@ -292,7 +285,7 @@ def _probe(run: Runner, params: PyTree, shape: tuple[int, int, int], name: str) 
 
 def _choose(outputs: list[Output], layers: Sequence[str] | None, name: str, subclassed: bool) -> tuple[str, ...]:
     """The layers asked for (default: every tappable layer output), in forward order."""
-    valid = tuple(o.name for o in outputs if not o.problem and not o.name.endswith(":input"))
+    valid = tuple(o.name for o in outputs if not o.problem)
     if layers is None:
         return valid
     if isinstance(layers, str):
@@ -388,8 +381,7 @@ def from_keras(model: Any, *, input_shape: Sequence[int | None] | None = None, l
         run = _graph_runner(keras, model, slots, last, replace)
     outputs = _probe(run, weights, (shape[0] or PROBE_SIZE[0], shape[1] or PROBE_SIZE[1], shape[2]), name)
     chosen = _choose(outputs, layers, name, subclassed)
-    inputs = tuple(o.name[: -len(":input")] for o in outputs
-                   if o.name.endswith(":input") and not o.problem and o.name[: -len(":input")] in chosen)
+    inputs = tuple(o.name for o in outputs if not o.input_problem and o.name in chosen)
     why = "none (a subclassed Keras model has no graph of layers to tap)" if subclassed else "none"
     size = None if shape[0] is None or shape[1] is None else (shape[0], shape[1])
     return Model(apply=_apply(run, chosen, inputs, name, why), params=weights, layers=chosen,
