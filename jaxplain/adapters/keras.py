@@ -59,7 +59,7 @@ Runner = Callable[[PyTree, Array, Recorder], Any]  # (params, input [B, H, W, C]
 # The weights
 
 
-@jax.tree_util.register_pytree_node_class
+@jax.tree_util.register_pytree_with_keys_class
 class KerasWeights(Mapping):
     """``layer name -> {weight: value}`` over a Keras model's variables.
 
@@ -88,6 +88,11 @@ class KerasWeights(Mapping):
     def tree_flatten(self) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
         names = tuple(self._layers)
         return [self[n] for n in names], names
+
+    def tree_flatten_with_keys(self) -> tuple[list[tuple[Any, dict[str, Any]]], tuple[str, ...]]:
+        """As ``tree_flatten``, each layer keyed by its name (``model_randomisation`` finds it so)."""
+        names = tuple(self._layers)
+        return [(jax.tree_util.DictKey(n), self[n]) for n in names], names
 
     @classmethod
     def tree_unflatten(cls, names: tuple[str, ...], children: Sequence[dict[str, Any]]) -> KerasWeights:
