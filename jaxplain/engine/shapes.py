@@ -87,7 +87,8 @@ def check_images(model: Model, images: Any) -> Array:
         raise InputError("images is an empty batch")
     channels = model.channels
     if a.shape[-1] != channels:
-        raise InputError(f"{model.name} takes {channels} channels, got images of shape {a.shape}")
+        raise InputError(f"{model.name} takes images of {channels} channel{'s' if channels != 1 else ''} "
+                         f"[B, H, W, {channels}], got {a.shape[-1]} (images of shape {a.shape})")
     hw = tuple(a.shape[1:3])
     if model.input_size is not None and hw != tuple(model.input_size):
         raise InputError(f"{model.name} takes {model.input_size[0]}x{model.input_size[1]} images, got {hw[0]}x{hw[1]}")
@@ -108,7 +109,8 @@ def _check_range(model: Model, low: float, high: float) -> None:
     inside). No check without a preprocess."""
     if getattr(model, "preprocess", None) is None:
         return
-    pixels = np.array([[[[0, 0, 0]]], [[[255, 255, 255]]]], np.uint8)  # [2, 1, 1, 3]: black, white
+    pixels = np.full((2, 1, 1, int(model.channels)), 255, np.uint8)  # [2, 1, 1, C]: black, white
+    pixels[0] = 0
     try:
         ref = np.asarray(model.preprocess(pixels), np.float64)
     except Exception:  # noqa: BLE001  (a preprocess that cannot take a 1x1 picture: no check)
@@ -116,5 +118,5 @@ def _check_range(model: Model, low: float, high: float) -> None:
     lo, hi = float(ref.min()), float(ref.max())
     if low < lo - 4 * (hi - lo) or high > hi + 4 * (hi - lo):
         warnings.warn(f"images range over [{low:.4g}, {high:.4g}], far outside [{lo:.4g}, {hi:.4g}], what "
-                      f"{model.name}'s preprocess makes of pixels 0..255: pass model.preprocess(pixels) (uint8 RGB)",
+                      f"{model.name}'s preprocess makes of pixels 0..255: pass model.preprocess(pixels) (uint8 [B, H, W, C])",
                       InputWarning, stacklevel=4)
