@@ -64,8 +64,8 @@ class Model:
       channel_order: the order of the input channels after ``preprocess``, ``"RGB"`` or
         ``"BGR"`` (Caffe's and Keras' VGG weights).
       cam_layer: the layer CAM and layer methods use when none is asked for (ResNet's
-        ``"layer4"``, ViT's next-to-last block); ``None``: the last layer named like a conv (the last
-        spatial one if none is, attention layers excluded).
+        ``"layer4"``, ViT's next-to-last block, VGG's last conv); ``None``: the last spatial layer
+        ``[h, w, K]`` of the forward pass, whatever its name (attention layers excluded).
       token_grid: ``(gh, gw)``, the patch grid of a transformer's token layers (row-major
         patches); ``None``: the model has no token layers.
       token_layers: token layer ``[T, D]`` -> how many non-patch tokens lead it (a ViT's class

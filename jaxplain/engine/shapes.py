@@ -37,16 +37,15 @@ def layer_shapes(model: Model, image_shape: tuple[int, ...]) -> dict[str, tuple[
 
 
 def default_layer(model: Model, image_shape: tuple[int, ...]) -> str:
-    """The model's ``cam_layer``, else the last convolutional layer it names (the last spatial one
-    if none says conv; attention layers, 3-D but not spatial, never)."""
+    """The model's ``cam_layer``, else the last spatial layer ``[h, w, K]`` of the forward pass
+    (``model.layers`` order; attention layers, 3-D but not spatial, never), whatever its name."""
     if model.cam_layer is not None:
         return model.cam_layer
     shapes = layer_shapes(model, image_shape)
     spatial = [name for name in model.layers if len(shapes.get(name, ())) == 3 and name not in model.attention_layers]
-    convs = [name for name in spatial if "conv" in name.lower()]  # Linen: "Conv_0"
-    if not (convs or spatial):
+    if not spatial:
         raise InputError(f"{model.name} has no spatial layer [h, w, K]")
-    return (convs or spatial)[-1]
+    return spatial[-1]
 
 
 def check_layer(model: Model, image_shape: tuple[int, ...], layer: str, *, spatial: bool = False) -> tuple[int, ...]:
@@ -87,8 +86,8 @@ def check_images(model: Model, images: Any) -> Array:
         raise InputError("images is an empty batch")
     channels = model.channels
     if a.shape[-1] != channels:
-        raise InputError(f"{model.name} takes images of {channels} channel{'s' if channels != 1 else ''} "
-                         f"[B, H, W, {channels}], got {a.shape[-1]} (images of shape {a.shape})")
+        raise InputError(f"{model.name} takes {channels} channel{'s' if channels != 1 else ''} [B, H, W, {channels}], got "
+                         f"images of {a.shape[-1]} channel{'s' if a.shape[-1] != 1 else ''} (shape {a.shape})")
     hw = tuple(a.shape[1:3])
     if model.input_size is not None and hw != tuple(model.input_size):
         raise InputError(f"{model.name} takes {model.input_size[0]}x{model.input_size[1]} images, got {hw[0]}x{hw[1]}")
