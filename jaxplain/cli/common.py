@@ -89,8 +89,9 @@ def load_model(args: argparse.Namespace):
 
 def images(paths: Sequence[str], model) -> tuple[list[int], list[np.ndarray]]:
     """``(positions, arrays)`` of what loads; the rest is reported, one line each."""
-    from jaxplain.io import load_image
+    from jaxplain.io import load_image, picture_mode
 
+    picture_mode(model)  # a model of neither 1 nor 3 channels: one error, not one per picture
     ok, arrays = [], []
     for i, path in enumerate(paths):
         try:
@@ -108,7 +109,7 @@ def labels(model, name: str | None = None) -> tuple[tuple[str, str], ...] | None
     from jaxplain.engine.shapes import num_classes
     from jaxplain.models.zoo import ZOO
 
-    k = num_classes(model, (*(model.input_size or (224, 224)), 3))
+    k = num_classes(model, (*(model.input_size or (224, 224)), model.channels))
     e = ZOO.get(name or model.name)
     labels = e.labels() if e else ()
     return labels if len(labels) == k else None
