@@ -18,6 +18,7 @@ from jaxplain.types import Model
 _HIGH_BIT = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 _GRAY = ("1", "L", "LA", "La", *_HIGH_BIT)  # Pillow's modes of a picture without colour
 log = logging.getLogger("jaxplain")
+CONVERTED = "jaxplain.converted"  # in a picture's ``info``: colour read as grayscale by ``read_image``
 MIN_SIDE = 8
 """Pictures with a side shorter than this are refused: brought to a model's input (224 pixels a
 side for most), each of their pixels would become a block of tens of pixels; nothing to explain."""
@@ -53,7 +54,7 @@ def read_image(path: str | os.PathLike, mode: str = "RGB") -> Image.Image:
 
     Accepts RGB, RGBA and LA (alpha dropped), grayscale, palette, CMYK and 16-bit images (scaled
     by 1/257 to 8 bits); read as grayscale, a colour picture becomes Pillow's luma
-    ``L = 0.299 R + 0.587 G + 0.114 B`` (ITU-R 601-2). Pictures of more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels are refused
+    ``L = 0.299 R + 0.587 G + 0.114 B`` (ITU-R 601-2), marked ``info[CONVERTED]``. Pictures of more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels are refused
     from their header, before decoding (``ImageError``). Of an animated picture or a multipage
     TIFF the first frame is read, with an ``InputWarning``.
     """
@@ -84,18 +85,13 @@ def read_image(path: str | os.PathLike, mode: str = "RGB") -> Image.Image:
         return Image.fromarray(g if mode == "L" else np.stack([g] * 3, axis=-1))
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
+    colour = img.mode not in _GRAY and not (img.mode == "P" and _gray_palette(img))
     if mode == "L" and img.mode not in ("L", "LA", "La", "1"):
         img = img.convert("RGB")  # CMYK, YCbCr, a palette: through RGB to Pillow's luma
-    return img.convert(mode)
-
-
-def is_colour(path: str | os.PathLike) -> bool:
-    """Whether the picture file holds colour (its Pillow mode is not a grayscale one), from its header."""
-    try:
-        with Image.open(path) as img:
-            return img.mode not in _GRAY and not (img.mode == "P" and _gray_palette(img))
-    except (OSError, ValueError, SyntaxError):
-        return False
+    out = img.convert(mode)
+    if mode == "L" and colour:
+        out.info[CONVERTED] = True
+    return out
 
 
 def _gray_palette(img: Image.Image) -> bool:
@@ -139,7 +135,7 @@ def load_for_model(
     """
     mode = picture_mode(model)
     img = read_image(path, mode)
-    converted = mode == "L" and is_colour(path)
+    converted = bool(img.info.get(CONVERTED))
     if converted:
         log.info("%s: a colour picture read as grayscale (luma) for %s, a 1-channel model", path, model.name)
     w, h = img.size
