@@ -49,7 +49,8 @@ class Model:
       apply: pure ``(params, x [H, W, C], taps=None, relu=None) -> (logits [K], acts)``.
       params: the weights, a pytree passed to ``apply``.
       layers: layer names in forward order (the keys ``acts`` and ``taps`` use).
-      preprocess: ``uint8 [B, H, W, 3] RGB -> float32 [B, H, W, C]`` for these weights.
+      preprocess: ``uint8 [B, H, W, C] -> float32 [B, H, W, C]`` for these weights (RGB pixels
+        for a 3-channel model, gray ones for a 1-channel model).
       input_size: ``(H, W)`` the weights expect; ``None`` when any size works.
       channels: ``C``, the channels of a preprocessed image (3 for RGB, 1 for grayscale, any
         count for multispectral inputs); ``input_shape`` is ``(H, W, C)``.

@@ -195,6 +195,9 @@ def test_channel_mismatch_names_both_counts():
     x = np.zeros((2, HW, HW, 3), np.float32)
     with pytest.raises(InputError, match=r"cnn1 takes 1 channel \[B, H, W, 1\], got images of 3 channels"):
         jaxplain.explain(m, x, 0, "gradient")
+    with pytest.raises(InputError, match=r"got shape \(2, 16, 16\) \(a batch of grayscale images: add the channel axis, "
+                                         r"images\[\.\.\., None\]"):
+        jaxplain.explain(m, x[..., 0], 0, "gradient")
     with pytest.raises(InputError, match=r"takes 12 channels \[B, H, W, 12\], got images of 4 channels"):
         jaxplain.evaluate(cnn(12), np.zeros((1, HW, HW, 4), np.float32), 0, np.zeros((1, HW, HW, 4)), "deletion")
 

@@ -79,6 +79,8 @@ def check_images(model: Model, images: Any) -> Array:
     a = images if isinstance(images, jax.Array) else np.asarray(images)
     if a.ndim != 4:
         hint = " (add a batch axis: images[None])" if a.ndim == 3 else ""
+        if a.ndim == 3 and model.channels == 1:
+            hint = " (a batch of grayscale images: add the channel axis, images[..., None]; one image: images[None])"
         raise InputError(f"images must be a batch [B, H, W, C], got shape {a.shape}{hint}")
     if not jnp.issubdtype(a.dtype, jnp.floating):
         raise InputError(f"images must be preprocessed floats (model.preprocess), got dtype {a.dtype}")
