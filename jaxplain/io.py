@@ -45,7 +45,7 @@ def picture_mode(model: Model | None) -> str:
     if c in (1, 3):
         return "L" if c == 1 else "RGB"
     raise InputError(f"{model.name} takes {c}-channel images, which no picture file holds (a picture gives 1 or 3 "
-                     f"channels): explain arrays [B, H, W, {c}] from Python with jaxplain.explain")
+                     f"channels): give it arrays [B, H, W, {c}] from Python (jaxplain.explain, jaxplain.evaluate)")
 
 
 def read_image(path: str | os.PathLike, mode: str = "RGB") -> Image.Image:
