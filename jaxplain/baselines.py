@@ -87,12 +87,14 @@ def baseline_image(value: float | str | Array, x: Array, key: Array | int | None
 
 def for_model(value: Any, preprocess: Any, image_shape: tuple[int, ...], model_name: str = "the model") -> Any:
     """``value`` with ``"black"`` / ``"white"`` resolved to ``preprocess`` of a black / white
-    picture (uint8 ``[1, H, W, 3]`` of 0 / 255) ``[H, W, C]`` float32; anything else as it is."""
+    picture (uint8 ``[1, H, W, C]`` of 0 / 255, ``C`` from ``image_shape``) ``[H, W, C]`` float32;
+    anything else as it is."""
     if not (isinstance(value, str) and value in ("black", "white")):
         return value
     if preprocess is None:
         raise InputError(f"baseline={value!r} needs {model_name}'s preprocess, which it lacks: pass a number or an array")
-    picture = np.full((1, *image_shape[:2], 3), 255 if value == "white" else 0, np.uint8)
+    picture = np.full((1, *image_shape[:2], image_shape[2] if len(image_shape) > 2 else 3), 255 if value == "white" else 0,
+                      np.uint8)
     return jnp.asarray(preprocess(picture)[0], jnp.float32)
 
 

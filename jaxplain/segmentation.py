@@ -83,8 +83,10 @@ def _check_pictures(images: Any) -> np.ndarray:
     a = np.asarray(images)
     if a.ndim == 3:
         a = a[None]
-    if a.ndim != 4 or a.shape[-1] != 3 or a.shape[0] == 0:
-        raise InputError(f"segments takes RGB pictures [B, H, W, 3] or [H, W, 3], got shape {a.shape}")
+    if a.ndim != 4 or a.shape[-1] not in (1, 3) or a.shape[0] == 0:
+        raise InputError(f"segments takes RGB pictures [B, H, W, 3] or [H, W, 3], or grayscale ones [B, H, W, 1] or "
+                         f"[H, W, 1], got shape {a.shape}; for other channel counts segment a picture made of them "
+                         "(such as images.mean(-1, keepdims=True)), or pass label maps")
     if a.dtype == np.uint8:
         return a
     if not np.issubdtype(a.dtype, np.floating) or not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
@@ -93,9 +95,30 @@ def _check_pictures(images: Any) -> np.ndarray:
     return a
 
 
+def _lightness(picture: np.ndarray) -> np.ndarray:
+    """A grayscale picture ``[H, W, 1]`` (uint8, or floats in [0, 1]) on Lab's lightness scale
+    (0-100, float64): the units scikit-image measures an RGB picture's colours in, so that
+    ``compactness`` and ``max_dist`` mean the same for grayscale and colour pictures."""
+    top = 255.0 if picture.dtype == np.uint8 else 1.0
+    return picture.astype(np.float64) * (100.0 / top)
+
+
+def _segment(algorithm: Any, kind: str, picture: np.ndarray, settings: dict[str, Any]) -> np.ndarray:
+    """One picture ``[H, W, 3]`` (RGB) or ``[H, W, 1]`` (grayscale) segmented by scikit-image."""
+    if picture.shape[-1] == 3:
+        return np.asarray(algorithm(picture, **settings))
+    if kind == "slic":
+        return np.asarray(algorithm(_lightness(picture)[..., 0], channel_axis=None, **settings))
+    if kind == "quickshift":
+        return np.asarray(algorithm(_lightness(picture), convert2lab=False, **settings))
+    return np.asarray(algorithm(picture[..., 0], channel_axis=None, **settings))
+
+
 def segments(images: Any, kind: str = "slic", **options: Any) -> np.ndarray:
-    """Label maps ``[B, H, W]`` int32 (labels from 0) of RGB ``images`` ``[B, H, W, 3]`` (uint8, or
-    floats in [0, 1]) as a person sees them, not preprocessed for a model.
+    """Label maps ``[B, H, W]`` int32 (labels from 0) of RGB ``images`` ``[B, H, W, 3]`` or grayscale
+    ones ``[B, H, W, 1]`` (uint8, or floats in [0, 1]) as a person sees them, not preprocessed for a
+    model. A grayscale picture is segmented as grayscale, its values on Lab's lightness scale (what
+    an RGB picture's colours are measured in), so each kind's options mean the same for both.
 
     ``kind``: ``"grid"`` (``cells=8``: ``cells x cells`` rectangles, or ``(rows, columns)``),
     ``"slic"``, ``"felzenszwalb"`` or ``"quickshift"`` (scikit-image, the ``segments`` extra;
@@ -119,32 +142,48 @@ def segments(images: Any, kind: str = "slic", **options: Any) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", np.exceptions.ComplexWarning)  # a negative count, say
-            maps = [np.asarray(algorithm(p, **settings)) for p in pictures]
+            maps = [_segment(algorithm, kind, p, settings) for p in pictures]
     except (TypeError, ValueError, np.exceptions.ComplexWarning) as e:
         raise InputError(f"segments={kind!r} with {options or 'its defaults'}: scikit-image refused it ({e})") from None
     return np.stack([np.unique(m, return_inverse=True)[1].reshape(m.shape) for m in maps]).astype(np.int32)
 
 
 def pictures(model: Model, images: Any) -> np.ndarray:
-    """The uint8 RGB pictures ``[B, H, W, 3]`` that ``model.preprocess`` turns into ``images``.
+    """The uint8 pictures ``[B, H, W, C]`` (``C = model.channels``) that ``model.preprocess`` turns
+    into ``images``.
 
     Inverts a preprocessing that is affine per pixel (scaling, mean and standard deviation, channel
-    order: every model of the zoo), found by probing ``model.preprocess`` with a few colours; any
-    other raises an ``InputError`` that asks for label maps instead."""
+    order: every model of the zoo), found by probing ``model.preprocess`` with a few uint8 pixels of
+    ``C`` channels; any other raises an ``InputError`` that asks for label maps instead."""
     if model.preprocess is None:
         raise InputError(f"{model.name} has no preprocess to invert: pass label maps (jaxplain.segments on your pictures)")
-    probe = np.zeros((5, 1, 1, 3), np.uint8)
-    probe[1:4, 0, 0] = 255 * np.eye(3, dtype=np.uint8)
-    probe[4, 0, 0] = (37, 200, 91)
-    out = np.asarray(model.preprocess(probe), np.float64).reshape(5, -1)
-    offset, a = out[0], (out[1:4] - out[0]) / 255.0  # preprocessed = rgb @ a + offset
+    c = int(model.channels)
+    probe = np.zeros((c + 2, 1, 1, c), np.uint8)
+    probe[1 : c + 1, 0, 0] = 255 * np.eye(c, dtype=np.uint8)
+    probe[c + 1, 0, 0] = np.resize(np.array([37, 200, 91], np.uint8), c)
+    try:
+        out = np.asarray(model.preprocess(probe), np.float64).reshape(c + 2, -1)
+    except Exception as e:  # noqa: BLE001  (a preprocess that cannot take these pixels)
+        raise InputError(f"{model.name}'s preprocess does not take uint8 pixels [B, H, W, {c}] ({e}), so the picture "
+                         "cannot be recovered: pass label maps (jaxplain.segments on your pictures)") from None
+    offset, a = out[0], (out[1 : c + 1] - out[0]) / 255.0  # preprocessed = pixels @ a + offset
     scale = max(np.abs(out).max(), 1e-12)
-    if np.abs(probe[4, 0, 0].astype(np.float64) @ a + offset - out[4]).max() > 1e-4 * scale or np.linalg.matrix_rank(a) < 3:
-        raise InputError(f"{model.name}'s preprocess is not an affine map of the RGB values, so the picture cannot be "
+    if (a.shape[1] != c or np.abs(probe[c + 1, 0, 0].astype(np.float64) @ a + offset - out[c + 1]).max() > 1e-4 * scale
+            or np.linalg.matrix_rank(a) < c):
+        raise InputError(f"{model.name}'s preprocess is not an affine map of the pixel values, so the picture cannot be "
                          "recovered: pass label maps (jaxplain.segments on your pictures)")
     x = np.asarray(images, np.float64)
-    rgb = (x - offset) @ np.linalg.pinv(a)
-    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+    px = (x - offset) @ np.linalg.pinv(a)
+    return np.clip(np.rint(px), 0, 255).astype(np.uint8)
+
+
+def seen(pictures_: np.ndarray) -> np.ndarray:
+    """What a person sees of uint8 pictures ``[B, H, W, C]``, the picture a segmentation runs on:
+    RGB (``C = 3``) and grayscale (``C = 1``) as they are; any other count (RGBA, multispectral)
+    as the grayscale mean of its channels ``[B, H, W, 1]``."""
+    if pictures_.shape[-1] in (1, 3):
+        return pictures_
+    return np.rint(pictures_.mean(-1, keepdims=True)).astype(np.uint8)
 
 
 def check_labels(labels: Any, shape: tuple[int, int], batch: int | None = None) -> Array | np.ndarray:
@@ -182,7 +221,8 @@ def count(labels: Array | np.ndarray, max_segments: int | None) -> int:
 def resolve(model: Model, images: Any, settings: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
     """A surrogate method's ``segments`` and ``max_segments`` for a batch of preprocessed
     ``images [B, H, W, C]`` (``explain`` calls this on the host): a scikit-image kind becomes the
-    label maps ``[B, H, W]`` of the pictures (``pictures``); a label map is checked; ``max_segments``
+    label maps ``[B, H, W]`` of the pictures (``pictures``; a model of neither 1 nor 3 channels: of
+    their channels' mean, ``seen``); a label map is checked; ``max_segments``
     becomes the static count (``count``). ``"grid"`` stays for the method to build. ``defaults``:
     the method's settings' defaults."""
     settings = dict(settings)
@@ -198,7 +238,7 @@ def resolve(model: Model, images: Any, settings: dict[str, Any], defaults: dict[
                 settings["cells"] = options["cells"]
             settings["segments"] = "grid"
             return settings
-        labels = segments(pictures(model, images), kind, **options)
+        labels = segments(seen(pictures(model, images)), kind, **options)
     else:
         labels = check_labels(spec, (h, w), b)
     settings["segments"] = labels

@@ -49,7 +49,8 @@ class Model:
       apply: pure ``(params, x [H, W, C], taps=None, relu=None) -> (logits [K], acts)``.
       params: the weights, a pytree passed to ``apply``.
       layers: layer names in forward order (the keys ``acts`` and ``taps`` use).
-      preprocess: ``uint8 [B, H, W, 3] RGB -> float32 [B, H, W, C]`` for these weights.
+      preprocess: ``uint8 [B, H, W, C] -> float32 [B, H, W, C]`` for these weights (RGB pixels
+        for a 3-channel model, gray ones for a 1-channel model).
       input_size: ``(H, W)`` the weights expect; ``None`` when any size works.
       channels: ``C``, the channels of a preprocessed image (3 for RGB, 1 for grayscale, any
         count for multispectral inputs); ``input_shape`` is ``(H, W, C)``.
@@ -64,8 +65,8 @@ class Model:
       channel_order: the order of the input channels after ``preprocess``, ``"RGB"`` or
         ``"BGR"`` (Caffe's and Keras' VGG weights).
       cam_layer: the layer CAM and layer methods use when none is asked for (ResNet's
-        ``"layer4"``, ViT's next-to-last block); ``None``: the last layer named like a conv (the last
-        spatial one if none is, attention layers excluded).
+        ``"layer4"``, ViT's next-to-last block, VGG's last conv); ``None``: the last spatial layer
+        ``[h, w, K]`` of the forward pass, whatever its name (attention layers excluded).
       token_grid: ``(gh, gw)``, the patch grid of a transformer's token layers (row-major
         patches); ``None``: the model has no token layers.
       token_layers: token layer ``[T, D]`` -> how many non-patch tokens lead it (a ViT's class

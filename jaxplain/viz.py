@@ -73,8 +73,8 @@ def heatmap(m: np.ndarray, cmap: str | None = None, signed: bool = False, percen
 
 def as_map(attribution: np.ndarray, kind: str, reduction: str = "abs_max") -> np.ndarray:
     """One image's attribution -> the ``[h, w]`` float map a picture draws, by the method's output
-    ``kind`` (``jaxplain.marks.output_of``): ``"pixels"`` ``[H, W, C]`` reduced over channels
-    by ``reduction`` (``jaxplain.reduce``); ``"map"`` ``[h, w]`` (CAMs, RISE, surrogates) as it is;
+    ``kind`` (``jaxplain.marks.output_of``): ``"pixels"`` ``[H, W, C]`` (any ``C``) reduced over
+    channels by ``reduction`` (``jaxplain.reduce``); ``"map"`` ``[h, w]`` (CAMs, RISE, surrogates) as it is;
     ``"layer"`` (a layer's shape) is not a picture and is refused."""
     a = np.asarray(attribution)
     if kind == "layer":
@@ -83,7 +83,7 @@ def as_map(attribution: np.ndarray, kind: str, reduction: str = "abs_max") -> np
     if kind == "pixels":
         if a.ndim != 3:
             raise InputError(f"a 'pixels' attribution is one image's [H, W, C], got shape {a.shape}")
-        return np.asarray(reduce(a, reduction), np.float64)
+        return np.asarray(reduce(a, reduction, channels=a.shape[-1]), np.float64)
     if kind == "map":
         if a.ndim != 2:
             raise InputError(f"a 'map' attribution is one image's [h, w], got shape {a.shape}")
@@ -142,15 +142,14 @@ def place(m: np.ndarray, size: tuple[int, int], box=None) -> tuple[np.ndarray, n
 
 def overlay(image: np.ndarray, m: np.ndarray, alpha: float = 0.55, *, box=None, cmap: str | None = None,
             signed: bool = False, percentile: float = 99.0) -> np.ndarray:
-    """Blend the colours of ``m [h, w]`` over ``image uint8 [H, W, 3]``, weighting by intensity.
+    """Blend the colours of ``m [h, w]`` over ``image uint8 [H, W, 3]`` (RGB) or a grayscale
+    ``[H, W, 1]`` / ``[H, W]`` (drawn as gray), weighting by intensity; returns ``uint8 [H, W, 3]``.
 
     ``box`` ``(left, top, right, bottom)``, in ``image``'s pixels (floats): the region of ``image``
     the model's input showed (``Loaded.box``); the map is stretched over it and the rest of the
     picture dimmed to ``OUTSIDE``. ``None``: the whole picture. Colours are as ``heatmap``'s, levels
     taken at the map's own resolution (a layer-resolution CAM is fine, a 1-D profile is refused)."""
-    image, m = np.asarray(image), np.asarray(m)
-    if image.ndim != 3 or image.shape[-1] != 3:
-        raise InputError(f"overlay draws over an RGB image [H, W, 3], got shape {image.shape}")
+    image, m = as_rgb(image), np.asarray(m)
     if m.ndim != 2:
         raise InputError(f"overlay takes a 2-D map [h, w], got shape {m.shape} (reduce [H, W, C] attributions first)")
     v, inside = place(_levels(m, signed, percentile), image.shape[:2], box)
@@ -175,17 +174,32 @@ def colorbar(cmap: str | None = None, signed: bool = False, size: tuple[int, int
     return np.repeat(row[None], h, axis=0)
 
 
+def as_rgb(image: np.ndarray) -> np.ndarray:
+    """``uint8 [H, W, 3]`` of an RGB picture ``[H, W, 3]`` (as it is) or a grayscale one ``[H, W, 1]``
+    or ``[H, W]`` (its gray repeated), what ``overlay`` draws over; any other shape is refused."""
+    a = np.asarray(image)
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.ndim == 2:
+        return np.repeat(a[..., None], 3, axis=-1)
+    if a.ndim != 3 or a.shape[-1] != 3:
+        raise InputError(f"overlay draws over an RGB picture [H, W, 3] or a grayscale one [H, W, 1] or [H, W], got shape "
+                         f"{a.shape}; a picture of other channels: draw over one made of them (such as their mean)")
+    return a
+
+
 def thumbnail(rgb: np.ndarray, longest: int = 256) -> np.ndarray:
-    """``uint8 [H, W, 3]`` shrunk (never enlarged) so that its longest side is at most ``longest``,
-    its aspect ratio kept (Pillow)."""
+    """``uint8 [H, W, 3]`` (or grayscale ``[H, W, 1]`` / ``[H, W]``, kept so) shrunk (never
+    enlarged) so that its longest side is at most ``longest``, its aspect ratio kept (Pillow)."""
     from PIL import Image
 
     rgb = np.asarray(rgb, np.uint8)
     if longest < 1:
         raise InputError(f"thumbnail's longest side must be positive, got {longest}")
-    img = Image.fromarray(rgb)
+    gray = rgb.ndim == 3 and rgb.shape[-1] == 1
+    img = Image.fromarray(rgb[..., 0] if gray else rgb)
     img.thumbnail((longest, longest), Image.Resampling.LANCZOS)
-    return np.asarray(img)
+    return np.asarray(img)[..., None] if gray else np.asarray(img)
 
 
 def grid(tiles: list[np.ndarray], cols: int = 8, pad: int = 2) -> np.ndarray:
@@ -216,17 +230,21 @@ def feature_maps(acts: np.ndarray, channels: list[int] | None = None, cols: int 
 
 
 def filters(model: Model, layer: str | None = None, cols: int = 16, scale: int = 8) -> np.ndarray:
-    """The first conv layer's filters (``[kh, kw, 3, K]`` kernels) as a grid of small RGB pictures,
-    each filter min-max normalised and read in ``model.channel_order`` (BGR kernels are flipped);
+    """The first conv layer's filters (``[kh, kw, 3, K]`` kernels, or a grayscale model's
+    ``[kh, kw, 1, K]`` shown gray) as a grid of small RGB pictures, each filter min-max normalised
+    and read in ``model.channel_order`` (BGR kernels are flipped);
     ``layer`` defaults to the model's first layer. Returns ``uint8 [h, w, 3]``."""
     layer = layer or model.layers[0]
     try:
         kernel = np.asarray(model.params[layer]["kernel"])
     except (KeyError, TypeError):
         raise InputError(f"{model.name} has no kernel for layer {layer!r}") from None
-    if kernel.ndim != 4 or kernel.shape[2] != 3:
-        raise InputError(f"layer {layer!r} has a kernel of shape {kernel.shape}: filters shows 3-channel (first-layer) kernels")
-    if model.channel_order == "BGR":  # shown as RGB pictures
+    if kernel.ndim != 4 or kernel.shape[2] not in (1, 3):
+        raise InputError(f"layer {layer!r} has a kernel of shape {kernel.shape}: filters shows 3- or 1-channel "
+                         "(first-layer) kernels")
+    if kernel.shape[2] == 1:  # grayscale: gray pictures
+        kernel = np.repeat(kernel, 3, axis=2)
+    elif model.channel_order == "BGR":  # shown as RGB pictures
         kernel = kernel[:, :, ::-1]
     tiles = []
     for k in range(kernel.shape[-1]):

@@ -86,4 +86,5 @@ def synthetic_vgg(weights: str | os.PathLike | None = "shipped", *, seed: int = 
         name=CONFIG.name,
         source=SOURCE if weights is not None else "random",
         min_size=CONFIG.min_size,
+        cam_layer=CONFIG.conv_names[-1],  # the last conv (Keras' Grad-CAM), not the pool after it
     )

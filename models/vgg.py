@@ -201,4 +201,5 @@ def build(config: VGGConfig, params: dict, *, source: str) -> Model:
         name=config.name,
         source=source,
         min_size=config.min_size,
+        cam_layer=config.conv_names[-1],  # the last conv (Keras' Grad-CAM), not the pool after it
     )

@@ -139,7 +139,7 @@ def test_load_for_model_reads_once_and_gives_the_box(tmp_path, monkeypatch):
 
     reads = []
     real = io.read_image
-    monkeypatch.setattr(io, "read_image", lambda p: reads.append(p) or real(p))
+    monkeypatch.setattr(io, "read_image", lambda p, *mode: reads.append(p) or real(p, *mode))
     loaded = load_for_model(path, _tv_model())
     assert len(reads) == 1
     np.testing.assert_array_equal(loaded.original, img)

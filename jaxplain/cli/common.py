@@ -223,8 +223,9 @@ def load_model(args: argparse.Namespace):
 
 def images(paths: Sequence[str], model) -> tuple[list[int], list[np.ndarray]]:
     """``(positions, arrays)`` of what loads; the rest is reported, one line each."""
-    from jaxplain.io import load_image
+    from jaxplain.io import load_image, picture_mode
 
+    picture_mode(model)  # a model of neither 1 nor 3 channels: one error, not one per picture
     ok, arrays = [], []
     for i, path in enumerate(paths):
         try:

@@ -23,8 +23,9 @@ def _images_and_masks(paths: Sequence[str], mask_paths: Sequence[str] | None, mo
     reported, one line each."""
     import jax.numpy as jnp
 
-    from jaxplain.io import load_for_model, load_mask
+    from jaxplain.io import load_for_model, load_mask, picture_mode
 
+    picture_mode(model)  # a model of neither 1 nor 3 channels: one error, not one per picture
     found, arrays, masks = [], [], []
     for i, path in enumerate(paths):
         try:

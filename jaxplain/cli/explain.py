@@ -119,8 +119,10 @@ def _explain_locked(args: argparse.Namespace, jobs: list, target: Any, out: Path
     counts = pipeline.Counts()
     if found.files:
         from jaxplain.engine.shapes import num_classes
+        from jaxplain.io import picture_mode
 
         model = common.load_model(args)
+        picture_mode(model)  # a model of neither 1 nor 3 channels takes arrays, not pictures: refused here
         h, w = model.input_size or (224, 224)
         pipeline.check_jobs(model, jobs, (h, w, model.channels))  # a layer, a neuron or a value refused here, before any image
         k = num_classes(model, (h, w, model.channels))

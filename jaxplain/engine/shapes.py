@@ -37,17 +37,16 @@ def layer_shapes(model: Model, image_shape: tuple[int, ...]) -> dict[str, tuple[
 
 
 def default_layer(model: Model, image_shape: tuple[int, ...]) -> str:
-    """The model's ``cam_layer``, else the last convolutional layer it names (the last spatial one
-    if none says conv; attention layers, 3-D but not spatial, never)."""
+    """The model's ``cam_layer``, else the last spatial layer ``[h, w, K]`` of the forward pass
+    (``model.layers`` order; attention layers, 3-D but not spatial, never), whatever its name."""
     _check_has_layers(model)
     if model.cam_layer is not None:
         return model.cam_layer
     shapes = layer_shapes(model, image_shape)
     spatial = [name for name in model.layers if len(shapes.get(name, ())) == 3 and name not in model.attention_layers]
-    convs = [name for name in spatial if "conv" in name.lower()]  # Linen: "Conv_0"
-    if not (convs or spatial):
+    if not spatial:
         raise InputError(f"{model.name} has no spatial layer [h, w, K]")
-    return (convs or spatial)[-1]
+    return spatial[-1]
 
 
 def check_layer(model: Model, image_shape: tuple[int, ...], layer: str, *, spatial: bool = False) -> tuple[int, ...]:
@@ -95,6 +94,8 @@ def check_images(model: Model, images: Any) -> Array:
     a = images if isinstance(images, jax.Array) else np.asarray(images)
     if a.ndim != 4:
         hint = " (add a batch axis: images[None])" if a.ndim == 3 else ""
+        if a.ndim == 3 and model.channels == 1:
+            hint = " (a batch of grayscale images: add the channel axis, images[..., None]; one image: images[None])"
         raise InputError(f"images must be a batch [B, H, W, C], got shape {a.shape}{hint}")
     if not jnp.issubdtype(a.dtype, jnp.floating):
         raise InputError(f"images must be preprocessed floats (model.preprocess), got dtype {a.dtype}")
@@ -102,7 +103,8 @@ def check_images(model: Model, images: Any) -> Array:
         raise InputError("images is an empty batch")
     channels = model.channels
     if a.shape[-1] != channels:
-        raise InputError(f"{model.name} takes {channels} channels, got images of shape {a.shape}")
+        raise InputError(f"{model.name} takes {channels} channel{'s' if channels != 1 else ''} [B, H, W, {channels}], got "
+                         f"images of {a.shape[-1]} channel{'s' if a.shape[-1] != 1 else ''} (shape {a.shape})")
     hw = tuple(a.shape[1:3])
     if model.input_size is not None and hw != tuple(model.input_size):
         raise InputError(f"{model.name} takes {model.input_size[0]}x{model.input_size[1]} images, got {hw[0]}x{hw[1]}")
@@ -123,7 +125,8 @@ def _check_range(model: Model, low: float, high: float) -> None:
     inside). No check without a preprocess."""
     if getattr(model, "preprocess", None) is None:
         return
-    pixels = np.array([[[[0, 0, 0]]], [[[255, 255, 255]]]], np.uint8)  # [2, 1, 1, 3]: black, white
+    pixels = np.full((2, 1, 1, int(model.channels)), 255, np.uint8)  # [2, 1, 1, C]: black, white
+    pixels[0] = 0
     try:
         ref = np.asarray(model.preprocess(pixels), np.float64)
     except Exception:  # noqa: BLE001  (a preprocess that cannot take a 1x1 picture: no check)
@@ -131,5 +134,5 @@ def _check_range(model: Model, low: float, high: float) -> None:
     lo, hi = float(ref.min()), float(ref.max())
     if low < lo - 4 * (hi - lo) or high > hi + 4 * (hi - lo):
         warnings.warn(f"images range over [{low:.4g}, {high:.4g}], far outside [{lo:.4g}, {hi:.4g}], what "
-                      f"{model.name}'s preprocess makes of pixels 0..255: pass model.preprocess(pixels) (uint8 RGB)",
+                      f"{model.name}'s preprocess makes of pixels 0..255: pass model.preprocess(pixels) (uint8 [B, H, W, C])",
                       InputWarning, stacklevel=4)

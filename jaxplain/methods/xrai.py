@@ -35,7 +35,7 @@ class Xrai(NamedTuple):
 
 
 def xrai_masks(picture: np.ndarray, *, dilation: int = 5) -> np.ndarray:
-    """PAIR's XRAI regions of one picture ``[H, W, 3]``: ``[N, H, W]`` bool. The picture is scaled
+    """PAIR's XRAI regions of one picture ``[H, W, 3]`` (or grayscale ``[H, W, 1]``): ``[N, H, W]`` bool. The picture is scaled
     to [-1, 1] by its own range and resized to 224x224 (cubic), segmented by Felzenszwalb at each
     of ``SCALES`` (sigma 0.8, min size 150), the label maps resized back (nearest), every segment
     of every scale a mask, each dilated by a disk of radius ``dilation``."""
@@ -45,12 +45,14 @@ def xrai_masks(picture: np.ndarray, *, dilation: int = 5) -> np.ndarray:
     from skimage.transform import resize
 
     im = np.asarray(picture, np.float64)
+    gray = im.ndim == 3 and im.shape[-1] == 1
+    im = im[..., 0] if gray else im
     lo, hi = im.min(), im.max()
     im = (im - lo) / (hi - lo) * 2.0 - 1.0 if hi > lo else np.zeros_like(im)
     small = resize(im, (224, 224), order=3, mode="constant", preserve_range=True, anti_aliasing=True)
     masks = []
     for scale in SCALES:
-        labels = seg.felzenszwalb(small, scale=scale, sigma=0.8, min_size=150)
+        labels = seg.felzenszwalb(small, scale=scale, sigma=0.8, min_size=150, channel_axis=None if gray else -1)
         labels = resize(labels, picture.shape[:2], order=0, preserve_range=True, mode="constant",
                         anti_aliasing=False).astype(int)
         masks += [labels == v for v in range(labels.min(), labels.max() + 1)]
@@ -94,13 +96,13 @@ def resolve(model: Model, images: Any, settings: dict[str, Any], defaults: dict[
     b, h, w = np.shape(images)[:3]
     spec = settings.get("segments", defaults["segments"])
     if isinstance(spec, str) and spec == "xrai":
-        masks = [xrai_masks(p) for p in segmentation.pictures(model, images)]
+        masks = [xrai_masks(p) for p in segmentation.seen(segmentation.pictures(model, images))]
     elif isinstance(spec, str):
         kind, options = segmentation.parse_kind(spec)
         if kind == "grid":
             labels = np.broadcast_to(segmentation.grid((h, w), options.get("cells", 8)), (b, h, w))
         else:
-            labels = segmentation.segments(segmentation.pictures(model, images), kind, **options)
+            labels = segmentation.segments(segmentation.seen(segmentation.pictures(model, images)), kind, **options)
         masks = list(_as_masks(labels, (h, w), b))
     else:
         given = _as_masks(spec, (h, w), b)

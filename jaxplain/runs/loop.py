@@ -39,7 +39,7 @@ from jaxplain.engine.precision import with_precision
 from jaxplain.engine.runner import explain, predict
 from jaxplain.engine.settings import resolve_for_model
 from jaxplain.errors import InputError, JaxplainError
-from jaxplain.io import load_for_model
+from jaxplain.io import load_for_model, picture_mode
 from jaxplain.marks import uses_target
 from jaxplain.runs import outputs, record
 from jaxplain.runs.progress import Progress
@@ -261,8 +261,12 @@ def run(model: Model, files: Sequence[Path], names: Sequence[str], jobs_: Sequen
         writers: int = 2) -> Counts:
     """Explain ``files`` (``names``: each file's name relative to the inputs; made unique in the
     folder by ``record.unique_names``) with every job, writing into ``out`` (checked and prepared
-    by ``record.prepare``); returns the counts of this process's images."""
+    by ``record.prepare``); returns the counts of this process's images. A grayscale model
+    (``channels=1``) reads the pictures as grayscale, saying once that colour ones are converted;
+    a model of neither 1 nor 3 channels is refused before anything runs (``io.picture_mode``)."""
     import jax
+
+    picture_mode(model)  # pictures give 1 or 3 channels: any other count is one error now
 
     process, count = jax.process_index(), jax.process_count()
     results_name, store = record.results_files(process, count)
@@ -286,6 +290,7 @@ def run(model: Model, files: Sequence[Path], names: Sequence[str], jobs_: Sequen
     pending: list[list[tuple[Future, tuple]]] = []
     keys = {j.label: record.key_of(j) for j in jobs_ if j.random}
     scoring = with_precision(model, precision)
+    converting = [True]  # no line yet about colour pictures read as grayscale
 
     def batch_of(group: list[tuple[Item, Any]]) -> None:
         images = np.stack([loaded.image for _, loaded in group])
@@ -351,6 +356,10 @@ def run(model: Model, files: Sequence[Path], names: Sequence[str], jobs_: Sequen
                 progress.say(f"jaxplain: failed {loaded}")
                 progress.unreadable(1)
                 continue
+            if loaded.converted and converting:
+                converting.clear()
+                progress.say(f"jaxplain: {model.name} takes grayscale pictures (1 channel): colour ones such as "
+                             f"{item.path} are converted to grayscale (luma)")
             group.append((item, loaded))
             if len(group) == batch_size:
                 batch_of(group)

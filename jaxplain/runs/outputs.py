@@ -24,11 +24,12 @@ from jaxplain.files import write_atomic as write_atomic  # the one atomic writer
 
 
 def picture_bytes(rgb: np.ndarray, kind: str = "PNG", **options: Any) -> bytes:
-    """``uint8 [H, W, 3]`` encoded by Pillow as ``kind`` ("PNG", "JPEG")."""
+    """``uint8 [H, W, 3]`` (or grayscale ``[H, W, 1]`` / ``[H, W]``) encoded by Pillow as ``kind`` ("PNG", "JPEG")."""
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(np.asarray(rgb, np.uint8)).save(buf, kind, **options)
+    a = np.asarray(rgb, np.uint8)
+    Image.fromarray(a[..., 0] if a.ndim == 3 and a.shape[-1] == 1 else a).save(buf, kind, **options)
     return buf.getvalue()
 
 
