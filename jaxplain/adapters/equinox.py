@@ -343,20 +343,6 @@ def _apply(parts: _Parts, layers: tuple[str, ...], inputs: tuple[str, ...], name
     return apply
 
 
-def _gray(images: np.ndarray) -> np.ndarray:
-    """``uint8 [B, H, W, 3] -> float32 [B, H, W, 1]`` in ``[0, 1]``: ITU-R 601 luma (PIL's ``"L"``)."""
-    rgb = np.asarray(images, np.float32) / np.float32(255.0)
-    return (rgb @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
-
-
-def _no_preprocess(channels: int) -> Callable[[np.ndarray], np.ndarray]:
-    def preprocess(images: np.ndarray) -> np.ndarray:
-        raise InputError(f"a {channels}-channel model has no default preprocessing of RGB pictures: "
-                         "give from_equinox(..., preprocess=...)")
-
-    return preprocess
-
-
 def _shape(module: Any, input_shape: Any, input_size: Any) -> tuple[tuple[int, int] | None, int]:
     """``(input_size, channels)`` from the arguments and the module's first conv."""
     if input_shape is not None:
@@ -397,8 +383,8 @@ def from_equinox(module: Any, *, input_shape: tuple[int | None, int | None, int]
       output: picks the logits from what the module returns: an index, a key, an attribute
         name or a callable.
       layers: the layer names to expose (default: every tappable submodule output).
-      preprocess: ``uint8 [B, H, W, 3] -> float32 [B, H, W, C]`` (default: scaled to ``[0, 1]``;
-        one channel: luma, ``0.299 R + 0.587 G + 0.114 B``).
+      preprocess: ``uint8 [B, H, W, C] -> float32 [B, H, W, C]`` (default: scaled to ``[0, 1]``;
+        a 1-channel model's pictures are read grayscale).
       name: the model's name (default: the module's class name).
     """
     try:
@@ -417,7 +403,7 @@ def from_equinox(module: Any, *, input_shape: tuple[int | None, int | None, int]
     chosen = _choose(outputs, layers, name)
     inputs = tuple(n for n in chosen if problems.get(n) == "")
     if preprocess is None:
-        preprocess = {3: scale_to_unit, 1: _gray}.get(channels) or _no_preprocess(channels)
+        preprocess = scale_to_unit
     return Model(apply=_apply(parts, chosen, inputs, name), params=parts.params, layers=chosen,
                  preprocess=preprocess, input_size=size, name=name, source="equinox", channels=channels,
                  layer_inputs=inputs)
