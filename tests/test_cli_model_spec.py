@@ -117,6 +117,42 @@ def test_your_model_through_explain_resume_report_evaluate_predict_and_bench(tmp
     assert r.returncode == 2 and "--size goes with a zoo model" in r.stderr
 
 
+
+def any_size():
+    """``tiny`` stating no input size (its convolution and mean pool take any)."""
+    return user_models.tiny().replace(input_size=None)
+
+
+def test_evaluate_reads_a_folder_and_a_model_of_any_size_says_what_size_it_runs_at(tmp_path):
+    """Found by trying a model of one's own: ``evaluate FOLDER`` reads the folder's pictures (sorted)
+    as ``explain`` and ``predict`` do; a model without ``input_size`` says, in one line, that the
+    pictures are resized to 224x224 (a LeNet trained at 28x28 otherwise silently misclassifies);
+    ``predict`` and ``evaluate`` say once, as ``explain`` does, that colour pictures are converted
+    for a grayscale model."""
+    files = grayscale_pngs(tmp_path / "pics")
+    scores = tmp_path / "scores.json"
+    r = run_here("evaluate", tmp_path / "pics", "--model", SPEC, "--methods", "gradient", "--metrics",
+                 "deletion(steps=2)", "--json", scores, home=tmp_path / "home")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(scores.read_text())
+    assert result["config"]["images"] == [str(f.resolve()) for f in files] and len(result["cells"][0]["scores"]) == 3
+    assert "takes any size" not in r.stderr  # tiny has its input_size
+    r = run_here("predict", files[0], "--model", "tests.test_cli_model_spec:any_size", "--top", "1", home=tmp_path / "home")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.strip() == ("jaxplain: tiny-gray takes any size (input_size None): pictures are resized to 224x224; "
+                                "build it with input_size=(H, W) to run it at the size it was trained for")
+    colour = [tmp_path / f"c{i}.png" for i in range(2)]  # a grayscale model's colour pictures: one line says so
+    for i, f in enumerate(colour):
+        Image.fromarray(np.full((16, 16, 3), (200, 30 * i, 10), np.uint8)).save(f)
+    for command in (("predict", *colour), ("evaluate", *colour, "--methods", "gradient", "--metrics", "deletion(steps=2)",
+                                            "--json", tmp_path / "colour.json")):
+        r = run_here(*command, "--model", SPEC, home=tmp_path / "home")
+        assert r.returncode == 0, r.stderr
+        assert [l for l in r.stderr.splitlines() if "converted" in l] == [
+            f"jaxplain: tiny-gray takes grayscale pictures (1 channel): colour ones such as {colour[0]} are converted "
+            "to grayscale (luma)"]
+
+
 BAD = [
     (["--model", "no_such_module_xyz:build"],
      r"--model no_such_module_xyz:build: cannot import no_such_module_xyz \(ModuleNotFoundError: No module named 'no_such_module_xyz'\)"),

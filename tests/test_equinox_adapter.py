@@ -281,3 +281,16 @@ def test_bad_input(net):
     close(m.apply(m.params, x)[0], pair.lin(jnp.moveaxis(x, -1, 0).reshape(-1)))
     with pytest.raises(InputError, match="state must be the eqx.nn.State"):
         jaxplain.from_equinox(net, state={"a": 1})
+
+
+def test_a_stateful_module_without_state_and_output_on_a_stateful_one():
+    """Found by trying a model of one's own: a stateful module given no ``state=`` is told to pass
+    it (not to change its input shape), and ``output=`` on a stateful one says that it picks from
+    the output with the returned state already set aside."""
+    net, state = eqx.nn.make_with_state(BNNet)(jax.random.key(0))
+    with pytest.raises(InputError, match=r"BNNet takes more than the image \(.*missing 1 required positional "
+                                         r"argument: 'state'\): a stateful module.*needs state="):
+        jaxplain.from_equinox(net, input_size=(6, 6))
+    with pytest.raises(InputError, match=r"BNNet must return logits \[K\], got \(\) from output=0, which picks from "
+                                         r"the module's output, the state it returns already set aside"):
+        jaxplain.from_equinox(net, state=state, input_size=(6, 6), output=0)

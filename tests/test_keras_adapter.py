@@ -255,6 +255,23 @@ def test_subclassed_model_gives_logits_and_refuses_layer_methods(xs):
         jaxplain.from_keras(sub, input_shape=(16, 16, 1), layers=["conv"])
 
 
+
+class NoTraining(Subclassed):
+    """A subclassed model whose ``call`` takes no ``training`` (Keras calls it without one)."""
+
+    def call(self, x):
+        return self.head(jnp.mean(self.conv(x), axis=(1, 2)))
+
+
+def test_subclassed_model_whose_call_takes_no_training(xs):
+    """Found by trying a model of one's own: ``call(self, x)`` is run without ``training=``, as
+    Keras runs it, not refused as an input of the wrong size."""
+    sub = NoTraining()
+    sub(xs)
+    sub.set_weights(random_weights(sub, 3))
+    close(jaxplain.from_keras(sub, input_shape=(16, 16, 1))(xs), np.asarray(sub(xs)))
+
+
 class VGGStyle(nnx.Module):
     """Conv-ReLU-Conv-ReLU-Pool-Dense on 16x16 RGB, the Keras net below."""
 
@@ -298,7 +315,7 @@ def test_bad_inputs_are_named(nets, monkeypatch):
         inp = keras.Input((16, 16, 1))
         jaxplain.from_keras(keras.Model(inp, [kl.Flatten()(inp), kl.Flatten()(inp)]))
     m = nets["functional"]
-    with pytest.raises(InputError, match="takes 1 channels"):
+    with pytest.raises(InputError, match=r"takes 1 channel \[B, H, W, 1\], got images of 3 channels"):
         jaxplain.explain(m, np.zeros((1, 16, 16, 3), np.float32), np.array([0]), "gradient")
     with pytest.raises(InputError, match="taps name unknown layers"):
         m.apply(m.params, jnp.zeros((16, 16, 1)), {"gap:inputs": jnp.zeros(8)})

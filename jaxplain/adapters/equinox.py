@@ -261,7 +261,7 @@ class _Parts:
             self.params[STATE] = state
         self.stateful, self.channels_first, self.batched = state is not None, channels_first, batched
         self.candidates = [parts for parts, _ in _submodules(module)]
-        self.pick = _picker(output)
+        self.pick, self.output = _picker(output), output
 
     def module(self, params: PyTree) -> Any:
         import equinox as eqx
@@ -304,6 +304,9 @@ def _probe(parts: _Parts, shape: tuple[int, int, int], name: str) -> tuple[list[
     except JaxplainError:
         raise
     except Exception as e:
+        if not parts.stateful and isinstance(e, TypeError) and "required positional argument" in str(e):
+            raise InputError(f"{name} takes more than the image ({e}): a stateful module, called as module(x, state), "
+                             "needs state= (the eqx.nn.State of eqx.nn.make_with_state)") from e
         given = (full[:-3] + (full[-1], *full[-3:-1])) if parts.channels_first else full
         raise InputError(f"{name} does not run on a {full} float32 input{' given to it as ' + str(given) if parts.channels_first else ''} "
                          f"({type(e).__name__}: {e}); give input_shape=(H, W, C) it takes, channels_first=False if it "
@@ -313,7 +316,9 @@ def _probe(parts: _Parts, shape: tuple[int, int, int], name: str) -> tuple[list[
         raise InputError(f"{name} returns a {type(logits).__name__}, not an array of logits: pass output= (an index, "
                          f"a key, an attribute name or a callable) to pick them; it holds {_holds(logits)}")
     if logits.ndim != want or (parts.batched and logits.shape[0] != 2):
-        raise InputError(f"{name} must return logits {'[B, K]' if parts.batched else '[K]'}, got {tuple(logits.shape)}")
+        picked = "" if parts.output is None else f" from output={parts.output!r}" + (
+            ", which picks from the module's output, the state it returns already set aside" if parts.stateful else "")
+        raise InputError(f"{name} must return logits {'[B, K]' if parts.batched else '[K]'}, got {tuple(logits.shape)}{picked}")
     return seen[-1].rec.outputs, seen[-1].input_problems
 
 

@@ -224,11 +224,13 @@ def _drop(v: Any, *args: Any, **kwargs: Any) -> Any:
 def _subclassed_runner(model: Any, slots: list) -> Runner:
     """``run(params, x, rec)`` through ``model.stateless_call``: logits only (``rec`` sees no call)."""
 
+    training = {"training": False} if _takes_training(model) else {}  # a call(self, x) gets none, as Keras does
+
     def run(params: PyTree, x: Array, rec: Recorder) -> Any:
         values = {id(v): a for v, a in _values(params, slots)}  # the other variables (seed states) as they are
         return model.stateless_call([values.get(id(v), v.value) for v in model.trainable_variables],
                                     [values.get(id(v), v.value) for v in model.non_trainable_variables],
-                                    x, training=False)[0]
+                                    x, **training)[0]
 
     return run
 

@@ -155,6 +155,9 @@ def user_model(args: argparse.Namespace):
     if not isinstance(model, Model):
         raise InputError(f"--model {args.model}: {call} returned a {type(model).__name__}, not a jaxplain.Model "
                          "(make one with jaxplain.from_flax or jaxplain.Model)")
+    if model.input_size is None:  # a network trained at 28x28 would silently see 224x224 pictures
+        print(f"jaxplain: {model.name} takes any size (input_size None): pictures are resized to 224x224; build it "
+              "with input_size=(H, W) to run it at the size it was trained for", file=sys.stderr)
     return model
 
 
@@ -221,19 +224,32 @@ def load_model(args: argparse.Namespace):
         raise e.with_argument("--weights") from None
 
 
-def images(paths: Sequence[str], model) -> tuple[list[int], list[np.ndarray]]:
-    """``(positions, arrays)`` of what loads; the rest is reported, one line each."""
-    from jaxplain.io import load_image, picture_mode
+def images(paths: Sequence[str], model, said: list | None = None) -> tuple[list[int], list[np.ndarray]]:
+    """``(positions, arrays)`` of what loads; the rest is reported, one line each. A grayscale
+    model's colour picture is said to be converted once (``said`` keeps that across calls)."""
+    from jaxplain.io import load_for_model, picture_mode
 
     picture_mode(model)  # a model of neither 1 nor 3 channels: one error, not one per picture
+    said = [] if said is None else said
     ok, arrays = [], []
     for i, path in enumerate(paths):
         try:
-            arrays.append(load_image(path, model))
-            ok.append(i)
+            loaded = load_for_model(path, model)
         except JaxplainError as e:
             print(f"jaxplain: failed {e}", file=sys.stderr)
+            continue
+        if loaded.converted and not said:
+            said.append(path)
+            print(converted_line(model, path), file=sys.stderr)
+        arrays.append(loaded.image)
+        ok.append(i)
     return ok, arrays
+
+
+def converted_line(model, path) -> str:
+    """The one line saying that a grayscale model's colour pictures are converted."""
+    return (f"jaxplain: {model.name} takes grayscale pictures (1 channel): colour ones such as {path} are converted "
+            "to grayscale (luma)")
 
 
 def labels(model, name: str | None = None) -> tuple[tuple[str, str], ...] | None:

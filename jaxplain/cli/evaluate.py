@@ -26,7 +26,7 @@ def _images_and_masks(paths: Sequence[str], mask_paths: Sequence[str] | None, mo
     from jaxplain.io import load_for_model, load_mask, picture_mode
 
     picture_mode(model)  # a model of neither 1 nor 3 channels: one error, not one per picture
-    found, arrays, masks = [], [], []
+    found, arrays, masks, said = [], [], [], False
     for i, path in enumerate(paths):
         try:
             loaded = load_for_model(path, model)
@@ -34,10 +34,28 @@ def _images_and_masks(paths: Sequence[str], mask_paths: Sequence[str] | None, mo
         except JaxplainError as e:
             print(f"jaxplain: failed {e}", file=sys.stderr)
             continue
+        if loaded.converted and not said:
+            said = True
+            print(common.converted_line(model, path), file=sys.stderr)
         found.append(i)
         arrays.append(loaded.image)
         masks.append(mask)
     return found, arrays, jnp.asarray(np.stack(masks)) if mask_paths and found else None
+
+
+def _files(arguments: Sequence[str] | None) -> list[str] | None:
+    """The files ``arguments`` name, in order: a file as given (repeats kept), a folder, glob or
+    ``@list.txt`` expanded as ``explain`` and ``predict`` do (sorted); one naming nothing stays, to
+    fail as an unreadable image."""
+    from jaxplain.runs import inputs
+
+    if not arguments:
+        return arguments
+    files: list[str] = []
+    for argument in arguments:
+        found = [] if Path(argument).is_file() else inputs.expand([argument]).files
+        files.extend([str(f) for f in found] or [argument])
+    return files
 
 
 def _check_evaluate_args(args: argparse.Namespace) -> tuple[Path, dict[str, Any], dict[str, Any] | None]:
@@ -47,6 +65,7 @@ def _check_evaluate_args(args: argparse.Namespace) -> tuple[Path, dict[str, Any]
 
     from jaxplain.comparison import check_specs
 
+    args.images, args.masks = _files(args.images), _files(args.masks)
     if args.masks and not args.images:
         raise InputError("--masks goes with your images; the synthetic benchmark brings its own masks")
     if args.masks and len(args.masks) != len(args.images):
@@ -241,13 +260,15 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                         "print the mean and a 95% interval over the images, with the seconds taken. Without images: "
                         "the synthetic ground-truth benchmark and its shipped model.", epilog=EVALUATE_EPILOG,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    ev.add_argument("images", nargs="*", metavar="IMAGE", help="your images (default: the synthetic benchmark)")
+    ev.add_argument("images", nargs="*", metavar="IMAGE", help="your images: files, folders (searched recursively), "
+                    "globs or @list.txt, as for explain (default: the synthetic benchmark)")
     ev.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="METHOD",
                     help=f"methods, with settings if you like: \"smoothgrad(samples=8)\" (default: {' '.join(DEFAULT_METHODS)}; "
                     "list below)")
     ev.add_argument("--metrics", nargs="+", default=None, metavar="METRIC", help="default: all (those needing masks "
                     "only with masks)")
-    ev.add_argument("--masks", nargs="+", metavar="MASK", help="one ground-truth mask picture per image (white = the object)")
+    ev.add_argument("--masks", nargs="+", metavar="MASK", help="one ground-truth mask picture per image (white = the "
+                    "object), in the images' order; a folder of them is read sorted, as the images are")
     ev.add_argument("--model", default=None, type=common.model_name, metavar="MODEL",
                     help=common.MODEL_HELP.format(default=" (default: synthetic_vgg without images, vgg16 with)",
                                                   zoo=", ".join(ZOO)))

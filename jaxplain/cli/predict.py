@@ -24,9 +24,9 @@ def run(args: argparse.Namespace) -> int:
     labels = common.labels(model, args.model)
     if args.weights == "random":
         print("(random weights: the classes below are meaningless)")
-    failed = len(found.problems)
+    failed, said = len(found.problems), []
     for path in found.files:
-        ok, arrays = common.images([str(path)], model)
+        ok, arrays = common.images([str(path)], model, said)
         failed += not ok
         for img in arrays:
             logits = np.asarray(model(model.preprocess(img[None])), np.float64)
