@@ -276,7 +276,7 @@ def test_filters_picture():
     m = models.vgg11()
     pic = viz.filters(m)
     assert pic.dtype == np.uint8 and pic.shape == (4 * 26 + 2, 16 * 26 + 2, 3)  # 64 filters, 16 a row
-    with pytest.raises(InputError, match="3-channel"):
+    with pytest.raises(InputError, match="3- or 1-channel"):
         viz.filters(m, "block2_conv1")
 
 

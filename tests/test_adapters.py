@@ -572,7 +572,7 @@ def test_grayscale_linen_lenet_with_train_flag_batchnorm_and_dropout():
     with pytest.raises(InputError, match=r"TrainLeNet updates a collection when called.*batch_stats.*training mode; "
                                          r"pass call_kwargs=\{'train': False\}"):
         jaxplain.from_flax(TrainLeNet(), variables, input_size=(28, 28))
-    with pytest.raises(InputError, match=r"TrainLeNet takes 1 channels, got images of shape \(1, 28, 28, 3\)"):
+    with pytest.raises(InputError, match=r"TrainLeNet takes 1 channel \[B, H, W, 1\], got images of 3 channels \(shape \(1, 28, 28, 3\)\)"):
         jaxplain.explain(m, np.zeros((1, 28, 28, 3), np.float32), [0], "gradient")
 
 

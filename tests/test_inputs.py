@@ -126,7 +126,7 @@ def test_pixel_values_for_a_normalising_model_are_warned(tiny_model, recwarn):
     raw = pixels.astype(np.float32)
     lo, hi = -0.485 / 0.229, (1 - 0.406) / 0.225  # torchvision's normalisation of 0 and 255
     message = (rf"images range over \[{raw.min():.4g}, {raw.max():.4g}\], far outside \[{lo:.4g}, {hi:.4g}\], "
-               r"what .*'s preprocess makes of pixels 0..255: pass model.preprocess\(pixels\) \(uint8 RGB\)")
+               r"what .*'s preprocess makes of pixels 0..255: pass model.preprocess\(pixels\) \(uint8 \[B, H, W, C\]\)")
     with pytest.warns(jaxplain.InputWarning, match=message):
         jaxplain.predict(tiny_model, raw)
     with pytest.warns(jaxplain.InputWarning, match=message):

@@ -131,7 +131,7 @@ def test_bad_segment_options(data):
 
 
 @pytest.mark.parametrize("pictures, fragment", [
-    (np.zeros((16, 16), np.uint8), r"RGB pictures \[B, H, W, 3\] or \[H, W, 3\], got shape \(16, 16\)"),
+    (np.zeros((16, 16), np.uint8), r"RGB pictures \[B, H, W, 3\] or \[H, W, 3\], or grayscale ones \[B, H, W, 1\] or \[H, W, 1\], got shape \(16, 16\)"),
     (np.zeros((2, 16, 16, 4), np.uint8), r"got shape \(2, 16, 16, 4\)"),
     (np.full((16, 16, 3), 2.0), r"uint8 pictures or floats in \[0, 1\], got float64 in \[2.0, 2.0\]"),
     (np.zeros((16, 16, 3), np.int32), "uint8 pictures or floats in"),
