@@ -155,8 +155,15 @@ SECONDS = {
     "tests/test_method_references.py": 540,
     "tests/test_vit.py": 360,
     "tests/test_activation_family.py": 245,
-    "tests/test_adapters.py": 235,
+    "tests/test_adapters.py": 260,
     "tests/test_metrics_faithfulness.py": 110,
+    "tests/test_keras_adapter.py": 60,
+    "tests/test_equinox_adapter.py": 50,
+    "tests/test_metric_draws.py": 50,
+    "tests/test_any_model.py": 45,
+    "tests/test_captum_options.py": 30,
+    "tests/test_channels.py": 30,
+    "tests/test_neuron_selectors.py": 25,
 }
 
 

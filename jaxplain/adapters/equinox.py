@@ -41,11 +41,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxplain.adapters.flax import _choose, scale_to_unit
-from jaxplain.adapters.recorder import Output, Recorder
-from jaxplain.adapters.relus import swap_relus
+from jaxplain.adapters.flax import scale_to_unit
+from jaxplain.adapters.recorder import Output, Recorder, choose, contract_apply
 from jaxplain.errors import InputError, JaxplainError
-from jaxplain.types import Array, Model, PyTree, Relu, input_key
+from jaxplain.types import Array, Model, PyTree, input_key
 
 PROBE_SIZE = (224, 224)  # the size the layers are found at when neither input_size nor input_shape says
 STATE = ":state"  # params' key of the eqx.nn.State (no attribute path can be this)
@@ -325,27 +324,14 @@ def _probe(parts: _Parts, shape: tuple[int, int, int], name: str) -> tuple[list[
 def _apply(parts: _Parts, layers: tuple[str, ...], inputs: tuple[str, ...], name: str) -> Callable[..., Any]:
     """The contract's ``apply``, exposing ``layers`` and the inputs of ``inputs``."""
     hooked = [p for p in parts.candidates if _dotted(p) in {n.split("#")[0] for n in layers + inputs}]
-    wanted, known = frozenset(layers), frozenset(layers) | {input_key(n) for n in inputs}
+    wanted = frozenset(layers)
 
     def forward(params: PyTree, x: Array, taps: Mapping[str, Array]) -> tuple[Array, dict[str, Array]]:
         hooks = _Hooks(Recorder(wanted, taps, parts.batched), frozenset(inputs), parts.channels_first, parts.batched)
         out = parts.run(params, x[None] if parts.batched else x, hooks, hooked)
         return (out[0] if parts.batched else out), hooks.rec.acts
 
-    def apply(params: PyTree, x: Array, taps: Mapping[str, Array] | None = None,
-              relu: Relu | None = None) -> tuple[Array, dict[str, Array]]:
-        """``(logits [K], {layer: activation})`` of one image ``x [H, W, C]``."""
-        if jnp.ndim(x) != 3:
-            raise InputError(f"{name}'s apply takes one image [H, W, C], got shape {jnp.shape(x)}")
-        taps = dict(taps or {})
-        unknown = [k for k in taps if k not in known]
-        if unknown:
-            raise InputError(f"taps name unknown layers {unknown}; {name}'s layers: {', '.join(layers)}")
-        if relu is None or relu is jax.nn.relu:
-            return forward(params, x, taps)
-        return swap_relus(forward, relu, name)(params, x, taps)
-
-    return apply
+    return contract_apply(forward, layers, inputs, name)
 
 
 def _shape(module: Any, input_shape: Any, input_size: Any) -> tuple[tuple[int, int] | None, int]:
@@ -405,7 +391,7 @@ def from_equinox(module: Any, *, input_shape: tuple[int | None, int | None, int]
     parts = _Parts(module, state, bool(channels_first), bool(batched), output)
     parts.params = jax.device_put(parts.params)
     outputs, problems = _probe(parts, (*(size or PROBE_SIZE), channels), name)
-    chosen = _choose(outputs, layers, name)
+    chosen = choose(outputs, layers, name)
     inputs = tuple(n for n in chosen if problems.get(n) == "")
     if preprocess is None:
         preprocess = scale_to_unit

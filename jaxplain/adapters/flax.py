@@ -60,10 +60,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxplain.adapters.recorder import Output, Recorder
-from jaxplain.adapters.relus import swap_relus
+from jaxplain.adapters.recorder import Output, Recorder, choose, contract_apply
 from jaxplain.errors import InputError, JaxplainError
-from jaxplain.types import Array, Model, PyTree, Relu, input_key
+from jaxplain.types import Array, Model, PyTree, input_key
 
 PROBE_SIZE = (224, 224)  # the size the layers are found at when input_size is None
 
@@ -337,23 +336,6 @@ def _probe(run: Runner, params: PyTree, size: tuple[int, int], batched: bool, na
     return recs[-1].outputs
 
 
-def _choose(outputs: list[Output], layers: Sequence[str] | None, name: str) -> tuple[str, ...]:
-    """The layers asked for (default: every tappable output), in forward order."""
-    valid = tuple(o.name for o in outputs if not o.problem)
-    if layers is None:
-        return valid
-    if isinstance(layers, str):
-        raise InputError(f"layers must be a list of layer names, got the string {layers!r}")
-    problems = {o.name: o.problem for o in outputs}
-    for layer in layers:
-        if layer not in problems:
-            raise InputError(f"unknown layer {layer!r}; {name}'s layers: {', '.join(valid)}")
-        if problems[layer]:
-            raise InputError(f"layer {layer!r} of {name} cannot be tapped: {problems[layer]}")
-    asked = set(layers)
-    return tuple(n for n in valid if n in asked)
-
-
 def _inputs(outputs: list[Output], layers: tuple[str, ...]) -> tuple[str, ...]:
     """Those of ``layers`` whose input (the call's first argument) can be tapped."""
     return tuple(o.name for o in outputs if o.name in layers and not o.input_problem)
@@ -369,21 +351,7 @@ def _apply(run: Runner, layers: tuple[str, ...], batched: bool, name: str, *, in
         out = pick(run(params, x[None] if batched else x, rec))
         return (out[0] if batched else out), rec.acts
 
-    def apply(params: PyTree, x: Array, taps: Mapping[str, Array] | None = None,
-              relu: Relu | None = None) -> tuple[Array, dict[str, Array]]:
-        """``(logits [K], {layer: activation, input_key(layer): its input})`` of one image ``x [H, W, C]``."""
-        if jnp.ndim(x) != 3:
-            raise InputError(f"{name}'s apply takes one image [H, W, C], got shape {jnp.shape(x)}")
-        taps = dict(taps or {})
-        unknown = [k for k in taps if k not in wanted]
-        if unknown:
-            raise InputError(f"taps name unknown layers {unknown}; {name}'s layers: {', '.join(layers)}"
-                             + (" (and their inputs, '<layer>:input')" if inputs else ""))
-        if relu is None or relu is jax.nn.relu:
-            return forward(params, x, taps)
-        return swap_relus(forward, relu, name)(params, x, taps)
-
-    return apply
+    return contract_apply(forward, layers, inputs, name)
 
 
 def _shape(input_shape: Any, input_size: Any) -> tuple[tuple[int, int] | None, int | None]:
@@ -454,7 +422,7 @@ def from_flax(module: Any, variables: Any = None, *, input_shape: tuple[int | No
         channels = channels or 3
     outputs = _probe(run, params, size, batched, name, channels=channels, module=module, call_kwargs=call_kwargs,
                      pick=pick, unknown=unknown)
-    chosen = _choose(outputs, layers, name)
+    chosen = choose(outputs, layers, name)
     inputs = _inputs(outputs, chosen)
     return Model(apply=_apply(run, chosen, batched, name, inputs=inputs, pick=pick), params=params, layers=chosen,
                  preprocess=preprocess or scale_to_unit, input_size=input_size, channels=channels, name=name,

@@ -47,10 +47,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxplain.adapters.flax import PROBE_SIZE, scale_to_unit
-from jaxplain.adapters.recorder import Output, Recorder
-from jaxplain.adapters.relus import swap_relus
+from jaxplain.adapters.recorder import Output, Recorder, choose, contract_apply
 from jaxplain.errors import InputError, InputWarning, JaxplainError
-from jaxplain.types import Array, Model, PyTree, Relu, input_key
+from jaxplain.types import Array, Model, PyTree, input_key
 
 Runner = Callable[[PyTree, Array, Recorder], Any]  # (params, input [B, H, W, C], recorder) -> logits [B, K]
 
@@ -290,24 +289,8 @@ def _probe(run: Runner, params: PyTree, shape: tuple[int, int, int], name: str) 
     return recs[-1].outputs
 
 
-def _choose(outputs: list[Output], layers: Sequence[str] | None, name: str, subclassed: bool) -> tuple[str, ...]:
-    """The layers asked for (default: every tappable layer output), in forward order."""
-    valid = tuple(o.name for o in outputs if not o.problem)
-    if layers is None:
-        return valid
-    if isinstance(layers, str):
-        raise InputError(f"layers must be a list of layer names, got the string {layers!r}")
-    if subclassed and layers:
-        raise InputError(f"{name} is a subclassed Keras model: it has no graph of layers to tap, so jaxplain explains "
-                         "its logits only (layers=()); build it as a Functional or Sequential model for layer methods")
-    problems = {o.name: o.problem for o in outputs}
-    for layer in layers:
-        if layer not in problems:
-            raise InputError(f"unknown layer {layer!r}; {name}'s layers: {', '.join(valid)}")
-        if problems[layer]:
-            raise InputError(f"layer {layer!r} of {name} cannot be tapped: {problems[layer]}")
-    asked = set(layers)
-    return tuple(n for n in valid if n in asked)
+SUBCLASSED = ("{name} is a subclassed Keras model: it has no graph of layers to tap, so jaxplain explains its logits "
+              "only (layers=()); build it as a Functional or Sequential model for layer methods")
 
 
 def _apply(run: Runner, layers: tuple[str, ...], inputs: tuple[str, ...], name: str, why: str) -> Callable[..., Any]:
@@ -318,20 +301,7 @@ def _apply(run: Runner, layers: tuple[str, ...], inputs: tuple[str, ...], name: 
         rec = Recorder(wanted, taps, True)
         return run(params, x[None], rec)[0], rec.acts
 
-    def apply(params: PyTree, x: Array, taps: Mapping[str, Array] | None = None,
-              relu: Relu | None = None) -> tuple[Array, dict[str, Array]]:
-        """``(logits [K], {layer: activation})`` of one image ``x [H, W, C]``."""
-        if jnp.ndim(x) != 3:
-            raise InputError(f"{name}'s apply takes one image [H, W, C], got shape {jnp.shape(x)}")
-        taps = dict(taps or {})
-        unknown = [k for k in taps if k not in wanted]
-        if unknown:
-            raise InputError(f"taps name unknown layers {unknown}; {name}'s layers: {', '.join(layers) or why}")
-        if relu is None or relu is jax.nn.relu:
-            return forward(params, x, taps)
-        return swap_relus(forward, relu, name)(params, x, taps)
-
-    return apply
+    return contract_apply(forward, layers, inputs, name, why)
 
 
 def from_keras(model: Any, *, input_shape: Sequence[int | None] | None = None, layers: Sequence[str] | None = None,
@@ -387,7 +357,7 @@ def from_keras(model: Any, *, input_shape: Sequence[int | None] | None = None, l
                           InputWarning, stacklevel=2)
         run = _graph_runner(keras, model, slots, last, replace)
     outputs = _probe(run, weights, (shape[0] or PROBE_SIZE[0], shape[1] or PROBE_SIZE[1], shape[2]), name)
-    chosen = _choose(outputs, layers, name, subclassed)
+    chosen = choose(outputs, layers, name, refuse=SUBCLASSED.format(name=name) if subclassed else "")
     inputs = tuple(o.name for o in outputs if not o.input_problem and o.name in chosen)
     why = "none (a subclassed Keras model has no graph of layers to tap)" if subclassed else "none"
     size = None if shape[0] is None or shape[1] is None else (shape[0], shape[1])

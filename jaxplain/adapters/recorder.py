@@ -9,14 +9,16 @@ before ``fn`` runs (``Model.layer_inputs``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.extend import core as jcore
 
-from jaxplain.types import Array, input_key
+from jaxplain.adapters.relus import swap_relus
+from jaxplain.errors import InputError
+from jaxplain.types import Array, Relu, input_key
 
 
 class Output(NamedTuple):
@@ -85,3 +87,52 @@ class Recorder:
         if self.batched and (out.ndim == 0 or out.shape[0] != self.probe_batch):
             return f"its {what} {tuple(out.shape)} does not carry the batch axis"
         return ""
+
+
+Forward = Callable[[Any, Array, Mapping[str, Array]], "tuple[Array, dict[str, Array]]"]
+
+
+def choose(outputs: list[Output], layers: Sequence[str] | None, name: str, refuse: str = "") -> tuple[str, ...]:
+    """The layers asked for (default: every tappable output), in forward order, or an
+    ``InputError`` naming the layer that is unknown or cannot be tapped; ``refuse``: why this
+    model has none to ask for (said when ``layers`` names any)."""
+    valid = tuple(o.name for o in outputs if not o.problem)
+    if layers is None:
+        return valid
+    if isinstance(layers, str):
+        raise InputError(f"layers must be a list of layer names, got the string {layers!r}")
+    if refuse and layers:
+        raise InputError(refuse)
+    problems = {o.name: o.problem for o in outputs}
+    for layer in layers:
+        if layer not in problems:
+            raise InputError(f"unknown layer {layer!r}; {name}'s layers: {', '.join(valid)}")
+        if problems[layer]:
+            raise InputError(f"layer {layer!r} of {name} cannot be tapped: {problems[layer]}")
+    asked = set(layers)
+    return tuple(n for n in valid if n in asked)
+
+
+def contract_apply(forward: Forward, layers: tuple[str, ...], inputs: tuple[str, ...], name: str,
+                   none: str = "none") -> Callable[..., Any]:
+    """The contract's ``apply(params, x [H, W, C], taps=None, relu=None)`` over ``forward(params, x,
+    taps) -> (logits [K], acts)``: one image checked, taps only of ``layers`` and the inputs of
+    ``inputs``, and a ``relu`` other than ``jax.nn.relu`` swapped in (``relus.swap_relus``);
+    ``none``: what to say of a model without layers."""
+    known = frozenset(layers) | {input_key(n) for n in inputs}
+
+    def apply(params: Any, x: Array, taps: Mapping[str, Array] | None = None,
+              relu: Relu | None = None) -> tuple[Array, dict[str, Array]]:
+        """``(logits [K], {layer: activation, input_key(layer): its input})`` of one image ``x [H, W, C]``."""
+        if jnp.ndim(x) != 3:
+            raise InputError(f"{name}'s apply takes one image [H, W, C], got shape {jnp.shape(x)}")
+        taps = dict(taps or {})
+        unknown = [k for k in taps if k not in known]
+        if unknown:
+            raise InputError(f"taps name unknown layers {unknown}; {name}'s layers: {', '.join(layers) or none}"
+                             + (" (and their inputs, '<layer>:input')" if inputs else ""))
+        if relu is None or relu is jax.nn.relu:
+            return forward(params, x, taps)
+        return swap_relus(forward, relu, name)(params, x, taps)
+
+    return apply
