@@ -127,6 +127,9 @@ def visualize_features(
     steps = positive_int(steps, "steps")
     if param not in ("fourier", "pixel"):
         raise InputError(f"param must be 'fourier' or 'pixel', not {param!r}")
+    if model.channels != 3:
+        raise InputError(f"visualize_features optimises an RGB picture (colour-decorrelated), and {model.name} takes "
+                         f"{model.channels}-channel images: it draws features of RGB models only")
     channels = [channels] if isinstance(channels, int) else list(channels)
     if not channels:
         raise InputError("visualize_features needs at least one channel")

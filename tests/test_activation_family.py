@@ -330,6 +330,8 @@ def test_bad_layers_and_channels(pair, xs):
         jaxplain.explain(m, xs, None, "neuron_integrated_gradients", layer=LAYER, neuron=(9, 0, 0))
     with pytest.raises(InputError, match="channel 12 is out of range"):
         jaxplain.visualize_features(m.replace(input_size=(32, 32)), LAYER, [1, 12], key=jax.random.key(0))
+    with pytest.raises(InputError, match="optimises an RGB picture .* takes 1-channel images: it draws features of RGB"):
+        jaxplain.visualize_features(m.replace(channels=1), LAYER, [1], key=jax.random.key(0))
     with pytest.raises(InputError, match="unknown layer"):
         jaxplain.activations(m, xs, ["nope"])
 

@@ -133,6 +133,22 @@ def test_layer_methods_attribute_to_input_match_captum(twins, xs):
                                                      attribute_to_layer_input=True)[:, 0]
     got = jaxplain.explain(m, xs, t, "grad_cam", layer="conv2", upsample=False, attribute_to="input")
     assert_close(got, want.detach().numpy(), TOL)
+    want = ca.GuidedGradCam(net, net.conv2).attribute(to_torch(xs), target=t, attribute_to_layer_input=True)
+    got = jaxplain.explain(m, xs, t, "guided_grad_cam", layer="conv2", upsample="nearest", attribute_to="input")
+    assert_close(got, to_nhwc(want), TOL)
+    # Grad-CAM++, Eigen-CAM and Score-CAM run at conv2's input (its 6x6x4 array); Eigen-CAM's map
+    # is checked there against NumPy's SVD of that array (the paper's projection, signed to
+    # correlate with the mean activation, rectified)
+    act = np.stack([apply(m.params, v)[1][input_key("conv2")] for v in jnp.asarray(xs)])
+    for method in ("grad_cam_pp", "eigen_cam", "score_cam"):
+        got = jaxplain.explain(m, xs, t, method, layer="conv2", upsample=False, attribute_to="input")
+        assert got.shape == (2, 6, 6) and bool(jnp.isfinite(got).all())
+    eig = np.asarray(jaxplain.explain(m, xs, t, "eigen_cam", layer="conv2", upsample=False, attribute_to="input"))
+    for b in range(2):
+        centred = act[b].reshape(-1, 4) - act[b].reshape(-1, 4).mean(0)
+        proj = centred @ np.linalg.svd(centred, full_matrices=False)[2][0]
+        proj = proj if np.corrcoef(proj, act[b].reshape(-1, 4).mean(1))[0, 1] >= 0 else -proj
+        assert_close(eig[b], np.maximum(proj, 0).reshape(6, 6), TOL)
 
 
 def test_bad_selectors_and_attribute_to(twins, xs, tiny_model):

@@ -193,7 +193,8 @@ def exact_cost(apply: ApplyFn, params: PyTree, image_shape: tuple[int, ...], lay
 
 @output("map")
 def grad_cam_pp(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, layer: str | None = None,
-                upsample: bool = True, relu: bool = True, derivatives: str = "paper", chunk: int | None = 256) -> Array:
+                upsample: bool = True, relu: bool = True, derivatives: str = "paper", chunk: int | None = 256,
+                attribute_to: str = "output") -> Array:
     """Grad-CAM++ (Chattopadhay et al. 2018), ``[H, W]``: ``w_k = sum_ij alpha_ij relu(dY/dA_ij)``,
     ``alpha = d2Y / (2 d2Y + sum_ab A_ab d3Y)`` for ``Y = exp(S)``, derivatives by activation element.
 
@@ -204,8 +205,10 @@ def grad_cam_pp(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, laye
     ``block5_conv3``: 100352 passes, about 1e14 FLOP per image; ``explain`` warns with the count
     before it compiles, ``exact_cost`` returns it). Exact mode differentiates ``exp(S - S(x))``,
     so its map is ``exp(-S(x))`` times that of ``exp(S)``: finite at any logit, and equal to the
-    paper's where the head is piecewise linear. ``relu=False`` drops the final ReLU.
+    paper's where the head is piecewise linear. ``relu=False`` drops the final ReLU;
+    ``attribute_to="input"``: at the layer's input.
     """
+    layer = layer_key(layer, attribute_to)
     if derivatives == "paper":
         return cam(apply, params, x, target, layer=layer, weights=grad_cam_pp_paper_weights, upsample_to_input=upsample,
                    relu=relu)
@@ -223,7 +226,8 @@ def _exact_cost_note(model: Any, image_shape: tuple[int, ...], settings: dict[st
     """What ``derivatives="exact"`` will cost, said by ``explain`` before it compiles."""
     if settings.get("derivatives") != "exact":
         return None
-    passes, flops = exact_cost(model.apply, model.params, tuple(image_shape), settings["layer"])
+    layer = layer_key(settings["layer"], settings.get("attribute_to", "output"))
+    passes, flops = exact_cost(model.apply, model.params, tuple(image_shape), layer)
     return (f"grad_cam_pp(derivatives='exact') at {settings['layer']} makes {passes} third-order forward passes "
             f"per image, about {flops:.2g} FLOP (XLA's count); derivatives='paper', the default, is exact for "
             f"ReLU heads and costs one backward pass")
@@ -235,7 +239,7 @@ grad_cam_pp.cost_note = _exact_cost_note
 @targetless
 @output("map")
 def eigen_cam(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, layer: str | None = None,
-              upsample: bool = True, relu: bool = True) -> Array:
+              upsample: bool = True, relu: bool = True, attribute_to: str = "output") -> Array:
     """Eigen-CAM (Muhammad & Yeasin 2020), ``[H, W]``: the activations (centred per channel)
     projected on their first principal direction, signed so the map correlates positively with
     the mean activation, then rectified (``relu=False``: not). Class-agnostic: ``target`` is not used.
@@ -244,7 +248,9 @@ def eigen_cam(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, layer:
     activations on the first right singular vector but keeps the sign LAPACK returns, with no
     correction, so its map can be the other half of the projection (on the tests' tiny VGG it
     is, for both test images); it then rectifies, min-max scales each map to [0, 1] and resizes
-    it with cv2. Ours is signed as above and not scaled."""
+    it with cv2. Ours is signed as above and not scaled. ``attribute_to="input"``: the
+    activations of the layer's input."""
+    layer = layer_key(layer, attribute_to)
     act = activation(apply, params, x, layer)
     _spatial(act, layer)
     flat = act.reshape(-1, act.shape[-1])
@@ -258,7 +264,8 @@ def eigen_cam(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, layer:
 @output("map")
 @counts_images(forward_only=True)
 def score_cam(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, layer: str | None = None,
-              upsample: bool = True, relu: bool = True, align_corners: bool = False, chunk: int | None = 32) -> Array:
+              upsample: bool = True, relu: bool = True, align_corners: bool = False, chunk: int | None = 32,
+              attribute_to: str = "output") -> Array:
     """Score-CAM (Wang et al. 2020), ``[H, W]``: each channel, upsampled and min-max normalised,
     masks the input; the softmax over channels of the masked inputs' target logits weights the
     channels, and the weighted sum is rectified (``relu=False``: not). The ``K`` masked forward
@@ -272,7 +279,9 @@ def score_cam(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, layer:
     by a median 2.0% of the map's maximum (90th percentile 5.6%, worst 16%). pytorch-grad-cam
     also min-max scales its output to [0, 1]; ours is not scaled. The final map
     (``upsample=True``) is resized with half-pixel centres either way, as pytorch-grad-cam's cv2.
+    ``attribute_to="input"``: the channels of the layer's input.
     """
+    layer = layer_key(layer, attribute_to)
     act = keep(lambda: activation(apply, params, x, layer))
     _spatial(act, layer)
     k = act.shape[-1]
@@ -307,14 +316,15 @@ UPSAMPLES = ("bilinear", "nearest")
 
 
 def guided_grad_cam(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, layer: str | None = None,
-                    upsample: str = "bilinear") -> Array:
+                    upsample: str = "bilinear", attribute_to: str = "output") -> Array:
     """Guided Grad-CAM (Selvaraju et al. 2017), ``[H, W, C]``: guided backprop times the
     Grad-CAM map upsampled to the input (Captum ``GuidedGradCam``). ``upsample``:
     ``"bilinear"`` (the default; half-pixel centres, Captum's ``interpolate_mode="bilinear"``) or
-    ``"nearest"`` (Captum's default ``interpolate_mode``, torch's nearest: ``resize_nearest``)."""
+    ``"nearest"`` (Captum's default ``interpolate_mode``, torch's nearest: ``resize_nearest``).
+    ``attribute_to="input"``: the Grad-CAM of the layer's input (``attribute_to_layer_input=True``)."""
     if upsample not in UPSAMPLES:
         raise InputError(f"guided_grad_cam: upsample must be one of {UPSAMPLES}, not {upsample!r}")
-    g = grad_cam(apply, params, x, target, layer=layer, upsample=False)
+    g = grad_cam(apply, params, x, target, layer=layer, upsample=False, attribute_to=attribute_to)
     g = resize(g, x.shape[:2]) if upsample == "bilinear" else resize_nearest(g, x.shape[:2])
     return guided_backprop(apply, params, x, target) * g[..., None]
 
