@@ -7,7 +7,7 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -35,6 +35,13 @@ def _too_many_pixels(path: str | os.PathLike, e: Exception) -> ImageError:
         f"{path}: {count}, above the limit of {Image.MAX_IMAGE_PIXELS} pixels "
         "(PIL.Image.MAX_IMAGE_PIXELS); refused unread as a possible decompression bomb"
     )
+
+
+def converted_line(model: Model, path: Any) -> str:
+    """The one line a run says when a grayscale model's colour pictures (``path`` the first) are
+    converted to grayscale."""
+    return (f"jaxplain: {model.name} takes grayscale pictures (1 channel): colour ones such as {path} are converted "
+            "to grayscale (luma)")
 
 
 def picture_mode(model: Model | None) -> str:

@@ -227,29 +227,33 @@ def load_model(args: argparse.Namespace):
 def images(paths: Sequence[str], model, said: list | None = None) -> tuple[list[int], list[np.ndarray]]:
     """``(positions, arrays)`` of what loads; the rest is reported, one line each. A grayscale
     model's colour picture is said to be converted once (``said`` keeps that across calls)."""
-    from jaxplain.io import load_for_model, picture_mode
+    found = loaded(paths, model, said)
+    return [i for i, _, _ in found], [image for _, image, _ in found]
+
+
+def loaded(paths: Sequence[str], model, said: list | None = None,
+           also: Callable[[int, Any], Any] | None = None) -> list[tuple[int, np.ndarray, Any]]:
+    """``(position, image uint8 [H, W, C], also(position, loaded))`` of each picture that loads
+    (``also``, e.g. its mask, may fail it too; ``None`` without ``also``); the rest reported, one
+    line each, and a grayscale model's colour picture said to be converted once (``said`` keeps
+    that across calls)."""
+    from jaxplain.io import converted_line, load_for_model, picture_mode
 
     picture_mode(model)  # a model of neither 1 nor 3 channels: one error, not one per picture
     said = [] if said is None else said
-    ok, arrays = [], []
+    found = []
     for i, path in enumerate(paths):
         try:
-            loaded = load_for_model(path, model)
+            picture = load_for_model(path, model)
+            extra = also(i, picture) if also is not None else None
         except JaxplainError as e:
             print(f"jaxplain: failed {e}", file=sys.stderr)
             continue
-        if loaded.converted and not said:
+        if picture.converted and not said:
             said.append(path)
             print(converted_line(model, path), file=sys.stderr)
-        arrays.append(loaded.image)
-        ok.append(i)
-    return ok, arrays
-
-
-def converted_line(model, path) -> str:
-    """The one line saying that a grayscale model's colour pictures are converted."""
-    return (f"jaxplain: {model.name} takes grayscale pictures (1 channel): colour ones such as {path} are converted "
-            "to grayscale (luma)")
+        found.append((i, picture.image, extra))
+    return found
 
 
 def labels(model, name: str | None = None) -> tuple[tuple[str, str], ...] | None:

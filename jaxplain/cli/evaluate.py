@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from jaxplain.cli import common
-from jaxplain.errors import InputError, JaxplainError
+from jaxplain.errors import InputError
 from jaxplain.registry import METHODS, METRICS
 
 DEFAULT_METHODS = ("gradient", "gradient_x_input", "integrated_gradients", "smoothgrad", "guided_backprop",
@@ -23,24 +23,13 @@ def _images_and_masks(paths: Sequence[str], mask_paths: Sequence[str] | None, mo
     reported, one line each."""
     import jax.numpy as jnp
 
-    from jaxplain.io import load_for_model, load_mask, picture_mode
+    from jaxplain.io import load_mask
 
-    picture_mode(model)  # a model of neither 1 nor 3 channels: one error, not one per picture
-    found, arrays, masks, said = [], [], [], False
-    for i, path in enumerate(paths):
-        try:
-            loaded = load_for_model(path, model)
-            mask = load_mask(mask_paths[i], loaded, model) if mask_paths else None
-        except JaxplainError as e:
-            print(f"jaxplain: failed {e}", file=sys.stderr)
-            continue
-        if loaded.converted and not said:
-            said = True
-            print(common.converted_line(model, path), file=sys.stderr)
-        found.append(i)
-        arrays.append(loaded.image)
-        masks.append(mask)
-    return found, arrays, jnp.asarray(np.stack(masks)) if mask_paths and found else None
+    found = common.loaded(paths, model, also=(lambda i, picture: load_mask(mask_paths[i], picture, model))
+                          if mask_paths else None)
+    masks = [mask for _, _, mask in found]
+    return ([i for i, _, _ in found], [image for _, image, _ in found],
+            jnp.asarray(np.stack(masks)) if mask_paths and found else None)
 
 
 def _files(arguments: Sequence[str] | None) -> list[str] | None:

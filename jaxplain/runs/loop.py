@@ -39,7 +39,7 @@ from jaxplain.engine.precision import with_precision
 from jaxplain.engine.runner import explain, predict
 from jaxplain.engine.settings import resolve_for_model
 from jaxplain.errors import InputError, JaxplainError
-from jaxplain.io import load_for_model, picture_mode
+from jaxplain.io import converted_line, load_for_model, picture_mode
 from jaxplain.marks import uses_target
 from jaxplain.runs import outputs, record
 from jaxplain.runs.progress import Progress
@@ -358,8 +358,7 @@ def run(model: Model, files: Sequence[Path], names: Sequence[str], jobs_: Sequen
                 continue
             if loaded.converted and converting:
                 converting.clear()
-                progress.say(f"jaxplain: {model.name} takes grayscale pictures (1 channel): colour ones such as "
-                             f"{item.path} are converted to grayscale (luma)")
+                progress.say(converted_line(model, item.path))
             group.append((item, loaded))
             if len(group) == batch_size:
                 batch_of(group)
