@@ -238,6 +238,8 @@ def test_folder_of_grayscale_pictures_with_report(tmp_path, monkeypatch):
         assert Image.open(out / line["picture"]).mode == "L"  # the thumbnail of a grayscale picture stays gray
     html = (out / "index.html").read_text() if (out / "index.html").exists() else (out / "report" / "index.html").read_text()
     assert "g0" in html and "c1" in html
+    # a 20x24 picture and its maps are shown 4x, whole pixels (not 20 pixels wide, too small to see)
+    assert html.count('width="80" height="96" style="image-rendering:pixelated"') >= 6, html
     # the colour picture read for the model: Pillow's luma L = 0.299 R + 0.587 G + 0.114 B
     loaded = load_for_model(folder / "c0.png", model)
     assert loaded.converted and loaded.image.shape == (HW, HW, 1) and loaded.original.shape == (20, 24, 1)

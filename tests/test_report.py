@@ -22,6 +22,7 @@ METHODS = ["saliency", "grad_cam"]  # run.json's order, deliberately not alphabe
 ODD = "odd name #1 50% ?<b>&'\"é.png"  # spaces, '#', '%', '?', '<', quotes, non-ASCII
 MISSING = (7, "grad_cam")  # the one (image, method) without a result
 THUMB = (40, 30)  # heat-map thumbnails' (width, height)
+SHOWN = (120, 90)  # shown 3x in whole pixels: a picture under 96 pixels is enlarged to at least 96
 
 
 def _ramp(name: str) -> np.ndarray:
@@ -166,7 +167,7 @@ def test_pages_rows_and_order(run):
                     assert cell["class"] == "missing" and cell["imgs"] == [] and cell["text"].strip() == "\u2014"
                     continue
                 (img,) = cell["imgs"]
-                assert img["class"] == "heat" and (img["width"], img["height"]) == tuple(map(str, THUMB))
+                assert img["class"] == "heat" and (img["width"], img["height"]) == tuple(map(str, SHOWN))
                 assert _target(pages[k], img["src"]) == out / "thumbs" / label / f"{stem}.jpg"
             top = row[1]["text"]
             assert f"class <{i % 10}> & co 50.0%" in top and "explained" in top  # target = the first class

@@ -98,14 +98,21 @@ def _settings(settings: dict) -> str:
     return ", ".join(f"{k}={json.dumps(v) if isinstance(v, (str, list, dict)) else v}" for k, v in settings.items())
 
 
+SHOWN = 96  # a picture smaller than this (its longer side, pixels) is shown enlarged by a whole factor
+
+
 def _size(path: pathlib.Path) -> str:
-    """``width="w" height="h"`` from the image header, or "" when the file cannot be read."""
+    """``width="w" height="h"`` from the image header, or "" when the file cannot be read; a small
+    picture (an MNIST digit) is shown ``ceil(SHOWN / longer side)`` times its size in whole pixels."""
     try:
         with Image.open(path) as im:
             w, h = im.size
     except OSError:
         return ""
-    return f' width="{w}" height="{h}"'
+    if max(w, h) >= SHOWN:
+        return f' width="{w}" height="{h}"'
+    k = -(-SHOWN // max(w, h, 1))
+    return f' width="{k * w}" height="{k * h}" style="image-rendering:pixelated"'
 
 
 _CSS = """
