@@ -8,7 +8,7 @@ import inspect
 from typing import Any, Callable, Mapping
 
 from jaxplain.errors import InputError
-from jaxplain.methods import attention, cam, gradients, integrated, layer, perturb, xrai, smooth, surrogate
+from jaxplain.methods import attention, cam, gradients, integrated, layer, perturb, relevance, xrai, smooth, surrogate
 from jaxplain.marks import wrapped
 from jaxplain.metrics import faithfulness, imputation, localisation, randomisation, robustness
 
@@ -44,6 +44,7 @@ METHODS: dict[str, Callable] = {
     "xrai": xrai.xrai,
     "attention_rollout": attention.attention_rollout,
     "transformer_attribution": attention.transformer_attribution,
+    "lrp": relevance.lrp,
 }
 
 

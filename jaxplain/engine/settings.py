@@ -17,6 +17,7 @@ import numpy as np
 from jaxplain import baselines, registry
 from jaxplain.errors import InputError
 from jaxplain.methods.layer import check_neuron, layer_key
+from jaxplain.methods.relevance import box_for_model
 from jaxplain.marks import inner, wrapped
 from jaxplain.engine.shapes import check_layer, default_layer
 from jaxplain.engine.tokens import grid_view
@@ -119,6 +120,8 @@ def resolve_for_model(fn: Callable, model: Model, image_shape: tuple[int, ...], 
         settings["attention"] = attention_layers(fn, model, image_shape, settings.get("attention"))
     if "grid" in known and settings.get("grid") is None:
         settings["grid"] = model.token_grid
+    if "box" in known and settings.get("box") is None:
+        settings["box"] = box_for_model(model.preprocess, model.channels)
     baseline = settings.get("baseline", known.get("baseline"))  # a default of "black" too
     if isinstance(baseline, str) and baseline in ("black", "white"):
         settings["baseline"] = baselines.for_model(baseline, model.preprocess, image_shape, model.name)
