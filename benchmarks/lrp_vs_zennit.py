@@ -1,0 +1,273 @@
+"""LRP and CRP beside zennit and zennit-crp on the same weights and device, in one process:
+
+    python -m benchmarks.lrp_vs_zennit [--models vgg16 resnet50] [--batch 8] [--json out.json]
+
+1. ``lrp`` (each ``--composites``) and ``gradient`` on each model, and zennit's ``Gradient``
+   attributor with the same composite on the torch twin (``benchmarks/pairs.py``; batch norm merged
+   by zennit's ``SequentialMergeBatchNorm``, ResNet's residual sums as zennit's ``Sum`` module, the
+   effect of its ResNet canonizer), alternating call by call; median seconds per call.
+2. ``bfloat16``: ``lrp`` computing in bfloat16 (``precision="bfloat16"``), its time and its largest
+   difference from the float32 map (over the largest value of that map).
+3. CRP: the conditional maps of ``--crp-channels`` channels of ``--crp-layer`` for one image, in one
+   compiled program (method ``crp`` where registered, else the same computation: the LRP walk with
+   the layer's relevance masked to one channel, vmapped over the channels), beside zennit-crp's
+   ``CondAttribution`` looping over the channels one condition per call, and with
+   ``--crp-per-call`` conditions per call (its batched conditions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.5")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from jaxplain import bench  # noqa: E402
+from jaxplain.methods import relevance  # noqa: E402
+from jaxplain.types import Model  # noqa: E402
+
+# zennit's composite of the same name and how it is built from our settings
+ZENNIT = {"epsilon_plus": "EpsilonPlus", "epsilon_gamma_box": "EpsilonGammaBox",
+          "epsilon_alpha2_beta1": "EpsilonAlpha2Beta1", "epsilon_plus_flat": "EpsilonPlusFlat",
+          "epsilon_alpha2_beta1_flat": "EpsilonAlpha2Beta1Flat"}
+# our layer name -> the torch twin's module (torchvision's VGG16 indices)
+TORCH_LAYER = {"block4_conv3": "features.21", "block5_conv3": "features.28", "block3_conv3": "features.14"}
+
+
+def zennit_composite(name: str, net: Any, box: np.ndarray, device: str) -> Any:
+    """zennit's composite ``name`` for ``net`` with canonizers doing what jaxplain's graph does:
+    batch norm merged into the convolution before it, a ResNet block's sum a ``Sum`` module."""
+    from tests.torch_reference import TorchBottleneck
+    from tests.zennit_stub import zennit
+
+    z = zennit()
+    from zennit.canonizers import AttributeCanonizer, SequentialMergeBatchNorm
+
+    def sum_module(_: str, module: Any) -> dict[str, Any] | None:
+        if not isinstance(module, TorchBottleneck):
+            return None
+
+        def forward(self: Any, x: Any) -> Any:
+            out = self.relu(self.bn1(self.conv1(x)))
+            out = self.relu(self.bn2(self.conv2(out)))
+            out = self.bn3(self.conv3(out))
+            identity = x if self.downsample is None else self.downsample(x)
+            return self.relu(self.canonizer_sum(torch.stack([identity, out], dim=-1)))
+
+        return {"forward": forward.__get__(module), "canonizer_sum": z.layer.Sum()}
+
+    canonizers = [SequentialMergeBatchNorm(), AttributeCanonizer(sum_module)]
+    cls = getattr(z.composites, ZENNIT[name])
+    if name == "epsilon_gamma_box":
+        low = torch.tensor(box[0], dtype=torch.float32, device=device).reshape(1, -1, 1, 1)
+        high = torch.tensor(box[1], dtype=torch.float32, device=device).reshape(1, -1, 1, 1)
+        return cls(low=low, high=high, canonizers=canonizers)
+    return cls(canonizers=canonizers)
+
+
+def zennit_call(net: Any, composite: Any, batch: int, size: tuple[int, int], device: str) -> Callable[[], Any]:
+    """A no-argument call of zennit's ``Gradient`` attributor in its ``with`` block (canonizers and
+    hooks registered, one batch, removed: one composite at a time on the net), relevance starting
+    as the target's logit like ours."""
+    from zennit.attribution import Gradient
+
+    x = torch.randn(batch, 3, *size, device=device)
+    onehot = torch.zeros(batch, 1000, device=device)
+    onehot[:, 0] = 1.0
+
+    def call() -> Any:
+        with Gradient(net, composite) as attributor:
+            _, rel = attributor(x, lambda out: out * onehot)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return rel
+
+    return call
+
+
+def alternate(calls: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
+    """Median seconds per call of each, one call of each in turn per round (after a warm call)."""
+    for fn in calls.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    for _ in range(rounds):
+        for k, fn in calls.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def blocked(case: bench.Case) -> Callable[[], Any]:
+    return lambda: jax.block_until_ready(case.call())
+
+
+def lrp_rows(name: str, model: Model, net: Any, args: argparse.Namespace, device: str) -> list[dict[str, Any]]:
+    """Section 1: gradient, lrp per composite, zennit per composite, alternating."""
+    size = model.input_size or (224, 224)
+    box = np.asarray(relevance.box_for_model(model.preprocess, model.channels))
+    calls: dict[str, Callable[[], Any]] = {}
+    compile_s: dict[str, float] = {}
+    case = bench.compile_case(model, "gradient", args.batch)
+    calls["gradient"], compile_s["gradient"] = blocked(case), case.compile_s
+    for c in args.composites:
+        case = bench.compile_case(model, f"lrp(composite={c!r})", args.batch)
+        calls[f"lrp {c}"], compile_s[f"lrp {c}"] = blocked(case), case.compile_s
+        calls[f"zennit {c}"] = zennit_call(net, zennit_composite(c, net, box, device), args.batch, size, device)
+    sec = alternate(calls, args.rounds)
+    rows = []
+    for c in args.composites:
+        ours, theirs, grad = sec[f"lrp {c}"], sec[f"zennit {c}"], sec["gradient"]
+        row = {"model": name, "composite": c, "batch": args.batch, "lrp_s": ours, "gradient_s": grad,
+               "zennit_s": theirs, "lrp_over_gradient": ours / grad, "speedup_vs_zennit": theirs / ours,
+               "lrp_compile_s": compile_s[f"lrp {c}"], "gradient_compile_s": compile_s["gradient"]}
+        rows.append(row)
+        print(f"{name:<9} {c:<18} batch {args.batch}: lrp {ours:.3f} s, gradient {grad:.3f} s ({ours / grad:.2f}x), "
+              f"zennit {theirs:.3f} s (ours {theirs / ours:.2f}x faster); compile {row['lrp_compile_s']:.1f} s",
+              flush=True)
+    return rows
+
+
+def bf16_rows(name: str, model: Model, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Section 2: lrp in bfloat16 against float32, time and largest difference."""
+    rows = []
+    for c in args.composites:
+        spec = f"lrp(composite={c!r})"
+        f32 = bench.compile_case(model, spec, args.batch)
+        b16 = bench.compile_case(model, spec, args.batch, precision="bfloat16")
+        sec = alternate({"float32": blocked(f32), "bfloat16": blocked(b16)}, args.rounds)
+        a, b = np.asarray(f32.call(), np.float64), np.asarray(b16.call(), np.float64)
+        scale = np.abs(a).reshape(len(a), -1).max(1)
+        err = float((np.abs(a - b).reshape(len(a), -1).max(1) / scale).max())
+        corr = float(np.mean([np.corrcoef(p.ravel(), q.ravel())[0, 1] for p, q in zip(a, b)]))
+        row = {"model": name, "composite": c, "batch": args.batch, "float32_s": sec["float32"],
+               "bfloat16_s": sec["bfloat16"], "speedup": sec["float32"] / sec["bfloat16"],
+               "max_error_over_max": err, "mean_correlation": corr}
+        rows.append(row)
+        print(f"{name:<9} {c:<18} bfloat16 batch {args.batch}: {sec['bfloat16']:.3f} s vs float32 {sec['float32']:.3f} s "
+              f"({row['speedup']:.2f}x); max |difference| / max |map| {err:.3g}, correlation {corr:.4f}", flush=True)
+    return rows
+
+
+def crp_fallback(apply: Any, params: Any, x: Any, target: Any, *, layer: str, channels: Any,
+                 composite: str = "epsilon_plus", box: Any = None) -> Any:
+    """``[K, H, W, C]``: the LRP map with ``layer``'s relevance kept to one channel, vmapped over
+    ``channels`` (what method ``crp`` computes; used where it is not registered)."""
+    from jaxplain.propagation import composites, graph as graph_, walk
+
+    g = graph_.trace(apply, params, x)
+    env = graph_.forward(g, params, x)
+    choose = composites.chooser(g, composite, None, box=relevance.bounds(box))
+    start = relevance.start_relevance(env[g.logits], target)
+    width = g.tap_vars[layer].aval.shape[-1]
+    masks = jax.nn.one_hot(jnp.asarray(channels), width, dtype=x.dtype)
+    return jax.vmap(lambda m: walk.relevance(g, env, start, choose, masks={layer: m}))(masks)
+
+
+def crp_case(model: Model, layer: str, channels: list[int], composite: str) -> tuple[Callable[[], Any], float, str]:
+    """Ours: ``crp`` through the front door if registered, else ``crp_fallback`` jitted on one image."""
+    if hasattr(relevance, "crp"):
+        case = bench.compile_case(model, f"crp(layer={layer!r}, channels={channels}, composite={composite!r})", 1)
+        return blocked(case), case.compile_s, "crp"
+    h, w = model.input_size or (224, 224)
+    x = jax.random.normal(jax.random.key(1), (h, w, model.channels), jnp.float32)
+    fn = jax.jit(lambda p, i: crp_fallback(model.apply, p, i, jnp.int32(0), layer=layer, channels=channels,
+                                           composite=composite))
+    t = time.perf_counter()
+    run = fn.lower(model.params, x).compile()
+    return (lambda: jax.block_until_ready(run(model.params, x))), time.perf_counter() - t, "walk.relevance vmapped"
+
+
+def crp_rows(model: Model, net: Any, args: argparse.Namespace, device: str) -> list[dict[str, Any]]:
+    """Section 3: CRP of ``--crp-channels`` channels beside zennit-crp's loop and its batched conditions."""
+    from tests.zennit_stub import zennit
+
+    zennit()
+    from crp.attribution import CondAttribution
+
+    channels = list(range(args.crp_channels))
+    layer, torch_layer = args.crp_layer, TORCH_LAYER[args.crp_layer]
+    size = model.input_size or (224, 224)
+    box = np.asarray(relevance.box_for_model(model.preprocess, model.channels))
+    ours, compile_s, how = crp_case(model, layer, channels, "epsilon_plus")
+    composite = zennit_composite("epsilon_plus", net, box, device)
+    attribution = CondAttribution(net, no_param_grad=True)
+    x = torch.randn(1, 3, *size, device=device, requires_grad=True)
+
+    def peer(per_call: int) -> Callable[[], Any]:
+        def call() -> Any:
+            out = []
+            for i in range(0, len(channels), per_call):
+                conds = [{"y": [0], torch_layer: [c]} for c in channels[i:i + per_call]]
+                out.append(attribution(x, conds, composite).heatmap)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            return out
+        return call
+
+    sec = alternate({"ours": ours, "loop": peer(1), "batched": peer(args.crp_per_call)}, args.crp_rounds)
+    row = {"model": "vgg16", "layer": layer, "channels": len(channels), "ours": how, "ours_s": sec["ours"],
+           "ours_compile_s": compile_s, "zennit_crp_loop_s": sec["loop"], "zennit_crp_batched_s": sec["batched"],
+           "per_call": args.crp_per_call, "speedup_vs_loop": sec["loop"] / sec["ours"],
+           "speedup_vs_batched": sec["batched"] / sec["ours"]}
+    print(f"CRP {len(channels)} channels of {layer} ({how}): {sec['ours']:.2f} s (compile {compile_s:.1f} s); "
+          f"zennit-crp loop {sec['loop']:.2f} s ({row['speedup_vs_loop']:.2f}x), {args.crp_per_call} conditions per "
+          f"call {sec['batched']:.2f} s ({row['speedup_vs_batched']:.2f}x)", flush=True)
+    return [row]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.lrp_vs_zennit", description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=["vgg16", "resnet50"])
+    p.add_argument("--composites", nargs="+", default=["epsilon_plus", "epsilon_gamma_box"], choices=sorted(ZENNIT))
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--size", type=int, help="input side (default: the model's, 224)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--sections", nargs="+", default=["lrp", "bf16", "crp"], choices=["lrp", "bf16", "crp"])
+    p.add_argument("--crp-layer", default="block4_conv3", choices=sorted(TORCH_LAYER))
+    p.add_argument("--crp-channels", type=int, default=64)
+    p.add_argument("--crp-per-call", type=int, default=16)
+    p.add_argument("--crp-rounds", type=int, default=1)
+    p.add_argument("--json")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks.pairs import pair
+    from benchmarks.peers import torch_device
+
+    args = parser().parse_args(sys.argv[1:] if argv is None else argv)
+    device = torch_device()
+    info = bench.device_info()
+    print(f"{info['device_kind']} ({info['platform']}), jax {info['jax']}, torch {torch.__version__}, "
+          f"load {os.getloadavg()[0]:.1f}", flush=True)
+    out: dict[str, Any] = {"device": info, "torch": torch.__version__, "lrp": [], "bf16": [], "crp": []}
+    for name in args.models:
+        model, net = pair(name, device, args.size)
+        if "lrp" in args.sections:
+            out["lrp"] += lrp_rows(name, model, net, args, device)
+        if "bf16" in args.sections:
+            out["bf16"] += bf16_rows(name, model, args)
+        if "crp" in args.sections and name in ("vgg16",):
+            out["crp"] += crp_rows(model, net, args, device)
+    out["load_after"] = os.getloadavg()[0]
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
