@@ -166,7 +166,8 @@ def crp_fallback(apply: Any, params: Any, x: Any, target: Any, *, layer: str, ch
                  composite: str = "epsilon_plus", box: Any = None) -> Any:
     """``[K, H, W, C]``: the LRP map with ``layer``'s relevance kept to one channel, vmapped over
     ``channels`` (what method ``crp`` computes; used where it is not registered)."""
-    from jaxplain.propagation import composites, graph as graph_, walk
+    from jaxplain.propagation import composites, walk
+    from jaxplain.propagation import graph as graph_
 
     g = graph_.trace(apply, params, x)
     env = graph_.forward(g, params, x)

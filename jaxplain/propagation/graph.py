@@ -76,6 +76,7 @@ class Node:
     chain: list[tuple[Any, int]] = dataclasses.field(default_factory=list)
     taps: list[str] = dataclasses.field(default_factory=list)
     after: str = ""
+    positive: bool = False  # a layer whose activation input is never negative (a ReLU's output, pooled)
 
 
 @dataclasses.dataclass
@@ -296,10 +297,36 @@ def _classify(eqns: list[Any], graph: Graph, name: str) -> list[Node]:
             what = _custom_name(e) if prim.startswith("custom_") and "call_jaxpr" in e.params else prim
             nodes.append(Node("unknown", [e], act_in, out, what=what or prim))
     _name(nodes, graph.layers)
+    _mark_positive(eqns, nodes, graph)
     first = next((n for n in nodes if n.kind == "layer"), None)
     if first is not None:
         first.first = True
     return nodes
+
+
+# Keeping the sign of their one activation input: a value >= 0 stays >= 0.
+SIGN_KEEPING = {"reshape", "transpose", "squeeze", "expand_dims", "slice", "rev", "broadcast_in_dim", "copy",
+                "copy_p", "reduce_precision", "convert_element_type", "reduce_max", "reduce_window_max"}
+
+
+def _mark_positive(eqns: list[Any], nodes: list[Node], graph: Graph) -> None:
+    """Set ``positive`` on each layer whose activation input is >= 0 by construction: a ReLU's
+    output (``relu``, ``max(x, c >= 0)``), then taps (adding the zero tap), max pools and shape
+    changes. The rules skip the terms of negative inputs there (exactly zero), not their results."""
+    taps = set(graph.tap_vars.values())
+    pos: set[Any] = set()
+    for e in eqns:
+        prim = e.primitive.name
+        ins = [v for v in e.invars if not isinstance(v, jcore.Literal)]
+        lits = [v for v in e.invars if isinstance(v, jcore.Literal)]
+        rectifier = _is_relu(e) or (prim == "max" and len(ins) == 1 and lits and np.all(np.asarray(lits[0].val) >= 0))
+        tapped = prim == "add" and len(ins) == 2 and any(v in taps for v in ins) and all(v in pos or v in taps for v in ins)
+        kept = (prim in SIGN_KEEPING or _is_pool(e)) and len(ins) == 1 and ins[0] in pos
+        if rectifier or tapped or kept:
+            pos.update(e.outvars)
+    for node in nodes:
+        if node.kind == "layer" and node.inputs[0] in pos:
+            node.positive = True
 
 
 def _name(nodes: list[Node], layers: Sequence[str]) -> None:

@@ -42,7 +42,9 @@ ZERO: Mix = ()
 @dataclasses.dataclass(frozen=True)
 class Layer:
     """One linear layer at one image: ``z = scale * lin(x, W) + shift`` (``scale`` / ``shift``
-    ``None`` when absent), its input ``x`` and output ``z`` values; ``name`` its layer."""
+    ``None`` when absent), its input ``x`` and output ``z`` values; ``name`` its layer;
+    ``positive``: ``x >= 0`` by construction (a ReLU's output), so the rules skip the terms of
+    negative inputs, which are exactly zero there (half the products of zplus, alpha-beta, gamma)."""
 
     lin: Callable[[Array, Array], Array]
     weight: Array
@@ -51,6 +53,7 @@ class Layer:
     x: Array
     z: Array
     name: str = ""
+    positive: bool = False
 
 
 Rule = Callable[[Layer, Array], Array]
@@ -135,6 +138,13 @@ def alpha_beta(alpha: float = 2.0, beta: float = 1.0, stabilizer: float = 1e-6) 
 
     def rule(layer: Layer, r: Array) -> Array:
         xp, xn = jnp.maximum(layer.x, 0), jnp.minimum(layer.x, 0)
+        if layer.positive:
+            gp = r / stabilise(output(layer, xp, POS, POS), stabilizer)
+            pos = xp * back(layer, xp, POS, gp)
+            if not beta:
+                return alpha * pos
+            gn = r / stabilise(output(layer, xp, NEG, NEG), stabilizer)
+            return alpha * pos - beta * (xp * back(layer, xp, NEG, gn))
         zp = output(layer, xp, POS, POS) + output(layer, xn, NEG, ZERO)
         zn = output(layer, xp, NEG, NEG) + output(layer, xn, POS, ZERO)
         gp, gn = r / stabilise(zp, stabilizer), r / stabilise(zn, stabilizer)
@@ -148,6 +158,8 @@ def zplus(stabilizer: float = 1e-6) -> Rule:
     """LRP-z+: ``alpha_beta(1, 0)``, negative inputs through the negative weights."""
     def rule(layer: Layer, r: Array) -> Array:
         xp, xn = jnp.maximum(layer.x, 0), jnp.minimum(layer.x, 0)
+        if layer.positive:
+            return xp * back(layer, xp, POS, r / stabilise(output(layer, xp, POS, POS), stabilizer))
         z = output(layer, xp, POS, POS) + output(layer, xn, NEG, ZERO)
         g = r / stabilise(z, stabilizer)
         return xp * back(layer, xp, POS, g) + xn * back(layer, xn, NEG, g)
@@ -163,6 +175,10 @@ def gamma(gamma: float = 0.25, stabilizer: float = 1e-6) -> Rule:
 
     def rule(layer: Layer, r: Array) -> Array:
         xp, xn = jnp.maximum(layer.x, 0), jnp.minimum(layer.x, 0)
+        if layer.positive:
+            gp = (layer.z > 0).astype(r.dtype) * r / stabilise(output(layer, xp, up, up), stabilizer)
+            gn = (layer.z < 0).astype(r.dtype) * r / stabilise(output(layer, xp, down, down), stabilizer)
+            return xp * back(layer, xp, up, gp) + xp * back(layer, xp, down, gn)
         zp = output(layer, xp, up, up) + output(layer, xn, down, ZERO)
         zn = output(layer, xp, down, down) + output(layer, xn, up, ZERO)
         gp = (layer.z > 0).astype(r.dtype) * r / stabilise(zp, stabilizer)

@@ -35,7 +35,7 @@ def layer(node: Node, env: Mapping[Any, Any]) -> Layer:
     """The ``Layer`` a rule sees at a ``layer`` node."""
     lin, scale, shift = chain_function(node, env)
     return Layer(lin, read(env, node.weight), scale, shift, read(env, node.inputs[0]), read(env, node.output),
-                 node.layer)
+                 node.layer, node.positive)
 
 
 def gradient(node: Node, rs: list[Array], env: Mapping[Any, Any]) -> list[Array]:
