@@ -2,7 +2,8 @@
 # One prepared benchmark run for an accelerator host: the pytest-benchmark suite (--quick), then
 # VGG16 at 224x224 side by side with Captum (Score-CAM: pytorch-grad-cam's
 # algorithm in torch) at the usual settings, batch 1/8/32; the other methods;
-# ResNet-50 and ViT-B/16 beside Captum and IG's memory; IG with each chunk loop; bfloat16; a folder run end to end against the kernel alone.
+# ResNet-50 and ViT-B/16 beside Captum and IG's memory; IG with each chunk loop; bfloat16; LRP and CRP beside zennit and zennit-crp;
+# a folder run end to end against the kernel alone.
 # Usage: bash benchmarks/run_all.sh OUTDIR   (needs jaxplain installed; captum/torch for the Captum column)
 set -uo pipefail
 out=${1:?usage: run_all.sh OUTDIR}
@@ -40,6 +41,10 @@ for loop in host unroll; do  # the default on GPU is scan (in the runs above)
 done
 timeout "${BF16_LIMIT:-90}" python3 -m jaxplain.cli bench --batch 8 32 --min-time 0.5 --precision bfloat16 \
   --methods gradient "integrated_gradients(steps=50)" --json "$out/bf16.json" 2>&1 | tee "$out/bf16.txt"
+# LRP (epsilon_plus, epsilon_gamma_box) and the gradient beside zennit's Gradient on VGG16 and ResNet-50 at batch 8,
+# LRP in bfloat16 against float32, CRP of 64 channels of block4_conv3 beside zennit-crp's CondAttribution
+timeout "${LRP_LIMIT:-600}" python3 -m benchmarks.lrp_vs_zennit --batch 8 --json "$out/lrp_vs_zennit.json" \
+  2>&1 | grep -v Warning | tee "$out/lrp_vs_zennit.txt"
 # every metric beside Quantus 0.6 (its torch path on the same device): the small model at the
 # reference settings, then VGG16 at reduced ones (benchmarks/metrics_vs_quantus.py says which)
 timeout "${QUANTUS_LIMIT:-300}" python3 -m benchmarks.metrics_vs_quantus --model tiny --json "$out/vs_quantus_tiny.json" \
