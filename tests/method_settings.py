@@ -30,6 +30,7 @@ SMALL = {
     # Run on the tiny ViT (conftest's tiny_vit); explicit here because the direct calls bypass explain.
     "attention_rollout": dict(attention=("blocks.0.attn", "blocks.1.attn"), grid=(4, 4), discard_ratio=0.25),
     "transformer_attribution": dict(attention=("blocks.0.attn", "blocks.1.attn"), grid=(4, 4)),
+    "deeplift": dict(baseline="zeros"),  # "black" (the default) needs explain's model: the direct calls bypass it
 }
 # Methods that need a transformer's attention layers: the property tests run them on the tiny ViT.
 TRANSFORMER = {"attention_rollout", "transformer_attribution"}
@@ -64,6 +65,8 @@ def settings_for(name: str, images: np.ndarray) -> dict:
         s["layer"] = "block3_conv2"  # the tiny model's last conv layer (explain's default)
     if "references" in known:
         s["references"] = np.asarray(images[::-1] * 0.5)
+    if name == "deeplift_shap":
+        s["baselines"] = np.asarray(images[::-1][:2] * 0.5)
     return s
 
 

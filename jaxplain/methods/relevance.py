@@ -1,4 +1,5 @@
-"""Relevance propagation on one image: LRP with rules and composites (``jaxplain.propagation``).
+"""Relevance propagation on one image: LRP with rules and composites, DeepLIFT and DeepLiftShap
+(``jaxplain.propagation``).
 
 The forward pass is traced and walked backwards with a rule per layer; no hooks, so a map is
 jitted, vmapped and differentiated like any JAX function.
@@ -10,11 +11,14 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from jaxplain.baselines import baseline_image
 from jaxplain.errors import InputError
+from jaxplain.marks import cost, per_image
 from jaxplain.types import ApplyFn, Array, PyTree
 
-from jaxplain.propagation import composites, graph as graph_, walk
+from jaxplain.propagation import composites, deeplift as deeplift_walk, graph as graph_, walk
 
 
 def start_relevance(logits: Array, target: Array) -> Array:
@@ -59,3 +63,50 @@ def box_for_model(preprocess: Any, channels: int) -> Array:
     pixels = np.stack([np.zeros((1, 1, channels), np.uint8), np.full((1, 1, channels), 255, np.uint8)])
     out = np.asarray(preprocess(pixels), np.float32)
     return jnp.asarray(np.stack([out[0, 0, 0], out[1, 0, 0]]))
+
+
+@per_image(baseline=3)
+def deeplift(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, baseline: str | Array = "black",
+             eps: float = 1e-10, multiply_by_inputs: bool = True) -> Array:
+    """DeepLIFT (Shrikumar et al. 2017), the Rescale rule as Captum's ``DeepLift``, ``[H, W, C]``:
+    ``(x - b) * m``, the multipliers ``m`` of the target's logit walked back comparing the forward
+    passes of ``x`` and the ``baseline`` ``b`` (settings as ``integrated_gradients``'; ``"black"``
+    the model's preprocessed black picture): linear layers by their gradient, ReLUs and other
+    elementwise non-linearities by ``delta_out / delta_in`` (the gradient where
+    ``|delta_in| < eps``), max pools by Captum's cross maximum. The map sums to
+    ``f(x) - f(b)`` for the target. ``multiply_by_inputs=False``: the multipliers alone.
+    A GELU, a product or a division of activations: an ``InputError`` naming the layer."""
+    base = baseline_image(baseline, x)
+    g = graph_.trace(apply, params, x, name="deeplift")
+    m = _multipliers(g, params, x, graph_.forward(g, params, x), base, target, eps)
+    return (x - base) * m if multiply_by_inputs else m
+
+
+@cost(lambda s, _: 1 if s.get("baselines") is None else int(np.shape(s["baselines"])[-4]))
+@per_image(baselines=4)
+def deeplift_shap(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, baselines: Array | None = None,
+                  eps: float = 1e-10, multiply_by_inputs: bool = True) -> Array:
+    """DeepLiftShap (Captum's ``DeepLiftShap``), ``[H, W, C]``: the mean of ``deeplift`` over a
+    reference batch ``baselines [N, H, W, C]`` (required), the references vmapped; the map sums to
+    ``f(x)`` minus the mean of ``f`` over the references for the target."""
+    if baselines is None:
+        raise InputError("deeplift_shap needs baselines=[N, H, W, C], a batch of reference images")
+    refs = jnp.asarray(baselines, x.dtype)
+    if refs.ndim != x.ndim + 1 or refs.shape[1:] != x.shape or refs.shape[0] < 1:
+        raise InputError(f"deeplift_shap: baselines must be [N, *{x.shape}] with N >= 1, got {refs.shape}")
+    g = graph_.trace(apply, params, x, name="deeplift_shap")
+    env = graph_.forward(g, params, x)
+
+    def one(b: Array) -> Array:
+        m = _multipliers(g, params, x, env, b, target, eps, name="deeplift_shap")
+        return (x - b) * m if multiply_by_inputs else m
+
+    return jnp.mean(jax.vmap(one)(refs), axis=0)
+
+
+def _multipliers(g: graph_.Graph, params: PyTree, x: Array, env: Mapping[Any, Any], base: Array, target: Array,
+                 eps: float, name: str = "deeplift") -> Array:
+    """DeepLIFT's multipliers ``[H, W, C]`` of ``x`` against ``base`` (``env``: ``x``'s forward values)."""
+    ref = graph_.forward(g, params, base)
+    return deeplift_walk.multipliers(g, env, ref, jax.nn.one_hot(target, env[g.logits].shape[-1],
+                                                                  dtype=env[g.logits].dtype), eps=eps, name=name)
