@@ -56,7 +56,7 @@ def prepare(graph: Graph) -> Graph:
     replaced: dict[int, Node] = {}
     taken: set[int] = set()
     for node in graph.nodes:
-        fused = _softmax_unit(node, producer)
+        fused = _softmax_unit(node, producer) or _centring_unit(node, producer)
         if fused is not None:
             replaced[id(node)] = fused
             taken.update(id(e) for e in fused.eqns)
@@ -86,6 +86,27 @@ def _softmax_unit(node: Node, producer: Mapping[Any, Any]) -> Node | None:
         return None
     eqns = [e for e in (shifted, exp, total) if e is not None] + [node.eqns[0]]
     return Node("softmax", eqns, [x], node.output, layer=node.layer, after=node.after, what="softmax")
+
+
+def _centring_unit(node: Node, producer: Mapping[Any, Any]) -> Node | None:
+    """A ``centre`` node for ``x - mean(x)`` (LayerNorm's centring: ``sum(x)`` then a division or a
+    product by a constant, broadcast back)."""
+    if node.kind != "norm" or node.eqns[0].primitive.name != "sub" or len(node.inputs) != 2:
+        return None
+    x, mean = node.eqns[0].invars
+    e = producer.get(mean)
+    while e is not None and e.primitive.name in ("broadcast_in_dim", "reshape", "expand_dims"):
+        e = producer.get(e.invars[0])
+    if e is None or e.primitive.name not in ("div", "mul") or [_is_var(v) for v in e.invars] != [True, False] and (
+            e.primitive.name == "div" or [_is_var(v) for v in e.invars] != [False, True]):
+        return None
+    total = producer.get(next(v for v in e.invars if _is_var(v)))
+    while total is not None and total.primitive.name in ("broadcast_in_dim", "reshape", "expand_dims"):
+        total = producer.get(total.invars[0])
+    if total is None or total.primitive.name != "reduce_sum" or total.invars[0] is not x:
+        return None
+    return Node("centre", [total, node.eqns[0]], [x], node.output, layer=node.layer, after=node.after,
+                what="centring")
 
 
 def _is_var(v: Any) -> bool:
@@ -153,6 +174,16 @@ def softmax(node: Node, rs: list[Array], env: Mapping[Any, Any]) -> list[Array]:
     return [x * (r - s * jnp.sum(r, axis=axes, keepdims=True))]
 
 
+def centre_rule(epsilon: float) -> walk.Handler:
+    """LRP-0 (stabilised by ``epsilon``) on the linear centring ``c = x - mean(x)``:
+    ``R_x = x * (g - mean(g))``, ``g = R / (c + eps sign c)``; it conserves relevance."""
+    def rule(node: Node, rs: list[Array], env: Mapping[Any, Any]) -> list[Array]:
+        axes = tuple(node.eqns[0].params["axes"])
+        g = rs[0] / stabilise(read(env, node.output), epsilon)
+        return [read(env, node.inputs[0]) * (g - jnp.mean(g, axis=axes, keepdims=True))]
+    return rule
+
+
 def identity(node: Node, rs: list[Array], env: Mapping[Any, Any]) -> list[Array]:
     """The identity rule of an elementwise non-linearity: ``R_x = R``."""
     return [rs[0].reshape(node.inputs[0].aval.shape)]
@@ -210,5 +241,5 @@ def shift_rule(graph: Graph, epsilon: float) -> walk.Handler:
 
 def handlers(graph: Graph, epsilon: float = 1e-6) -> dict[str, walk.Handler]:
     """AttnLRP's rules for ``walk.relevance(..., handlers=)`` on a ``prepare``d graph."""
-    return {"softmax": softmax, "unary": identity, "product": product_rule(epsilon),
+    return {"softmax": softmax, "unary": identity, "centre": centre_rule(epsilon), "product": product_rule(epsilon),
             "normalise": normalise_rule(epsilon), "shift": shift_rule(graph, epsilon)}
