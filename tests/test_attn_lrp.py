@@ -20,10 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from jaxplain.models.vit import build, random_params
 
 from jaxplain.errors import InputError
 from jaxplain.methods.relevance import lrp
-from jaxplain.models.vit import build, random_params
 from jaxplain.propagation import graph as graph_
 from jaxplain.propagation import transformer
 from tests.conftest import TINY_VIT
@@ -200,7 +200,10 @@ class _Identity(torch.autograd.Function):
 def _torch_vit(params):
     cfg = TINY_VIT
     net = TorchViT(cfg.patch, cfg.depth, cfg.width, cfg.heads, cfg.mlp, cfg.classes, cfg.image_size).double()
-    t = lambda a: torch.from_numpy(np.asarray(a, np.float64))  # noqa: E731
+
+    def t(a):
+        return torch.from_numpy(np.asarray(a, np.float64))
+
     sd = {"patch_embed.proj.weight": t(params["patch_embed"]["kernel"]).permute(3, 2, 0, 1),
           "patch_embed.proj.bias": t(params["patch_embed"]["bias"]),
           "cls_token": t(params["cls_token"]).reshape(1, 1, -1), "pos_embed": t(params["pos_embed"])[None],
