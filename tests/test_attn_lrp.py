@@ -22,6 +22,7 @@ import pytest
 import torch
 from jaxplain.models.vit import build, random_params
 
+import jaxplain
 from jaxplain.errors import InputError
 from jaxplain.methods.relevance import lrp
 from jaxplain.propagation import graph as graph_
@@ -41,16 +42,15 @@ def _bias_free(params):
 @pytest.fixture(scope="module")
 def vit():
     """The tiny ViT's params (random biases), its bias-free twin, two images, two targets and
-    ``attn_lrp`` maps of both, from one compiled program."""
+    ``attn_lrp`` maps of both from ``explain``."""
     params = random_params(TINY_VIT, seed=1)
-    model = build(TINY_VIT, params, source="timm")
     xs = np.random.default_rng(3).normal(size=(2, 32, 32, 3)).astype(np.float32)
     targets = np.array([3, 7])
-    f = jax.jit(jax.vmap(lambda p, x, t: lrp(model.apply, p, x, t, composite="attn_lrp"), (None, 0, 0)))
     free = _bias_free(params)
-    maps = {name: np.asarray(f(p, xs, targets)) for name, p in (("biased", params), ("free", free))}
-    return {"apply": model.apply, "params": {"biased": params, "free": free}, "xs": xs, "targets": targets,
-            "maps": maps}
+    maps = {name: np.asarray(jaxplain.explain(build(TINY_VIT, p, source="timm"), xs, targets,
+                                              method="lrp(composite='attn_lrp')"))
+            for name, p in (("biased", params), ("free", free))}  # one compiled program for both
+    return {"params": {"biased": params, "free": free}, "xs": xs, "targets": targets, "maps": maps}
 
 
 # ---------------------------------------------------------------- the paper's rules in NumPy

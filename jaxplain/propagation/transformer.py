@@ -13,8 +13,9 @@ and ``handlers(graph, epsilon)`` gives ``walk.relevance`` a rule per node kind:
   graph alone, whether the function is a named jit, a custom derivative or written out by hand;
 - **products of two activations** (``q k^T``, attention times values, gating ``a * b``): the
   uniform rule, each operand half, by the epsilon rule with the other held constant; where one
-  operand is a broadcast statistic of the other's rows (LayerNorm's ``1 / std``, ``[T, 1]``
-  against ``[T, D]``) the statistic is held constant and the full operand takes it all;
+  operand is a statistic (computed through a reduction of activations alone: LayerNorm's
+  ``1 / std``, whether or not its scale is folded in; a squeeze-excitation gate) it is held constant
+  and the other operand takes it all;
 - **division by activations** (``normalise``: LayerNorm's ``(x - mean) / std``): the identity rule
   on the normalisation, the denominator held constant; the centring ``x - mean`` stays linear and
   takes the proportional (LRP-0) rule, so the LayerNorm is LXT's "std detached";
@@ -44,6 +45,7 @@ from .rules import stabilise
 ELEMENTWISE = {"erf", "erfc", "tanh", "logistic", "exp", "log", "log1p", "expm1", "sin", "cos", "integer_pow",
                "pow", "sqrt", "rsqrt", "abs", "square", "exp2", "cbrt", "tan", "mul", "add", "sub", "neg", "div",
                "max", "min", "copy", "copy_p", "convert_element_type", "reduce_precision"}
+REDUCTIONS = {"reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "argmax", "argmin"}
 _UNIT_KINDS = {"unary", "unknown", "norm", "product", "normalise", "pass", "gradient"}
 _NONLINEAR = {"unary", "unknown", "product", "normalise"}
 
@@ -61,7 +63,27 @@ def prepare(graph: Graph) -> Graph:
             replaced[id(node)] = fused
             taken.update(id(e) for e in fused.eqns)
     replaced.update(_elementwise_units(graph, taken))
+    statistics = _statistics(graph)
+    for node in graph.nodes:
+        kept = [v for v in node.inputs if v not in statistics]
+        if node.kind in ("product", "normalise") and len(kept) == 1 and len(node.inputs) == 2 and (
+                id(node) not in replaced):
+            replaced[id(node)] = dataclasses.replace(node, inputs=kept)  # the statistic held constant
     return dataclasses.replace(graph, nodes=[replaced.get(id(n), n) for n in graph.nodes])
+
+
+def _statistics(graph: Graph) -> set[Any]:
+    """The activations computed through a reduction of activations only (a mean, a variance, a
+    max, and what is computed from them alone): LayerNorm's ``1 / std``, a softmax's sum."""
+    acts, stats = {graph.image_var}, set()
+    for e in graph.eqns:
+        ins = [v for v in e.invars if _is_var(v) and v in acts]
+        if not ins:
+            continue
+        acts.update(e.outvars)
+        if e.primitive.name in REDUCTIONS or all(v in stats for v in ins):
+            stats.update(e.outvars)
+    return stats
 
 
 def _softmax_unit(node: Node, producer: Mapping[Any, Any]) -> Node | None:
@@ -206,15 +228,10 @@ def _epsilon_share(node: Node, rs: list[Array], env: Mapping[Any, Any], shares: 
 
 
 def product_rule(epsilon: float) -> walk.Handler:
-    """The uniform rule on a product of two activations; a broadcast statistic held constant."""
+    """The uniform rule on a product of two activations (``prepare`` leaves a statistic out of
+    ``node.inputs``: held constant, the other operand takes it all)."""
     def rule(node: Node, rs: list[Array], env: Mapping[Any, Any]) -> list[Array]:
-        size = node.output.aval.size
-        full = [v.aval.size == size for v in node.inputs]
-        if node.eqns[0].primitive.name == "mul" and sum(full) == 1:
-            shares = [1.0 if f else 0.0 for f in full]
-        else:
-            shares = [1.0 / len(node.inputs)] * len(node.inputs)
-        return _epsilon_share(node, rs, env, shares, epsilon)
+        return _epsilon_share(node, rs, env, [1.0 / len(node.inputs)] * len(node.inputs), epsilon)
     return rule
 
 
