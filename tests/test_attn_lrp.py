@@ -307,6 +307,10 @@ def test_cnn_composites_refuse_a_vit_and_attn_lrp_covers_both_gelu_forms():
             assert id(n.inputs[0]) in units and units[id(n.inputs[0])].inputs[0].aval.shape[-1] == TINY_VIT.mlp
         # the erf / erfc / tanh ops inside the units receive no relevance: the walk meets no uncovered op
         jax.eval_shape(lambda p, i, m=m: lrp(m.apply, p, i, 0, composite="attn_lrp"), params, x)
+    with jax.softmax_custom_jvp(True):  # softmax as one custom-derivative call: a softmax node of its own
+        g = graph_.trace(model.apply, params, x)
+        assert [n.kind for n in g.nodes].count("softmax") == TINY_VIT.depth
+        jax.eval_shape(lambda p, i: lrp(model.apply, p, i, 0, composite="attn_lrp"), params, x)
 
 
 # ---------------------------------------------------------------- any transformer: Flax NNX's own layers
