@@ -38,7 +38,7 @@ def lrp(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, composite: s
     the model's preprocessed pixel values 0 and 255)."""
     g = graph_.trace(apply, params, x)
     handlers = None
-    if composite in composites.TRANSFORMER:
+    if isinstance(composite, str) and composite in composites.TRANSFORMER:
         g = transformer.prepare(g)
         handlers = transformer.handlers(g, epsilon)
     env = graph_.forward(g, params, x)

@@ -51,9 +51,10 @@ _NONLINEAR = {"unary", "unknown", "product", "normalise"}
 
 
 def prepare(graph: Graph) -> Graph:
-    """``graph`` with each softmax and each elementwise function of one activation as one node
-    (``softmax``, ``unary``) whose input is the unit's input; the ops inside are left in place and
-    receive no relevance."""
+    """``graph`` with each softmax, each centring ``x - mean(x)`` and each elementwise function of
+    one activation as one node (``softmax``, ``centre``, ``unary``) whose input is the unit's input
+    (the ops inside are left in place and receive no relevance), and a statistic left out of the
+    inputs of a product or division with another activation (held constant)."""
     producer = {e.outvars[0]: e for e in graph.eqns if e.outvars}
     replaced: dict[int, Node] = {}
     taken: set[int] = set()
