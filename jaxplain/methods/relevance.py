@@ -18,7 +18,7 @@ from jaxplain.errors import InputError
 from jaxplain.marks import cost, per_image
 from jaxplain.types import ApplyFn, Array, PyTree
 
-from jaxplain.propagation import composites, deeplift as deeplift_walk, graph as graph_, walk
+from jaxplain.propagation import composites, deeplift as deeplift_walk, graph as graph_, transformer, walk
 
 
 def start_relevance(logits: Array, target: Array) -> Array:
@@ -32,16 +32,22 @@ def lrp(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, composite: s
     """Layer-wise relevance propagation (Bach et al. 2015), ``[H, W, C]``: the target's logit
     handed back layer by layer, each conv and dense layer by its rule under ``composite``
     (zennit's: ``epsilon_plus``, ``epsilon_plus_flat``, ``epsilon_gamma_box``,
-    ``epsilon_alpha2_beta1``, ``epsilon_alpha2_beta1_flat``; or ``epsilon``), ``rules``
+    ``epsilon_alpha2_beta1``, ``epsilon_alpha2_beta1_flat``; or ``epsilon``; or ``attn_lrp``, AttnLRP
+    for transformers: epsilon everywhere, softmax, attention products, LayerNorm and GELU by the
+    rules of Achtibat et al. 2024, ``jaxplain.propagation.transformer``), ``rules``
     overriding it by layer name or glob (``{"block1_conv1": "zbox", "block5_*": "epsilon(0.25)"}``).
     ReLUs pass relevance, max pools by the gradient, sums and average pools in proportion;
     batch norm merges into the layer before it. ``epsilon`` / ``gamma``: the composite's
     parameters; ``box``: ``[2, C]`` (or ``(low, high)``) bounds of the input for ``zbox`` (``explain``:
     the model's preprocessed pixel values 0 and 255)."""
     g = graph_.trace(apply, params, x)
+    handlers = None
+    if isinstance(composite, str) and composite in composites.TRANSFORMER:
+        g = transformer.prepare(g)
+        handlers = transformer.handlers(g, epsilon)
     env = graph_.forward(g, params, x)
     choose = composites.chooser(g, composite, rules, epsilon=epsilon, gamma=gamma, box=bounds(box))
-    return walk.relevance(g, env, start_relevance(env[g.logits], target), choose)
+    return walk.relevance(g, env, start_relevance(env[g.logits], target), choose, handlers=handlers)
 
 
 def bounds(box: Any) -> tuple[Array, Array] | None:

@@ -31,6 +31,9 @@ _HINT = {
 }
 
 
+_TRANSFORMER = ("unary", "product", "softmax", "normalise", "shift")
+
+
 def layer(node: Node, env: Mapping[Any, Any]) -> Layer:
     """The ``Layer`` a rule sees at a ``layer`` node."""
     lin, scale, shift = chain_function(node, env)
@@ -114,8 +117,9 @@ def relevance(graph: Graph, env: Mapping[Any, Any], start: Array, rule_for: Call
         else:
             hint = _HINT.get(node.kind, "an operation no rule covers")
             where = f"layer {node.layer!r}" + (f" (after {node.after!r})" if node.after else "")
+            tip = "; composite 'attn_lrp' covers transformers" if node.kind in _TRANSFORMER else ""
             raise InputError(f"{name}: {where} applies {node.what or node.eqns[0].primitive.name!r} to its "
-                             f"activations ({hint}); no LRP rule of this composite covers it")
+                             f"activations ({hint}); no LRP rule of this composite covers it{tip}")
     if upto is not None:
         raise InputError(f"{name}: layer {upto!r} is not on the path from the image to the output")
     image = graph.image_var
