@@ -45,6 +45,7 @@ METHODS: dict[str, Callable] = {
     "attention_rollout": attention.attention_rollout,
     "transformer_attribution": attention.transformer_attribution,
     "lrp": relevance.lrp,
+    "crp": relevance.crp,
 }
 
 
