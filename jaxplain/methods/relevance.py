@@ -6,7 +6,7 @@ jitted, vmapped and differentiated like any JAX function.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -50,14 +50,17 @@ def crp(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, layer: str |
     channel (the relevance passing ``layer`` kept in that channel only). One program for all K:
     the walk is vmapped over the K masks, so the part above ``layer`` is computed once. The maps
     of all channels sum to ``lrp``'s map. Other settings as ``lrp``."""
-    g = graph_.trace(apply, params, x, name="crp")
-    layer, chosen = concept_channels(g, layer, channels)
-    env = graph_.forward(g, params, x)
-    choose = composites.chooser(g, composite, rules, epsilon=epsilon, gamma=gamma, box=bounds(box))
-    start = start_relevance(env[g.logits], target)
-    tap = g.tap_vars[layer].aval
-    masks = jax.nn.one_hot(jnp.asarray(chosen), tap.shape[-1], dtype=tap.dtype)
-    return jax.vmap(lambda m: walk.relevance(g, env, start, choose, masks={layer: m}, name="crp"))(masks)
+    walk_, layer, chosen = _conditioned(apply, params, x, target, layer, channels, composite, rules, epsilon, gamma, box)
+    return jax.vmap(lambda c: walk_({layer: c}))(jnp.asarray(chosen))
+
+
+def channel_map(apply: ApplyFn, params: PyTree, x: Array, target: Array, channel: Array, *, layer: str,
+                composite: str = "epsilon_plus", rules: Mapping[str, Any] | None = None, epsilon: float = 1e-6,
+                gamma: float = 0.25, box: Any = None) -> Array:
+    """``crp``'s ``[H, W, C]`` map of one ``channel`` (an int array: may be traced, vmapped over
+    pairs of image and channel); settings as ``crp``."""
+    walk_, layer, _ = _conditioned(apply, params, x, target, layer, None, composite, rules, epsilon, gamma, box)
+    return walk_({layer: channel})
 
 
 def channel_relevance(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, layer: str | None = None,
@@ -65,13 +68,29 @@ def channel_relevance(apply: ApplyFn, params: PyTree, x: Array, target: Array, *
                       epsilon: float = 1e-6, gamma: float = 0.25, box: Any = None) -> Array:
     """``[K]``: each of the ``channels`` of ``layer`` (``None``: all), its LRP relevance for the
     target at that layer's output summed over positions (what ``crp``'s map of that channel sums
-    to, before biases absorb a share); settings as ``crp``."""
+    to, less what biases below absorb); settings as ``crp``."""
+    walk_, layer, chosen = _conditioned(apply, params, x, target, layer, channels, composite, rules, epsilon, gamma, box)
+    r = walk_({}, upto=layer)
+    return r.reshape(-1, r.shape[-1]).sum(0)[jnp.asarray(chosen)]
+
+
+def _conditioned(apply: ApplyFn, params: PyTree, x: Array, target: Array, layer: str | None, channels: Any,
+                 composite: str, rules: Mapping[str, Any] | None, epsilon: float, gamma: float,
+                 box: Any) -> tuple[Callable[..., Array], str, tuple[int, ...]]:
+    """``(walk, layer, channels)``: ``walk({layer: channel}, upto=None)`` the LRP walk of ``x`` with
+    the relevance at ``layer`` kept in that channel only (``{}``: none kept out)."""
     g = graph_.trace(apply, params, x, name="crp")
     layer, chosen = concept_channels(g, layer, channels)
     env = graph_.forward(g, params, x)
     choose = composites.chooser(g, composite, rules, epsilon=epsilon, gamma=gamma, box=bounds(box))
-    r = walk.relevance(g, env, start_relevance(env[g.logits], target), choose, name="crp", upto=layer)
-    return r.reshape(-1, r.shape[-1]).sum(0)[jnp.asarray(chosen)]
+    start = start_relevance(env[g.logits], target)
+    tap = g.tap_vars[layer].aval
+
+    def walk_(condition: Mapping[str, Array], upto: str | None = None) -> Array:
+        masks = {k: jax.nn.one_hot(c, tap.shape[-1], dtype=tap.dtype) for k, c in condition.items()}
+        return walk.relevance(g, env, start, choose, masks=masks, name="crp", upto=upto)
+
+    return walk_, layer, chosen
 
 
 def concept_channels(g: graph_.Graph, layer: str | None, channels: Any) -> tuple[str, tuple[int, ...]]:
@@ -100,7 +119,7 @@ def concept_channels(g: graph_.Graph, layer: str | None, channels: Any) -> tuple
     if bad:
         raise InputError(f"crp: channel{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))} out of range: "
                          f"layer {layer!r} has {k} channels [0, {k})")
-    if len(set(int(c) for c in items)) != len(items):
+    if len({int(c) for c in items}) != len(items):
         raise InputError(f"crp: channels repeat: {list(items)}")
     return layer, tuple(int(c) for c in items)
 
