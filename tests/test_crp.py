@@ -14,16 +14,15 @@ from jaxplain.runs import record
 from tests.zennit_stub import zennit
 
 LAYER, TORCH_LAYER = "block2_conv1", "features.3"  # the second conv: 8 channels at 16x16
-CHANNELS = (0, 2, 5)
 
 
 def test_crp_matches_zennit_crp_and_its_maps_sum_to_lrp(pair, xs):
     """``epsilon_plus`` on the tiny VGG (random non-zero biases), targets 3 and 7, every channel of
     the second conv: per channel against ``CondAttribution`` (its heatmap: the input relevance
     summed over colour channels), tolerance 1e-5 of the largest |value| (measured: 4e-7 of it);
-    the maps of all 8 channels sum to zennit's unconditioned LRP map, and ``channel_relevance`` is
-    zennit-crp's recorded relevance at the layer summed over positions (same tolerance); a jitted
-    single-image call with ``channels=(0, 2, 5)`` is those rows of the batch (batch = loop)."""
+    the maps of all 8 channels sum to zennit's unconditioned LRP map, and ``channel_relevance`` of
+    channels [5, 0, 2] is zennit-crp's recorded relevance at the layer summed over positions (same
+    tolerance). Batch = loop: the shared property tests (``tests/test_method_properties.py``)."""
     z = zennit()  # before zennit-crp, which imports zennit
     from crp.attribution import CondAttribution
 
@@ -47,12 +46,11 @@ def test_crp_matches_zennit_crp_and_its_maps_sum_to_lrp(pair, xs):
                                atol=1e-5 * np.abs(plain.heatmap.numpy()).max())
 
     at_layer = plain.relevances[TORCH_LAYER].numpy().sum((2, 3))  # [B, 8]
-    single = jax.jit(lambda x, t: (crp(m.apply, m.params, x, t, layer=LAYER, channels=CHANNELS),
-                                   channel_relevance(m.apply, m.params, x, t, layer=LAYER)))
-    for i, t in enumerate(targets):
-        maps, per_channel = single(jnp.asarray(xs[i]), t)
-        np.testing.assert_allclose(maps, every[i, list(CHANNELS)], rtol=1e-5, atol=1e-6 * scale)
-        np.testing.assert_allclose(per_channel, at_layer[i], rtol=0, atol=1e-5 * np.abs(at_layer).max())
+    chosen = [5, 0, 2]
+    per_channel = jax.jit(jax.vmap(lambda x, t: channel_relevance(m.apply, m.params, x, t, layer=LAYER,
+                                                                  channels=chosen)))
+    np.testing.assert_allclose(per_channel(jnp.asarray(xs), jnp.asarray(targets)), at_layer[:, chosen], rtol=0,
+                               atol=1e-5 * np.abs(at_layer).max())
 
 
 @pytest.mark.parametrize(("settings", "message"), [
