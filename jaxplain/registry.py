@@ -47,6 +47,7 @@ METHODS: dict[str, Callable] = {
     "lrp": relevance.lrp,
     "deeplift": relevance.deeplift,
     "deeplift_shap": relevance.deeplift_shap,
+    "crp": relevance.crp,
 }
 
 

@@ -35,6 +35,9 @@ SMALL = {
 # Methods that need a transformer's attention layers: the property tests run them on the tiny ViT.
 TRANSFORMER = {"attention_rollout", "transformer_attribution"}
 MAPS = {"rise", "feature_ablation", "lime", "kernel_shap", "xrai", *TRANSFORMER}  # one value per pixel: [B, H, W]
+# Methods whose jit = eager check runs on a smaller network in their own tests (eager, op by op, the
+# tiny VGG's relevance walk vmapped over 8 channels takes 12-23 s on the shared 2-core machine).
+EAGER_ELSEWHERE = {"crp"}  # tests/test_crp.py
 # Methods that draw from their key whatever the baseline (masks, coalitions): test_keys keeps their baseline.
 KEYED_DRAWS = {"rise", "lime", "kernel_shap"}
 # Methods whose key only reaches a random base: test_keys gives them one.
@@ -48,6 +51,8 @@ def expected_shape(name: str, x_shape: tuple) -> tuple:
     b, h, w, c = x_shape
     if name in MAPS:
         return (b, h, w)
+    if name == "crp":  # a map per channel of the layer (all 8 by default)
+        return (b, 8, h, w, c)
     if name == "guided_grad_cam" or "layer" not in settings_of(fn) or name.startswith("neuron"):
         return x_shape
     if getattr(fn, "spatial_layer", False):

@@ -7,7 +7,7 @@ jitted, vmapped and differentiated like any JAX function.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +15,7 @@ import numpy as np
 
 from jaxplain.baselines import baseline_image
 from jaxplain.errors import InputError
-from jaxplain.marks import cost, per_image
+from jaxplain.marks import cost, output, per_image
 from jaxplain.types import ApplyFn, Array, PyTree
 
 from jaxplain.propagation import composites, deeplift as deeplift_walk, graph as graph_, transformer, walk
@@ -48,6 +48,95 @@ def lrp(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, composite: s
     env = graph_.forward(g, params, x)
     choose = composites.chooser(g, composite, rules, epsilon=epsilon, gamma=gamma, box=bounds(box))
     return walk.relevance(g, env, start_relevance(env[g.logits], target), choose, handlers=handlers)
+
+
+@output("concepts")
+def crp(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, layer: str | None = None,
+        channels: Any = None, composite: str = "epsilon_plus", rules: Mapping[str, Any] | None = None,
+        epsilon: float = 1e-6, gamma: float = 0.25, box: Any = None) -> Array:
+    """Concept relevance propagation (Achtibat et al. 2023), ``[K, H, W, C]``: for each of the
+    ``channels`` (ints; ``None``: all) of ``layer``, the LRP map of the target conditioned on that
+    channel (the relevance passing ``layer`` kept in that channel only). One program for all K:
+    the walk is vmapped over the K masks, so the part above ``layer`` is computed once. The maps
+    of all channels sum to ``lrp``'s map. Other settings as ``lrp``."""
+    walk_, layer, chosen = _conditioned(apply, params, x, target, layer, channels, composite, rules, epsilon, gamma, box)
+    return jax.vmap(lambda c: walk_({layer: c}))(jnp.asarray(chosen))
+
+
+def channel_map(apply: ApplyFn, params: PyTree, x: Array, target: Array, channel: Array, *, layer: str,
+                composite: str = "epsilon_plus", rules: Mapping[str, Any] | None = None, epsilon: float = 1e-6,
+                gamma: float = 0.25, box: Any = None) -> Array:
+    """``crp``'s ``[H, W, C]`` map of one ``channel`` (an int array: may be traced, vmapped over
+    pairs of image and channel); settings as ``crp``."""
+    walk_, layer, _ = _conditioned(apply, params, x, target, layer, None, composite, rules, epsilon, gamma, box)
+    return walk_({layer: channel})
+
+
+def channel_relevance(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, layer: str | None = None,
+                      channels: Any = None, composite: str = "epsilon_plus", rules: Mapping[str, Any] | None = None,
+                      epsilon: float = 1e-6, gamma: float = 0.25, box: Any = None) -> Array:
+    """``[K]``: each of the ``channels`` of ``layer`` (``None``: all), its LRP relevance for the
+    target at that layer's output summed over positions (what ``crp``'s map of that channel sums
+    to, less what biases below absorb); settings as ``crp``."""
+    walk_, layer, chosen = _conditioned(apply, params, x, target, layer, channels, composite, rules, epsilon, gamma, box)
+    r = walk_({}, upto=layer)
+    return r.reshape(-1, r.shape[-1]).sum(0)[jnp.asarray(chosen)]
+
+
+def _conditioned(apply: ApplyFn, params: PyTree, x: Array, target: Array, layer: str | None, channels: Any,
+                 composite: str, rules: Mapping[str, Any] | None, epsilon: float, gamma: float,
+                 box: Any) -> tuple[Callable[..., Array], str, tuple[int, ...]]:
+    """``(walk, layer, channels)``: ``walk({layer: channel}, upto=None)`` the LRP walk of ``x`` with
+    the relevance at ``layer`` kept in that channel only (``{}``: none kept out)."""
+    g = graph_.trace(apply, params, x, name="crp")
+    layer, chosen = concept_channels(g, layer, channels)
+    env = graph_.forward(g, params, x)
+    choose = composites.chooser(g, composite, rules, epsilon=epsilon, gamma=gamma, box=bounds(box))
+    start = start_relevance(env[g.logits], target)
+    tap = g.tap_vars[layer].aval
+
+    def walk_(condition: Mapping[str, Array], upto: str | None = None) -> Array:
+        masks = {k: jax.nn.one_hot(c, tap.shape[-1], dtype=tap.dtype) for k, c in condition.items()}
+        return walk.relevance(g, env, start, choose, masks=masks, name="crp", upto=upto)
+
+    return walk_, layer, chosen
+
+
+def concept_channels(g: graph_.Graph, layer: str | None, channels: Any) -> tuple[str, tuple[int, ...]]:
+    """``(layer, channels)`` checked on the traced graph: ``layer`` a recorded layer on the way from
+    the image to the logits (``None``: the last spatial one), ``channels`` distinct ints in
+    ``[0, K)`` (``None``: all K, an int: that one); an ``InputError`` otherwise."""
+    on_path = {n.layer for n in g.nodes if n.kind == "tap"} | {t for n in g.relevance_layers for t in n.taps}
+    names = [k for k in g.layers if k in on_path]
+    if layer is None:
+        spatial = [k for k in names if len(g.tap_vars[k].aval.shape) == 3]
+        if not spatial:
+            raise InputError("crp needs layer=<name>: the model records no spatial layer [h, w, K]")
+        layer = spatial[-1]
+    if not isinstance(layer, str) or layer not in g.tap_vars:
+        raise InputError(f"crp: unknown layer {layer!r}; the layers: {', '.join(g.layers)}")
+    if layer not in on_path:
+        raise InputError(f"crp: layer {layer!r} is not on the path from the image to the logits; those layers: "
+                         f"{', '.join(names)}")
+    k = g.tap_vars[layer].aval.shape[-1]
+    if channels is None:
+        return layer, tuple(range(k))
+    items = [channels] if _is_int(channels) else channels
+    if not isinstance(items, (list, tuple)) or not items or not all(_is_int(c) for c in items):
+        raise InputError(f"crp: channels must be a non-empty list of ints (or None: all), got {channels!r}")
+    bad = [int(c) for c in items if not 0 <= int(c) < k]
+    if bad:
+        raise InputError(f"crp: channel{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))} out of range: "
+                         f"layer {layer!r} has {k} channels [0, {k})")
+    if len({int(c) for c in items}) != len(items):
+        raise InputError(f"crp: channels repeat: {list(items)}")
+    return layer, tuple(int(c) for c in items)
+
+
+def _is_int(v: Any) -> bool:
+    import numpy as np
+
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
 def bounds(box: Any) -> tuple[Array, Array] | None:
