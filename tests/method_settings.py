@@ -37,7 +37,6 @@ TRANSFORMER = {"attention_rollout", "transformer_attribution"}
 MAPS = {"rise", "feature_ablation", "lime", "kernel_shap", "xrai", *TRANSFORMER}  # one value per pixel: [B, H, W]
 # Methods whose jit = eager check runs on a smaller network in their own tests (eager, op by op, the
 # tiny VGG's relevance walk vmapped over 8 channels takes 12-23 s on the shared 2-core machine).
-EAGER_ELSEWHERE = {"crp"}  # tests/test_crp.py
 # Methods that draw from their key whatever the baseline (masks, coalitions): test_keys keeps their baseline.
 KEYED_DRAWS = {"rise", "lime", "kernel_shap"}
 # Methods whose key only reaches a random base: test_keys gives them one.

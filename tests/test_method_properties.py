@@ -17,8 +17,7 @@ from jaxplain import baselines
 from tests import compare
 from jaxplain.engine.runner import prepare, resolved
 from jaxplain.registry import METHODS, resolve, settings_of
-from tests.method_settings import (EAGER_ELSEWHERE, KEYED_DRAWS, RANDOM_BASE, TRANSFORMER, expected_shape, images,
-                                   settings_for)
+from tests.method_settings import KEYED_DRAWS, RANDOM_BASE, TRANSFORMER, expected_shape, images, settings_for
 
 pytestmark = pytest.mark.usefixtures("quick_threefry")  # random programs compile about 2x faster; all sides draw alike
 
@@ -87,8 +86,6 @@ def test_batch_equals_loop_and_jit_equals_eager(data, reference, name):
     s = settings_for(name, x)
     jitted = _direct(m, x[:2], t[:2], name, True, s)
     close(reference[name][:2], jitted)
-    if name in EAGER_ELSEWHERE:
-        return
     # Eager runs op by op: one image, and one chunk (chunked = unchunked is tested below).
     eager = _direct(m, x[:1], t[:1], name, False, dict(s, chunk=None) if name in CHUNKED else s)
     close(jitted[:1], eager)

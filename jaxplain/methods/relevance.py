@@ -18,6 +18,7 @@ from jaxplain.errors import InputError
 from jaxplain.marks import cost, output, per_image
 from jaxplain.types import ApplyFn, Array, PyTree
 
+from jaxplain.propagation.compiled import compiled
 from jaxplain.propagation import composites, deeplift as deeplift_walk, graph as graph_, transformer, walk
 
 
@@ -26,6 +27,7 @@ def start_relevance(logits: Array, target: Array) -> Array:
     return jax.nn.one_hot(target, logits.shape[-1], dtype=logits.dtype) * logits
 
 
+@compiled
 def lrp(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, composite: str = "epsilon_plus",
         rules: Mapping[str, Any] | None = None, epsilon: float = 1e-6, gamma: float = 0.25,
         box: Any = None) -> Array:
@@ -51,6 +53,7 @@ def lrp(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, composite: s
 
 
 @output("concepts")
+@compiled
 def crp(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, layer: str | None = None,
         channels: Any = None, composite: str = "epsilon_plus", rules: Mapping[str, Any] | None = None,
         epsilon: float = 1e-6, gamma: float = 0.25, box: Any = None) -> Array:
@@ -161,6 +164,7 @@ def box_for_model(preprocess: Any, channels: int) -> Array:
 
 
 @per_image(baseline=3)
+@compiled
 def deeplift(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, baseline: str | Array = "black",
              eps: float = 1e-10, multiply_by_inputs: bool = True) -> Array:
     """DeepLIFT (Shrikumar et al. 2017), the Rescale rule as Captum's ``DeepLift``, ``[H, W, C]``:
@@ -179,6 +183,7 @@ def deeplift(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, baselin
 
 @cost(lambda s, _: 1 if s.get("baselines") is None else int(np.shape(s["baselines"])[-4]))
 @per_image(baselines=4)
+@compiled
 def deeplift_shap(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, baselines: Array | None = None,
                   eps: float = 1e-10, multiply_by_inputs: bool = True) -> Array:
     """DeepLiftShap (Captum's ``DeepLiftShap``), ``[H, W, C]``: the mean of ``deeplift`` over a
