@@ -20,6 +20,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import jaxplain
 from jaxplain.methods.relevance import lrp
@@ -350,3 +351,50 @@ def test_grad_of_a_map_matches_finite_differences():
         along_q = sum(float(jnp.sum(a * b)) for a, b in zip(jax.tree.leaves(gq), jax.tree.leaves(dq)))
         assert abs(float(jnp.sum(gx * dx)) - float(fd_x)) <= 1e-6 * abs(float(fd_x)), (jnp.sum(gx * dx), fd_x)
         assert abs(along_q - float(fd_q)) <= 1e-6 * abs(float(fd_q)), (along_q, fd_q)
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def _small_net(act=jax.nn.relu, norm_after_act=False):
+    """A conv ``c1`` (+ an activation, + optionally a batch norm by parameters) and a dense ``d``."""
+    rng = np.random.default_rng(12)
+    p = {"c1": {"w": rng.normal(size=(3, 3, 2, 3)), "b": rng.normal(size=3)}, "d": {"w": rng.normal(size=(27, 4))},
+         "bn": {"mean": rng.normal(size=3), "scale": rng.normal(size=3), "beta": rng.normal(size=3)}}
+    p = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), p)
+
+    def apply(q, v, taps=None, relu=None):
+        acts = {}
+        h = act(_tap(_conv(v, q["c1"]["w"]) + q["c1"]["b"], taps, "c1", acts))
+        if norm_after_act:
+            h = _tap((h - q["bn"]["mean"]) * q["bn"]["scale"] + q["bn"]["beta"], taps, "bn", acts)
+        return _tap(h.reshape(-1) @ q["d"]["w"], taps, "d", acts), acts
+
+    return apply, p, jnp.asarray(rng.normal(size=(5, 5, 2)), jnp.float32)
+
+
+def test_bad_input_is_an_input_error_naming_the_problem():
+    apply, p, x = _small_net()
+    cases = [
+        ({"composite": "epsilon_plus_plus"}, "unknown LRP composite 'epsilon_plus_plus'; composites: epsilon_plus,"),
+        ({"rules": {"c1": "epsilonn"}}, "unknown LRP rule 'epsilonn'; rules: alpha_beta,"),
+        ({"rules": {"c1": "gamma(0.5"}}, "cannot read LRP rule 'gamma(0.5': expected name(arguments)"),
+        ({"rules": {"c1": "gamma(0.5, )x"}}, "cannot read LRP rule"),
+        ({"rules": {"c1": "gamma(bogus=1)"}}, "LRP rule 'gamma(bogus=1)': "),
+        ({"rules": {"block9_*": "flat"}}, "rules names 'block9_*', which matches no conv or dense layer; those layers: c1, d"),
+        ({"composite": "epsilon_gamma_box", "box": np.zeros((3, 2))}, "box must be (low, high) or an array [2, C]"),
+        ({"composite": "epsilon_gamma_box", "box": np.zeros((2, 5))},
+         "box's low bound has shape (5,), which does not fit the image (5, 5, 2)"),
+        ({"composite": "epsilon_gamma_box"}, "composite 'epsilon_gamma_box' puts zbox on the first conv, which needs"),
+    ]
+    for settings, message in cases:
+        with pytest.raises(jaxplain.InputError) as e:
+            lrp(apply, p, x, 1, **settings)
+        assert message in str(e.value), (settings, str(e.value))
+    gelu = _small_net(jax.nn.gelu)
+    with pytest.raises(jaxplain.InputError, match=r"layer 'd' \(after 'c1'\) applies 'mul' \(in gelu\) to its activations"):
+        lrp(*gelu, 1)
+    bn = _small_net(norm_after_act=True)
+    with pytest.raises(jaxplain.InputError, match=r"layer 'bn' \(after 'c1'\) applies '(add|mul|sub)' to its activations "
+                       r"\(a scale or shift by parameters that follows no conv or dense layer \(a batch norm"):
+        lrp(*bn, 1)

@@ -36,20 +36,30 @@ def lrp(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, composite: s
     the model's preprocessed pixel values 0 and 255)."""
     g = graph_.trace(apply, params, x)
     env = graph_.forward(g, params, x)
-    choose = composites.chooser(g, composite, rules, epsilon=epsilon, gamma=gamma, box=bounds(box))
+    choose = composites.chooser(g, composite, rules, epsilon=epsilon, gamma=gamma, box=bounds(box, x.shape))
     return walk.relevance(g, env, start_relevance(env[g.logits], target), choose)
 
 
-def bounds(box: Any) -> tuple[Array, Array] | None:
-    """``(low, high)`` from ``box`` ``[2, C]``, ``(low, high)`` or ``None``."""
+def bounds(box: Any, image_shape: tuple[int, ...] | None = None) -> tuple[Array, Array] | None:
+    """``(low, high)`` from ``box`` ``[2, C]``, ``(low, high)`` or ``None``; each must broadcast to
+    ``image_shape`` ``[H, W, C]`` when given."""
     if box is None:
         return None
     if isinstance(box, (tuple, list)) and len(box) == 2:
-        return jnp.asarray(box[0]), jnp.asarray(box[1])
-    box = jnp.asarray(box)
-    if box.ndim < 1 or box.shape[0] != 2:
-        raise InputError(f"box must be (low, high) or an array [2, C] of the input's bounds, got shape {box.shape}")
-    return box[0], box[1]
+        low, high = jnp.asarray(box[0]), jnp.asarray(box[1])
+    else:
+        box = jnp.asarray(box)
+        if box.ndim < 1 or box.shape[0] != 2:
+            raise InputError(f"box must be (low, high) or an array [2, C] of the input's bounds, got shape {box.shape}")
+        low, high = box[0], box[1]
+    for what, b in (("low", low), ("high", high)):
+        try:
+            if image_shape is not None:
+                jnp.broadcast_shapes(b.shape, tuple(image_shape))
+        except ValueError:
+            raise InputError(f"box's {what} bound has shape {b.shape}, which does not fit the image {tuple(image_shape)}: "
+                             "give a number or one value per channel") from None
+    return low, high
 
 
 def box_for_model(preprocess: Any, channels: int) -> Array:
