@@ -136,7 +136,8 @@ def _one_layer(kind):
 
 def test_each_rule_on_one_layer_equals_its_formula():
     """Relative error <= 1e-5 (float32 against float64) for every rule on a dense and a conv layer,
-    a random relevance on every output (all rules in one compiled program per layer)."""
+    a random relevance on every output (all rules in one compiled program per layer); zbox's
+    per-channel image bounds through ``lrp`` reach a dense layer after a flatten."""
     for kind in ("dense", "conv"):
         apply, params, x, m, field, b = _one_layer(kind)
         r = np.random.default_rng(4).normal(size=m.shape[0]).astype(np.float32)
@@ -154,6 +155,14 @@ def test_each_rule_on_one_layer_equals_its_formula():
         for spec, got in zip(RULES, every_rule(jnp.asarray(x), jnp.asarray(r))):
             want = _formula(spec, m, field, b.astype(np.float64), x.ravel().astype(np.float64), r, lo, hi)
             _close(np.asarray(got).ravel(), want, 1e-5)
+    # per-channel bounds of the image reach a dense layer after a flatten (lrp pushes them through it)
+    apply, params, x, m, field, b = _one_layer("dense")
+    low, high = np.array([-1.5, -2.0], np.float32), np.array([2.0, 1.0], np.float32)
+    got = lrp(apply, params, jnp.asarray(x), 2, composite="epsilon", rules={"dense": "zbox"}, box=np.stack([low, high]))
+    x64 = x.ravel().astype(np.float64)
+    r = np.eye(5)[2] * (m @ x64 + b)
+    want = _formula("zbox", m, field, b, x64, r, np.broadcast_to(low, x.shape).ravel(), np.broadcast_to(high, x.shape).ravel())
+    _close(np.asarray(got).ravel(), want, 1e-5)
 
 
 # ------------------------------------------------------------------ batch norm merged on the fly

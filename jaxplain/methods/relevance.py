@@ -36,7 +36,8 @@ def lrp(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, composite: s
     the model's preprocessed pixel values 0 and 255)."""
     g = graph_.trace(apply, params, x)
     env = graph_.forward(g, params, x)
-    choose = composites.chooser(g, composite, rules, epsilon=epsilon, gamma=gamma, box=bounds(box, x.shape))
+    choose = composites.chooser(g, composite, rules, epsilon=epsilon, gamma=gamma,
+                                box=at_first_layer(g, params, x, bounds(box, x.shape)))
     return walk.relevance(g, env, start_relevance(env[g.logits], target), choose)
 
 
@@ -59,6 +60,20 @@ def bounds(box: Any, image_shape: tuple[int, ...] | None = None) -> tuple[Array,
         except ValueError:
             raise InputError(f"box's {what} bound has shape {b.shape}, which does not fit the image {tuple(image_shape)}: "
                              "give a number or one value per channel") from None
+    return low, high
+
+
+def at_first_layer(g: graph_.Graph, params: PyTree, x: Array, box: tuple[Array, Array] | None
+                   ) -> tuple[Array, Array] | None:
+    """The image's bounds ``box`` as the first conv (else the first dense layer) sees its input: images
+    of the bounds pushed through what comes before it (a flatten, a transpose to channels first, the
+    model's own normalisation)."""
+    layers = g.relevance_layers
+    if box is None or not layers:
+        return box
+    node = next((n for n in layers if n.op == "conv"), layers[0])
+    low, high = (graph_.forward(g, params, jnp.broadcast_to(jnp.asarray(b, x.dtype), x.shape))[node.inputs[0]]
+                 for b in box)
     return low, high
 
 
