@@ -67,9 +67,9 @@ def at_first_layer(g: graph_.Graph, params: PyTree, x: Array, box: tuple[Array, 
                    ) -> tuple[Array, Array] | None:
     """The image's bounds ``box`` as the first conv (else the first dense layer) sees its input: images
     of the bounds pushed through what comes before it (a flatten, a transpose to channels first, the
-    model's own normalisation)."""
+    model's own normalisation). Numbers stay numbers (they fit any layer a user gives zbox)."""
     layers = g.relevance_layers
-    if box is None or not layers:
+    if box is None or not layers or all(jnp.ndim(b) == 0 for b in box):
         return box
     node = next((n for n in layers if n.op == "conv"), layers[0])
     low, high = (graph_.forward(g, params, jnp.broadcast_to(jnp.asarray(b, x.dtype), x.shape))[node.inputs[0]]
