@@ -48,7 +48,8 @@ def lrp(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, composite: s
         g = transformer.prepare(g)
         handlers = transformer.handlers(g, epsilon)
     env = graph_.forward(g, params, x)
-    choose = composites.chooser(g, composite, rules, epsilon=epsilon, gamma=gamma, box=bounds(box))
+    choose = composites.chooser(g, composite, rules, epsilon=epsilon, gamma=gamma,
+                                box=at_first_layer(g, params, x, bounds(box, x.shape)))
     return walk.relevance(g, env, start_relevance(env[g.logits], target), choose, handlers=handlers)
 
 
@@ -94,7 +95,8 @@ def _conditioned(apply: ApplyFn, params: PyTree, x: Array, target: Array, layer:
     g = graph_.trace(apply, params, x, name="crp")
     layer, chosen = concept_channels(g, layer, channels)
     env = graph_.forward(g, params, x)
-    choose = composites.chooser(g, composite, rules, epsilon=epsilon, gamma=gamma, box=bounds(box))
+    choose = composites.chooser(g, composite, rules, epsilon=epsilon, gamma=gamma,
+                                box=at_first_layer(g, params, x, bounds(box, x.shape)))
     start = start_relevance(env[g.logits], target)
     tap = g.tap_vars[layer].aval
 
@@ -142,16 +144,40 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
-def bounds(box: Any) -> tuple[Array, Array] | None:
-    """``(low, high)`` from ``box`` ``[2, C]``, ``(low, high)`` or ``None``."""
+def bounds(box: Any, image_shape: tuple[int, ...] | None = None) -> tuple[Array, Array] | None:
+    """``(low, high)`` from ``box`` ``[2, C]``, ``(low, high)`` or ``None``; each must broadcast to
+    ``image_shape`` ``[H, W, C]`` when given."""
     if box is None:
         return None
     if isinstance(box, (tuple, list)) and len(box) == 2:
-        return jnp.asarray(box[0]), jnp.asarray(box[1])
-    box = jnp.asarray(box)
-    if box.ndim < 1 or box.shape[0] != 2:
-        raise InputError(f"box must be (low, high) or an array [2, C] of the input's bounds, got shape {box.shape}")
-    return box[0], box[1]
+        low, high = jnp.asarray(box[0]), jnp.asarray(box[1])
+    else:
+        box = jnp.asarray(box)
+        if box.ndim < 1 or box.shape[0] != 2:
+            raise InputError(f"box must be (low, high) or an array [2, C] of the input's bounds, got shape {box.shape}")
+        low, high = box[0], box[1]
+    for what, b in (("low", low), ("high", high)):
+        try:
+            if image_shape is not None:
+                jnp.broadcast_shapes(b.shape, tuple(image_shape))
+        except ValueError:
+            raise InputError(f"box's {what} bound has shape {b.shape}, which does not fit the image {tuple(image_shape)}: "
+                             "give a number or one value per channel") from None
+    return low, high
+
+
+def at_first_layer(g: graph_.Graph, params: PyTree, x: Array, box: tuple[Array, Array] | None
+                   ) -> tuple[Array, Array] | None:
+    """The image's bounds ``box`` as the first conv (else the first dense layer) sees its input: images
+    of the bounds pushed through what comes before it (a flatten, a transpose to channels first, the
+    model's own normalisation). Numbers stay numbers (they fit any layer a user gives zbox)."""
+    layers = g.relevance_layers
+    if box is None or not layers or all(jnp.ndim(b) == 0 for b in box):
+        return box
+    node = next((n for n in layers if n.op == "conv"), layers[0])
+    low, high = (graph_.forward(g, params, jnp.broadcast_to(jnp.asarray(b, x.dtype), x.shape))[node.inputs[0]]
+                 for b in box)
+    return low, high
 
 
 def box_for_model(preprocess: Any, channels: int) -> Array:

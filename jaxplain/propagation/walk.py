@@ -34,6 +34,17 @@ _HINT = {
 _TRANSFORMER = ("unary", "product", "softmax", "normalise", "shift")
 
 
+def _activation(eqn: Any) -> str:
+    """The library activation function (``jax.nn.gelu``, a Flax or Keras activation) an equation was
+    traced in, from its source frames, innermost first; ``""`` when none."""
+    frames = eqn.source_info.traceback.frames if eqn.source_info.traceback is not None else []
+    for frame in frames:
+        path = frame.file_name.replace("\\", "/")
+        if "/nn/" in path or "activation" in path:
+            return frame.function_name
+    return ""
+
+
 def layer(node: Node, env: Mapping[Any, Any]) -> Layer:
     """The ``Layer`` a rule sees at a ``layer`` node."""
     lin, scale, shift = chain_function(node, env)
@@ -118,8 +129,10 @@ def relevance(graph: Graph, env: Mapping[Any, Any], start: Array, rule_for: Call
             hint = _HINT.get(node.kind, "an operation no rule covers")
             where = f"layer {node.layer!r}" + (f" (after {node.after!r})" if node.after else "")
             tip = "; composite 'attn_lrp' covers transformers" if node.kind in _TRANSFORMER else ""
-            raise InputError(f"{name}: {where} applies {node.what or node.eqns[0].primitive.name!r} to its "
-                             f"activations ({hint}); no LRP rule of this composite covers it{tip}")
+            op = repr(node.what or node.eqns[0].primitive.name)
+            op += f" (in {fn})" if (fn := _activation(node.eqns[-1])) else ""
+            raise InputError(f"{name}: {where} applies {op} to its activations ({hint}); no LRP rule of this "
+                             f"composite covers it{tip}")
     if upto is not None:
         raise InputError(f"{name}: layer {upto!r} is not on the path from the image to the output")
     image = graph.image_var
