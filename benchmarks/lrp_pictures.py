@@ -3,7 +3,7 @@
 ``python -m benchmarks.lrp_pictures --out docs`` writes ``lrp.png`` (a row per image: the picture,
 gradient x input, and LRP under three composites, red positive, blue negative) and ``crp.png``
 (a row per image: the picture, the LRP map, then the conditional maps of the four channels of
-``block4_conv2`` most relevant to its class).
+``block3_conv1`` most relevant to its class).
 """
 
 from __future__ import annotations
@@ -11,13 +11,16 @@ from __future__ import annotations
 import argparse
 import os
 
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw
 
 import jaxplain
 from jaxplain import synthetic, viz
+from jaxplain.methods.relevance import channel_relevance
 from jaxplain.models import synthetic_vgg
 
+LAYER = "block3_conv1"
 COMPOSITES = ("epsilon_plus", "epsilon_gamma_box", "epsilon_alpha2_beta1_flat")
 SCALE = 3
 
@@ -55,6 +58,20 @@ def main(argv: list[str] | None = None) -> None:
     Image.fromarray(viz.grid([t for col in zip(*rows) for t in col], cols=len(rows), pad=4)).save(
         os.path.join(args.out, "lrp.png"))
     print("wrote", os.path.join(args.out, "lrp.png"))
+
+    tiles = []
+    lrp = np.asarray(jaxplain.explain(model, images, labels, method="lrp")).sum(-1)
+    for k, i in enumerate(picks):
+        one = images[k:k + 1]
+        rel = np.asarray(channel_relevance(model.apply, model.params, jnp.asarray(one[0]), int(labels[k]),
+                                           layer=LAYER))
+        top = [int(c) for c in np.argsort(-rel)[:4]]
+        maps = np.asarray(jaxplain.explain(model, one, labels[k:k + 1],
+                                           method=f"crp(layer={LAYER!r}, channels={top})"))[0].sum(-1)
+        tiles += [tile(data.images[i], synthetic.CLASSES[labels[k]]), tile(signed(lrp[k]), "lrp")]
+        tiles += [tile(signed(m), f"{LAYER} ch {c}") for c, m in zip(top, maps)]
+    Image.fromarray(viz.grid(tiles, cols=6, pad=4)).save(os.path.join(args.out, "crp.png"))
+    print("wrote", os.path.join(args.out, "crp.png"))
 
 
 if __name__ == "__main__":
