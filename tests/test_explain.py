@@ -134,9 +134,12 @@ def test_full_vgg16_end_to_end():
     x = np.random.default_rng(1).normal(0, 50, size=(2, 224, 224, 3)).astype(np.float32)
     g = jaxplain.explain(m, x, "predicted", "gradient")
     assert g.shape == x.shape and np.isfinite(np.asarray(g)).all() and np.abs(np.asarray(g)).max() > 0
-    attr, delta = jaxplain.explain(m, x, "predicted", "integrated_gradients(steps=8, chunk=4)", return_delta=True)
-    t = np.asarray(jnp.argmax(m(x), -1))
-    gap = np.asarray(m(x))[[0, 1], t] - np.asarray(m(np.zeros_like(x)))[[0, 1], t]
+    # Two chunks of 2 steps: the chunked sum and its delta (4 steps cost half of 8; delta = sum - gap
+    # holds at any step count). Each forward pass once: the logits give the targets and the gap.
+    attr, delta = jaxplain.explain(m, x, "predicted", "integrated_gradients(steps=4, chunk=2)", return_delta=True)
+    logits = np.asarray(m(x))
+    t = logits.argmax(-1)
+    gap = logits[[0, 1], t] - np.asarray(m(np.zeros_like(x)))[[0, 1], t]
     assert attr.shape == x.shape and np.isfinite(np.asarray(attr)).all()
     np.testing.assert_allclose(np.asarray(attr).sum((1, 2, 3)) - gap, delta, atol=1e-4 * np.abs(gap).max())
 
