@@ -9,7 +9,7 @@ import torch
 import jaxplain
 from jaxplain import viz
 from jaxplain.errors import InputError
-from jaxplain.methods.relevance import channel_relevance, crp
+from jaxplain.methods.relevance import channel_relevance, crp, neuron_map
 from jaxplain.runs import record
 from tests.zennit_stub import zennit
 
@@ -76,3 +76,23 @@ def test_a_map_per_concept_is_not_drawn_as_one_picture():
         viz.as_map(np.zeros((3, 8, 8, 3)), "concepts")
     with pytest.raises(InputError, match="jaxplain concepts"):
         record.jobs(["crp(layer='block2_conv1')"], 0)
+
+
+def test_neuron_map_is_gradient_times_input_of_the_most_active_neuron_at_lrp_0(pair, xs):
+    """``neuron_map`` (what ``jaxplain concepts`` crops the most active pictures by) hands back the
+    channel's largest activation; under LRP-0 (epsilon -> 0) on a ReLU network a map started from
+    an activation ``a`` is ``x * da/dx`` (relevance = activation x gradient, layer by layer), so the
+    reference is ``jax.grad`` of that one neuron, found by argmax in the test."""
+    _, model = pair
+    x = jnp.asarray(xs[0])
+    layer, channel = "block2_conv1", 3
+
+    def neuron(v):
+        a = model.apply(model.params, v)[1][layer][..., channel]
+        return a.ravel()[jnp.argmax(jax.lax.stop_gradient(a).ravel())]
+
+    ours = neuron_map(model.apply, model.params, x, jnp.int32(channel), layer=layer, composite="epsilon",
+                      epsilon=1e-9)
+    ref = x * jax.grad(neuron)(x)
+    assert float(jnp.abs(ref).max()) > 0
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), atol=1e-5 * float(jnp.abs(ref).max()))

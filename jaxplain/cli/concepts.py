@@ -146,7 +146,8 @@ def _concepts(args: argparse.Namespace, out: Path, files: list, state: dict[str,
               "command to finish", file=sys.stderr)
         return 128 + int(signals.received or 2)
     lines = concepts.write_crops(out, state, lambda p: load_for_model(p, model).image,
-                                 concepts.mapper(model, args.layer, args.composite), args.batch_size)
+                                 {kind: concepts.mapper(model, args.layer, args.composite, kind)
+                                  for kind in concepts.KINDS}, args.batch_size)
     concepts.save(out, state)
     if args.report:
         print(f"report: {concepts.write_report(out, state, lines)}")

@@ -87,6 +87,25 @@ def channel_relevance(apply: ApplyFn, params: PyTree, x: Array, target: Array, *
     return r.reshape(-1, r.shape[-1]).sum(0)[jnp.asarray(chosen)]
 
 
+def neuron_map(apply: ApplyFn, params: PyTree, x: Array, channel: Array, *, layer: str,
+               composite: str = "epsilon_plus", rules: Mapping[str, Any] | None = None, epsilon: float = 1e-6,
+               gamma: float = 0.25, box: Any = None) -> Array:
+    """``[H, W, C]``: the LRP map of ``channel``'s largest activation at ``layer`` (that one neuron's
+    activation as the relevance to hand back), which lies in the neuron's receptive field; what
+    relevance maximisation crops the pictures where a channel is most active by. ``channel`` may
+    be traced."""
+    g = graph_.trace(apply, params, x, name="crp")
+    layer, _ = concept_channels(g, layer, None)
+    env = graph_.forward(g, params, x)
+    choose = composites.chooser(g, composite, rules, epsilon=epsilon, gamma=gamma,
+                                box=at_first_layer(g, params, x, bounds(box, x.shape)))
+    a = env[walk.layer_output(g, layer)]
+    picked = jnp.take(a, channel, axis=-1)
+    spot = jax.nn.one_hot(jnp.argmax(picked.ravel()), picked.size, dtype=a.dtype).reshape(picked.shape)
+    start = (spot * picked)[..., None] * jax.nn.one_hot(channel, a.shape[-1], dtype=a.dtype)
+    return walk.relevance(g, env, start, choose, name="crp", start_at=layer)
+
+
 def _conditioned(apply: ApplyFn, params: PyTree, x: Array, target: Array, layer: str | None, channels: Any,
                  composite: str, rules: Mapping[str, Any] | None, epsilon: float, gamma: float,
                  box: Any) -> tuple[Callable[..., Array], str, tuple[int, ...]]:

@@ -52,6 +52,18 @@ def layer(node: Node, env: Mapping[Any, Any]) -> Layer:
                  node.layer)
 
 
+def layer_output(graph: Graph, name: str) -> Any:
+    """The variable holding layer ``name``'s output on the walk: its tap's, or the output of the
+    fused layer the tap sits in (a conv before its batch norm)."""
+    for node in graph.nodes:
+        if node.kind == "layer" and name in node.taps:
+            return node.output
+    for node in graph.nodes:
+        if node.kind == "tap" and node.layer == name:
+            return node.eqns[0].outvars[0]
+    raise InputError(f"layer {name!r} is not on the path from the image to the output")
+
+
 def gradient(node: Node, rs: list[Array], env: Mapping[Any, Any]) -> list[Array]:
     """Relevance along the gradient of the node's equation (routing, max pooling)."""
     eqn = node.eqns[0]
@@ -72,17 +84,18 @@ def norm(node: Node, rs: list[Array], env: Mapping[Any, Any], stabilizer: float 
 
 def relevance(graph: Graph, env: Mapping[Any, Any], start: Array, rule_for: Callable[[Node], Rule], *,
               masks: Mapping[str, Array] | None = None, handlers: Mapping[str, Handler] | None = None,
-              name: str = "lrp", upto: str | None = None) -> Array:
+              name: str = "lrp", upto: str | None = None, start_at: str | None = None) -> Array:
     """Relevance at the image (``[H, W, C]``), from ``start`` at the logits.
 
     ``masks``: layer -> array multiplied into the relevance passing that layer (CRP's concept
     conditions); ``handlers``: node kind -> its rule, for kinds the CNN rules leave out;
-    ``upto``: stop at that layer and return the relevance of its output instead.
+    ``upto``: stop at that layer and return the relevance of its output instead; ``start_at``:
+    ``start`` is the relevance of that layer's output (a neuron's own map), not of the logits.
     """
     masks = dict(masks or {})
     handlers = dict(handlers or {})
     first = next((i for i, n in enumerate(graph.nodes) if n.kind == "layer"), len(graph.nodes))
-    rel: dict[Any, Array] = {graph.logits: start}
+    rel: dict[Any, Array] = {graph.logits if start_at is None else layer_output(graph, start_at): start}
 
     def add(v: Any, r: Array) -> None:
         r = r.astype(v.aval.dtype)

@@ -3,8 +3,9 @@
 Relevance maximisation (Achtibat et al. 2023): for each channel, the pictures where it is most
 relevant to the predicted class (``channel_relevance``) and those where it is most active (its
 largest activation), streamed a batch at a time, keeping only the running top ``k`` per channel,
-and a crop of each: the bounding box of where the channel's conditional relevance (``crp``'s
-map) concentrates.
+and a crop of each: the bounding box of where the relevance concentrates, the channel's conditional
+relevance (``crp``'s map) for the relevant pictures, the LRP map of the channel's most active neuron
+(its receptive field's evidence, ``neuron_map``) for the active ones.
 
 The folder holds ``concepts.json`` (the settings, the pictures seen, the running top lists; rewritten
 atomically after each batch, so an interrupted run resumes from its last batch),
@@ -15,7 +16,7 @@ crop) and, with a report, ``index.html``.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxplain.errors import InputError
-from jaxplain.methods.relevance import channel_map, channel_relevance
+from jaxplain.methods.relevance import channel_map, channel_relevance, neuron_map
 from jaxplain.runs import outputs
 from jaxplain.types import Model
 
@@ -98,14 +99,18 @@ def scorer(model: Model, layer: str, channels: Sequence[int], composite: str) ->
     return lambda images: tuple(np.asarray(v) for v in run(model.params, jnp.asarray(model.preprocess(images))))
 
 
-def mapper(model: Model, layer: str, composite: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """``(images uint8 [P, H, W, C], channels [P]) -> [P, H, W]``: each pair's CRP map for the
-    predicted class, summed over colour channels."""
+def mapper(model: Model, layer: str, composite: str, kind: str = "relevance"
+           ) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """``(images uint8 [P, H, W, C], channels [P]) -> [P, H, W]``, summed over colour channels:
+    each pair's CRP map for the predicted class (``kind="relevance"``), or the LRP map of the
+    channel's most active neuron (``"activation"``: ``neuron_map``, its receptive field)."""
     from jaxplain.methods.relevance import box_for_model
 
     box = box_for_model(model.preprocess, model.channels)
 
     def one(params: Any, x: Any, c: Any) -> Any:
+        if kind == "activation":
+            return neuron_map(model.apply, params, x, c, layer=layer, composite=composite, box=box).sum(-1)
         t = jnp.argmax(model.apply(params, x)[0])
         return channel_map(model.apply, params, x, t, c, layer=layer, composite=composite, box=box).sum(-1)
 
@@ -136,7 +141,7 @@ def crop_name(channel: int, kind: str, rank: int) -> str:
 
 
 def write_crops(out: Path, state: dict[str, Any], load: Callable[[str], np.ndarray],
-                maps: Callable[[np.ndarray, np.ndarray], np.ndarray], batch: int) -> list[dict[str, Any]]:
+                maps: Mapping[str, Callable[[np.ndarray, np.ndarray], np.ndarray]], batch: int) -> list[dict[str, Any]]:
     """Each channel's crops (``crop_name``) of its top pictures, and their lines (``concepts.jsonl``);
     a crop already written of the same picture is kept."""
     lines, todo = [], []
@@ -152,14 +157,14 @@ def write_crops(out: Path, state: dict[str, Any], load: Callable[[str], np.ndarr
                     todo.append(line)
                 else:
                     line["box"] = done["box"]
-    for i in range(0, len(todo), batch):
-        group = todo[i:i + batch]
+    groups = [[line for line in todo if line["kind"] == kind] for kind in KINDS]
+    for group in (g[i:i + batch] for g in groups for i in range(0, len(g), batch)):
         images = np.stack([load(line["input"]) for line in group])
         size = len(group)
         pad = batch - size  # one compiled shape for every call
         chans = np.array([line["channel"] for line in group] + [0] * pad)
         images = np.concatenate([images, np.repeat(images[:1], pad, 0)]) if pad else images
-        for line, image, m in zip(group, images[:size], maps(images, chans)[:size]):
+        for line, image, m in zip(group, images[:size], maps[group[0]["kind"]](images, chans)[:size]):
             top, left, bottom, right = crop_box(m)
             outputs.write_atomic(out / line["crop"], outputs.picture_bytes(_rgb(image[top:bottom, left:right])))
             line["box"] = [top, left, bottom, right]
@@ -196,8 +201,9 @@ def write_report(out: Path, state: dict[str, Any], lines: list[dict[str, Any]]) 
     head = (f"<header><h1>jaxplain report: concepts of {report._attr(model.get('name', ''))} at "
             f"{report._attr(cfg['layer'])}</h1><p>{len(state['seen'])} images; composite {report._attr(cfg['composite'])}; "
             f"top {cfg['top']} per channel by relevance for the predicted class and by largest activation. Each crop: "
-            f"the box of the fewest pixels holding {SHARE:.0%} of the channel's absolute conditional relevance (CRP), "
-            f"padded by {PAD:.0%}.</p></header>")
+            f"the box of the fewest pixels holding {SHARE:.0%} of the absolute relevance, padded by {PAD:.0%}: the "
+            "channel's conditional relevance (CRP) for the most relevant, the LRP map of its most active neuron for "
+            "the most active.</p></header>")
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{report.MARK[len("<title>"):]}'
             f": concepts</title><style>{report._CSS}</style></head><body>{head}<table><thead><tr><th>channel</th>"
             f"<th>most relevant</th><th>most active</th></tr></thead>\n<tbody>\n{chr(10).join(rows)}\n</tbody></table>"
