@@ -73,6 +73,8 @@ def check_specs(methods: Sequence[str], metrics: Sequence[str], has_masks: bool)
         settings = registry.resolve(fn, settings)
         if output_of(fn, settings) == "layer":
             raise InputError(f"method {spec!r} returns a layer's activations, which no metric can score against the image")
+        if output_of(fn, settings) == "concepts":
+            raise InputError(f"method {spec!r} returns a map per concept [K, H, W, C], which no metric scores as one map")
     for spec in metrics:
         fn, settings = registry.parse_metric(spec)
         registry.resolve(fn, settings)

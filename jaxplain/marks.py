@@ -1,7 +1,8 @@
 """What ``explain`` needs to know of a method beyond its signature, set by small decorators:
 
 - ``@output("map")``: the kind of result, ``"pixels"`` (``[H, W, C]``, the default), ``"map"``
-  (``[H, W]``: CAMs, RISE) or ``"layer"`` (a layer's shape); pictures reduce only ``"pixels"``.
+  (``[H, W]``: CAMs, RISE), ``"layer"`` (a layer's shape) or ``"concepts"`` (``[K, H, W, C]``, a
+  pixel map per concept: CRP); pictures reduce only ``"pixels"`` (and draw ``"map"``).
 - ``@per_image(baseline=3)``: array settings that may come one per image: a value of that rank is
   shared by the batch, one of rank + 1 with a leading ``B`` is split per image like ``images``;
   rank ``None``: always one per image (a metric's ``attribution``).
@@ -28,7 +29,7 @@ from typing import Any, Callable
 
 from jaxplain.errors import InputError
 
-OUTPUTS = ("pixels", "map", "layer")
+OUTPUTS = ("pixels", "map", "layer", "concepts")
 
 
 def output(kind: str) -> Callable[[Callable], Callable]:

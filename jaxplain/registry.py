@@ -45,6 +45,9 @@ METHODS: dict[str, Callable] = {
     "attention_rollout": attention.attention_rollout,
     "transformer_attribution": attention.transformer_attribution,
     "lrp": relevance.lrp,
+    "deeplift": relevance.deeplift,
+    "deeplift_shap": relevance.deeplift_shap,
+    "crp": relevance.crp,
 }
 
 

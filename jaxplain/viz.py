@@ -75,8 +75,11 @@ def as_map(attribution: np.ndarray, kind: str, reduction: str = "abs_max") -> np
     """One image's attribution -> the ``[h, w]`` float map a picture draws, by the method's output
     ``kind`` (``jaxplain.marks.output_of``): ``"pixels"`` ``[H, W, C]`` (any ``C``) reduced over
     channels by ``reduction`` (``jaxplain.reduce``); ``"map"`` ``[h, w]`` (CAMs, RISE, surrogates) as it is;
-    ``"layer"`` (a layer's shape) is not a picture and is refused."""
+    ``"layer"`` (a layer's shape) and ``"concepts"`` (``[K, H, W, C]``: a map per concept) are refused."""
     a = np.asarray(attribution)
+    if kind == "concepts":
+        raise InputError(f"a map per concept {a.shape} [K, H, W, C] is not one picture: draw one concept's map "
+                         "(attribution[k], a 'pixels' map), or run jaxplain concepts")
     if kind == "layer":
         raise InputError(f"a layer-shaped attribution {a.shape} is not a picture of the input: use it from Python "
                          "(jaxplain.explain returns the array)")
@@ -88,7 +91,7 @@ def as_map(attribution: np.ndarray, kind: str, reduction: str = "abs_max") -> np
         if a.ndim != 2:
             raise InputError(f"a 'map' attribution is one image's [h, w], got shape {a.shape}")
         return a.astype(np.float64)
-    raise InputError(f"unknown output kind {kind!r}; expected 'pixels', 'map' or 'layer'")
+    raise InputError(f"unknown output kind {kind!r}; expected 'pixels', 'map', 'layer' or 'concepts'")
 
 
 def resize_map(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:

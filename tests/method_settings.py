@@ -30,10 +30,13 @@ SMALL = {
     # Run on the tiny ViT (conftest's tiny_vit); explicit here because the direct calls bypass explain.
     "attention_rollout": dict(attention=("blocks.0.attn", "blocks.1.attn"), grid=(4, 4), discard_ratio=0.25),
     "transformer_attribution": dict(attention=("blocks.0.attn", "blocks.1.attn"), grid=(4, 4)),
+    "deeplift": dict(baseline="zeros"),  # "black" (the default) needs explain's model: the direct calls bypass it
 }
 # Methods that need a transformer's attention layers: the property tests run them on the tiny ViT.
 TRANSFORMER = {"attention_rollout", "transformer_attribution"}
 MAPS = {"rise", "feature_ablation", "lime", "kernel_shap", "xrai", *TRANSFORMER}  # one value per pixel: [B, H, W]
+# Methods whose jit = eager check runs on a smaller network in their own tests (eager, op by op, the
+# tiny VGG's relevance walk vmapped over 8 channels takes 12-23 s on the shared 2-core machine).
 # Methods that draw from their key whatever the baseline (masks, coalitions): test_keys keeps their baseline.
 KEYED_DRAWS = {"rise", "lime", "kernel_shap"}
 # Methods whose key only reaches a random base: test_keys gives them one.
@@ -47,6 +50,8 @@ def expected_shape(name: str, x_shape: tuple) -> tuple:
     b, h, w, c = x_shape
     if name in MAPS:
         return (b, h, w)
+    if name == "crp":  # a map per channel of the layer (all 8 by default)
+        return (b, 8, h, w, c)
     if name == "guided_grad_cam" or "layer" not in settings_of(fn) or name.startswith("neuron"):
         return x_shape
     if getattr(fn, "spatial_layer", False):
@@ -64,6 +69,8 @@ def settings_for(name: str, images: np.ndarray) -> dict:
         s["layer"] = "block3_conv2"  # the tiny model's last conv layer (explain's default)
     if "references" in known:
         s["references"] = np.asarray(images[::-1] * 0.5)
+    if name == "deeplift_shap":
+        s["baselines"] = np.asarray(images[::-1][:2] * 0.5)
     return s
 
 

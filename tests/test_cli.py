@@ -71,6 +71,26 @@ def test_predict_end_to_end(vgg16_file, tmp_path):
     assert len(err) == 1 and "broken.jpg" in err[0] and "Traceback" not in r.stderr
 
 
+def test_explain_end_to_end(vgg16_file, tmp_path):
+    """``jaxplain explain`` on the module's VGG16 file (one file for predict and explain)."""
+    img = picture(tmp_path / "cat.png", seed=2)
+    bad = tmp_path / "dog.jpg"
+    bad.write_bytes(b"\xff\xd8 broken")
+    out = tmp_path / "out"
+    r = run("explain", img, bad, "--weights", vgg16_file, "--method", "smoothgrad(samples=2)", "--precision", "float32",
+            "--out", out, home=tmp_path / "home")
+    assert r.returncode == 4, r.stderr  # all done, one input unreadable
+    assert "top class" in r.stdout and "cat.png" in r.stdout
+    failed = [line for line in r.stderr.splitlines() if line.startswith("jaxplain: failed")]
+    assert len(failed) == 1 and "dog.jpg" in failed[0] and "Traceback" not in r.stderr
+    assert r.stderr.splitlines()[-1] == "jaxplain: complete, 1 unreadable: 1 explained, 0 skipped (already complete), 0 failed"
+    (line,) = [json.loads(l) for l in (out / "results.jsonl").read_text().splitlines()]
+    a = zarr.open_array(str(out / "smoothgrad" / "attributions.zarr"))[line["row"]]
+    assert a.shape == (224, 224, 3) and a.dtype == np.float32 and np.isfinite(a).all()
+    png = np.asarray(Image.open(out / "smoothgrad" / "cat.png"))
+    assert png.shape == (150, 200, 3)  # over the picture at its own size
+
+
 def test_bad_weights_is_one_line(tmp_path):
     w = tmp_path / "w.h5"
     w.write_text("garbage")

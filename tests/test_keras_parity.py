@@ -8,6 +8,8 @@ import pytest
 from jaxplain import models
 from tests.keras_files import write_legacy_h5
 
+pytestmark = pytest.mark.usefixtures("quick_threefry")  # Keras' initialisers draw through jax.random: one random program per shape
+
 TOL = 1e-4  # max |ours - keras| <= TOL * max |keras output|
 
 
@@ -30,7 +32,8 @@ CASES = [
 @pytest.mark.parametrize("arch,top,style", CASES)
 def test_keras_file_roundtrip_and_parity(tmp_path, arch, top, style):
     ctor = {"vgg16": keras.applications.VGG16, "vgg19": keras.applications.VGG19}[arch]
-    kw = dict(weights=None, include_top=top, input_shape=(224, 224, 3))
+    side = 224 if top else 64  # the head takes 224x224 only; without it the same weights at a twelfth of the pixels
+    kw = dict(weights=None, include_top=top, input_shape=(side, side, 3))
     if top:
         kw["classifier_activation"] = None
     ref = ctor(**kw)
@@ -41,13 +44,14 @@ def test_keras_file_roundtrip_and_parity(tmp_path, arch, top, style):
     # Keras' own legacy loader reads the file back, weight for weight.
     back = ctor(**kw)
     back.load_weights(str(path))
-    for a, b in zip(ref.get_weights(), back.get_weights()):
-        np.testing.assert_array_equal(a, b)
+    for a, b in zip(ref.get_weights(), back.get_weights(), strict=True):  # bit for bit (assert_array_equal's
+        # NaN-aware passes over 100M entries took 9 s of the 23 s of this loop under load)
+        assert a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a.view(f"u{a.itemsize}"), b.view(f"u{b.itemsize}"))
 
     model = getattr(models, arch)(path)
     assert model.source == "keras"
     assert model.layers[-1] == ("predictions" if top else "block5_pool")
-    x = np.random.default_rng(5).normal(0, 60, size=(3, 224, 224, 3)).astype(np.float32)
+    x = np.random.default_rng(5).normal(0, 60, size=(3, side, side, 3)).astype(np.float32)
     want = np.asarray(ref(x))
     got = np.asarray(model(x))
     assert got.shape == want.shape

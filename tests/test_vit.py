@@ -117,8 +117,8 @@ def test_attention_tap_gradient_is_a_finite_difference(tiny, x):
         p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), tiny.params)
         x64 = jnp.asarray(x, jnp.float64)
         zero = jnp.zeros((4, 17, 17), jnp.float64)
-        f = lambda t: tiny.apply(p64, x64, taps={"blocks.3.attn": t})[0][2]  # noqa: E731
-        g = np.asarray(jax.grad(f)(zero))
+        f = jax.jit(lambda t: tiny.apply(p64, x64, taps={"blocks.3.attn": t})[0][2])  # one compile, not op by op
+        g = np.asarray(jax.jit(jax.grad(f))(zero))
         picks = [np.unravel_index(i, g.shape) for i in np.argsort(-np.abs(g).ravel())[:3]] + [(1, 0, 5)]
         eps = 1e-6
         for i in picks:
@@ -138,7 +138,7 @@ def test_no_relu_to_swap(tiny, x):
 
 def test_explain_runs_on_a_vit(tiny, x):
     sal = jaxplain.explain(tiny, np.asarray(x)[None], [3], "gradient")
-    want = jax.grad(lambda v: tiny.apply(tiny.params, v)[0][3])(x)
+    want = jax.jit(jax.grad(lambda v: tiny.apply(tiny.params, v)[0][3]))(x)  # compiled once, not op by op
     np.testing.assert_allclose(np.asarray(sal)[0], np.asarray(want), rtol=1e-4, atol=1e-6 * np.abs(want).max())
 
 

@@ -13,7 +13,7 @@ import sys
 import warnings
 from typing import Sequence
 
-from jaxplain.cli import bench, common, evaluate, explain, predict, report
+from jaxplain.cli import bench, common, concepts, evaluate, explain, predict, report
 from jaxplain.errors import InputError, JaxplainError
 from jaxplain.registry import METRICS
 
@@ -23,7 +23,7 @@ def parser() -> argparse.ArgumentParser:
     p = common.Parser(prog="jaxplain", description="Explain image classifiers: predict classes, write heat maps "
                 "(PNG) and raw attributions (zarr arrays), and measure speed.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=common.Parser)
-    for command in (predict, explain, report, evaluate, bench):
+    for command in (predict, explain, concepts, report, evaluate, bench):
         command.add_parser(sub)
     return p
 
@@ -38,9 +38,9 @@ def _defaults(args: argparse.Namespace) -> argparse.Namespace:
 
     if getattr(args, "command", None) == "evaluate":
         args.model = args.model or ("vgg16" if args.images else common.SYNTHETIC)
-    if getattr(args, "command", None) in ("predict", "explain", "evaluate", "bench"):
+    if getattr(args, "command", None) in ("predict", "explain", "concepts", "evaluate", "bench"):
         common.check_user_model(args)  # --model package.module:function imported (not called) here
-    if getattr(args, "command", None) in ("predict", "explain", "evaluate") and not common.is_spec(args.model):
+    if getattr(args, "command", None) in ("predict", "explain", "concepts", "evaluate") and not common.is_spec(args.model):
         known = zoo.entry(args.model).weights
         args.weights = args.weights or known[0]
         if args.weights in {w for e in zoo.ZOO.values() for w in e.weights} - set(known):  # another model's

@@ -11,7 +11,7 @@ import numpy as np
 from jaxplain.errors import InputError
 from jaxplain.checks import positive_int, real
 from jaxplain.chunks import along, counts_images
-from jaxplain.marks import better, per_image
+from jaxplain.marks import per_image
 from jaxplain.types import ApplyFn, Array, PyTree
 
 from .common import check_order, check_score, pixel_map, ranks, require_key, score_of

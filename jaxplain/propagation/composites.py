@@ -10,6 +10,8 @@ dense layers, ``gamma`` 0.25, stabiliser 1e-6)::
     epsilon_alpha2_beta1       conv: alpha_beta(2, 1)  dense: epsilon
     epsilon_alpha2_beta1_flat  as epsilon_alpha2_beta1, the first layer: flat
     epsilon                    every layer: epsilon (with epsilon -> 0: gradient x input)
+    attn_lrp                   every layer: epsilon; softmax, products, LayerNorm and GELU by
+                               AttnLRP's rules (``transformer.py``): transformers such as the ViT
 
 ``rules`` maps layer names or globs (``"block5_*"``) to rules and overrides the composite there.
 """
@@ -31,7 +33,10 @@ COMPOSITES: dict[str, dict[str, str]] = {
     "epsilon_alpha2_beta1": {"conv": "alpha_beta(2, 1)", "dense": "epsilon({epsilon})"},
     "epsilon_alpha2_beta1_flat": {"first": "flat", "conv": "alpha_beta(2, 1)", "dense": "epsilon({epsilon})"},
     "epsilon": {"conv": "epsilon({epsilon})", "dense": "epsilon({epsilon})"},
+    "attn_lrp": {"conv": "epsilon({epsilon})", "dense": "epsilon({epsilon})"},
 }
+# Composites whose walk also needs the transformer rules (``transformer.handlers``).
+TRANSFORMER = frozenset({"attn_lrp"})
 
 
 def check(composite: str) -> dict[str, str]:

@@ -31,11 +31,37 @@ _HINT = {
 }
 
 
+_TRANSFORMER = ("unary", "product", "softmax", "normalise", "shift")
+
+
+def _activation(eqn: Any) -> str:
+    """The library activation function (``jax.nn.gelu``, a Flax or Keras activation) an equation was
+    traced in, from its source frames, innermost first; ``""`` when none."""
+    frames = eqn.source_info.traceback.frames if eqn.source_info.traceback is not None else []
+    for frame in frames:
+        path = frame.file_name.replace("\\", "/")
+        if "/nn/" in path or "activation" in path:
+            return frame.function_name
+    return ""
+
+
 def layer(node: Node, env: Mapping[Any, Any]) -> Layer:
     """The ``Layer`` a rule sees at a ``layer`` node."""
     lin, scale, shift = chain_function(node, env)
     return Layer(lin, read(env, node.weight), scale, shift, read(env, node.inputs[0]), read(env, node.output),
                  node.layer, node.positive)
+
+
+def layer_output(graph: Graph, name: str) -> Any:
+    """The variable holding layer ``name``'s output on the walk: its tap's, or the output of the
+    fused layer the tap sits in (a conv before its batch norm)."""
+    for node in graph.nodes:
+        if node.kind == "layer" and name in node.taps:
+            return node.output
+    for node in graph.nodes:
+        if node.kind == "tap" and node.layer == name:
+            return node.eqns[0].outvars[0]
+    raise InputError(f"layer {name!r} is not on the path from the image to the output")
 
 
 def gradient(node: Node, rs: list[Array], env: Mapping[Any, Any]) -> list[Array]:
@@ -58,17 +84,18 @@ def norm(node: Node, rs: list[Array], env: Mapping[Any, Any], stabilizer: float 
 
 def relevance(graph: Graph, env: Mapping[Any, Any], start: Array, rule_for: Callable[[Node], Rule], *,
               masks: Mapping[str, Array] | None = None, handlers: Mapping[str, Handler] | None = None,
-              name: str = "lrp", upto: str | None = None) -> Array:
+              name: str = "lrp", upto: str | None = None, start_at: str | None = None) -> Array:
     """Relevance at the image (``[H, W, C]``), from ``start`` at the logits.
 
     ``masks``: layer -> array multiplied into the relevance passing that layer (CRP's concept
     conditions); ``handlers``: node kind -> its rule, for kinds the CNN rules leave out;
-    ``upto``: stop at that layer and return the relevance of its output instead.
+    ``upto``: stop at that layer and return the relevance of its output instead; ``start_at``:
+    ``start`` is the relevance of that layer's output (a neuron's own map), not of the logits.
     """
     masks = dict(masks or {})
     handlers = dict(handlers or {})
     first = next((i for i, n in enumerate(graph.nodes) if n.kind == "layer"), len(graph.nodes))
-    rel: dict[Any, Array] = {graph.logits: start}
+    rel: dict[Any, Array] = {graph.logits if start_at is None else layer_output(graph, start_at): start}
 
     def add(v: Any, r: Array) -> None:
         r = r.astype(v.aval.dtype)
@@ -114,8 +141,11 @@ def relevance(graph: Graph, env: Mapping[Any, Any], start: Array, rule_for: Call
         else:
             hint = _HINT.get(node.kind, "an operation no rule covers")
             where = f"layer {node.layer!r}" + (f" (after {node.after!r})" if node.after else "")
-            raise InputError(f"{name}: {where} applies {node.what or node.eqns[0].primitive.name!r} to its "
-                             f"activations ({hint}); no LRP rule of this composite covers it")
+            tip = "; composite 'attn_lrp' covers transformers" if node.kind in _TRANSFORMER else ""
+            op = repr(node.what or node.eqns[0].primitive.name)
+            op += f" (in {fn})" if (fn := _activation(node.eqns[-1])) else ""
+            raise InputError(f"{name}: {where} applies {op} to its activations ({hint}); no LRP rule of this "
+                             f"composite covers it{tip}")
     if upto is not None:
         raise InputError(f"{name}: layer {upto!r} is not on the path from the image to the output")
     image = graph.image_var

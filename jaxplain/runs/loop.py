@@ -134,9 +134,11 @@ def _trace(job: Job, model: Model, settings: dict[str, Any], image_shape: tuple[
         pass
 
 
-# What a setting means only on a real network (a layer, a neuron of it, its attention maps): left to
-# ``check_jobs`` once the model is loaded; ``check_values`` checks the rest before.
-MODEL_SETTINGS = ("layer", "neuron", "attention", "grid", "attribute_to")
+# What a setting means only on a real network (a layer, a neuron of it, its attention maps, LRP's rules
+# by layer name and its input's bounds): left to ``check_jobs`` once the model is loaded;
+# ``check_values`` checks the rest before.
+MODEL_SETTINGS = ("layer", "neuron", "attention", "grid", "attribute_to", "rules", "box")
+OPTIONAL = ("layer", "attribute_to", "rules", "box")  # a method with these still runs on the stand-in without them
 STAND_IN_SHAPE = (224, 224, 3)  # no model of the zoo takes a larger picture: a window or a grid that fits the
 # real model's input fits this one too, so nothing valid is refused here
 
@@ -165,7 +167,7 @@ def check_values(jobs_: Sequence[Job]) -> None:
     ``check_jobs``."""
     model = stand_in()
     for job in jobs_:
-        if any(k in registry.settings_of(job.fn) and k not in ("layer", "attribute_to") for k in MODEL_SETTINGS):
+        if any(k in registry.settings_of(job.fn) and k not in OPTIONAL for k in MODEL_SETTINGS):
             continue
         settings = {k: v for k, v in job.settings.items() if k not in MODEL_SETTINGS}
         try:

@@ -59,6 +59,9 @@ def jobs(specs: Sequence[str], seed: int, recorded: Sequence[dict[str, Any]] = (
         if drawn_as == "layer":
             raise InputError(f"--method {fn.__name__} returns a layer's activations, which cannot be drawn over the "
                              "image: use it from Python (jaxplain.explain)")
+        if drawn_as == "concepts":
+            raise InputError(f"--method {fn.__name__} returns a map per concept [K, H, W, C], not one picture: use "
+                             "jaxplain concepts, or jaxplain.explain from Python")
         given = {k: _json(v) for k, v in given.items()}
         random = "key" in registry.settings_of(fn)
         if random:
