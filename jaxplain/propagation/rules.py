@@ -175,6 +175,16 @@ def gamma(gamma: float = 0.25, stabilizer: float = 1e-6) -> Rule:
 
     def rule(layer: Layer, r: Array) -> Array:
         xp, xn = jnp.maximum(layer.x, 0), jnp.minimum(layer.x, 0)
+        if layer.positive and layer.scale is None:
+            # x >= 0: with P = lin(x, W+) and lin(x, W) = z - b, W + gW- = (1 + g) W - g W+ gives both
+            # sums and both transposed products from P and W alone (4 products a layer, not 5).
+            lin_w = layer.z if layer.shift is None else layer.z - layer.shift
+            p = product(layer, layer.x, POS)
+            zp = lin_w + gamma * p + bias(layer, up)
+            zn = (1 + gamma) * lin_w - gamma * p + bias(layer, down)
+            gp = (layer.z > 0).astype(r.dtype) * r / stabilise(zp, stabilizer)
+            gn = (layer.z < 0).astype(r.dtype) * r / stabilise(zn, stabilizer)
+            return layer.x * (back(layer, layer.x, ID, gp + (1 + gamma) * gn) + gamma * back(layer, layer.x, POS, gp - gn))
         if layer.positive:
             gp = (layer.z > 0).astype(r.dtype) * r / stabilise(output(layer, xp, up, up), stabilizer)
             gn = (layer.z < 0).astype(r.dtype) * r / stabilise(output(layer, xp, down, down), stabilizer)
