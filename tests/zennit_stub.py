@@ -1,4 +1,10 @@
-"""``import zennit`` without torchvision: zennit 0.5.1 imports torchvision's ResNet blocks for its
+"""``import zennit`` (and zennit-crp's ``crp``) from ``.references/`` at the repository's root, where
+the README's set-up installs them outside the environment (``pip install --no-deps --target
+.references``): Quantus imports zennit whenever it finds it, and zennit imports torchvision, which
+cannot be installed beside our torch. So nothing but this helper puts them on ``sys.path``; once
+imported here, zennit stays in ``sys.modules`` and Quantus' own import of it finds it there.
+
+Without torchvision: zennit 0.5.1 imports torchvision's ResNet blocks for its
 ResNet canonizer, and torchvision does not install beside our torch. ``zennit()`` imports it with
 a stub ``torchvision.models.resnet`` in ``sys.modules`` for that import only (removed afterwards,
 so nothing else sees a fake torchvision); the stub's blocks match no module, so that canonizer is
@@ -7,10 +13,15 @@ a no-op (test twins merge batch norm and write residual sums as ``zennit.layer.S
 import importlib
 import sys
 import types
+from pathlib import Path
+
+REFERENCES = Path(__file__).resolve().parents[1] / ".references"
 
 
 def zennit():
     """The ``zennit`` package with its ``attribution``, ``composites``, ``layer``, ``rules``."""
+    if REFERENCES.is_dir() and str(REFERENCES) not in sys.path:
+        sys.path.append(str(REFERENCES))
     if "zennit.torchvision" not in sys.modules:
         try:
             import torchvision.models.resnet  # noqa: F401
