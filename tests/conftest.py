@@ -168,6 +168,13 @@ SECONDS = {
     "tests/test_captum_options.py": 30,
     "tests/test_channels.py": 30,
     "tests/test_neuron_selectors.py": 25,
+    "tests/test_lrp.py": 60,
+    "tests/test_lrp_zennit.py": 50,
+    "tests/test_deeplift.py": 30,
+    "tests/test_attn_lrp.py": 25,
+    "tests/test_crp.py": 25,
+    "tests/test_lrp_positive.py": 17,
+    "tests/test_cli_concepts.py": 15,
 }
 
 

@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxplain.errors import InputError
-from jaxplain.methods.relevance import channel_map, channel_relevance, neuron_map
-from jaxplain.runs import outputs
+from jaxplain.methods.relevance import box_for_model, channel_map, channel_relevance, neuron_map
+from jaxplain.runs import outputs, report
 from jaxplain.types import Model
 
 STATE = "concepts.json"
@@ -82,8 +82,6 @@ def merge(top: list[list[Any]], scores: np.ndarray, paths: Sequence[str], k: int
 def scorer(model: Model, layer: str, channels: Sequence[int], composite: str) -> Callable[[np.ndarray], tuple]:
     """``images uint8 [B, H, W, C] -> (predicted [B], relevance [B, K], activation [B, K])``:
     the class, each channel's relevance for it (``channel_relevance``) and its largest activation."""
-    from jaxplain.methods.relevance import box_for_model
-
     box = box_for_model(model.preprocess, model.channels)
     chosen = jnp.asarray(channels)
 
@@ -104,8 +102,6 @@ def mapper(model: Model, layer: str, composite: str, kind: str = "relevance"
     """``(images uint8 [P, H, W, C], channels [P]) -> [P, H, W]``, summed over colour channels:
     each pair's CRP map for the predicted class (``kind="relevance"``), or the LRP map of the
     channel's most active neuron (``"activation"``: ``neuron_map``, its receptive field)."""
-    from jaxplain.methods.relevance import box_for_model
-
     box = box_for_model(model.preprocess, model.channels)
 
     def one(params: Any, x: Any, c: Any) -> Any:
@@ -180,7 +176,6 @@ def _rgb(image: np.ndarray) -> np.ndarray:
 def write_report(out: Path, state: dict[str, Any], lines: list[dict[str, Any]]) -> Path:
     """``out/index.html``: a row per channel, its reference crops by relevance and by activation
     (the run report's page style, ``jaxplain.runs.report``)."""
-    from jaxplain.runs import report
 
     report.check_writable(out)
     cfg = state["config"]
