@@ -116,13 +116,13 @@ def _composites_match(net: nn.Module, model, xs: np.ndarray, label: str, composi
 # ---------------------------------------------------------------- VGG16
 
 
-VGG16_COMPOSITES = ["epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1"]  # every rule
+VGG16_COMPOSITES = COMPOSITES
 
 
 def test_vgg16_composites_match_zennit():
     """Full-size VGG16 with torchvision's head at 64x64: block5 is 2x2, so the adaptive pool to
-    7x7 overlaps bins (zennit's ``Norm`` there, ours the proportional rule). The composites that
-    use every rule (flat, zplus, epsilon; zbox, gamma; alpha2-beta1); all five on the tiny VGG."""
+    7x7 overlaps bins (zennit's ``Norm`` there, ours the proportional rule). All five composites
+    (together every rule: flat, zplus, epsilon; zbox, gamma; alpha2-beta1)."""
     from jaxplain.models import vgg_weights
     from jaxplain.models.vgg import VGGConfig, build
 
@@ -186,14 +186,14 @@ class _MergedResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-RESNET_COMPOSITES = ["epsilon_gamma_box"]
+RESNET_COMPOSITES = COMPOSITES
 
 
 def test_resnet50_composites_match_zennit():
     """Full-size ResNet-50 (random batch-norm statistics, folded by our torchvision converter; by
     hand in the twin) at 32x32 under ``epsilon_gamma_box`` (zbox on the padded 7x7 stride-2 stem,
-    gamma, epsilon; ``Sum`` / residual adds, 3x3 max pool, global average pool). One composite:
-    XLA:CPU compiles each for ~10 s here; the rules alone are checked on VGG16 and the tiny VGG."""
+    gamma, epsilon; ``Sum`` / residual adds, 3x3 max pool, global average pool) and the other four
+    composites (zplus, alpha-beta and flat through the residual sums)."""
     from jaxplain.models import ResNetConfig, build_resnet, resnet_weights
 
     torch.manual_seed(1)
