@@ -1,7 +1,7 @@
 """``import zennit`` (and zennit-crp's ``crp``) from ``.references/`` at the repository's root, where
 the README's set-up installs them outside the environment (``pip install --no-deps --target
 .references``): Quantus imports zennit whenever it finds it, and zennit imports torchvision, which
-cannot be installed beside our torch. So nothing but this helper puts them on ``sys.path``; once
+cannot be installed beside our torch. So nothing but this module puts them on ``sys.path``; once
 imported here, zennit stays in ``sys.modules`` and Quantus' own import of it finds it there.
 
 Without torchvision: zennit 0.5.1 imports torchvision's ResNet blocks for its
