@@ -275,8 +275,8 @@ def _classify(eqns: list[Any], graph: Graph, name: str) -> list[Node]:
             nodes.append(node)
             chain[out] = node
             continue
-        if prim in AFFINE and len(act_in) == 1 and any(is_param(v) for v in others) and prim != "add" or (
-                prim in ("add", "sub") and len(act_in) == 1 and any(is_param(v) for v in others)):
+        if (prim in AFFINE and len(act_in) == 1 and any(is_param(v) for v in others)
+                and not (prim == "div" and e.invars[1] is act_in[0])):
             nodes.append(Node("shift", [e], act_in, out, what=prim))
             continue
         if _is_relu(e) or (prim in ("max", "min") and len(act_in) == 1) or prim in PASSING:
