@@ -19,20 +19,20 @@ from jaxplain.types import Relu
 
 # Calls whose body the ReLU swap evaluates inline (primitive -> the parameter holding the body); a
 # rematerialised block loses its memory saving there, which a ReLU swap does not need.
-_INLINED = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr",
+INLINED = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr",
             "remat2": "jaxpr", "checkpoint": "jaxpr"}
 
 
-def _is_relu(eqn: Any) -> bool:
-    """A call of ``jax.nn.relu`` (a ``custom_jvp`` named ``relu``)."""
+def is_relu(eqn: Any, names: tuple[str, ...] = ("relu",)) -> bool:
+    """A call of ``jax.nn.relu`` (a ``custom_jvp`` named ``relu``, or one of ``names``)."""
     if eqn.primitive.name != "custom_jvp_call":
         return False
     info = eqn.params["call_jaxpr"].jaxpr.debug_info
-    return info is not None and info.func_name == "relu"
+    return info is not None and info.func_name in names
 
 
 def _has_relu(jaxpr: Any) -> bool:
-    return any(_is_relu(e) or any(_has_relu(j) for j in jcore.jaxprs_in_params(e.params)) for e in jaxpr.eqns)
+    return any(is_relu(e) or any(_has_relu(j) for j in jcore.jaxprs_in_params(e.params)) for e in jaxpr.eqns)
 
 
 def _eval_swapped(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any], relu: Relu, found: list[str]) -> list[Any]:
@@ -47,10 +47,10 @@ def _eval_swapped(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any], relu: 
     env.update(zip(jaxpr.invars, args))
     for eqn in jaxpr.eqns:
         ins = [read(v) for v in eqn.invars]
-        if _is_relu(eqn):
+        if is_relu(eqn):
             outs = [relu(ins[-1])]
             found.append("relu")
-        elif isinstance(body := eqn.params.get(_INLINED.get(eqn.primitive.name, "")), (jcore.ClosedJaxpr, jcore.Jaxpr)):
+        elif isinstance(body := eqn.params.get(INLINED.get(eqn.primitive.name, "")), (jcore.ClosedJaxpr, jcore.Jaxpr)):
             inner, consts = (body.jaxpr, body.consts) if isinstance(body, jcore.ClosedJaxpr) else (body, ())
             outs = _eval_swapped(inner, consts, ins, relu, found)
         else:

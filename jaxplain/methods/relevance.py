@@ -42,6 +42,15 @@ def lrp(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, composite: s
     batch norm merges into the layer before it. ``epsilon`` / ``gamma``: the composite's
     parameters; ``box``: ``[2, C]`` (or ``(low, high)``) bounds of the input for ``zbox`` (``explain``:
     the model's preprocessed pixel values 0 and 255)."""
+    g, env, choose, handlers = _walked(apply, params, x, composite, rules, epsilon, gamma, box)
+    return walk.relevance(g, env, start_relevance(env[g.logits], target), choose, handlers=handlers)
+
+
+def _walked(apply: ApplyFn, params: PyTree, x: Array, composite: str, rules: Mapping[str, Any] | None,
+            epsilon: float, gamma: float, box: Any
+            ) -> tuple[graph_.Graph, dict[Any, Any], Callable[..., Any], dict[str, Any] | None]:
+    """What every LRP walk of ``x`` needs: ``(graph, forward values, rule chooser, handlers)``
+    (the handlers of a transformer composite, else ``None``)."""
     g = graph_.trace(apply, params, x)
     handlers = None
     if isinstance(composite, str) and composite in composites.TRANSFORMER:
@@ -50,7 +59,7 @@ def lrp(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, composite: s
     env = graph_.forward(g, params, x)
     choose = composites.chooser(g, composite, rules, epsilon=epsilon, gamma=gamma,
                                 box=at_first_layer(g, params, x, bounds(box, x.shape)))
-    return walk.relevance(g, env, start_relevance(env[g.logits], target), choose, handlers=handlers)
+    return g, env, choose, handlers
 
 
 @output("concepts")
@@ -94,16 +103,13 @@ def neuron_map(apply: ApplyFn, params: PyTree, x: Array, channel: Array, *, laye
     activation as the relevance to hand back), which lies in the neuron's receptive field; what
     relevance maximisation crops the pictures where a channel is most active by. ``channel`` may
     be traced."""
-    g = graph_.trace(apply, params, x, name="crp")
+    g, env, choose, handlers = _walked(apply, params, x, composite, rules, epsilon, gamma, box)
     layer, _ = concept_channels(g, layer, None)
-    env = graph_.forward(g, params, x)
-    choose = composites.chooser(g, composite, rules, epsilon=epsilon, gamma=gamma,
-                                box=at_first_layer(g, params, x, bounds(box, x.shape)))
     a = env[walk.layer_output(g, layer)]
     picked = jnp.take(a, channel, axis=-1)
     spot = jax.nn.one_hot(jnp.argmax(picked.ravel()), picked.size, dtype=a.dtype).reshape(picked.shape)
     start = (spot * picked)[..., None] * jax.nn.one_hot(channel, a.shape[-1], dtype=a.dtype)
-    return walk.relevance(g, env, start, choose, name="crp", start_at=layer)
+    return walk.relevance(g, env, start, choose, handlers=handlers, name="crp", start_at=layer)
 
 
 def _conditioned(apply: ApplyFn, params: PyTree, x: Array, target: Array, layer: str | None, channels: Any,
@@ -111,17 +117,14 @@ def _conditioned(apply: ApplyFn, params: PyTree, x: Array, target: Array, layer:
                  box: Any) -> tuple[Callable[..., Array], str, tuple[int, ...]]:
     """``(walk, layer, channels)``: ``walk({layer: channel}, upto=None)`` the LRP walk of ``x`` with
     the relevance at ``layer`` kept in that channel only (``{}``: none kept out)."""
-    g = graph_.trace(apply, params, x, name="crp")
+    g, env, choose, handlers = _walked(apply, params, x, composite, rules, epsilon, gamma, box)
     layer, chosen = concept_channels(g, layer, channels)
-    env = graph_.forward(g, params, x)
-    choose = composites.chooser(g, composite, rules, epsilon=epsilon, gamma=gamma,
-                                box=at_first_layer(g, params, x, bounds(box, x.shape)))
     start = start_relevance(env[g.logits], target)
     tap = g.tap_vars[layer].aval
 
     def walk_(condition: Mapping[str, Array], upto: str | None = None) -> Array:
         masks = {k: jax.nn.one_hot(c, tap.shape[-1], dtype=tap.dtype) for k, c in condition.items()}
-        return walk.relevance(g, env, start, choose, masks=masks, name="crp", upto=upto)
+        return walk.relevance(g, env, start, choose, masks=masks, handlers=handlers, name="crp", upto=upto)
 
     return walk_, layer, chosen
 
@@ -158,8 +161,6 @@ def concept_channels(g: graph_.Graph, layer: str | None, channels: Any) -> tuple
 
 
 def _is_int(v: Any) -> bool:
-    import numpy as np
-
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
@@ -201,8 +202,6 @@ def at_first_layer(g: graph_.Graph, params: PyTree, x: Array, box: tuple[Array, 
 
 def box_for_model(preprocess: Any, channels: int) -> Array:
     """``[2, C]``: the model's preprocessed pixel values 0 (row 0) and 255 (row 1) per channel."""
-    import numpy as np
-
     pixels = np.stack([np.zeros((1, 1, channels), np.uint8), np.full((1, 1, channels), 255, np.uint8)])
     out = np.asarray(preprocess(pixels), np.float32)
     return jnp.asarray(np.stack([out[0, 0, 0], out[1, 0, 0]]))
@@ -221,7 +220,7 @@ def deeplift(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, baselin
     ``f(x) - f(b)`` for the target. ``multiply_by_inputs=False``: the multipliers alone.
     A GELU, a product or a division of activations: an ``InputError`` naming the layer."""
     base = baseline_image(baseline, x)
-    g = graph_.trace(apply, params, x, name="deeplift")
+    g = graph_.trace(apply, params, x)
     m = _multipliers(g, params, x, graph_.forward(g, params, x), base, target, eps)
     return (x - base) * m if multiply_by_inputs else m
 
@@ -239,7 +238,7 @@ def deeplift_shap(apply: ApplyFn, params: PyTree, x: Array, target: Array, *, ba
     refs = jnp.asarray(baselines, x.dtype)
     if refs.ndim != x.ndim + 1 or refs.shape[1:] != x.shape or refs.shape[0] < 1:
         raise InputError(f"deeplift_shap: baselines must be [N, *{x.shape}] with N >= 1, got {refs.shape}")
-    g = graph_.trace(apply, params, x, name="deeplift_shap")
+    g = graph_.trace(apply, params, x)
     env = graph_.forward(g, params, x)
 
     def one(b: Array) -> Array:

@@ -14,25 +14,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-
-class _Items(tuple):
-    """A dict setting in hashable form (its sorted items)."""
-
-
-def _freeze(v: Any) -> Any:
-    if isinstance(v, dict):
-        return _Items(sorted((k, _freeze(x)) for k, x in v.items()))
-    if isinstance(v, (list, tuple)):
-        return tuple(_freeze(x) for x in v)
-    return v
-
-
-def _thaw(v: Any) -> Any:
-    if isinstance(v, _Items):
-        return {k: _thaw(x) for k, x in v}
-    if isinstance(v, tuple):
-        return tuple(_thaw(x) for x in v)
-    return v
+from jaxplain.frozen import freeze, thaw
 
 
 def _traced(tree: Any) -> bool:
@@ -42,7 +24,7 @@ def _traced(tree: Any) -> bool:
 @functools.lru_cache(maxsize=32)
 def _program(fn: Callable, apply: Callable, static: Any) -> Callable:
     def run(params: Any, x: Any, target: Any, arrays: dict[str, Any]) -> Any:
-        return fn(apply, params, x, target, **_thaw(static), **arrays)
+        return fn(apply, params, x, target, **thaw(static), **arrays)
 
     return jax.jit(run)
 
@@ -56,7 +38,7 @@ def compiled(fn: Callable) -> Callable:
         if _traced((params, x, target, settings)):
             return fn(apply, params, x, target, **settings)
         arrays = {k: v for k, v in settings.items() if isinstance(v, (np.ndarray, jax.Array))}
-        static = _freeze({k: v for k, v in settings.items() if k not in arrays})
+        static = freeze({k: v for k, v in settings.items() if k not in arrays})
         try:
             hash((apply, static))
         except TypeError:  # a setting that cannot be static (a tuple of arrays): as written

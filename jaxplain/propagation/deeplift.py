@@ -19,7 +19,7 @@ same multipliers except where ``|delta_in| < eps``, where each side falls back t
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -29,24 +29,13 @@ from jax.extend import core as jcore
 from jaxplain.errors import InputError
 from jaxplain.types import Array
 
-from .graph import CHOOSING, PASSING, Graph, Node, bind, chain_function, read
+from .graph import CHOOSING, PASSING, Graph, Node, chain_function, function_of, read
 
 _HINT = {
     "product": "a product of two activations (a GELU, attention, gating)",
     "normalise": "a division by activations (layer norm)",
     "unknown": "an operation DeepLIFT has no rule for",
 }
-
-
-def _function(eqn: Any, env: Mapping[Any, Any], wrt: Sequence[Any]) -> Callable[..., tuple[Array, ...]]:
-    """``eqn`` as a function of the variables ``wrt`` (the others read from ``env``), all outputs."""
-
-    def f(*vals: Any) -> tuple[Array, ...]:
-        sub = dict(zip(wrt, vals))
-        return tuple(bind(eqn, [sub[v] if not isinstance(v, jcore.Literal) and v in sub else read(env, v)
-                                for v in eqn.invars]))
-
-    return f
 
 
 def _vjp(node: Node, env: Mapping[Any, Any], gs: Sequence[Array]) -> list[Array]:
@@ -56,7 +45,7 @@ def _vjp(node: Node, env: Mapping[Any, Any], gs: Sequence[Array]) -> list[Array]
         w = read(env, node.weight)
         f = (lambda v: lin(v, w)) if scale is None else (lambda v: scale * lin(v, w))
         return list(jax.vjp(f, read(env, node.inputs[0]))[1](gs[0]))
-    f = _function(node.eqns[0], env, node.inputs)
+    f = function_of(node.eqns[0], env, node.inputs, every_output=True)
     return list(jax.vjp(f, *[read(env, v) for v in node.inputs])[1](tuple(gs)))
 
 

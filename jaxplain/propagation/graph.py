@@ -30,11 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jcore
 
+from jaxplain.adapters.relus import INLINED, is_relu
 from jaxplain.types import ApplyFn, Array, PyTree
 
-# Calls whose body is evaluated inline (primitive -> the parameter holding the body).
-_INLINED = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr",
-            "remat2": "jaxpr", "checkpoint": "jaxpr", "remat": "jaxpr"}
 # Moving values without mixing them: relevance follows the gradient.
 ROUTING = {"reshape", "transpose", "broadcast_in_dim", "squeeze", "expand_dims", "slice", "dynamic_slice",
            "gather", "concatenate", "stack", "pad", "rev", "select_n", "copy", "copy_p", "reduce_precision",
@@ -100,10 +98,7 @@ class Graph:
 
 
 def _is_relu(eqn: Any) -> bool:
-    if eqn.primitive.name != "custom_jvp_call":
-        return False
-    info = eqn.params["call_jaxpr"].jaxpr.debug_info
-    return info is not None and info.func_name in ("relu", "relu6")
+    return is_relu(eqn, ("relu", "relu6"))
 
 
 def _custom_name(eqn: Any) -> str:
@@ -114,7 +109,7 @@ def _custom_name(eqn: Any) -> str:
 def _body_prims(jaxpr: Any) -> set[str]:
     out = set()
     for e in jaxpr.eqns:
-        body = e.params.get(_INLINED.get(e.primitive.name, ""))
+        body = e.params.get(INLINED.get(e.primitive.name, ""))
         if body is not None:
             out |= _body_prims(body.jaxpr if isinstance(body, jcore.ClosedJaxpr) else body)
         else:
@@ -155,7 +150,7 @@ def _flatten(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any]) -> tuple[li
         for e in jx.eqns:
             invars = [sub(v) for v in e.invars]
             name = e.primitive.name
-            body = e.params.get(_INLINED.get(name, ""))
+            body = e.params.get(INLINED.get(name, ""))
             if isinstance(body, (jcore.ClosedJaxpr, jcore.Jaxpr)) and not _is_relu(e):
                 inner, ic = (body.jaxpr, body.consts) if isinstance(body, jcore.ClosedJaxpr) else (body, ())
                 outs = go(inner, ic, invars)
@@ -184,7 +179,7 @@ def _float(v: Any) -> bool:
     return jnp.issubdtype(v.aval.dtype, jnp.floating)
 
 
-def trace(apply: ApplyFn, params: PyTree, x: Array, name: str = "lrp") -> Graph:
+def trace(apply: ApplyFn, params: PyTree, x: Array) -> Graph:
     """Trace ``apply`` at ``(params, x)`` (with a zero tap at every layer it records) into a ``Graph``."""
     shapes = jax.eval_shape(lambda p, i: apply(p, i)[1], params, x)
     layers = tuple(k for k in shapes if not k.endswith(":input"))
@@ -204,7 +199,7 @@ def trace(apply: ApplyFn, params: PyTree, x: Array, name: str = "lrp") -> Graph:
     eqns = _live(eqns, outs[:1])
     graph = Graph(consts=list(consts), constvars=constvars, param_vars=list(param_vars), image_var=image_var,
                   tap_vars=tap_vars, nodes=[], logits=outs[0], layers=layers, eqns=eqns)
-    graph.nodes = _classify(eqns, graph, name)
+    graph.nodes = _classify(eqns, graph)
     return graph
 
 
@@ -219,7 +214,7 @@ def _live(eqns: list[Any], outs: Sequence[Any]) -> list[Any]:
     return kept[::-1]
 
 
-def _classify(eqns: list[Any], graph: Graph, name: str) -> list[Node]:
+def _classify(eqns: list[Any], graph: Graph) -> list[Node]:
     """Nodes of ``eqns``: activations are the values that depend on the image (not on a tap);
     parameters those that depend on ``params`` only."""
     acts = {graph.image_var}
@@ -296,7 +291,7 @@ def _classify(eqns: list[Any], graph: Graph, name: str) -> list[Node]:
         else:
             what = _custom_name(e) if prim.startswith("custom_") and "call_jaxpr" in e.params else prim
             nodes.append(Node("unknown", [e], act_in, out, what=what or prim))
-    _name(nodes, graph.layers)
+    _name(nodes)
     _mark_positive(eqns, nodes, graph)
     first = next((n for n in nodes if n.kind == "layer"), None)
     if first is not None:
@@ -329,7 +324,7 @@ def _mark_positive(eqns: list[Any], nodes: list[Node], graph: Graph) -> None:
             node.positive = True
 
 
-def _name(nodes: list[Node], layers: Sequence[str]) -> None:
+def _name(nodes: list[Node]) -> None:
     """Each node's layer: the first tap at or after it (the output for what follows the last)."""
     current = "the output"
     for node in reversed(nodes):
@@ -360,13 +355,16 @@ def read(env: Mapping[Any, Any], v: Any) -> Any:
     return v.val if isinstance(v, jcore.Literal) else env[v]
 
 
-def function_of(eqn: Any, env: Mapping[Any, Any], wrt: Sequence[Any]) -> Callable[..., Any]:
-    """``eqn`` as a function of the variables ``wrt`` (the others read from ``env``), one output."""
+def function_of(eqn: Any, env: Mapping[Any, Any], wrt: Sequence[Any], *, every_output: bool = False
+                ) -> Callable[..., Any]:
+    """``eqn`` as a function of the variables ``wrt`` (the others read from ``env``): its first
+    output, or the tuple of all (``every_output``)."""
 
     def f(*vals: Any) -> Any:
         sub = dict(zip(wrt, vals))
-        return bind(eqn, [sub[v] if not isinstance(v, jcore.Literal) and v in sub else read(env, v)
-                          for v in eqn.invars])[0]
+        outs = bind(eqn, [sub[v] if not isinstance(v, jcore.Literal) and v in sub else read(env, v)
+                          for v in eqn.invars])
+        return tuple(outs) if every_output else outs[0]
 
     return f
 
