@@ -1,6 +1,8 @@
-"""``jaxplain bench`` with Captum alongside, on the same weights and device, alternating:
-``python -m benchmarks.compare --methods gradient grad_cam --batch 1 8 [--model resnet50] [--json out.json]``
-(the same options as ``jaxplain bench``; the peers are in ``benchmarks/peers.py``)."""
+"""``jaxplain bench`` with Captum alongside, on the same weights and device, by the comparison
+method (``jaxplain.timing``: both warmed, interleaved rounds, equal threads, medians and spreads):
+``python -m benchmarks.compare --methods gradient grad_cam --batch 1 8 [--model resnet50] [--rounds 5]
+[--compete 1] [--json out.json]`` (the same options as ``jaxplain bench``; ``--compete N`` times
+each case quiet and then beside N busy processes; the peers are in ``benchmarks/peers.py``)."""
 
 import argparse
 import os
@@ -13,20 +15,26 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.5")
 
-from benchmarks.peers import captum_pair  # noqa: E402
-from jaxplain import cli  # noqa: E402
+from benchmarks.peers import captum_pair  # noqa: E402  (imports torch)
+from jaxplain import cli, timing  # noqa: E402
+from jaxplain.errors import JaxplainError  # noqa: E402
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.compare", description="Measure jaxplain's images/s beside "
-                                "Captum's on the same weights and device, alternating (jaxplain bench's options).")
+                                "Captum's on the same weights and device, in interleaved rounds with equal threads (jaxplain bench's options).")
     cli.bench.bench_args(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(sys.argv[1:] if argv is None else argv)
-    return cli.bench.run(args, pair=captum_pair)
+    print(f"threads made equal: {timing.equal_threads()}", flush=True)
+    try:
+        return cli.bench.run(args, pair=captum_pair)
+    except JaxplainError as e:
+        print(f"python -m benchmarks.compare: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

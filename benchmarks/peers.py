@@ -7,14 +7,13 @@ the same weights on the same device (``benchmarks/pairs.py``). Used by
 from __future__ import annotations
 
 import resource
-import statistics
 from typing import Any, Callable
 
 import torch
 from captum import attr as ca
 
 from jaxplain import registry
-from jaxplain.bench import USUAL, timings
+from jaxplain.bench import USUAL
 from jaxplain.methods.perturb import per_axis
 from tests.grad_cam_reference import score_cam as torch_score_cam
 
@@ -95,14 +94,15 @@ def has_counterpart(net: Any, name: str) -> bool:
     return name != "score_cam" or hasattr(net, "features")
 
 
-def measure_captum(net: Any, name: str, batch: int, settings: dict[str, Any], size: tuple[int, int],
-                   rounds: int = 3, min_time: float = 1.0) -> dict[str, Any]:
-    times = timings(captum_call(net, name, batch, settings, size), rounds, min_time)  # call() synchronises
-    sec = statistics.median(times)
-    cuda = next(net.parameters()).device.type == "cuda"
-    mem = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"captum_images_per_s": batch / sec, "captum_s_per_call": sec, "captum_peak_memory_bytes": int(mem),
-            "captum_rounds": len(times), "torch": torch.__version__}
+def captum_fields(net: Any) -> dict[str, Any]:
+    """The peer's own fields of a row, read after the rounds: torch's peak memory (on a GPU its
+    allocator's peak since the case's call was made, on the CPU the process's peak resident set,
+    both frameworks' together) and torch's version."""
+    if next(net.parameters()).device.type == "cuda":
+        return {"captum_peak_memory_bytes": int(torch.cuda.max_memory_allocated()),
+                "captum_peak_memory_kind": "torch.cuda.max_memory_allocated", "torch": torch.__version__}
+    return {"captum_peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "captum_peak_memory_kind": "process peak RSS (both frameworks)", "torch": torch.__version__}
 
 
 def torch_device() -> str:
@@ -112,18 +112,30 @@ def torch_device() -> str:
     return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
 
 
-def captum_pair(args: Any) -> tuple[Any, Callable[[Any], dict[str, Any] | None]]:
+class CaptumPeer:
+    """The peer ``jaxplain.bench.run`` takes: ``peer(case)`` is a no-argument call of Captum's
+    counterpart of ``case`` on ``net`` (``None`` without one); ``fields()`` the peer's own fields,
+    read after the rounds."""
+
+    def __init__(self, net: Any, size: tuple[int, int]):
+        self.net, self.size = net, size
+
+    def __call__(self, case: Any) -> Callable[[], Any] | None:
+        if not has_counterpart(self.net, case.name):
+            return None
+        if next(self.net.parameters()).device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        return captum_call(self.net, case.name, case.batch, case.settings, self.size)
+
+    def fields(self) -> dict[str, Any]:
+        return captum_fields(self.net)
+
+
+def captum_pair(args: Any) -> tuple[Any, CaptumPeer]:
     """For ``jaxplain.cli.bench.run``: the jaxplain model of ``args`` (``--model``, ``--size``)
-    and the peer timing for ``jaxplain.bench.run``, Captum on the torch twin with the same weights
-    on the same device; the peer gives ``None`` for methods without a counterpart."""
+    and the peer for ``jaxplain.bench.run``: Captum on the torch twin with the same weights on the
+    same device."""
     from benchmarks.pairs import pair
 
     model, net = pair(args.model, torch_device(), args.size)
-    size = model.input_size or (224, 224)
-
-    def peer(case: Any) -> dict[str, Any] | None:
-        if not has_counterpart(net, case.name):
-            return None
-        return measure_captum(net, case.name, case.batch, case.settings, size, rounds=args.rounds, min_time=args.min_time)
-
-    return model, peer
+    return model, CaptumPeer(net, model.input_size or (224, 224))

@@ -12,7 +12,8 @@ from jaxplain import bench
 
 FIELDS = {"method", "batch", "settings", "compile_s", "s_per_call", "images_per_s", "ms_per_image", "passes_per_s",
           "flops_per_call", "flops_per_s", "peak_flops_per_s", "fraction_of_peak", "peak_memory_bytes",
-          "peak_memory_kind", "dtype", "precision", "chunk_loop"}
+          "peak_memory_kind", "dtype", "precision", "chunk_loop", "seconds", "s_low", "s_high", "images_per_s_low",
+          "images_per_s_high", "spread"}
 
 
 def test_measure_fields(tiny_model):
@@ -48,8 +49,51 @@ def test_bench_command_writes_json(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     data = json.loads(out.read_text())
     assert data["device"]["platform"] == "cpu" and data["peak_flops_per_s"] > 0
-    assert FIELDS <= set(data["rows"][0]) and data["rows"][0]["batch"] == 2
-    assert "gradient" in r.stdout and "% peak" in r.stdout
+    row = data["rows"][0]
+    assert FIELDS <= set(row) and row["batch"] == 2 and row["competing"] == 0
+    assert row["images_per_s_low"] <= row["images_per_s"] <= row["images_per_s_high"] and len(row["seconds"]) == 1
+    assert {"load_before", "load_after", "threads"} <= set(row) and "peer" not in row
+    assert "gradient" in r.stdout and "% peak" in r.stdout and "load" in r.stdout and "threads" in r.stdout
+
+
+def test_compare_times_both_sides_by_the_comparison_method(tmp_path, monkeypatch, capsys):
+    """``python -m benchmarks.compare`` through ``main``: jaxplain and Captum in interleaved rounds
+    (quiet, then beside one busy process), each side's spread, the ratio or "noisy, rerun", equal
+    threads, the load. The pair is the tests' tiny VGG and its torch twin (same weights) in place
+    of the zoo's, which takes seconds to build; fewer than 5 rounds is refused before any model."""
+    pytest.importorskip("captum")
+    from benchmarks import compare, pairs
+    from tests.conftest import tiny_pair
+
+    def no_pair(*_, **__):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(pairs, "pair", no_pair)
+    argv = ["--model", "vgg11", "--size", "32", "--methods", "gradient", "--batch", "1"]
+    assert compare.main([*argv, "--rounds", "3"]) == 2
+    assert "at least 5" in capsys.readouterr().err
+
+    net, model = tiny_pair(seed=3)
+    monkeypatch.setattr(pairs, "pair", lambda name, device="cpu", size=None: (model, net))
+    monkeypatch.setattr(bench, "matmul_peak", lambda: 1e9)
+    out = tmp_path / "c.json"
+    assert compare.main([*argv, "--rounds", "5", "--compete", "1", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["competing"] for r in rows] == [0, 1]
+    for row in rows:
+        assert row["peer"] == "captum" and len(row["seconds"]) == len(row["peer_seconds"]) == 5
+        for side in ("images_per_s", "peer_images_per_s"):
+            assert row[f"{side}_low"] <= row[side] <= row[f"{side}_high"]
+        c = row["comparison"]
+        assert c["names"] == ["jaxplain", "captum"] and c["rounds"] == 5 and c["captum"]["seconds"] == row["peer_seconds"]
+        if row["noisy"]:
+            assert row["vs_peer"] is None and row["vs_peer_text"] == "noisy, rerun"
+        else:
+            assert row["vs_peer_low"] <= row["vs_peer"] <= row["vs_peer_high"] and row["vs_peer_text"].endswith(")")
+        assert row["threads"]["torch"] == row["threads"]["xla"] == row["threads"]["cpus"]
+        assert row["load_before"] >= 0 and row["load_after"] >= 0 and row["captum_peak_memory_bytes"] > 0
+    text = capsys.readouterr().out
+    assert "threads made equal" in text and "vs peer" in text and "load" in text
 
 
 def test_benchmark_matrix_never_schedules_exact_grad_cam_pp_on_vgg16():

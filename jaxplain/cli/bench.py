@@ -10,6 +10,8 @@ from jaxplain.cli import common
 from jaxplain.engine.precision import PRECISIONS
 from jaxplain.errors import InputError
 
+MIN_ROUNDS = 5  # interleaved rounds a ratio beside a peer needs
+
 
 def bench_model(name: str, size: int | None = None):
     """The model ``bench`` times, the zoo's ``name`` at input side ``size`` (default its own; a
@@ -32,24 +34,39 @@ def _check_size(name: str, size: int | None) -> None:
 
 def run(args: argparse.Namespace, pair: Callable | None = None) -> int:
     """``jaxplain bench``; ``pair(args)``, if given, returns ``(model, peer)``: the model to time
-    and the peer timing of ``bench.run`` on a twin with the same weights (``python -m
-    benchmarks.compare`` passes Captum's)."""
+    and the peer for ``bench.run`` (``peer(case)``: a no-argument call of the peer's counterpart on
+    a twin with the same weights, timed beside ours by ``jaxplain.timing.side_by_side``; ``python
+    -m benchmarks.compare`` passes Captum's)."""
     import json
 
     from jaxplain import bench
 
+    if pair is not None and args.rounds < MIN_ROUNDS:
+        raise InputError(f"--rounds: a ratio beside a peer needs at least {MIN_ROUNDS} interleaved rounds, "
+                         f"not {args.rounds}")
     if common.is_spec(args.model):  # your own model (jaxplain bench only): as it comes, at its own input size
         model, peer = common.load_model(args), None
     else:
         _check_size(args.model, args.size)
         model, peer = pair(args) if pair else (bench_model(args.model, args.size), None)
     rows = bench.run(model, args.methods, args.batch, precision=args.precision, rounds=args.rounds,
-                     min_time=args.min_time, peer=peer)
+                     warmup=args.warmup, min_time=args.min_time, compete=args.compete, peer=peer)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         info = {k: rows[0][k] for k in ("platform", "device_kind", "device_count", "jax", "jaxlib", "host")}
         Path(args.json).write_text(json.dumps({"device": info, "peak_flops_per_s": rows[0]["peak_flops_per_s"], "rows": rows}, indent=1, default=str))
     return 0
+
+
+def count(text: str) -> int:
+    """A whole number >= 0 (an argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
 
 
 def bench_args(be: argparse.ArgumentParser, own_models: bool = False) -> None:
@@ -69,8 +86,14 @@ def bench_args(be: argparse.ArgumentParser, own_models: bool = False) -> None:
         be.add_argument("--model", default="vgg16", choices=tuple(ZOO), help="with seeded random weights (default vgg16)")
     be.add_argument("--size", type=common.positive, default=None, help="input side (VGG: torchvision's head; resnet50); "
                     "default the model's own (VGG: 224, Keras' head)")
-    be.add_argument("--rounds", type=common.positive, default=3)
-    be.add_argument("--min-time", type=float, default=1.0, help="seconds each case is timed for at least")
+    be.add_argument("--rounds", type=common.positive, default=5,
+                    help=f"timed rounds per case (default 5; beside a peer interleaved, at least {MIN_ROUNDS})")
+    be.add_argument("--warmup", type=count, default=1, help="warm-up calls of each side before the rounds (default 1)")
+    be.add_argument("--min-time", type=float, default=0.0,
+                    help="seconds of further warm-up calls (each side in turn) before the rounds (default 0)")
+    be.add_argument("--compete", type=count, default=0, metavar="N",
+                    help="also time every case beside N busy processes (the shared-machine regime): "
+                    "each case quiet, then busy")
     be.add_argument("--precision", choices=PRECISIONS, help="the model's arithmetic (default: JAX's)")
     be.add_argument("--json", help="write every measured field here")
 
