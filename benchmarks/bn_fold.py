@@ -1,18 +1,17 @@
 """What folding batch norm into the convolutions buys ResNet-50: the same network and weights with
 batch norm as its own inference-mode layer after each (bias-free) convolution, as a framework
-port without folding runs it, timed beside jaxplain's folded model, alternating, and checked to
-give the same logits first:
+port without folding runs it, timed beside jaxplain's folded model by the comparison method
+(``jaxplain.timing.side_by_side``: warmed, interleaved rounds, median (min-max), the ratio or "noisy,
+rerun"), and checked to give the same logits first:
 
-    python -m benchmarks.bn_fold --methods gradient "integrated_gradients(steps=50)" --batch 1 8
+    python -m benchmarks.bn_fold --methods gradient "integrated_gradients(steps=50)" --batch 1 8 [--compete 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -20,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxplain import bench, models
+from jaxplain import bench, models, timing
 from jaxplain.models.resnet import ResNet, ResNetConfig, random_raw
 
 
@@ -64,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--methods", nargs="+", default=["gradient", "integrated_gradients(steps=50)"])
     p.add_argument("--batch", nargs="+", type=int, default=[1, 8])
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    p.add_argument("--compete", type=int, default=0, metavar="N", help="also time each case beside N busy processes")
     p.add_argument("--json")
     args = p.parse_args(argv)
     folded = models.resnet50(None, seed=0)
@@ -72,22 +72,24 @@ def main(argv: list[str] | None = None) -> int:
     x = jax.random.normal(jax.random.key(1), (224, 224, 3))
     a, b = folded.apply(folded.params, x)[0], plain.apply(plain.params, x)[0]
     err = float(jnp.abs(a - b).max() / jnp.abs(b).max())
-    print(f"{bench.device_info()['device_kind']}: folded vs unfolded logits, max relative difference {err:.1e}")
+    print(f"{bench.device_info()['device_kind']}: folded vs unfolded logits, max relative difference {err:.1e}; "
+          f"threads {timing.threads()}, load {timing.load():.1f}; median (min-max) of {args.rounds} interleaved rounds")
     rows = []
     for spec in args.methods:
         for batch in args.batch:
             cases = [bench.compile_case(m, spec, batch) for m in (folded, plain)]
-            for case in cases:
-                jax.block_until_ready(case.call())  # warm
-            times: list[list[float]] = [[], []]
-            for _ in range(args.rounds):  # alternating, so a busy moment hits both
-                for i, case in enumerate(cases):
-                    t = time.perf_counter()
-                    jax.block_until_ready(case.call())
-                    times[i].append(time.perf_counter() - t)
-            f, u = (statistics.median(t) for t in times)
-            rows.append({"method": cases[0].name, "batch": batch, "folded_s": f, "unfolded_s": u, "speedup": u / f})
-            print(f"{cases[0].name:<22} batch {batch:>3}: folded {f:.3f} s, unfolded {u:.3f} s: {u / f:.2f}x", flush=True)
+            folded_call, plain_call = (lambda c=c: jax.block_until_ready(c.call()) for c in cases)
+            for busy in dict.fromkeys((0, args.compete)):
+                with timing.competing(busy):
+                    c = timing.side_by_side(folded_call, plain_call, names=("folded", "unfolded"), items=batch,
+                                            rounds=args.rounds)
+                f, u = c.side("folded"), c.side("unfolded")
+                rows.append({"method": cases[0].name, "batch": batch, "competing": busy, "folded_s": f.median,
+                             "unfolded_s": u.median, "speedup": c.as_dict()["ratio"], "speedup_text": c.ratio_text(),
+                             "comparison": c.as_dict()})
+                print(f"{cases[0].name:<22} batch {batch:>3}{f' beside {busy} busy' if busy else ''}: folded "
+                      f"{f.text('.3g', ' s')}, unfolded {u.text('.3g', ' s')}: {c.ratio_text()} "
+                      f"(load {c.load_before:.1f} -> {c.load_after:.1f})", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"logits_rel_diff": err, "rows": rows}, indent=1))
     return 0

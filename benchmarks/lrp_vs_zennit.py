@@ -1,18 +1,22 @@
 """LRP and CRP beside zennit and zennit-crp on the same weights and device, in one process:
 
-    python -m benchmarks.lrp_vs_zennit [--models vgg16 resnet50] [--batch 8] [--json out.json]
+    python -m benchmarks.lrp_vs_zennit [--models vgg16 resnet50] [--batch 8] [--rounds 5] [--compete 1] [--json out.json]
 
 1. ``lrp`` (each ``--composites``) and ``gradient`` on each model, and zennit's ``Gradient``
    attributor with the same composite on the torch twin (``benchmarks/pairs.py``; batch norm merged
    by zennit's ``SequentialMergeBatchNorm``, ResNet's residual sums as zennit's ``Sum`` module, the
-   effect of its ResNet canonizer), alternating call by call; median seconds per call.
-2. ``bfloat16``: ``lrp`` computing in bfloat16 (``precision="bfloat16"``), its time and its largest
-   difference from the float32 map (over the largest value of that map).
+   effect of its ResNet canonizer); each pair (lrp and zennit, gradient and lrp) by the comparison
+   method (``jaxplain.timing.side_by_side``: warmed, interleaved rounds, equal threads, median
+   (min-max) and the ratio, or "noisy, rerun").
+2. ``bfloat16``: ``lrp`` computing in bfloat16 (``precision="bfloat16"``) beside float32, and its
+   largest difference from the float32 map (over the largest value of that map).
 3. CRP: the conditional maps of ``--crp-channels`` channels of ``--crp-layer`` for one image, in one
    compiled program (method ``crp`` where registered, else the same computation: the LRP walk with
    the layer's relevance masked to one channel, vmapped over the channels), beside zennit-crp's
    ``CondAttribution`` looping over the channels one condition per call, and with
-   ``--crp-per-call`` conditions per call (its batched conditions).
+   ``--crp-per-call`` conditions per call (its batched conditions), each pair by the method.
+
+``--compete N`` runs every section a second time beside N busy processes (``timing.competing``).
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -35,7 +38,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from jaxplain import bench  # noqa: E402
+from jaxplain import bench, timing  # noqa: E402
 from jaxplain.methods import relevance  # noqa: E402
 from jaxplain.types import Model  # noqa: E402
 
@@ -98,19 +101,14 @@ def zennit_call(net: Any, composite: Any, batch: int, size: tuple[int, int], dev
     return call
 
 
-def alternate(calls: dict[str, Callable[[], Any]], rounds: int, warm: dict[str, Callable[[], Any]] | None = None
-              ) -> dict[str, float]:
-    """Median seconds per call of each, one call of each in turn per round, after a warm call
-    (of ``warm[k]`` where given: a shorter call warming the same code)."""
-    for k, fn in calls.items():
-        (warm or {}).get(k, fn)()
-    times: dict[str, list[float]] = {k: [] for k in calls}
-    for _ in range(rounds):
-        for k, fn in calls.items():
-            t = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
+def compared(first: Callable[[], Any], second: Callable[[], Any], names: tuple[str, str], rounds: int,
+             batch: int, warmup: int = 1) -> timing.Comparison:
+    """``timing.side_by_side`` of two calls, with a line of both sides' seconds and the ratio."""
+    c = timing.side_by_side(first, second, names=names, items=batch, rounds=rounds, warmup=warmup)
+    a, b = names
+    print(f"  {a} {c.side(a).text('.3g', ' s')} vs {b} {c.side(b).text('.3g', ' s')}: speed {a} / {b} {c.ratio_text()}"
+          f" (load {c.load_before:.1f} -> {c.load_after:.1f})", flush=True)
+    return c
 
 
 def blocked(case: bench.Case) -> Callable[[], Any]:
@@ -118,49 +116,51 @@ def blocked(case: bench.Case) -> Callable[[], Any]:
 
 
 def lrp_rows(name: str, model: Model, net: Any, args: argparse.Namespace, device: str) -> list[dict[str, Any]]:
-    """Section 1: gradient, lrp per composite, zennit per composite, alternating."""
+    """Section 1: per composite, lrp beside zennit and lrp beside gradient, each pair by the comparison method."""
     size = model.input_size or (224, 224)
     box = np.asarray(relevance.box_for_model(model.preprocess, model.channels))
-    calls: dict[str, Callable[[], Any]] = {}
-    compile_s: dict[str, float] = {}
-    case = bench.compile_case(model, "gradient", args.batch)
-    calls["gradient"], compile_s["gradient"] = blocked(case), case.compile_s
-    for c in args.composites:
-        case = bench.compile_case(model, f"lrp(composite={c!r})", args.batch)
-        calls[f"lrp {c}"], compile_s[f"lrp {c}"] = blocked(case), case.compile_s
-        calls[f"zennit {c}"] = zennit_call(net, zennit_composite(c, net, box, device), args.batch, size, device)
-    sec = alternate(calls, args.rounds)
+    grad = bench.compile_case(model, "gradient", args.batch)
     rows = []
     for c in args.composites:
-        ours, theirs, grad = sec[f"lrp {c}"], sec[f"zennit {c}"], sec["gradient"]
-        row = {"model": name, "composite": c, "batch": args.batch, "lrp_s": ours, "gradient_s": grad,
-               "zennit_s": theirs, "lrp_over_gradient": ours / grad, "speedup_vs_zennit": theirs / ours,
-               "lrp_compile_s": compile_s[f"lrp {c}"], "gradient_compile_s": compile_s["gradient"]}
+        case = bench.compile_case(model, f"lrp(composite={c!r})", args.batch)
+        theirs = zennit_call(net, zennit_composite(c, net, box, device), args.batch, size, device)
+        print(f"{name} {c} batch {args.batch}:", flush=True)
+        vs_zennit = compared(blocked(case), theirs, ("lrp", "zennit"), args.rounds, args.batch)
+        vs_grad = compared(blocked(grad), blocked(case), ("gradient", "lrp"), args.rounds, args.batch)
+        row = {"model": name, "composite": c, "batch": args.batch, "lrp_s": vs_zennit.side("lrp").median,
+               "gradient_s": vs_grad.side("gradient").median, "zennit_s": vs_zennit.side("zennit").median,
+               "lrp_over_gradient": vs_grad.as_dict()["ratio"], "lrp_over_gradient_text": vs_grad.ratio_text(),
+               "speedup_vs_zennit": vs_zennit.as_dict()["ratio"], "speedup_vs_zennit_text": vs_zennit.ratio_text(),
+               "lrp_compile_s": case.compile_s, "gradient_compile_s": grad.compile_s,
+               "vs_zennit": vs_zennit.as_dict(), "vs_gradient": vs_grad.as_dict()}
         rows.append(row)
-        print(f"{name:<9} {c:<18} batch {args.batch}: lrp {ours:.3f} s, gradient {grad:.3f} s ({ours / grad:.2f}x), "
-              f"zennit {theirs:.3f} s (ours {theirs / ours:.2f}x faster); compile {row['lrp_compile_s']:.1f} s",
-              flush=True)
+        print(f"{name:<9} {c:<18} batch {args.batch}: lrp {vs_zennit.side('lrp').text('.3g', ' s')}, zennit "
+              f"{vs_zennit.side('zennit').text('.3g', ' s')} (speed lrp / zennit {vs_zennit.ratio_text()}); time lrp / gradient "
+              f"{vs_grad.ratio_text()}; compile {case.compile_s:.1f} s", flush=True)
     return rows
 
 
 def bf16_rows(name: str, model: Model, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Section 2: lrp in bfloat16 against float32, time and largest difference."""
+    """Section 2: lrp in bfloat16 beside float32 (the comparison method), and their largest difference."""
     rows = []
     for c in args.composites:
         spec = f"lrp(composite={c!r})"
         f32 = bench.compile_case(model, spec, args.batch)
         b16 = bench.compile_case(model, spec, args.batch, precision="bfloat16")
-        sec = alternate({"float32": blocked(f32), "bfloat16": blocked(b16)}, args.rounds)
+        print(f"{name} {c} bfloat16 batch {args.batch}:", flush=True)
+        cmp = compared(blocked(b16), blocked(f32), ("bfloat16", "float32"), args.rounds, args.batch)
         a, b = np.asarray(f32.call(), np.float64), np.asarray(b16.call(), np.float64)
         scale = np.abs(a).reshape(len(a), -1).max(1)
         err = float((np.abs(a - b).reshape(len(a), -1).max(1) / scale).max())
         corr = float(np.mean([np.corrcoef(p.ravel(), q.ravel())[0, 1] for p, q in zip(a, b)]))
-        row = {"model": name, "composite": c, "batch": args.batch, "float32_s": sec["float32"],
-               "bfloat16_s": sec["bfloat16"], "speedup": sec["float32"] / sec["bfloat16"],
+        row = {"model": name, "composite": c, "batch": args.batch, "float32_s": cmp.side("float32").median,
+               "bfloat16_s": cmp.side("bfloat16").median, "speedup": cmp.as_dict()["ratio"],
+               "speedup_text": cmp.ratio_text(), "comparison": cmp.as_dict(),
                "max_error_over_max": err, "mean_correlation": corr}
         rows.append(row)
-        print(f"{name:<9} {c:<18} bfloat16 batch {args.batch}: {sec['bfloat16']:.3f} s vs float32 {sec['float32']:.3f} s "
-              f"({row['speedup']:.2f}x); max |difference| / max |map| {err:.3g}, correlation {corr:.4f}", flush=True)
+        print(f"{name:<9} {c:<18} bfloat16 batch {args.batch}: {cmp.side('bfloat16').text('.3g', ' s')} vs float32 "
+              f"{cmp.side('float32').text('.3g', ' s')} (speed bfloat16 / float32 {cmp.ratio_text()}); max |difference| / max |map| {err:.3g}, "
+              f"correlation {corr:.4f}", flush=True)
     return rows
 
 
@@ -222,16 +222,22 @@ def crp_rows(model: Model, net: Any, args: argparse.Namespace, device: str) -> l
         return call
 
     few = channels[:args.crp_per_call]  # torch's warm-up: one call of each kind, not the 64 channels
-    warm = {"loop": lambda: attribution(x, [{"y": [0], torch_layer: [0]}], composite),
-            "batched": lambda: attribution(x, [{"y": [0], torch_layer: [c]} for c in few], composite)}
-    sec = alternate({"ours": ours, "loop": peer(1), "batched": peer(args.crp_per_call)}, args.crp_rounds, warm)
-    row = {"model": "vgg16", "layer": layer, "channels": len(channels), "ours": how, "ours_s": sec["ours"],
-           "ours_compile_s": compile_s, "zennit_crp_loop_s": sec["loop"], "zennit_crp_batched_s": sec["batched"],
-           "per_call": args.crp_per_call, "speedup_vs_loop": sec["loop"] / sec["ours"],
-           "speedup_vs_batched": sec["batched"] / sec["ours"]}
-    print(f"CRP {len(channels)} channels of {layer} ({how}): {sec['ours']:.2f} s (compile {compile_s:.1f} s); "
-          f"zennit-crp loop {sec['loop']:.2f} s ({row['speedup_vs_loop']:.2f}x), {args.crp_per_call} conditions per "
-          f"call {sec['batched']:.2f} s ({row['speedup_vs_batched']:.2f}x)", flush=True)
+    attribution(x, [{"y": [0], torch_layer: [0]}], composite)
+    attribution(x, [{"y": [0], torch_layer: [c]} for c in few], composite)
+    ours()
+    print(f"CRP {len(channels)} channels of {layer}:", flush=True)
+    loop = compared(ours, peer(1), ("ours", "loop"), args.crp_rounds, 1, warmup=0)
+    batched = compared(ours, peer(args.crp_per_call), ("ours", "batched"), args.crp_rounds, 1, warmup=0)
+    row = {"model": "vgg16", "layer": layer, "channels": len(channels), "ours": how,
+           "ours_s": loop.side("ours").median, "ours_compile_s": compile_s,
+           "zennit_crp_loop_s": loop.side("loop").median, "zennit_crp_batched_s": batched.side("batched").median,
+           "per_call": args.crp_per_call, "speedup_vs_loop": loop.as_dict()["ratio"],
+           "speedup_vs_loop_text": loop.ratio_text(), "speedup_vs_batched": batched.as_dict()["ratio"],
+           "speedup_vs_batched_text": batched.ratio_text(), "vs_loop": loop.as_dict(), "vs_batched": batched.as_dict()}
+    print(f"CRP {len(channels)} channels of {layer} ({how}): {loop.side('ours').text('.3g', ' s')} (compile "
+          f"{compile_s:.1f} s); zennit-crp loop {loop.side('loop').text('.3g', ' s')} ({loop.ratio_text()}), "
+          f"{args.crp_per_call} conditions per call {batched.side('batched').text('.3g', ' s')} ({batched.ratio_text()})",
+          flush=True)
     return [row]
 
 
@@ -241,12 +247,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--composites", nargs="+", default=["epsilon_plus", "epsilon_gamma_box"], choices=sorted(ZENNIT))
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--size", type=int, help="input side (default: the model's, 224)")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds per pair (default 5)")
     p.add_argument("--sections", nargs="+", default=["lrp", "bf16", "crp"], choices=["lrp", "bf16", "crp"])
     p.add_argument("--crp-layer", default="block4_conv3", choices=sorted(TORCH_LAYER))
     p.add_argument("--crp-channels", type=int, default=64)
     p.add_argument("--crp-per-call", type=int, default=16)
-    p.add_argument("--crp-rounds", type=int, default=1)
+    p.add_argument("--crp-rounds", type=int, default=5,
+                   help="interleaved rounds of CRP beside each of zennit-crp's forms (default 5: minutes per round on a CPU)")
+    p.add_argument("--compete", type=int, default=0, metavar="N",
+                   help="also run every section beside N busy processes (the shared-machine regime)")
     p.add_argument("--json")
     return p
 
@@ -258,18 +267,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(sys.argv[1:] if argv is None else argv)
     device = torch_device()
     info = bench.device_info()
+    threads = timing.equal_threads()
     print(f"{info['device_kind']} ({info['platform']}), jax {info['jax']}, torch {torch.__version__}, "
-          f"load {os.getloadavg()[0]:.1f}", flush=True)
-    out: dict[str, Any] = {"device": info, "torch": torch.__version__, "lrp": [], "bf16": [], "crp": []}
+          f"threads {threads}, load {timing.load():.1f}; median (min-max) of {args.rounds} interleaved rounds", flush=True)
+    out: dict[str, Any] = {"device": info, "torch": torch.__version__, "threads": threads, "load_before": timing.load(),
+                           "lrp": [], "bf16": [], "crp": []}
     for name in args.models:
         model, net = pair(name, device, args.size)
-        if "lrp" in args.sections:
-            out["lrp"] += lrp_rows(name, model, net, args, device)
-        if "bf16" in args.sections:
-            out["bf16"] += bf16_rows(name, model, args)
-        if "crp" in args.sections and name in ("vgg16",):
-            out["crp"] += crp_rows(model, net, args, device)
-    out["load_after"] = os.getloadavg()[0]
+        for busy in dict.fromkeys((0, args.compete)):
+            if busy:
+                print(f"beside {busy} busy process(es):", flush=True)
+            with timing.competing(busy):
+                if "lrp" in args.sections:
+                    out["lrp"] += [{**r, "competing": busy} for r in lrp_rows(name, model, net, args, device)]
+                if "bf16" in args.sections:
+                    out["bf16"] += [{**r, "competing": busy} for r in bf16_rows(name, model, args)]
+                if "crp" in args.sections and name in ("vgg16",):
+                    out["crp"] += [{**r, "competing": busy} for r in crp_rows(model, net, args, device)]
+    out["load_after"] = timing.load()
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
     return 0

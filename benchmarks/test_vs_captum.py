@@ -1,5 +1,8 @@
 """Side by side with Captum: same method, settings, batch, weights (``benchmarks/pairs.py``) and
-device, in one session, alternating the two; extra_info records the ratio jaxplain / Captum.
+device, in one session, by the comparison method (``jaxplain.timing.side_by_side``: both warmed,
+5 interleaved rounds, equal threads). The benchmark's own time is the whole comparison (both
+sides, every round); extra_info holds each side's images/s median (min-max), the ratio jaxplain /
+Captum (None when a side's spread is over the limit: "noisy, rerun"), load, threads, the rounds.
 VGG16 for every method with a peer; ResNet-50 and ViT-B/16 for saliency, IG and Grad-CAM (and
 guided backprop on ResNet-50). Score-CAM's peer is pytorch-grad-cam's ScoreCAM algorithm in torch
 (``tests/grad_cam_reference.py``), the ViT's Grad-CAM its Grad-CAM with a ``reshape_transform``."""
@@ -9,13 +12,12 @@ import functools
 import jax
 import pytest
 
-from jaxplain import bench
-from jaxplain.registry import parse
+from jaxplain import bench, timing
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("captum")
 from benchmarks.pairs import pair  # noqa: E402
-from benchmarks.peers import measure_captum, torch_device  # noqa: E402
+from benchmarks.peers import captum_call, captum_fields, torch_device  # noqa: E402
 
 QUICK = [("gradient", 1), ("gradient", 8), ("guided_backprop", 8), ("grad_cam", 8),
          ("integrated_gradients(steps=8)", 1), ("smoothgrad(samples=8)", 1),
@@ -36,19 +38,21 @@ def _params():
 
 @functools.lru_cache(maxsize=1)
 def twins(name):
+    timing.equal_threads()  # torch is imported: its intra-op threads as many as XLA's
     return pair(name, torch_device())
 
 
 @pytest.mark.parametrize("model_name,spec,batch", _params())
 def test_vs_captum(benchmark, peak, device, model_name, spec, batch):
     m, net = twins(model_name)
-    fn, settings = parse(spec)
     case = bench.compile_case(m, spec, batch)
-    benchmark.group = f"vs captum {model_name} {case.name}"
-    call = lambda: jax.block_until_ready(case.call())  # noqa: E731
-    call()
-    benchmark.pedantic(call, rounds=3, iterations=1)
-    ours = batch / benchmark.stats.stats.median
-    theirs = measure_captum(net, fn.__name__, batch, case.settings, (224, 224), rounds=3, min_time=0)
+    benchmark.group = f"vs captum {model_name} {case.name} (whole comparison)"
+    ours = lambda: jax.block_until_ready(case.call())  # noqa: E731
+    theirs = captum_call(net, case.name, batch, case.settings, m.input_size or (224, 224))
+    c = benchmark.pedantic(lambda: timing.side_by_side(ours, theirs, names=("jaxplain", "captum"), items=batch, rounds=5),
+                           rounds=1, iterations=1)
+    d = c.as_dict()
     benchmark.extra_info.update(device, model=model_name, method=case.name, settings=repr(case.settings), batch=batch,
-                                images_per_s=ours, vs_captum=ours / theirs["captum_images_per_s"], **theirs)
+                                images_per_s=d["jaxplain"]["per_s"], captum_images_per_s=d["captum"]["per_s"],
+                                vs_captum=d["ratio"], vs_captum_text=c.ratio_text(), comparison=d,
+                                **captum_fields(net))

@@ -205,6 +205,8 @@ def timed(case: Case, peak: float, theirs: Callable[[], Any] | None, *, peer_nam
                 "threads": timing.threads()}
     c = timing.side_by_side(ours, theirs, names=("jaxplain", peer_name), items=case.batch, rounds=rounds, warmup=warmup)
     row = figures(case, c.seconds["jaxplain"], peak)
+    if row["peak_memory_kind"] == "process peak RSS":  # one process: the peer's memory is in it too
+        row["peak_memory_kind"] += f" (with {peer_name})"
     p, r = c.per_s(peer_name), c.ratio
     row.update(peer=peer_name, peer_seconds=c.seconds[peer_name], peer_images_per_s=p.median,
                peer_images_per_s_low=p.low, peer_images_per_s_high=p.high, peer_spread=c.side(peer_name).relative,

@@ -74,6 +74,7 @@ def test_compare_times_both_sides_by_the_comparison_method(tmp_path, monkeypatch
     assert "at least 5" in capsys.readouterr().err
 
     net, model = tiny_pair(seed=3)
+    model = model.replace(input_size=(32, 32))
     monkeypatch.setattr(pairs, "pair", lambda name, device="cpu", size=None: (model, net))
     monkeypatch.setattr(bench, "matmul_peak", lambda: 1e9)
     out = tmp_path / "c.json"
