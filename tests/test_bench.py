@@ -44,13 +44,13 @@ def test_host_loop_counts_the_flops_of_every_chunk(tiny_model, monkeypatch):
 def test_bench_command_writes_json(tmp_path):
     out = tmp_path / "b.json"
     r = subprocess.run([sys.executable, "-m", "jaxplain.cli", "bench", "--model", "vgg11", "--size", "32", "--methods",
-                        "gradient", "--batch", "2", "--rounds", "1", "--min-time", "0", "--json", str(out)],
+                        "gradient", "--batch", "2", "--rounds", "1", "--min-time", "0", "--compete", "1", "--json", str(out)],
                        capture_output=True, text=True, timeout=600, env=dict(os.environ, JAXPLAIN_HOME=str(tmp_path)))
     assert r.returncode == 0, r.stderr[-2000:]
     data = json.loads(out.read_text())
     assert data["device"]["platform"] == "cpu" and data["peak_flops_per_s"] > 0
     row = data["rows"][0]
-    assert FIELDS <= set(row) and row["batch"] == 2 and row["competing"] == 0
+    assert FIELDS <= set(row) and row["batch"] == 2 and [r["competing"] for r in data["rows"]] == [0, 1]
     assert row["images_per_s_low"] <= row["images_per_s"] <= row["images_per_s_high"] and len(row["seconds"]) == 1
     assert {"load_before", "load_after", "threads"} <= set(row) and "peer" not in row
     assert "gradient" in r.stdout and "% peak" in r.stdout and "load" in r.stdout and "threads" in r.stdout
