@@ -48,11 +48,24 @@ def data(tiny_model, tiny_vit):
     return Zoo(tiny_model, tiny_vit), x, targets
 
 
+class _Lazy(dict):
+    """explain() on the batch per method, computed the first time a test asks for it (a part of
+    this module that runs on its own computes only the methods its tests use)."""
+
+    def __init__(self, data):
+        super().__init__()
+        self.data = data
+
+    def __missing__(self, name):
+        m, x, t = self.data
+        self[name] = jaxplain.explain(m.of(name), x, t, name, **settings_for(name, x))
+        return self[name]
+
+
 @pytest.fixture(scope="module")
 def reference(data):
-    """explain() on the batch, per method, computed once."""
-    m, x, t = data
-    return {n: jaxplain.explain(m.of(n), x, t, n, **settings_for(n, x)) for n in NAMES}
+    """explain() on the batch, per method, computed once (on first use)."""
+    return _Lazy(data)
 
 
 def _direct(m, x, t, name, jit, s):
