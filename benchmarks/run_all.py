@@ -11,9 +11,9 @@ every row so far under a header (device, versions, date, steps cut off or failed
 
 Steps, the rows that matter most first:
 
-- ``vgg16``, ``resnet50``, ``vit_b16``: gradient, grad_cam, integrated_gradients (50 steps),
-  smoothgrad (50 samples), occlusion, lime (1000 samples) at batch 8, then 32, then 128, each
-  beside Captum on the torch twin with the same weights on the same device
+- ``vgg16``, ``resnet50``, ``vit_b16``: gradient, grad_cam, integrated_gradients (50 steps) and
+  smoothgrad (50 samples) at batch 8, then 32, then 128; then occlusion and lime (1000 samples),
+  whose Captum side takes far longer, at batch 8, 32, 128; each beside Captum on the torch twin with the same weights on the same device
   (``benchmarks/pairs.py``, ``benchmarks/peers.py``; Captum's ``Lime`` for lime, on the same
   8x8 grid, segment-mean fill and softmax score), timed with ``jaxplain.timing.side_by_side``
   (the first call of each side is the warm-up, timed to plan; then 5 interleaved rounds). Both
@@ -515,6 +515,15 @@ def fits(per_image: float | None, batch: int, rounds: int, budget: Budget) -> fl
     return need if need > budget.left() - 2 else None
 
 
+def order(methods: tuple[str, ...], batches: tuple[int, ...]) -> list[tuple[str, int]]:
+    """``(method, batch)`` in the order they run: the gradient family at each batch, then the
+    perturbation family (occlusion, lime: Captum's side takes far longer) at each batch."""
+    slow = ("occlusion", "lime")
+    first = [m for m in methods if not m.startswith(slow)]
+    last = [m for m in methods if m.startswith(slow)]
+    return [(m, b) for group in (first, last) for b in batches for m in group]
+
+
 def step_model(name: str, out: Path, smoke: bool, budget: Budget) -> None:
     """One model beside Captum: every method at every batch, framework defaults."""
     import jax
@@ -533,26 +542,25 @@ def step_model(name: str, out: Path, smoke: bool, budget: Budget) -> None:
     rounds = SMOKE_ROUNDS if smoke else ROUNDS
     note = f"JAX default precision ({prec}); {torch_flags()}"
     per_image: dict[str, float | None] = {}
-    for batch in SMOKE_BATCHES if smoke else BATCHES:
-        for method in SMOKE_METHODS[name] if smoke else METHODS:
-            need = fits(per_image.get(method), batch, rounds, budget)
-            if need is not None:
-                rows.add(model=label, method=method, batch=batch, a="jaxplain", b="Captum", ratio="-",
-                         note=f"skipped: ~{need:.0f} s estimated from batch {batch // 4}, {budget.left():.0f} s left")
-                continue
-            try:
-                case = compile_case(model, method, batch)
-                ours = lambda case=case: jax.block_until_ready(case.call())  # noqa: E731
-                theirs = peer_call(net, case, size)
-                flops = flops_of(case, model, None, cache)
-            except Exception as e:
-                rows.add(model=label, method=method, batch=batch, a="jaxplain", b="Captum", ratio="-",
-                         note=f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
-                _free()
-                continue
-            per_image[method] = compare(rows, budget, model_label=label, method=method, batch=batch,
-                                        a=("jaxplain", ours), b=("Captum", theirs), rounds=rounds, peak=peak,
-                                        flops=flops, note=f"{note}; compile {case.compile_s:.1f} s")
+    for method, batch in order(SMOKE_METHODS[name] if smoke else METHODS, SMOKE_BATCHES if smoke else BATCHES):
+        need = fits(per_image.get(method), batch, rounds, budget)
+        if need is not None:
+            rows.add(model=label, method=method, batch=batch, a="jaxplain", b="Captum", ratio="-",
+                     note=f"skipped: ~{need:.0f} s estimated from the batch before, {budget.left():.0f} s left")
+            continue
+        try:
+            case = compile_case(model, method, batch)
+            ours = lambda case=case: jax.block_until_ready(case.call())  # noqa: E731
+            theirs = peer_call(net, case, size)
+            flops = flops_of(case, model, None, cache)
+        except Exception as e:
+            rows.add(model=label, method=method, batch=batch, a="jaxplain", b="Captum", ratio="-",
+                     note=f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+            _free()
+            continue
+        per_image[method] = compare(rows, budget, model_label=label, method=method, batch=batch,
+                                    a=("jaxplain", ours), b=("Captum", theirs), rounds=rounds, peak=peak,
+                                    flops=flops, note=f"{note}; compile {case.compile_s:.1f} s")
 
 
 def step_bfloat16(out: Path, smoke: bool, budget: Budget) -> None:
