@@ -105,7 +105,8 @@ STEP_NAMES = tuple(s.name for s in STEPS)
 # The older scripts, run as they are: (full arguments, smoke arguments or None: no small size there).
 EXTRAS: dict[str, tuple[list[str], list[str] | None]] = {
     "ig_memory": (["benchmarks.ig_memory", "--model", "resnet50", "--batch", "8"], None),
-    "lrp_vs_zennit": (["benchmarks.lrp_vs_zennit", "--models", "vgg16", "resnet50", "--batch", "8", "--sections", "lrp"],
+    "lrp_vs_zennit": (["benchmarks.lrp_vs_zennit", "--models", "vgg16", "resnet50", "--batch", "8", "--sections", "lrp",
+                       "--composites", "epsilon_plus"],
                       ["benchmarks.lrp_vs_zennit", "--models", "vgg16", "--size", "32", "--batch", "1", "--rounds", "1",
                        "--sections", "lrp", "--composites", "epsilon_plus"]),
     "surrogates": (["benchmarks.surrogates_vs_peers", "--model", "tiny", "--methods", "feature_ablation", "lime"],
