@@ -149,8 +149,12 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record, default=str) + "\n")
+    """Append one record as one line, in one write (a step killed mid-row leaves no half line)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps(record, default=str) + "\n").encode())
+    finally:
+        os.close(fd)
 
 
 def run_step(step: Step, out: Path, seconds: float, smoke: bool, cut_after: int | None) -> dict[str, Any]:

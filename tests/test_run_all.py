@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.run_all import STEPS, STEP_NAMES, shares
+from benchmarks.run_all import STEPS, STEP_NAMES, Step, append_jsonl, run_step, shares, table
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_smoke_run_writes_a_table_and_keeps_a_cut_off_steps_rows(tmp_path):
+def test_smoke_run_writes_a_table_and_keeps_a_cut_off_steps_rows(tmp_path, monkeypatch):
     pytest.importorskip("captum")
     out = tmp_path / "out"
     # vgg16's share ends once it has written its first row (of two): it is killed mid-step
@@ -44,9 +44,9 @@ def test_smoke_run_writes_a_table_and_keeps_a_cut_off_steps_rows(tmp_path):
         assert "% of" in r["peak"] or r["step"] == "tf32"
     assert {r["method"].split("(")[0] for r in measured} == {"gradient", "grad_cam", "smoothgrad", "occlusion", "lime"}
 
-    table = (out / "table.md").read_text().splitlines()
-    assert "cut off: vgg16;" in table[2] and "failed: none" in table[2]
-    body = [line for line in table if line.startswith("| ") and not line.startswith(("| step", "| ---"))]
+    lines = (out / "table.md").read_text().splitlines()
+    assert "cut off: vgg16;" in lines[2] and "failed: none" in lines[2]
+    body = [line for line in lines if line.startswith("| ") and not line.startswith(("| step", "| ---"))]
     assert {line.split(" | ")[0][2:] for line in body} == set(STEP_NAMES)  # a row per step
     assert len(body) == len(rows)
 
@@ -55,3 +55,11 @@ def test_smoke_run_writes_a_table_and_keeps_a_cut_off_steps_rows(tmp_path):
     total = sum(s.weight for s in STEPS if s.name != "tf32")
     assert share(0, 100.0) == pytest.approx(95.0 * STEPS[0].weight / total)
     assert share(STEP_NAMES.index("tf32"), 3.0) == 3.0
+
+    # a step that fails records why, in its status and in the table, and the run goes on
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    failed = run_step(Step("no_such_step", 1, "a step the driver does not know"), out, 60.0, True, None)
+    assert failed["status"] == "failed" and "invalid choice: 'no_such_step'" in failed["why"]
+    append_jsonl(out / "steps.jsonl", failed)
+    text = table(out)
+    assert "failed: no_such_step (" in text and "| no_such_step | - |" in text and "| failed: " in text
