@@ -221,11 +221,16 @@ def table(out: Path) -> str:
     for r in rows:
         lines.append("| " + " | ".join(_cell(r.get(k, "-")) for k in (
             "step", "model", "method", "batch", "a", "a_per_s", "b", "b_per_s", "ratio", "peak", "memory", "note")) + " |")
-    with_rows = {r["step"] for r in rows}
+    counts = {s["step"]: sum(r["step"] == s["step"] for r in rows) for s in steps}
     for s in steps:
-        if s["step"] not in with_rows:
-            why = s.get("why") or ("cut off before its first row" if s["status"] == "cut off" else "no rows")
-            lines.append(f"| {s['step']} | - | - | - | - | - | - | - | - | - | - | {s['status']}: {_cell(why)} |")
+        if not counts[s["step"]]:
+            why = s.get("why") or (f"cut off at its share ({s['share_s']} s) before its first row"
+                                   if s["status"] == "cut off" else "no rows")
+        elif s["status"] == "cut off":
+            why = f"cut off at its share ({s['share_s']} s) after the {counts[s['step']]} rows above"
+        else:
+            continue
+        lines.append(f"| {s['step']} | - | - | - | - | - | - | - | - | - | - | {s['status']}: {_cell(why)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -381,7 +386,7 @@ def captum_lime(net: Any, batch: int, settings: dict[str, Any], size: tuple[int,
 
     def similarity(original: Any, perturbed: Any, z: Any, **kwargs: Any) -> Any:
         z = z.float().flatten()
-        d = 1.0 - torch.sqrt(z.sum() / z.numel()) if z.sum() > 0 else torch.tensor(1.0)
+        d = 1.0 - torch.sqrt(z.sum() / z.numel()) if z.sum() > 0 else torch.ones((), device=z.device)
         return torch.exp(-(d**2) / (2 * width**2))
 
     lime = Lime(lambda v: torch.softmax(net(v), -1), interpretable_model=SkLearnRidge(alpha=1.0), similarity_func=similarity)

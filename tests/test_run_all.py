@@ -48,7 +48,7 @@ def test_smoke_run_writes_a_table_and_keeps_a_cut_off_steps_rows(tmp_path, monke
     assert "cut off: vgg16;" in lines[2] and "failed: none" in lines[2]
     body = [line for line in lines if line.startswith("| ") and not line.startswith(("| step", "| ---"))]
     assert {line.split(" | ")[0][2:] for line in body} == set(STEP_NAMES)  # a row per step
-    assert len(body) == len(rows)
+    assert len(body) == len(rows) + 1 and "| vgg16 | - |" in lines[-1] and "cut off at its share" in lines[-1]
 
     # the shares: a step's weight's part of what is left; a fixed share is taken out first
     share = shares(100.0, list(STEPS), {"tf32": 5.0})
