@@ -57,6 +57,7 @@ from jaxplain.segmentation import segments as segments
 from jaxplain.methods.smooth import squaregrad as squaregrad
 from jaxplain.methods.smooth import vargrad as vargrad
 from jaxplain.engine.precision import with_precision as with_precision
+from jaxplain.xla_cache import compile_cache as compile_cache
 from jaxplain.reductions import reduce as reduce
 from jaxplain.registry import METHODS as METHODS
 from jaxplain.registry import METRICS as METRICS
@@ -73,6 +74,7 @@ __all__ = [
     "attention_rollout",
     "transformer_attribution",
     "channel_means",
+    "compile_cache",
     "eigen_cam",
     "feature_ablation",
     "from_equinox",

@@ -333,20 +333,31 @@ def test_evaluate_arguments_are_checked_before_the_model_loads(tmp_path, capsys,
 
 
 def test_a_compilation_cache_dir_in_the_environment_wins(tmp_path, monkeypatch):
-    """The command line keeps compiled programs under ``$JAXPLAIN_HOME/xla-cache`` unless JAX's own
+    """The command line keeps compiled programs under ``$JAXPLAIN_HOME/xla`` unless JAX's own
     ``JAX_COMPILATION_CACHE_DIR`` is set (the test suite shares one folder with the runs it starts)."""
     monkeypatch.setenv("JAXPLAIN_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "mine"))
-    before = jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs
+    from jax._src import compilation_cache
+
+    from jaxplain import xla_cache
+
+    before = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs,
+              jax.config.jax_compilation_cache_max_size)
+    monkeypatch.setattr(xla_cache, "_state", {"decided": False, "ours": None})
     try:
         cli.common.compile_cache()
-        assert (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs) == before
+        assert (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs,
+                jax.config.jax_compilation_cache_max_size) == before
         monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
+        jax.config.update("jax_compilation_cache_dir", None)  # as in a process without the suite's folder
+        monkeypatch.setattr(xla_cache, "_state", {"decided": False, "ours": None})
         cli.common.compile_cache()
-        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "home" / "xla-cache")
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "home" / "xla")
     finally:
         jax.config.update("jax_compilation_cache_dir", before[0])
         jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
+        jax.config.update("jax_compilation_cache_max_size", before[2])
+        compilation_cache.reset_cache()
 
 
 def test_predict_and_evaluate_help_and_exit_status_for_unreadable_inputs(tmp_path, capsys):

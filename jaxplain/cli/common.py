@@ -195,17 +195,12 @@ def model_args(p: argparse.ArgumentParser) -> None:
 
 
 def compile_cache() -> None:
-    """Keep compiled programs under ``$JAXPLAIN_HOME/xla-cache``, so a repeated run does not
-    recompile (``JAXPLAIN_COMPILE_CACHE=0`` turns this off; a ``JAX_COMPILATION_CACHE_DIR`` set in
-    the environment is JAX's own setting and wins)."""
-    import jax
+    """Keep compiled programs in jaxplain's persistent compile cache (``jaxplain.xla_cache``: a
+    per-user folder; ``JAXPLAIN_COMPILE_CACHE=0`` turns it off; a ``JAX_COMPILATION_CACHE_DIR`` set
+    in the environment is JAX's own setting and wins), so a repeated run does not recompile."""
+    from jaxplain import xla_cache
 
-    from jaxplain.models.weights import home
-
-    if os.environ.get("JAXPLAIN_COMPILE_CACHE", "1") == "0" or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        return
-    jax.config.update("jax_compilation_cache_dir", str(home() / "xla-cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    xla_cache.ensure()
 
 
 def load_model(args: argparse.Namespace):

@@ -20,7 +20,7 @@ from jaxplain.engine import settings as st
 from jaxplain.engine.cost import warn_if_costly
 from jaxplain.engine.derived import derived
 from jaxplain.errors import CostWarning, InputError
-from jaxplain import chunks
+from jaxplain import chunks, xla_cache
 from jaxplain.marks import uses_target
 from jaxplain.engine.precision import with_precision
 from jaxplain.engine.shapes import check_images, num_classes, params_struct
@@ -206,6 +206,7 @@ def predict(model: Model, images: Array, *, batch_size: int | None = None) -> Ar
 def _logits(model: Model, images: Array, batch_size: int | None) -> Array:
     """``predict`` of ``images`` already checked (``check_images``, which warns once per call)."""
     check_batch_size(batch_size)
+    xla_cache.ensure()
     n = images.shape[0]
     return run_batches(forward(model.apply), model.params, (images,), n, batch_size or n)
 
@@ -269,6 +270,7 @@ def prepare(fn: Callable, model: Model, images: Array, settings: dict[str, Any],
     chunk is not set gets ``chunks.host_chunk`` for ``per_call`` images per call and device
     (default: all of ``images``). A method's ``cost_note`` is warned (``CostWarning``) here.
     A transformer's token layers are shown to the method as their patch grid (``tokens.grid_view``)."""
+    xla_cache.ensure()
     model = grid_view(model)
     n, image_shape = images.shape[0], tuple(images.shape[1:])
     settings = dict(settings)
