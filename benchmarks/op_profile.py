@@ -2,6 +2,9 @@
 (XLA) and in Captum (torch) on the same network and weights (``benchmarks/pairs.py``):
 
     python -m benchmarks.op_profile --model resnet50 --method gradient --batch 8
+    python -m benchmarks.op_profile --conv 56 64 64 3 1 --batch 8   # one convolution alone
+    python -m benchmarks.op_profile --model resnet50 --method gradient --batch 8 --compare   # speed only
+
 
 JAX side: one compiled call (the engine's own, ``jaxplain.bench.compile_case``) under
 ``jax.profiler.trace``; XLA:CPU's thunk runtime records one trace event per executed thunk (a
@@ -33,6 +36,8 @@ import sys
 import tempfile
 import time
 from typing import Any
+
+import numpy as np
 
 CLASSES = ("conv forward", "conv backward-input", "conv backward-filter", "matmul", "elementwise", "pooling",
            "transpose/copy", "batch norm", "softmax", "GELU", "layer norm", "reduction", "other")
@@ -228,6 +233,62 @@ def torch_profile(call: Any, calls: int = 1) -> tuple[dict[str, float], float, l
     return dict(ms), wall, top
 
 
+# ------------------------------------------------------------------------------ one op, both sides
+
+def conv_alone(side: int, cin: int, cout: int, k: int, stride: int, batch: int, rounds: int = 5) -> dict[str, Any]:
+    """One convolution (``k x k``, ``stride``, torch's symmetric padding ``k // 2``, bias) on
+    ``batch`` images of ``side x side x cin``, forward alone and forward + gradient with respect to
+    its input, in XLA (NHWC, HWIO) and in torch (NCHW, its default oneDNN path), timed with
+    ``jaxplain.timing.side_by_side``: ``{"forward": Comparison, "backward": Comparison}``."""
+    import jax
+    import torch
+
+    from jaxplain import timing
+
+    timing.equal_threads()
+    x = jax.random.normal(jax.random.key(0), (batch, side, side, cin))
+    w = jax.random.normal(jax.random.key(1), (k, k, cin, cout)) * (2 / (k * k * cin)) ** 0.5
+    b = jax.random.normal(jax.random.key(2), (cout,)) * 0.1
+    pad = ((k // 2, k // 2),) * 2
+
+    def conv(x):
+        return jax.lax.conv_general_dilated(x, w, (stride, stride), pad, dimension_numbers=("NHWC", "HWIO", "NHWC")) + b
+
+    fwd = jax.jit(conv)
+    out = jax.eval_shape(conv, x)
+    g = jax.random.normal(jax.random.key(3), out.shape)
+    bwd = jax.jit(lambda x, g: jax.vjp(conv, x)[1](g)[0])
+    xt = torch.tensor(np.asarray(x).transpose(0, 3, 1, 2).copy(), requires_grad=True)
+    net = torch.nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2)
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor(np.asarray(w).transpose(3, 2, 0, 1).copy()))
+        net.bias.copy_(torch.tensor(np.asarray(b)))
+    gt = torch.tensor(np.asarray(g).transpose(0, 3, 1, 2).copy())
+    ref = torch.autograd.grad(net(xt), xt, gt)[0].numpy().transpose(0, 2, 3, 1)
+    err = float(np.abs(np.asarray(bwd(x, g)) - ref).max() / np.abs(ref).max())
+    if err > 1e-4:
+        raise AssertionError(f"the two convolutions disagree: relative error {err:.1e}")
+
+    def torch_fwd():
+        with torch.no_grad():
+            return net(xt)
+
+    comps = {
+        "forward": timing.side_by_side(lambda: jax.block_until_ready(fwd(x)), torch_fwd, names=("xla", "torch"),
+                                       items=batch, rounds=rounds),
+        "backward": timing.side_by_side(lambda: jax.block_until_ready(bwd(x, g)),
+                                        lambda: torch.autograd.grad(net(xt), xt, gt), names=("xla", "torch"),
+                                        items=batch, rounds=rounds),
+    }
+    flops = 2 * batch * out.shape[1] * out.shape[2] * cout * cin * k * k
+    for name, c in comps.items():
+        n = 1 if name == "forward" else 2
+        print(f"{name:<9} (x{n} conv) XLA {1e3 * c.side('xla').median:8.1f} ms ({n * flops / c.side('xla').median / 1e9:5.0f} "
+              f"GFLOP/s)  torch {1e3 * c.side('torch').median:8.1f} ms ({n * flops / c.side('torch').median / 1e9:5.0f} GFLOP/s)"
+              f"  XLA/torch speed {c.ratio_text()}  [ratio {c.ratio.text('.2f')}; load {c.load_before:.1f}-{c.load_after:.1f}]")
+    return comps
+
+
 # --------------------------------------------------------------------------------------- the table
 
 def table(ours: dict[str, float], theirs: dict[str, float]) -> str:
@@ -269,7 +330,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=0, help="also list the N most expensive operations of each side")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     p.add_argument("--json", help="write the figures here")
+    p.add_argument("--conv", nargs=5, type=int, metavar=("SIDE", "CIN", "COUT", "K", "STRIDE"),
+                   help="instead: time one convolution alone in both frameworks (forward, and forward + input gradient)")
+    p.add_argument("--rounds", type=int, default=5, help="rounds of --conv's and --compare's side-by-side timing")
+    p.add_argument("--compare", action="store_true", help="instead of profiling: time the call beside Captum's "
+                   "(jaxplain.timing.side_by_side, after one warm-up call each)")
     args = p.parse_args(argv)
+    if args.conv:
+        conv_alone(*args.conv, batch=args.batch, rounds=args.rounds)
+        return 0
 
     work = tempfile.mkdtemp(prefix="op_profile_")
     dump = os.path.join(work, "hlo")
@@ -286,6 +355,19 @@ def main(argv: list[str] | None = None) -> int:
     threads = timing.equal_threads()
     case = bench.compile_case(model, args.method, args.batch)
     size = model.input_size or (224, 224)
+    if args.compare:
+        import jax
+
+        peer = captum_call(net, case.name, args.batch, case.settings, size)
+        c = timing.side_by_side(lambda: jax.block_until_ready(case.call()), peer, names=("jaxplain", "captum"),
+                                items=args.batch, rounds=args.rounds)
+        print(f"{model.name} {case.name} batch {args.batch}: jaxplain {c.per_s('jaxplain').text()} images/s, Captum "
+              f"{c.per_s('captum').text()}, jaxplain/Captum {c.ratio_text()} [ratio {c.ratio.text('.2f')}], "
+              f"threads {c.threads}, load {c.load_before:.1f} -> {c.load_after:.1f}, XLA_FLAGS={flags!r}", flush=True)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"model": model.name, "method": case.name, "xla_flags": flags, **c.as_dict()}, f, indent=1)
+        return 0
     ours, wall_a, top_a = jax_profile(case, dump, os.path.join(work, "trace"), args.calls) if args.side != "torch" else ({}, 0.0, [])
     theirs, wall_b, top_b = {}, 0.0, []
     if args.side != "jax" and has_counterpart(net, case.name):

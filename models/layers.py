@@ -121,8 +121,11 @@ def max_pool_3x3s2(x: Array, pad: float = -np.inf) -> Array:
 
     The derivative goes through the *first* maximum of each window in row-major order, as in
     torch and Keras (see ``max_pool_2x2``). Written as an elementwise maximum of the nine strided
-    views (never stacked into a ``[..., 9]`` array, nor gathered from one): XLA:CPU fuses the
-    forward pass and the gradient into a few loops, 2-3x faster than the stacked windows.
+    views (never stacked into a ``[..., 9]`` array, nor gathered from one); the gradient selects
+    with a materialised int8 index of the first maximum, so XLA:CPU's fused transpose reads it
+    instead of recomputing the nine comparisons in every term (measured on ``[8, 112, 112, 64]``:
+    the pool's gradient 2.6x faster than stacked windows with ``argmax`` and ``take_along_axis``;
+    the index another 10x with the ReLU before the pool).
     """
     return functools.reduce(jnp.maximum, _views_3x3s2(x, pad))
 
@@ -132,8 +135,10 @@ def _pool3_jvp(pad: float, primals: tuple[Array], tangents: tuple[Array]) -> tup
     (x,), (t,) = primals, tangents
     views = _views_3x3s2(x, pad)
     y = functools.reduce(jnp.maximum, views)
-    taken, ty = jnp.zeros(y.shape, bool), jnp.zeros_like(y)
-    for v, tv in zip(views, _views_3x3s2(t, 0.0)):  # selected, not multiplied: pads may be -inf
-        first = (v == y) & ~taken
-        ty, taken = jnp.where(first, tv, ty), taken | first
+    first = jnp.full(y.shape, len(views) - 1, jnp.int8)  # the first view equal to the maximum
+    for i in range(len(views) - 2, -1, -1):
+        first = jnp.where(views[i] == y, jnp.int8(i), first)
+    first = jax.lax.optimization_barrier(first)  # computed once, not inside every use
+    # selected, not multiplied: pads may be -inf
+    ty = functools.reduce(jnp.add, [jnp.where(first == i, tv, 0) for i, tv in enumerate(_views_3x3s2(t, 0.0))])
     return y, ty
