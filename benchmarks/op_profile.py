@@ -76,25 +76,24 @@ def _dims(shape: str) -> list[int]:
 def conv_kind(instr: dict[str, Any]) -> str:
     """Forward, backward-input or backward-filter, for one ``convolution`` instruction.
 
-    A gradient convolution comes from JAX's transpose rule (``transpose(`` in its op_name); its
-    filter gradient slides the output gradient (a window as large as the image) over the input,
-    so its window is larger than its spatial output (the kernel); the input gradient's window is
-    the kernel."""
+    A filter gradient slides the output gradient (a window as large as the image, stride 1) over
+    the input, so its window is larger than its spatial output (the kernel), which no stride-1
+    forward convolution's is (a patch embedding's window is larger, but strided). An input
+    gradient comes from JAX's transpose rule: ``transpose(`` in its op_name."""
     rest = instr["rest"]
-    if "transpose(" not in rest:
-        return "conv forward"
-    window = re.search(r"window=\{size=([\dx]+)", rest)
+    window = re.search(r"window=\{([^}]*)\}", rest)
     labels = re.search(r"dim_labels=\w+_\w+->(\w+)", rest)
-    if window and labels:
+    size = re.search(r"size=([\dx]+)", window.group(1)) if window else None
+    if size and labels and "stride=" not in window.group(1):
         win = 1
-        for d in window.group(1).split("x"):
+        for d in size.group(1).split("x"):
             win *= int(d)
         out = 1
         for label, d in zip(labels.group(1), _dims(instr["shape"])):
             out *= d if label.isdigit() else 1
         if win > out:
             return "conv backward-filter"
-    return "conv backward-input"
+    return "conv backward-input" if "transpose(" in rest else "conv forward"
 
 
 def classify_ops(ops: list[str], instr: dict[str, Any] | None = None) -> str:
