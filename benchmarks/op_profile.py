@@ -18,8 +18,8 @@ so the JAX column can add up to more than the call's wall time (printed below th
 The classes: convolution forward / backward-input / backward-filter (torch's
 ``convolution_backward`` computes both of its gradients in one operator: it is counted as
 backward-input, the one a gradient with respect to the input needs), matmul (dot, linear, bmm),
-elementwise (fusions of arithmetic, ReLU and its gradient, adds), pooling (reduce-window,
-select-and-scatter, max and average pools, the reshape+max pools), transpose/copy, batch norm,
+elementwise (fusions of arithmetic, ReLU and its gradient, adds; also pools written as maxima of views or reshapes), pooling (reduce-window,
+select-and-scatter, torch's max and average pools), transpose/copy, batch norm,
 softmax, GELU (erf), layer norm, reduction, other.
 """
 
