@@ -12,7 +12,10 @@ a few grayscale) into a temporary folder, then times, after compiling both on a 
   (``jaxplain explain``'s calls, the command's defaults) into a fresh folder each time: decoding,
   overlays at each picture's own size, thumbnails, the zarr store and ``results.jsonl``.
 
-Each round times both, the order alternating (the machine is noisy); images/s are over all rounds.
+Timed by ``jaxplain.timing``'s method: a warm-up of each on ``B + 1`` pictures, ``--rounds`` (5)
+interleaved ABBA rounds, images/s median (min-max) of each and the ratio folder run / kernel
+(min-max), or "noisy, rerun" over a 25% spread; the load before and after; ``--compete N`` runs N
+busy processes beside it (the shared-machine regime).
 """
 
 from __future__ import annotations
@@ -20,9 +23,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import itertools
 import json
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -31,6 +33,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from benchmarks import sides
+from jaxplain import timing
+
+NAMES = ("folder run", "kernel")  # the ratio: the folder run's speed over the kernel's
 
 # (width, height) of the landscape pictures; a portrait one is the same turned
 SIZES = ((160, 120), (320, 240), (400, 300), (500, 375), (640, 480), (500, 500), (800, 600), (900, 600),
@@ -107,29 +114,6 @@ def folder_seconds(model, model_name: str, folder: Path, out: Path, method: str,
     return seconds, counts
 
 
-def machine() -> dict[str, Any]:
-    """CPU model, cores, load, jax version and device."""
-    import jax
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "jax": jax.__version__, "device": str(jax.devices()[0]),
-            "platform": jax.devices()[0].platform, "host": platform.node()}
-
-
-def loadavg() -> str:
-    try:
-        return Path("/proc/loadavg").read_text().strip()
-    except OSError:
-        return "?"
-
-
 def build(name: str):
     from jaxplain import models
 
@@ -138,8 +122,10 @@ def build(name: str):
 
 def measure(model, model_name: str, files: Sequence[Path], method: str, batch: int, rounds: int, work: Path,
             warm: int | None = None) -> dict[str, Any]:
-    """Compile both on ``warm`` pictures (default ``batch + 1``), then ``rounds`` interleaved timings
-    of the kernel and the folder run over ``files`` (in ``work``'s folder ``pictures``)."""
+    """Warm both up on ``warm`` pictures (default ``batch + 1``: the compile, a full batch and a
+    partial one), then the folder run beside the kernel over ``files`` (in ``work``'s folder
+    ``pictures``) by ``jaxplain.timing.side_by_side``, ``rounds`` interleaved ABBA rounds. Each
+    folder run writes a fresh folder (removed at the end, not between rounds: that would be timed)."""
     folder = files[0].parent.parent
     x = decoded(model, files)
     warm_folder = work / "warm"
@@ -148,37 +134,31 @@ def measure(model, model_name: str, files: Sequence[Path], method: str, batch: i
         shutil.copy(f, warm_folder / f.name)
     kernel_seconds(model, x[: batch + 1], method, batch)
     folder_seconds(model, model_name, warm_folder, work / "out-warm", method, batch)
-    load_before = loadavg()
-    times = []
-    for r in range(rounds):
-        out = work / f"out-{r}"
-        if r % 2 == 0:
-            k = kernel_seconds(model, x, method, batch)
-            f, _ = folder_seconds(model, model_name, folder, out, method, batch)
-        else:
-            f, _ = folder_seconds(model, model_name, folder, out, method, batch)
-            k = kernel_seconds(model, x, method, batch)
-        shutil.rmtree(out, ignore_errors=True)
-        times.append({"kernel_s": k, "folder_s": f, "ratio": k / f})
-        print(f"  round {r + 1}/{rounds}: kernel {len(files) / k:.3f} images/s, folder {len(files) / f:.3f} images/s, "
+    outs = (work / f"out-{i}" for i in itertools.count())
+    c = timing.side_by_side(lambda: folder_seconds(model, model_name, folder, next(outs), method, batch),
+                            lambda: kernel_seconds(model, x, method, batch), names=NAMES, items=len(files), rounds=rounds,
+                            warmup=0)
+    for r, (f, k) in enumerate(zip(c.seconds["folder run"], c.seconds["kernel"])):
+        print(f"  round {r + 1}/{rounds}: folder run {len(files) / f:.3f} images/s, kernel {len(files) / k:.3f} images/s, "
               f"ratio {k / f:.3f}", flush=True)
-    n = len(files) * rounds
-    kernel = n / sum(t["kernel_s"] for t in times)
-    folder_rate = n / sum(t["folder_s"] for t in times)
-    return {"images": len(files), "model": model_name, "method": method, "batch": batch, "rounds": times,
-            "kernel_images_per_s": kernel, "folder_images_per_s": folder_rate, "ratio": folder_rate / kernel,
-            "loadavg_before": load_before, "loadavg_after": loadavg(), "machine": machine()}
+    for out in work.glob("out-*"):
+        shutil.rmtree(out, ignore_errors=True)
+    folder_rate, kernel = c.per_s("folder run"), c.per_s("kernel")
+    return {"images": len(files), "model": model_name, "method": method, "batch": batch, "rounds": rounds,
+            "kernel_images_per_s": kernel.median, "folder_images_per_s": folder_rate.median,
+            "ratio": None if c.noisy else c.ratio.median, "ratio_text": c.ratio_text(),
+            "kernel_images_per_s_text": sides.rate(c, "kernel"), "folder_images_per_s_text": sides.rate(c, "folder run"),
+            "timing": c.as_dict(), "loadavg_before": c.load_before, "loadavg_after": c.load_after,
+            "machine": sides.machine()}
 
 
 def table(result: dict[str, Any]) -> str:
-    m = result["machine"]
-    head = ("images", "model", "method", "batch", "kernel img/s", "folder img/s", "ratio")
-    row = (result["images"], result["model"], result["method"], result["batch"], f"{result['kernel_images_per_s']:.3f}",
-           f"{result['folder_images_per_s']:.3f}", f"{result['ratio']:.3f}")
+    head = ("images", "model", "method", "batch", "rounds", "kernel img/s", "folder run img/s", "ratio (folder/kernel)")
+    row = (result["images"], result["model"], result["method"], result["batch"], result["rounds"],
+           result["kernel_images_per_s_text"], result["folder_images_per_s_text"], result["ratio_text"])
     widths = [max(len(str(a)), len(str(b))) for a, b in zip(head, row)]
     lines = ["  ".join(str(v).rjust(w) for v, w in zip(line, widths)) for line in (head, row)]
-    lines.append(f"machine: {m['cpu']}, {m['cores']} cores, jax {m['jax']} on {m['device']}; "
-                 f"load {result['loadavg_before']} -> {result['loadavg_after']}")
+    lines.append(sides.footer([result["timing"]]))
     return "\n".join(lines)
 
 
@@ -188,22 +168,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="vgg16", help="vgg16 (random weights) or synthetic (the shipped small model)")
     p.add_argument("--method", default="gradient")
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--rounds", type=int, default=2, help="interleaved timings of each (default 2)")
+    sides.add_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="of the pictures")
     p.add_argument("--json", help="write the result here")
     args = p.parse_args(argv)
     model_name = "synthetic_vgg" if args.model == "synthetic" else args.model
     model = build(args.model)
+    timing.equal_threads()
+    print(sides.header(args.compete, args.rounds), flush=True)
     with tempfile.TemporaryDirectory(prefix="jaxplain-folder-run-") as tmp:
         work = Path(tmp)
         files = write_pictures(work / "pictures", args.images, args.seed)
         print(f"{args.images} pictures written; compiling, then {args.rounds} rounds", flush=True)
-        result = measure(model, model_name, files, args.method, args.batch, args.rounds, work)
+        with sides.regime(args.compete):
+            result = measure(model, model_name, files, args.method, args.batch, args.rounds, work)
+    result["compete"] = args.compete
     print(table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

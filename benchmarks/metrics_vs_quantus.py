@@ -4,14 +4,18 @@ on CUDA where JAX runs on a GPU, else both on the CPU), in one process, alternat
 images/s, the ratio, and how far the two scores are apart.
 
 ``python -m benchmarks.metrics_vs_quantus [--model vgg16|synthetic_vgg|tiny] [--batch 8]
-[--metrics deletion ...] [--rounds 2] [--json out.json]``
+[--metrics deletion ...] [--rounds 5] [--compete N] [--json out.json]``
 
 Settings: ``--model vgg16`` (224x224) runs the ``"reduced"`` settings below (VGG16 costs ~0.2 s
 per image and forward pass on a 2-core CPU; Quantus' defaults would take hours per batch); the
 small models run ``"reference"`` ones (our defaults, Quantus set to match them). Timing: one call
-of each first (ours compiles; both reported as warm-up, excluded), then ``--rounds`` rounds, ours
-and Quantus alternating, median seconds per call. A metric missing from ``jaxplain.METRICS`` is
-skipped with a note (``PAIRS`` lists the counterparts of metrics still being written).
+of each first (ours compiles; both reported as warm-up, excluded), then ``jaxplain.timing``'s
+method (``benchmarks.sides.compare``): one more call of each (the warm-up; a call under 0.5 s
+repeats to fill a round), ``--rounds`` (5) interleaved ABBA rounds, images/s median (min-max) of
+each side and the ratio (min-max), or "noisy, rerun" over a 25% spread; torch's threads set to
+XLA's (``timing.equal_threads``), the load before and after; ``--compete N`` runs N busy
+processes beside it (a shared machine). A metric missing from ``jaxplain.METRICS`` is skipped
+with a note (``PAIRS`` lists the counterparts of metrics still being written).
 """
 
 from __future__ import annotations
@@ -20,8 +24,6 @@ import argparse
 import dataclasses
 import json
 import os
-import statistics
-import sys
 import time
 import warnings
 from typing import Any, Callable
@@ -34,7 +36,9 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import jaxplain  # noqa: E402
-from jaxplain import METRICS, bench  # noqa: E402
+from jaxplain import METRICS, bench, timing  # noqa: E402
+
+from benchmarks import sides  # noqa: E402
 
 Settings = Callable[[str, int, int], tuple[dict[str, Any], dict[str, Any]]]
 
@@ -319,41 +323,26 @@ def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - t, out
 
 
-def _log(line: str) -> None:
-    print(f"  [{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
-
-
 def case(model: Any, net: Any, inp: Inputs, name: str, profile: str, rounds: int,
          min_round: float = 0.5) -> dict[str, Any]:
-    """Time one pair (warm-up, then ``rounds`` alternating rounds of seconds per call, short calls
-    repeated to fill ``min_round`` seconds) and compare the scores."""
+    """Time one pair with ``timing.side_by_side`` (a first call of each, reported as warm-up, then
+    ``rounds`` interleaved rounds, calls shorter than ``min_round`` seconds repeated to fill one) and
+    compare the scores."""
     c = calls(model, net, inp, name, profile)
-
-    def per_call(fn: Callable[[], Any]) -> tuple[float, int]:
-        """Seconds per call of ``fn`` over one round: called until ``min_round`` seconds (at most 100 calls)."""
-        start, n = time.perf_counter(), 0
-        while n == 0 or (time.perf_counter() - start < min_round and n < 100):
-            fn()
-            n += 1
-        return (time.perf_counter() - start) / n, n
-
     warm_ours, out_ours = _timed(c.ours)
-    _log(f"{name}: ours' first call (compiling) {warm_ours:.1f} s")
+    sides.log(f"{name}: ours' first call (compiling) {warm_ours:.1f} s")
     warm_theirs, out_theirs = _timed(c.theirs)
-    _log(f"{name}: Quantus' first call {warm_theirs:.1f} s")
-    t_ours, t_theirs, n_ours, n_theirs = [], [], [], []
-    for _ in range(rounds):  # calls of a few milliseconds (no model passes) repeat to fill a round
-        for fn, times, counts in ((c.ours, t_ours, n_ours), (c.theirs, t_theirs, n_theirs)):
-            sec, n = per_call(fn)
-            times.append(sec)
-            counts.append(n)
+    sides.log(f"{name}: Quantus' first call {warm_theirs:.1f} s")
     b = len(inp.x)
-    ours_ips, theirs_ips = b / statistics.median(t_ours), b / statistics.median(t_theirs)
+    cmp, counts = sides.compare(c.ours, c.theirs, names=("jaxplain", "quantus"), items=b, rounds=rounds,
+                               known={"quantus": warm_theirs}, min_round=min_round)
     diff, compared = c.pair.agree(out_ours, out_theirs) if c.pair.agree else (None, "not compared")
     return {
         "metric": name, "quantus": c.pair.quantus, "batch": b, "profile": profile,
-        "ours_images_per_s": ours_ips, "quantus_images_per_s": theirs_ips, "ratio": ours_ips / theirs_ips,
-        "ours_s": t_ours, "quantus_s": t_theirs, "calls_per_round": [n_ours, n_theirs],
+        "ours_images_per_s": cmp.per_s("jaxplain").median, "quantus_images_per_s": cmp.per_s("quantus").median,
+        "ratio": None if cmp.noisy else cmp.ratio.median, "ratio_text": cmp.ratio_text(),
+        "ours_images_per_s_text": sides.rate(cmp, "jaxplain"), "quantus_images_per_s_text": sides.rate(cmp, "quantus"),
+        "timing": cmp.as_dict(), "calls_per_round": [counts["jaxplain"], counts["quantus"]],
         "ours_warmup_s": warm_ours, "quantus_warmup_s": warm_theirs,
         "ours_mean_score": float(np.mean(out_ours["score"])), "quantus_mean_score": float(np.mean(out_theirs)),
         "max_abs_diff": diff, "compared": compared, "note": c.pair.note,
@@ -363,7 +352,7 @@ def case(model: Any, net: Any, inp: Inputs, name: str, profile: str, rounds: int
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = (f"{'metric':<20}{'Quantus':<24}{'ours img/s':>11}{'Quantus img/s':>14}{'ratio':>9}"
+    head = (f"{'metric':<20}{'Quantus':<24}{'ours img/s':>25}{'Quantus img/s':>25}{'ratio':>22}"
             f"{'warm-up s (ours/Q)':>20}{'max |diff|':>12}")
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -371,8 +360,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             lines.append(f"{r['metric']:<20}{r.get('quantus', ''):<24}skipped: {r['skipped']}")
             continue
         d = r["max_abs_diff"]
-        lines.append(f"{r['metric']:<20}{r['quantus']:<24}{r['ours_images_per_s']:>11.3f}{r['quantus_images_per_s']:>14.3f}"
-                     f"{r['ratio']:>8.1f}x{r['ours_warmup_s']:>11.1f}/{r['quantus_warmup_s']:<8.1f}"
+        lines.append(f"{r['metric']:<20}{r['quantus']:<24}{r['ours_images_per_s_text']:>25}{r['quantus_images_per_s_text']:>25}"
+                     f"{r['ratio_text']:>22}{r['ours_warmup_s']:>11.1f}/{r['quantus_warmup_s']:<8.1f}"
                      f"{(f'{d:.1e}' if d is not None else '-'):>12}")
     return "\n".join(lines)
 
@@ -393,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="tiny", choices=["vgg16", "synthetic_vgg", "tiny"])
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--metrics", nargs="+", default=list(PAIRS))
-    p.add_argument("--rounds", type=int, default=None, help="timed rounds per side (default 2 on VGG16, 5 otherwise)")
+    sides.add_arguments(p)
     p.add_argument("--profile", choices=["reduced", "reference"], default=None,
                    help="settings (default: reduced on VGG16, reference on the small models)")
     p.add_argument("--json", default=None)
@@ -401,34 +390,34 @@ def main(argv: list[str] | None = None) -> int:
     import quantus
     import torch
 
+    timing.equal_threads()
     profile = args.profile or ("reduced" if args.model == "vgg16" else "reference")
-    rounds = args.rounds or (2 if args.model == "vgg16" else 5)
     model, net = build_model(args.model)
     inp = make_inputs(model, args.batch)
     info = bench.device_info()
-    load = os.getloadavg()
     h, w = inp.x.shape[1:3]
-    print(f"{info['device_kind']} ({info['platform']}; Quantus on {next(net.parameters()).device}), {os.cpu_count()} CPUs, load {load[0]:.2f} {load[1]:.2f} "
-          f"{load[2]:.2f}; jax {info['jax']}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-          f"quantus {quantus.__version__}; {args.model} {h}x{w}, batch {args.batch}, {profile} settings, "
-          f"median of {rounds} alternating rounds", flush=True)
+    print(sides.header(args.compete, args.rounds, f"torch {torch.__version__}, quantus {quantus.__version__}"), flush=True)
+    print(f"{info['device_kind']} ({info['platform']}; Quantus on {next(net.parameters()).device}); {args.model} {h}x{w}, "
+          f"batch {args.batch}, {profile} settings; images/s median (min-max) of the rounds", flush=True)
     rows: list[dict[str, Any]] = []
-    for name in args.metrics:
-        if name not in PAIRS:
-            rows.append({"metric": name, "skipped": "no Quantus counterpart in PAIRS"})
-        elif name not in METRICS:
-            rows.append({"metric": name, "quantus": PAIRS[name].quantus, "skipped": "not in jaxplain.METRICS (yet)"})
-        else:
-            rows.append(case(model, net, inp, name, profile, rounds))
-        print(table(rows[-1:]).splitlines()[-1] if len(rows) > 1 else table(rows), flush=True)
+    with sides.regime(args.compete):
+        for name in args.metrics:
+            if name not in PAIRS:
+                rows.append({"metric": name, "skipped": "no Quantus counterpart in PAIRS"})
+            elif name not in METRICS:
+                rows.append({"metric": name, "quantus": PAIRS[name].quantus, "skipped": "not in jaxplain.METRICS (yet)"})
+            else:
+                rows.append(case(model, net, inp, name, profile, args.rounds))
+            print(table(rows[-1:]).splitlines()[-1] if len(rows) > 1 else table(rows), flush=True)
+    timings = [r["timing"] for r in rows if "timing" in r]
+    print(sides.footer(timings))
     print("settings (identical on both sides unless said):")
     print(settings_lines(rows))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"model": args.model, "batch": args.batch, "profile": profile, "rounds": rounds, "load": load,
-                       **info, "rows": rows}, f, indent=1)
+            json.dump({"model": args.model, "batch": args.batch, "profile": profile, "rounds": args.rounds,
+                       "compete": args.compete, "machine": sides.machine(), **info, "rows": rows}, f, indent=1)
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -6,10 +6,10 @@ targets, label maps and number of forward passes on both sides, in one process, 
 ours and the peers alternating; images/s, model passes/s, the ratio, and how far the results are apart.
 
 ``python -m benchmarks.surrogates_vs_peers [--model tiny|vgg16] [--batch B] [--segments SPEC]
-[--samples N] [--steps S] [--methods feature_ablation lime kernel_shap xrai] [--rounds R]
+[--samples N] [--steps S] [--methods feature_ablation lime kernel_shap xrai] [--rounds 5] [--compete N]
 [--peer-warmup call|forward] [--per-eval P] [--json out.json]``. Defaults: tiny (32x32, tests/conftest.py)
-batch 8, an 8x8 grid, lime's 1000 samples, 3 rounds; VGG16 (random weights, 224x224) batch 2, a
-4x4 grid, 64 samples, 1 round (its forward pass costs ~0.2-1 s on a shared 2-core CPU).
+batch 8, an 8x8 grid, lime's 1000 samples; VGG16 (random weights, 224x224) batch 2, a 4x4 grid, 64
+samples (its forward pass costs ~0.2-1 s on a shared 2-core CPU: a round takes minutes).
 
 - Images: smooth random pictures (uint8, a bilinear upsampling of a few random colours), put
   through ``model.preprocess``; targets: the predicted classes. Label maps: ``jaxplain.segments``
@@ -36,8 +36,12 @@ batch 8, an 8x8 grid, lime's 1000 samples, 3 rounds; VGG16 (random weights, 224x
   ``linspace(0, 1, S)`` over ``S``, ours Gauss-Legendre; PAIR segments the preprocessed image
   scaled by its range, ours the picture; given the same masks and base attribution the two
   selections agree to 1e-9).
-- Timing: the median of the rounds gives the images/s; "ratio of best rounds" is the ratio of
-  the fastest rounds (on a shared machine other work only adds time, and short calls suffer most).
+- Timing: ``jaxplain.timing``'s method (``benchmarks.sides.compare``), ours beside each peer in
+  turn: after the first calls, one more call of ours (the warm-up; the peer's first call is its
+  own), ``--rounds`` interleaved ABBA rounds (a call under 0.5 s repeated to fill one), images/s
+  median (min-max) of each side and the ratio (min-max), or "noisy, rerun" over a 25% spread;
+  torch's threads set to XLA's (``timing.equal_threads``), the load before and after;
+  ``--compete N`` runs N busy processes beside it (the shared-machine regime).
 """
 
 from __future__ import annotations
@@ -48,8 +52,6 @@ import dataclasses
 import io
 import json
 import os
-import statistics
-import sys
 import time
 import warnings
 from typing import Any, Callable
@@ -62,13 +64,15 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import jaxplain  # noqa: E402
-from jaxplain import METHODS, bench, registry  # noqa: E402
+from jaxplain import METHODS, bench, registry, timing  # noqa: E402
 from jaxplain import chunks  # noqa: E402
 
+from benchmarks import sides  # noqa: E402
+
 METHOD_NAMES = ("feature_ablation", "lime", "kernel_shap", "xrai")
-DEFAULTS = {  # per model: batch, segments, samples (lime, kernel_shap), XRAI's IG steps, rounds
-    "tiny": dict(batch=8, segments="grid(cells=8)", samples=1000, steps=20, rounds=3, peer_warmup="call"),
-    "vgg16": dict(batch=2, segments="grid(cells=4)", samples=64, steps=20, rounds=1, peer_warmup="forward"),
+DEFAULTS = {  # per model: batch, segments, samples (lime, kernel_shap), XRAI's IG steps, the peers' warm-up
+    "tiny": dict(batch=8, segments="grid(cells=8)", samples=1000, steps=20, peer_warmup="call"),
+    "vgg16": dict(batch=2, segments="grid(cells=4)", samples=64, steps=20, peer_warmup="forward"),
 }
 
 
@@ -350,81 +354,60 @@ def pairs(model: Any, counted: Counted, data: Batch, names: list[str], samples: 
     return out, skipped
 
 
-def _log(line: str) -> None:
-    print(f"  [{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
-
-
 def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     t = time.perf_counter()
     value = fn()
     return time.perf_counter() - t, value
 
 
-def per_call(fn: Callable[[], Any], min_round: float) -> tuple[float, int, Any]:
-    """Seconds per call over one round (``fn`` called until ``min_round`` s, at most 100 calls)."""
-    start, n, value = time.perf_counter(), 0, None
-    while n == 0 or (time.perf_counter() - start < min_round and n < 100):
-        value = fn()
-        n += 1
-    return (time.perf_counter() - start) / n, n, value
-
-
 def case(pair: Pair, counted: Counted, b: int, rounds: int, peer_warmup: bool = True,
          min_round: float = 0.5) -> list[dict[str, Any]]:
-    """One row per peer: our warm-up call (the compile), each peer's first call unless not
-    ``peer_warmup`` (they compile nothing: ``main`` warms the torch model up instead), then
-    ``rounds`` rounds, ours and each peer alternating. The peers' model passes are counted in the rounds."""
+    """One row per peer: our first call (the compile), each peer's first call unless not
+    ``peer_warmup`` (they compile nothing: ``main`` warms the torch model up instead), then ours
+    and the peer by ``jaxplain.timing``'s method (``benchmarks.sides.compare``: ``rounds``
+    interleaved rounds after a warm-up). The peer's model passes are counted over its calls."""
     rows = []
     try:
         warm, out_ours = _timed(pair.ours)
     except Exception as e:  # a library error is a result of the benchmark: report it, go on
-        _log(f"{pair.method}: ours failed: {type(e).__name__}: {e}")
+        sides.log(f"{pair.method}: ours failed: {type(e).__name__}: {e}")
         return [{"method": pair.method, "peer": p.name, "skipped": f"ours failed: {type(e).__name__}: {e}"} for p in pair.peers]
-    _log(f"{pair.method}: ours' first call (compiling) {warm:.1f} s")
-    peers, warm_peer, out_peer, counts = list(pair.peers), {}, {}, {}
-    t_ours: list[float] = []
-    t_peer: dict[str, list[float]] = {p.name: [] for p in peers}
+    sides.log(f"{pair.method}: ours' first call (compiling) {warm:.1f} s")
+    for p in pair.peers:
+        out: dict[str, Any] = {}
 
-    def run_peer(p: Peer, first: bool) -> None:
+        def peer(p: Peer = p, out: dict[str, Any] = out) -> Any:
+            out["value"] = p.run()
+            out["calls"] = out.get("calls", 0) + 1
+            return out["value"]
+
         counted.images = 0
         try:
-            if first:
-                (sec, out_peer[p.name]), n = _timed(p.run), 1
-            else:
-                sec, n, out_peer[p.name] = per_call(p.run, min_round)
+            warm_peer = None
+            if peer_warmup:
+                warm_peer, _ = _timed(peer)
+                sides.log(f"{pair.method}: {p.name}'s first call {warm_peer:.1f} s, "
+                          f"{counted.images / b:.0f} model passes per image")
+            cmp, counts = sides.compare(pair.ours, peer, names=("jaxplain", p.name), items=b, rounds=rounds,
+                                        known={p.name: warm_peer} if peer_warmup else None, min_round=min_round,
+                                        size=peer_warmup)
         except Exception as e:
-            _log(f"{pair.method}: {p.name} failed: {type(e).__name__}: {e}")
+            sides.log(f"{pair.method}: {p.name} failed: {type(e).__name__}: {e}")
             rows.append({"method": pair.method, "peer": p.name, "skipped": f"peer failed: {type(e).__name__}: {e}"})
-            peers.remove(p)
-            return
-        counts[p.name] = counted.images / (b * n)  # model passes per image of one call
-        if first:
-            warm_peer[p.name] = sec
-        else:
-            t_peer[p.name].append(sec)
-
-    if peer_warmup:
-        for p in list(peers):
-            run_peer(p, True)
-            if p in peers:
-                _log(f"{pair.method}: {p.name}'s first call {warm_peer[p.name]:.1f} s, {counts[p.name]:.0f} model passes per image")
-    for r in range(rounds):
-        t_ours.append(per_call(pair.ours, min_round)[0])
-        for p in list(peers):
-            run_peer(p, False)
-        _log(f"{pair.method}: round {r + 1}/{rounds}: ours {t_ours[-1]:.2f} s, "
-             + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in t_peer.items() if v))
-    ours_s = statistics.median(t_ours)
-    for p in peers:
-        peer_s = statistics.median(t_peer[p.name])
-        agree, compared = p.agree(out_ours, out_peer[p.name])
+            continue
+        passes = counted.images / (b * out["calls"])  # model passes per image of one call
+        ours_ps, peer_ps = cmp.per_s("jaxplain").median, cmp.per_s(p.name).median
+        sides.log(f"{pair.method} vs {p.name}: ours {sides.rate(cmp, 'jaxplain')}, peer {sides.rate(cmp, p.name)} "
+                  f"images/s, {cmp.ratio_text()}")
+        agree, compared = p.agree(out_ours, out["value"])
         rows.append({
             "method": pair.method, "peer": p.name, "batch": b,
-            "ours_images_per_s": b / ours_s, "peer_images_per_s": b / peer_s, "ratio": peer_s / ours_s,
-            "ratio_best": min(t_peer[p.name]) / min(t_ours),  # a shared machine's noise only adds time
-            "ours_passes_per_image": pair.passes, "peer_passes_per_image": counts[p.name],
-            "ours_passes_per_s": b * pair.passes / ours_s, "peer_passes_per_s": b * counts[p.name] / peer_s,
-            "ours_s": t_ours, "peer_s": t_peer[p.name], "ours_warmup_s": warm, "peer_warmup_s": warm_peer.get(p.name),
+            "ours_images_per_s": ours_ps, "peer_images_per_s": peer_ps, "ratio": None if cmp.noisy else cmp.ratio.median,
+            "ours_images_per_s_text": sides.rate(cmp, "jaxplain"), "peer_images_per_s_text": sides.rate(cmp, p.name),
+            "ratio_text": cmp.ratio_text(), "timing": cmp.as_dict(), "calls_per_round": [counts["jaxplain"], counts[p.name]],
+            "ours_passes_per_image": pair.passes, "peer_passes_per_image": passes,
+            "ours_passes_per_s": pair.passes * ours_ps, "peer_passes_per_s": passes * peer_ps,
+            "ours_warmup_s": warm, "peer_warmup_s": warm_peer,
             "agreement": agree, "compared": compared,
             "ours_settings": {k: (v if isinstance(v, (int, float, str, bool, type(None))) else
                                   "the label maps" if k == "segments" else repr(v)) for k, v in pair.ours_settings.items()},
@@ -447,15 +430,15 @@ def _num(v: float | None) -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| method | peer | ours img/s | peer img/s | ratio | ratio of best rounds | ours passes/s | peer passes/s | passes/img ours/peer "
+    lines = ["| method | peer | ours img/s | peer img/s | ratio | ours passes/s | peer passes/s | passes/img ours/peer "
              "| warm-up s ours/peer | agreement |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         if "skipped" in r:
-            lines.append(f"| {r['method']} | {r.get('peer', '')} | skipped: {r['skipped']} | | | | | | | | |")
+            lines.append(f"| {r['method']} | {r.get('peer', '')} | skipped: {r['skipped']} | | | | | | | |")
             continue
-        lines.append(f"| {r['method']} | {r['peer']} | {r['ours_images_per_s']:.3g} | {r['peer_images_per_s']:.3g} "
-                     f"| {r['ratio']:.1f}x | {r['ratio_best']:.1f}x | {r['ours_passes_per_s']:.4g} | {r['peer_passes_per_s']:.4g} "
+        lines.append(f"| {r['method']} | {r['peer']} | {r['ours_images_per_s_text']} | {r['peer_images_per_s_text']} "
+                     f"| {r['ratio_text']} | {r['ours_passes_per_s']:.4g} | {r['peer_passes_per_s']:.4g} "
                      f"| {r['ours_passes_per_image']}/{r['peer_passes_per_image']:.0f} "
                      f"| {r['ours_warmup_s']:.1f}/{_num(r['peer_warmup_s'])} | {r['agreement']:.3g} ({r['compared']}) |")
     return "\n".join(lines)
@@ -469,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=None, help="lime / kernel_shap samples (default 1000 tiny (lime's), 64 vgg16)")
     p.add_argument("--steps", type=int, default=None, help="XRAI's IG steps on both sides (default 20; PAIR's 100)")
     p.add_argument("--methods", nargs="+", default=list(METHOD_NAMES))
-    p.add_argument("--rounds", type=int, default=None, help="timed rounds per side (default 3 tiny, 1 vgg16)")
+    sides.add_arguments(p)
     p.add_argument("--peer-warmup", choices=["call", "forward"], default=None,
                    help="before timing a peer: one full call (default, tiny) or one forward/backward pass of the torch model "
                         "(default on vgg16, where a call takes minutes)")
@@ -477,18 +460,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     import captum
-    import lime
     import torch
 
     from benchmarks.metrics_vs_quantus import build_model
 
+    timing.equal_threads()
     d = DEFAULTS[args.model]
-    b, rounds = args.batch or d["batch"], args.rounds or d["rounds"]
+    b, rounds = args.batch or d["batch"], args.rounds
     samples, steps = args.samples or d["samples"], args.steps or d["steps"]
     model, net = build_model(args.model)
     data = make_batch(model, b, args.segments or d["segments"])
     info = bench.device_info()
-    load = os.getloadavg()
     h, w = data.x.shape[1:3]
     try:
         from importlib.metadata import version
@@ -496,23 +478,24 @@ def main(argv: list[str] | None = None) -> int:
         versions = f"captum {captum.__version__}, lime {version('lime')}, saliency {version('saliency')}"
     except Exception:  # noqa: BLE001
         versions = f"captum {captum.__version__}"
-    print(f"{info['device_kind']} ({info['platform']}; torch on {next(net.parameters()).device}), {os.cpu_count()} CPUs, "
-          f"load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; jax {info['jax']}, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), {versions}; {args.model} {h}x{w}, batch {b}, "
-          f"segments {args.segments or d['segments']} (M = {data.m}), samples {samples}, XRAI IG steps {steps}, "
-          f"median of {rounds} alternating rounds; the peers warmed up by "
-          f"{'a full call' if (args.peer_warmup or d['peer_warmup']) == 'call' else 'a forward/backward pass'}", flush=True)
+    print(sides.header(args.compete, rounds, f"torch {torch.__version__}, {versions}"), flush=True)
+    print(f"{info['device_kind']} ({info['platform']}; torch on {next(net.parameters()).device}); {args.model} {h}x{w}, "
+          f"batch {b}, segments {args.segments or d['segments']} (M = {data.m}), samples {samples}, XRAI IG steps {steps}; "
+          f"the peers warmed up by {'a full call' if (args.peer_warmup or d['peer_warmup']) == 'call' else 'a forward/backward pass'}; "
+          f"images/s median (min-max) of the rounds", flush=True)
     peer_warmup = (args.peer_warmup or d["peer_warmup"]) == "call"
     warm_torch(net, data.x_nchw)
     counted = Counted(net)
     todo, rows = pairs(model, counted, data, args.methods, samples, steps, args.per_eval)
     for row in rows:
-        _log(f"{row['method']}: skipped ({row['skipped']})")
-    for pair in todo:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            rows.extend(case(pair, counted, b, rounds, peer_warmup))
+        sides.log(f"{row['method']}: skipped ({row['skipped']})")
+    with sides.regime(args.compete):
+        for pair in todo:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                rows.extend(case(pair, counted, b, rounds, peer_warmup))
     print(table(rows), flush=True)
+    print(sides.footer([r["timing"] for r in rows if "timing" in r]))
     print("settings (identical on both sides unless said):")
     for r in rows:
         if "skipped" not in r:
@@ -521,7 +504,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"model": args.model, "batch": b, "segments": args.segments or d["segments"], "m": data.m,
-                       "samples": samples, "steps": steps, "rounds": rounds, "load": load, **info, "rows": rows},
+                       "samples": samples, "steps": steps, "rounds": rounds, "compete": args.compete, "machine": sides.machine(),
+                       **info, "rows": rows},
                       f, indent=1, default=repr)
     return 0
 

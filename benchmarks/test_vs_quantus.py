@@ -1,22 +1,25 @@
 """Each metric beside Quantus 0.6 in the pytest-benchmark suite: the tiny model (32x32), batch 8,
 the reduced settings of ``benchmarks/metrics_vs_quantus.py`` (which also runs VGG16 and the
-reference settings); extra_info records Quantus' images/s and the ratio. Not in ``--quick``."""
+reference settings). The comparison is ``jaxplain.timing``'s method (``benchmarks.sides.compare``:
+warm-up, calls under 0.5 s repeated, 5 interleaved rounds); extra_info records both sides'
+images/s, the ratio (``None`` when noisy) and ``Comparison.as_dict()``; the benchmark's own
+timing is ours, 3 rounds. Not in ``--quick``."""
 
 import functools
-import statistics
 
 import pytest
 
-from jaxplain import METRICS
-from jaxplain.bench import timings
+from jaxplain import METRICS, timing
 
 pytest.importorskip("quantus")
+from benchmarks import sides  # noqa: E402
 from benchmarks.metrics_vs_quantus import PAIRS, build_model, calls, make_inputs  # noqa: E402
 
 
 @functools.lru_cache(maxsize=1)
 def setup():
     model, net = build_model("tiny")
+    timing.equal_threads()
     return model, net, make_inputs(model, 8)
 
 
@@ -28,9 +31,12 @@ def test_vs_quantus(benchmark, device, name):
     c = calls(model, net, inp, name, "reduced")
     benchmark.group = f"vs quantus {name}"
     c.ours()  # compile
+    c.theirs()  # Quantus' first call
+    b = len(inp.x)
+    cmp, counts = sides.compare(c.ours, c.theirs, names=("jaxplain", "quantus"), items=b, rounds=5)
     benchmark.pedantic(c.ours, rounds=3, iterations=1)
-    ours = len(inp.x) / benchmark.stats.stats.median
-    theirs = len(inp.x) / statistics.median(timings(c.theirs, 3))
-    benchmark.extra_info.update(device, metric=name, quantus=c.pair.quantus, batch=len(inp.x),
+    benchmark.extra_info.update(device, metric=name, quantus=c.pair.quantus, batch=b,
                                 settings=repr(c.ours_settings), quantus_settings=repr(c.quantus_settings),
-                                images_per_s=ours, quantus_images_per_s=theirs, vs_quantus=ours / theirs)
+                                images_per_s=cmp.per_s("jaxplain").median, quantus_images_per_s=cmp.per_s("quantus").median,
+                                vs_quantus=None if cmp.noisy else cmp.ratio.median, vs_quantus_text=cmp.ratio_text(),
+                                calls_per_round=counts, comparison=cmp.as_dict())
