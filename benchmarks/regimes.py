@@ -153,21 +153,55 @@ def cell(name: str, model_name: str, batch: int, rounds: int, cache: str) -> dic
     return out
 
 
+def _work(n: int = 3_000_000) -> float:
+    """Seconds for a fixed single-threaded Python loop."""
+    t = time.perf_counter()
+    x = 0
+    for i in range(n):
+        x += i
+    return time.perf_counter() - t
+
+
+def nice_probe(busy: int = 2, repeats: int = 5) -> dict[str, float]:
+    """Median seconds of a fixed one-core loop here: alone, beside ``busy`` spinning processes at
+    ``nice 19`` in a session of their own, and the same with their session's autogroup at nice 19.
+    With autogroup scheduling (``/proc/sys/kernel/sched_autogroup_enabled``), a process's nice
+    value only ranks it within its session, so ``nice`` alone may not make way for other work."""
+    import statistics
+
+    spin = f"{sys.executable} -c 'while True: pass'"
+    out = {"alone": statistics.median(_work() for _ in range(repeats))}
+    for name, cmd in (("nice19", f"exec nice -n 19 {spin}"),
+                      ("nice19_autogroup19", f"echo 19 > /proc/self/autogroup; exec nice -n 19 {spin}")):
+        procs = [subprocess.Popen(["sh", "-c", cmd], start_new_session=True) for _ in range(busy)]
+        try:
+            time.sleep(0.5)
+            out[name] = statistics.median(_work() for _ in range(repeats))
+        finally:
+            for q in procs:
+                q.terminate()
+            for q in procs:
+                q.wait()
+    return out
+
+
 def run_cell(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """Run one cell in a fresh process with its environment; its result (or its error)."""
     env = {**os.environ, **CELLS[name][2]}
     cmd = [sys.executable, "-m", "benchmarks.regimes", "--cell", name, "--model", args.model, "--batch",
            str(args.batch), "--rounds", str(args.rounds), "--cache", args.cache]
     with locked(args.lock):
+        start = time.perf_counter()
         try:
             p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout,
                                cwd=Path(__file__).resolve().parent.parent)
         except subprocess.TimeoutExpired:
             return {"cell": name, "model": args.model, "error": [f"over {args.timeout} s"]}
+        held = time.perf_counter() - start
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
     if p.returncode or not lines:
         return {"cell": name, "model": args.model, "error": (p.stderr or p.stdout).strip().splitlines()[-1:]}
-    return json.loads(lines[-1])
+    return {**json.loads(lines[-1]), "cell_s": held}
 
 
 def row(r: dict[str, Any]) -> str:
@@ -198,8 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lock", help="a file to flock while each cell runs (cells on a shared machine wait for each other)")
     p.add_argument("--timeout", type=float, default=240, help="seconds a cell may run")
     p.add_argument("--json", help="append each cell's result to this JSONL file")
+    p.add_argument("--nice-probe", action="store_true", help="only time a fixed loop beside nice 19 spinners (see nice_probe)")
     p.add_argument("--cell", help=argparse.SUPPRESS)  # run one cell here, print its JSON
     args = p.parse_args(argv)
+    if args.nice_probe:
+        print(json.dumps(nice_probe()), flush=True)
+        return 0
     if args.cell:
         print(json.dumps(cell(args.cell, args.model, args.batch, args.rounds, args.cache)), flush=True)
         return 0
