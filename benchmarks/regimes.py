@@ -208,7 +208,7 @@ def row(r: dict[str, Any]) -> str:
     if "error" in r:
         return f"| {r['model']} | {r['cell']} | failed: {r['error']} | | | |"
     n, t, env, layout = CELLS[r["cell"]]
-    what = ", ".join([f"{n} busy", f"torch {t} thread{'s' if t > 1 else ''}", *(f"{k}={v}" for k, v in env.items()),
+    what = ", ".join([f"{n} busy added", f"torch {t} thread{'s' if t > 1 else ''}", *(f"{k}={v}" for k, v in env.items()),
                       "own processes" if layout == "split" else "one process"])
     j, c = (r[k] for k in ("jaxplain", "captum"))
     ratio = (f"{r['ratio']:.2f}x ({r['ratio_low']:.2f}-{r['ratio_high']:.2f})" if r["ratio"] is not None
