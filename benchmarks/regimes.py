@@ -23,6 +23,7 @@ import json
 import multiprocessing
 import os
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -192,15 +193,19 @@ def run_cell(name: str, args: argparse.Namespace) -> dict[str, Any]:
            str(args.batch), "--rounds", str(args.rounds), "--cache", args.cache]
     with locked(args.lock):
         start = time.perf_counter()
+        # its own process group, so a cell over time is ended with its busy and worker processes
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True, cwd=Path(__file__).resolve().parent.parent)
         try:
-            p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout,
-                               cwd=Path(__file__).resolve().parent.parent)
+            stdout, stderr = proc.communicate(timeout=args.timeout)
         except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
             return {"cell": name, "model": args.model, "error": [f"over {args.timeout} s"]}
         held = time.perf_counter() - start
-    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
-    if p.returncode or not lines:
-        return {"cell": name, "model": args.model, "error": (p.stderr or p.stdout).strip().splitlines()[-1:]}
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode or not lines:
+        return {"cell": name, "model": args.model, "error": (stderr or stdout).strip().splitlines()[-1:]}
     return {**json.loads(lines[-1]), "cell_s": held}
 
 
