@@ -16,6 +16,11 @@ Memory depends on the chunk, never on the number of items. Three ways to loop ov
 
 ``$JAXPLAIN_CHUNK_LOOP`` picks one; by default ``host`` on CPU and ``scan`` elsewhere.
 
+A method may instead have one outermost ``rounds``, a ``lax.while_loop`` of at most a known number
+of bodies (adaptive IG's refinement). On the host loop each body is one compiled call, the loop's
+state carried on the device (donated) with each image's ``todo`` flag; the loop stops as soon as
+no image of the call has work left, and a last call runs what follows the loop.
+
 Writing a chunked method (see ``occlusion`` or ``layer_integrated_gradients``):
 
 1. One outermost ``sum_chunks`` per method: the host loop splits that one sum across its calls
@@ -58,7 +63,11 @@ class Window:
     ``[start, start + size)`` of its ``n`` to ``acc`` and leaves the result in ``total``.
     ``size=None`` only records ``n`` and ``chunk`` (the plan) and sums as usual. ``kept``: the
     values of the method's ``keep`` calls, computed by the first call (``None`` there);
-    ``kept_out`` collects them for the next call."""
+    ``kept_out`` collects them for the next call. ``finishes``: this call's output is the
+    method's (else only ``total`` and ``kept_out`` are kept: see ``finishing``). For an outermost
+    ``rounds`` instead: ``looped`` is set, ``n`` is its most bodies and ``chunk`` 1; ``size`` is
+    the bodies this call runs (1, or 0 in the last call) and ``acc`` / ``total`` are
+    ``(state, todo)``."""
 
     start: Array | int = 0
     size: int | None = None
@@ -69,6 +78,8 @@ class Window:
     calls: int = 0
     kept: tuple | None = None
     kept_out: list = dataclasses.field(default_factory=list)
+    finishes: bool = True
+    looped: bool = False
 
 
 _window: contextvars.ContextVar[Window | None] = contextvars.ContextVar("jaxplain_window", default=None)
@@ -109,6 +120,44 @@ def keep(compute: Callable[[], PyTree]) -> PyTree:
         value = w.kept[len(w.kept_out)]
     w.kept_out.append(value)
     return value
+
+
+def finishing() -> bool:
+    """Whether the method's result is used in this trace: ``False`` in a host loop's calls before
+    the last, whose only output is the running total. Side effects after the sum or loop (a
+    warning's callback) belong under ``if finishing():``."""
+    w = _window.get()
+    return w is None or w.finishes
+
+
+def rounds(todo: Callable[[PyTree], Array], body: Callable[[PyTree], PyTree], init: PyTree, most: int) -> PyTree:
+    """``lax.while_loop(todo, body, init)`` for a loop that stops after at most ``most`` bodies.
+
+    On the host loop, a method's one outermost loop (in place of an outermost ``sum_chunks``):
+    each call runs one body on the state the last call left, where ``todo`` still holds (as
+    ``while_loop`` does under ``vmap``), and hands on ``(state, todo(state))``; the driver
+    (``still_going``) stops calling when no image has work left; the last call only finishes."""
+    w = _window.get()
+    if w is not None:
+        w.calls += 1
+        w.n, w.chunk, w.looped = most, 1, True
+        if w.size is not None:
+            if w.calls > 1:
+                raise InputError("a host-looped method may have only one outermost sum_chunks or rounds")
+            state = init if w.acc is None else w.acc[0]
+            with _outside_window():
+                if w.size:
+                    go = todo(state)
+                    state = jax.tree.map(lambda new, old: jnp.where(go, new, old), body(state), state)
+                w.total = (state, todo(state))
+            return state
+    with _outside_window():
+        return jax.lax.while_loop(todo, body, init)
+
+
+def still_going(total: PyTree) -> bool:
+    """Whether any image of a host-looped ``rounds``' running total ``(state, todo [B])`` has work left."""
+    return bool(jnp.any(total[1]))
 
 
 def _check_chunk(chunk: Any) -> None:

@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 
 import jaxplain
+from jaxplain.chunks import loop_mode
 from jaxplain.errors import InputError
 from jaxplain.errors import ToleranceWarning
-from jaxplain.methods.integrated import Refined, rule_nodes
+from jaxplain.methods.integrated import Refined, integrated_gradients, rule_nodes
+
+from tests.conftest import compiles_of
 
 LAYER, NEURON = "block2_conv1", 3
 METHODS = {"integrated_gradients": {}, "layer_integrated_gradients": {"layer": LAYER},
@@ -21,10 +24,15 @@ IG = dict(tolerance=0.001, max_steps=256, return_delta=True)  # one compiled pro
 
 
 @pytest.fixture(scope="module")
-def refined(data):
-    """explain(..., "integrated_gradients", **IG) on the batch."""
+def counted(data):
+    """explain(..., "integrated_gradients", **IG) on the batch, and the programs it compiled."""
     m, x, t = data
-    return jaxplain.explain(m, x, t, "integrated_gradients", **IG)
+    return compiles_of("batched", lambda: jaxplain.explain(m, x, t, "integrated_gradients", **IG))
+
+
+@pytest.fixture(scope="module")
+def refined(counted):
+    return counted[0]
 
 
 @pytest.fixture(scope="module")
@@ -168,10 +176,32 @@ def test_work_follows_each_images_need_and_slices(data, refined):
     assert np.all(alone.converged)
 
 
+def test_host_loop_rounds_equal_the_while_loop(data, counted):
+    """On the CPU's host loop (``explain``'s default there) the rounds are compiled calls; the
+    method under the user's own ``jit`` runs them in one ``lax.while_loop``. The same nodes for
+    images that stop after different numbers of rounds (same gradient counts and flags), the
+    attribution and delta equal to float32 rounding (1e-5 of the largest |value|), and three
+    programs (first round, one reused for every further round, the finish) for up to 13 rounds."""
+    m, x, t = data
+    out, compiled = counted
+    assert loop_mode() == "host"
+    one = jax.jit(jax.vmap(lambda v, c: integrated_gradients(m.apply, m.params, v, c, **IG)))
+    ref = one(jnp.asarray(x), jnp.asarray(t, jnp.int32))
+    n = np.asarray(ref.evaluations)
+    assert len(set(n // 8)) == 3, n  # different numbers of rounds
+    np.testing.assert_array_equal(out.evaluations, n)
+    np.testing.assert_array_equal(out.converged, ref.converged)
+    scale = np.abs(np.asarray(ref.attribution)).max()
+    np.testing.assert_allclose(out.attribution, ref.attribution, atol=1e-5 * scale)
+    np.testing.assert_allclose(out.delta, ref.delta, atol=1e-5 * scale)
+    assert compiled == 3, compiled
+
+
 def test_cap_hit_is_reported(data):
     m, x, t = data
-    with pytest.warns(ToleranceWarning, match="max_steps=16"):
+    with pytest.warns(ToleranceWarning, match="max_steps=16") as seen:
         out = jaxplain.explain(m, x, t, "integrated_gradients", tolerance=1e-6, max_steps=16, return_delta=True)
+    assert len([w for w in seen if w.category is ToleranceWarning]) == len(x)  # once per image, at the end
     assert np.all(out.evaluations == 16) and not np.any(out.converged)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ToleranceWarning)  # within tolerance: silent

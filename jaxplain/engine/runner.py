@@ -62,7 +62,8 @@ def _batched(fn: Callable, apply: Callable, static: st.Frozen, keyed: bool, loop
             if stage is None:
                 return fn(apply, params, x, t, **kw)
             total, kept = a if a is not None else (None, None)
-            with chunks.window(chunks.Window(start=start, size=stage.chunk, acc=total, kept=kept)) as w:
+            with chunks.window(chunks.Window(start=start, size=stage.chunk, acc=total, kept=kept,
+                                             finishes=stage.finishes)) as w:
                 out = fn(apply, params, x, t, **kw)
             return out if stage.finishes else (w.total, tuple(w.kept_out))
 
@@ -77,13 +78,16 @@ def _batched(fn: Callable, apply: Callable, static: st.Frozen, keyed: bool, loop
 class Calls:
     """The jitted calls that explain one batch: ``first`` alone, or a host loop over chunks:
     ``first`` sums chunk 0, ``mid`` adds each chunk at ``starts[:-1]``, ``last`` adds the chunk
-    at ``starts[-1]`` and finishes the method. Call as ``(params, images, targets, keys,
-    per_image, shared)``; ``tick``, if given, is called after each step has finished."""
+    at ``starts[-1]`` and finishes the method. ``until_done``: the steps are the rounds of a
+    ``chunks.rounds`` loop, and the mids stop early once no image has work left
+    (``chunks.still_going``). Call as ``(params, images, targets, keys, per_image, shared)``;
+    ``tick``, if given, is called after each step has finished (or been skipped)."""
 
     first: Callable
     mid: Callable | None = None
     last: Callable | None = None
     starts: tuple[int, ...] = ()
+    until_done: bool = False
 
     def steps(self) -> list[tuple[Callable, int | None]]:
         """``(jitted, start)`` in call order (``start=None``: the first call, without a total)."""
@@ -94,6 +98,10 @@ class Calls:
         """Run the steps in order, each through ``pick(jitted)``, threading the running total."""
         out = None
         for jitted, start in self.steps():
+            if self.until_done and jitted is self.mid and not chunks.still_going(out[0]):
+                if tick is not None:
+                    tick()
+                continue
             f = pick(jitted)
             out = f(*args) if start is None else f(*args, out, jnp.int32(start))
             if tick is not None:
@@ -125,8 +133,8 @@ class Calls:
 @functools.lru_cache(maxsize=64)
 def _chunking(fn: Callable, apply: Callable, static: st.Frozen, keyed: bool, struct: Any,
               image_shape: tuple[int, ...], arrays: tuple[tuple[st.Path, jax.ShapeDtypeStruct], ...]) -> tuple[int, int] | None:
-    """``(n, chunk)`` of the method's one outermost ``sum_chunks`` (traced once, not compiled),
-    or ``None`` when it has none or several. ``arrays``: one image's array settings by path."""
+    """``(n, chunk, looped)`` of the method's one outermost ``sum_chunks`` or ``chunks.rounds``
+    (``looped``; traced once, not compiled), or ``None`` when it has none or several. ``arrays``: one image's array settings by path."""
     static_kw = st.thaw(static)
     params = jax.tree.unflatten(struct[0], struct[1])
 
@@ -136,7 +144,7 @@ def _chunking(fn: Callable, apply: Callable, static: st.Frozen, keyed: bool, str
 
     with chunks.window(chunks.Window()) as w:
         jax.eval_shape(one, params, jax.ShapeDtypeStruct(image_shape, jnp.float32), dict(arrays))
-    return (w.n, w.chunk) if w.calls == 1 else None
+    return (w.n, w.chunk, w.looped) if w.calls == 1 else None
 
 
 def _slices(n: int, size: int) -> list[tuple[int, int]]:
@@ -291,10 +299,14 @@ def prepare(fn: Callable, model: Model, images: Array, settings: dict[str, Any],
         one = {**{p: jax.ShapeDtypeStruct(a.shape, a.dtype) for p, a in parts.shared.items()},
                **{p: jax.ShapeDtypeStruct(a.shape[1:], a.dtype) for p, a in parts.per_image.items()}}
         chunking = _chunking(fn, model.apply, static, keyed, params_struct(model), image_shape, tuple(sorted(one.items())))
-    if chunking is None or chunking[0] <= chunking[1]:
+    if chunking is None or (chunking[0] <= chunking[1] and not chunking[2]):
         call = Calls(_batched(fn, model.apply, static, keyed, "unroll" if loop == "unroll" else "scan"))
+    elif chunking[2]:  # rounds of a loop: the first round, one call per further round, then the finish
+        stage, most = functools.partial(_batched, fn, model.apply, static, keyed, loop), chunking[0]
+        call = Calls(first=stage(Stage(1, False, False)), mid=stage(Stage(1, True, False)) if most > 1 else None,
+                     last=stage(Stage(0, True, True)), starts=tuple(range(1, most + 1)), until_done=True)
     else:
-        total, chunk = chunking
+        total, chunk, _ = chunking
         steps = chunks.plan(total, chunk)
         stage = functools.partial(_batched, fn, model.apply, static, keyed, loop)
         call = Calls(first=stage(Stage(chunk, False, False)), mid=stage(Stage(chunk, True, False)) if len(steps) > 2 else None,
