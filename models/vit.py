@@ -61,7 +61,7 @@ from flax import nnx
 from PIL import Image
 
 from jaxplain.errors import InputError
-from jaxplain.types import ApplyFn, Array, Model, PyTree, Relu
+from jaxplain.types import ApplyFn, Array, Model, Relu
 
 from . import imagenet
 from .layers import nnx_apply, recorder
@@ -162,6 +162,25 @@ class Attention(nnx.Module):
         return self.proj(jnp.einsum("hqk,khd->qhd", probs, v).reshape(t, d))
 
 
+def gelu(x: Array) -> Array:
+    """The exact GELU ``x * Phi(x) = x (1 + erf(x / sqrt 2)) / 2`` (torch's ``nn.GELU()``, the same
+    formula), elementwise. ``jax.nn.gelu(approximate=False)`` computes the same function through
+    ``erfc``, whose XLA:CPU lowering (two rational approximations and an ``exp`` per element) is
+    several times slower than ``erf``'s single one."""
+    return x * (0.5 + 0.5 * jax.lax.erf(x * np.asarray(np.sqrt(0.5), x.dtype)))
+
+
+def patchify(x: Array, kernel: Array, bias: Array) -> Array:
+    """``x [H, W, C]``, ``kernel [p, p, C, D]``, ``bias [D] -> [(H/p) * (W/p), D]``: the stride-``p``,
+    ``p`` x ``p`` convolution of non-overlapping patches as one matmul of the flattened patches
+    (the same sums; XLA:CPU's gradient of the strided convolution with respect to its 3-channel
+    input was 20 times slower than its forward pass)."""
+    p, c, d = kernel.shape[0], kernel.shape[2], kernel.shape[3]
+    gh, gw = x.shape[0] // p, x.shape[1] // p
+    patches = x.reshape(gh, p, gw, p, c).transpose(0, 2, 1, 3, 4).reshape(gh * gw, p * p * c)
+    return patches @ kernel.reshape(p * p * c, d) + bias
+
+
 class Mlp(nnx.Module):
     def __init__(self, width: int, hidden: int, *, rngs: nnx.Rngs):
         self.fc1 = nnx.Linear(width, hidden, rngs=rngs)
@@ -225,11 +244,11 @@ class ViT(nnx.Module):
             )
         out, acts = recorder(taps)
 
-        gelu = functools.partial(jax.nn.gelu, approximate=cfg.gelu_approximate)
-        h = out("patch_embed", self.patch_embed(x).reshape(cfg.grid**2, cfg.width))
+        act = functools.partial(jax.nn.gelu, approximate=True) if cfg.gelu_approximate else gelu
+        h = out("patch_embed", patchify(x, self.patch_embed.kernel[...], self.patch_embed.bias[...]))
         h = jnp.concatenate([self.cls_token[...][None], h], axis=0) + self.pos_embed[...]
         for i, block in enumerate(self.blocks):
-            h = block(h, out, f"blocks.{i}", gelu)
+            h = block(h, out, f"blocks.{i}", act)
         h = out("norm", self.norm(h))
         return out("head", self.head(h[0])), acts
 

@@ -448,3 +448,43 @@ def test_cli_vit_b16(tmp_path):
     assert len(r.stdout.splitlines()) == 7  # the random-weights note, the path, five classes
     r = run("explain", img, "--model", "vit_b16", "--source", "keras", "--out", tmp_path / "out", home=tmp_path / "home")
     assert r.returncode == 2 and r.stderr == "jaxplain: error: --source keras has no vit_b16 weights; vit_b16 takes timm or google\n"
+
+
+def test_exact_gelu_and_patch_matmul_against_references():
+    """The model's GELU (``x (1 + erf(x / sqrt 2)) / 2`` in float32) against SciPy's erf in float64
+    (to a few float32 roundings of the formula's terms: ``|err| <= 4 eps (|want| + |x| / 2)``, the
+    cancellation in ``1 + erf`` at large negative x is the formula's, torch's too), against torch's
+    ``gelu`` (to 1e-6 of its values); its gradient against the analytic ``Phi(x) + x phi(x)`` in
+    float64 and float64 central differences; the patch embedding's matmul against a loop over
+    patches written here."""
+    import torch
+    from scipy import special
+
+    x = np.concatenate([np.linspace(-10, 10, 20001), np.random.default_rng(5).normal(size=5000) * 3,
+                        [0.0, 1e-30, -1e-30, 1e-3, -1e-3, 40.0, -40.0]]).astype(np.float32)
+    x64 = x.astype(np.float64)
+    want = 0.5 * x64 * (1 + special.erf(x64 / np.sqrt(2)))
+    got = np.asarray(jax.jit(vit_module.gelu)(jnp.asarray(x)), np.float64)
+    eps = np.finfo(np.float32).eps
+    err = np.abs(got - want) / (eps * (np.abs(want) + 0.5 * np.abs(x64)) + np.finfo(np.float32).tiny)
+    assert err.max() <= 4, (err.max(), x[err.argmax()])
+    t = torch.nn.functional.gelu(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, t, rtol=0, atol=1e-6 * np.abs(t).max())
+
+    dwant = special.ndtr(x64) + x64 * np.exp(-0.5 * x64**2) / np.sqrt(2 * np.pi)
+    dgot = np.asarray(jax.jit(jax.vmap(jax.grad(vit_module.gelu)))(jnp.asarray(x)), np.float64)
+    derr = np.abs(dgot - dwant) / (eps * (1 + np.abs(x64)))
+    assert derr.max() <= 8, (derr.max(), x[derr.argmax()])
+    with jax.enable_x64(True):
+        pts = jnp.asarray([-6.0, -2.5, -1.0, -0.3, 0.0, 0.2, 0.7, 1.5, 3.0, 7.0], jnp.float64)
+        g = np.asarray(jax.vmap(jax.grad(vit_module.gelu))(pts))
+        h = 1e-6
+        fd = np.asarray((vit_module.gelu(pts + h) - vit_module.gelu(pts - h)) / (2 * h))
+    np.testing.assert_allclose(g, fd, rtol=1e-7, atol=1e-9)
+
+    rng = np.random.default_rng(6)
+    img, kernel, bias = rng.normal(size=(32, 24, 3)), rng.normal(size=(8, 8, 3, 5)), rng.normal(size=5)
+    loop = np.array([[np.sum(img[8 * i:8 * i + 8, 8 * j:8 * j + 8, :, None] * kernel, axis=(0, 1, 2)) + bias
+                      for j in range(3)] for i in range(4)]).reshape(12, 5)
+    got = vit_module.patchify(*(jnp.asarray(a, jnp.float32) for a in (img, kernel, bias)))
+    np.testing.assert_allclose(np.asarray(got), loop, rtol=1e-5, atol=1e-5)
