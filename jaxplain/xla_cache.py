@@ -28,6 +28,8 @@ from pathlib import Path
 
 import jax
 
+from jaxplain.errors import InputError
+
 ENV = "JAXPLAIN_COMPILE_CACHE"
 OFF = ("0", "off", "false", "no")
 ON = ("", "1", "on", "true", "yes")
@@ -76,7 +78,6 @@ def compile_cache(setting: bool | str | os.PathLike = True) -> Path | None:
             return None
         return _use(default_folder())
     if not isinstance(setting, (str, os.PathLike)):
-        from jaxplain.errors import InputError
 
         raise InputError(f"compile_cache takes True, False or a folder, got {setting!r}")
     return _use(Path(setting).expanduser())
