@@ -58,17 +58,6 @@ def run(args: argparse.Namespace, pair: Callable | None = None) -> int:
     return 0
 
 
-def count(text: str) -> int:
-    """A whole number >= 0 (an argparse type)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
-
-
 def bench_args(be: argparse.ArgumentParser, own_models: bool = False) -> None:
     """``bench``'s options, on its subcommand and on ``python -m benchmarks.compare``'s own parser
     (``own_models``: ``--model`` also takes ``package.module:function`` with ``--model-arg``)."""
@@ -88,10 +77,10 @@ def bench_args(be: argparse.ArgumentParser, own_models: bool = False) -> None:
                     "default the model's own (VGG: 224, Keras' head)")
     be.add_argument("--rounds", type=common.positive, default=5,
                     help=f"timed rounds per case (default 5; beside a peer interleaved, at least {MIN_ROUNDS})")
-    be.add_argument("--warmup", type=count, default=1, help="warm-up calls of each side before the rounds (default 1)")
+    be.add_argument("--warmup", type=common.count, default=1, help="warm-up calls of each side before the rounds (default 1)")
     be.add_argument("--min-time", type=float, default=0.0,
                     help="seconds of further warm-up calls (each side in turn) before the rounds (default 0)")
-    be.add_argument("--compete", type=count, default=0, metavar="N",
+    be.add_argument("--compete", type=common.count, default=0, metavar="N",
                     help="also time every case beside N busy processes (the shared-machine regime): "
                     "each case quiet, then busy")
     be.add_argument("--precision", choices=PRECISIONS, help="the model's arithmetic (default: JAX's)")

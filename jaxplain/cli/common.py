@@ -27,14 +27,24 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"jaxplain: error: {message} (see {self.prog} --help)\n")
 
 
-def positive(text: str) -> int:
+def _whole(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
     return value
+
+
+def positive(text: str) -> int:
+    """A whole number >= 1 (an argparse type)."""
+    return _whole(text, 1)
+
+
+def count(text: str) -> int:
+    """A whole number >= 0 (an argparse type)."""
+    return _whole(text, 0)
 
 
 def _zoo_help(field: str) -> str:
