@@ -175,6 +175,9 @@ SECONDS = {
     "tests/test_crp.py": 25,
     "tests/test_lrp_positive.py": 17,
     "tests/test_cli_concepts.py": 15,
+    "tests/test_run_all.py": 45,
+    "tests/test_integrated_tolerance.py": 45,
+    "tests/test_xla_cache.py": 20,
 }
 
 
