@@ -290,30 +290,35 @@ def conv_alone(side: int, cin: int, cout: int, k: int, stride: int, batch: int, 
 
 # --------------------------------------------------------------------------------------- the table
 
-def table(ours: dict[str, float], theirs: dict[str, float]) -> str:
-    """class, JAX ms, torch ms, torch/JAX, share of each side's total."""
+def _rows(ours: dict[str, float], theirs: dict[str, float]) -> tuple[list[tuple[str, float, float, str, float, float]], float, float]:
+    """``(rows, JAX total, torch total)``: per class with time on either side, ``(class, JAX ms,
+    torch ms, torch/JAX or "-", JAX %, torch %)``."""
     ta, tb = sum(ours.values()) or 1.0, sum(theirs.values()) or 1.0
-    head = f"{'class':<22}{'JAX ms':>10}{'torch ms':>10}{'torch/JAX':>11}{'JAX %':>8}{'torch %':>9}"
-    lines = [head, "-" * len(head)]
+    rows = []
     for cls in CLASSES:
         a, b = ours.get(cls, 0.0), theirs.get(cls, 0.0)
         if a < 0.05 and b < 0.05:
             continue
         ratio = f"{b / a:.2f}" if a >= 0.05 and b >= 0.05 else "-"
-        lines.append(f"{cls:<22}{a:>10.1f}{b:>10.1f}{ratio:>11}{100 * a / ta:>8.1f}{100 * b / tb:>9.1f}")
+        rows.append((cls, a, b, ratio, 100 * a / ta, 100 * b / tb))
+    return rows, ta, tb
+
+
+def table(ours: dict[str, float], theirs: dict[str, float]) -> str:
+    """class, JAX ms, torch ms, torch/JAX, share of each side's total."""
+    rows, ta, tb = _rows(ours, theirs)
+    head = f"{'class':<22}{'JAX ms':>10}{'torch ms':>10}{'torch/JAX':>11}{'JAX %':>8}{'torch %':>9}"
+    lines = [head, "-" * len(head)]
+    lines += [f"{c:<22}{a:>10.1f}{b:>10.1f}{r:>11}{pa:>8.1f}{pb:>9.1f}" for c, a, b, r, pa, pb in rows]
     lines.append(f"{'total':<22}{ta:>10.1f}{tb:>10.1f}{tb / ta:>11.2f}{100.0:>8.1f}{100.0:>9.1f}")
     return "\n".join(lines)
 
 
 def markdown(ours: dict[str, float], theirs: dict[str, float]) -> str:
-    ta, tb = sum(ours.values()) or 1.0, sum(theirs.values()) or 1.0
+    """``table`` as Markdown (whole milliseconds and percentages)."""
+    rows, ta, tb = _rows(ours, theirs)
     lines = ["| class | JAX ms | torch ms | torch / JAX | JAX share | torch share |", "| --- | --- | --- | --- | --- | --- |"]
-    for cls in CLASSES:
-        a, b = ours.get(cls, 0.0), theirs.get(cls, 0.0)
-        if a < 0.05 and b < 0.05:
-            continue
-        ratio = f"{b / a:.2f}" if a >= 0.05 and b >= 0.05 else "-"
-        lines.append(f"| {cls} | {a:.0f} | {b:.0f} | {ratio} | {100 * a / ta:.0f}% | {100 * b / tb:.0f}% |")
+    lines += [f"| {c} | {a:.0f} | {b:.0f} | {r} | {pa:.0f}% | {pb:.0f}% |" for c, a, b, r, pa, pb in rows]
     lines.append(f"| total | {ta:.0f} | {tb:.0f} | {tb / ta:.2f} | | |")
     return "\n".join(lines)
 
